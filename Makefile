@@ -1,0 +1,58 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set up everything.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SOD_CACHE ?= $(HOME)/.cache/sod-operator
+export SOD_CACHE
+STAMP := $(VENV)/.installed
+
+.PHONY: all deps venv testbed test test-unit test-e2e lint crds demo demo-down bench clean
+
+all: test
+
+deps:
+	@tools/install-system-deps.sh
+
+$(STAMP): pyproject.toml | deps
+	@echo "[venv] creating $(VENV) and installing the project (tpm2-pytss compiles once, ~30 s)"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+testbed:
+	@tools/build-testbed.sh all
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+crds: venv
+	$(BIN)/python -m sod_operator.api.crdgen --write
+
+# Everything CI runs: lint, the unit tiers, then the e2e tier on the real local control plane.
+test: venv testbed
+	@tools/run-tests.sh
+
+test-unit: venv
+	$(BIN)/pytest tests/unit tests/node_agent -q
+
+test-e2e: venv testbed
+	$(BIN)/pytest tests/e2e -q
+
+demo: venv testbed
+	$(BIN)/sodctl sandbox demo
+
+demo-down: venv
+	$(BIN)/sodctl sandbox down
+
+bench: venv testbed
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,31 @@
+"""Names that appear on the wire: API group, label keys, annotations, finalizers.
+
+Defined once and pinned by tests: a persisted name is forever.
+"""
+
+from typing import Final
+
+GROUP: Final = "sod.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+CATEGORY: Final = "sod"
+
+# Node labels written only by the verifier. NodeRestriction forbids kubelets to set keys under
+# `*.node-restriction.kubernetes.io/`, so a compromised node cannot label itself trusted.
+NODE_LABEL_PREFIX: Final = "sod.node-restriction.kubernetes.io/"
+PROFILE_LABEL_PREFIX: Final = f"{NODE_LABEL_PREFIX}profile."
+VERIFIED: Final = "verified"
+
+
+def profile_label(profile_name: str) -> str:
+    """The node label key that says the verifier verified `profile_name` on the node."""
+    return f"{PROFILE_LABEL_PREFIX}{profile_name}"
+
+
+# Bookkeeping on our own objects and on the VMs we manage.
+ANNOTATION_PREFIX: Final = "sod.dev/"
+MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE: Final = "sod-operator"
+SECUREVM_LABEL: Final = f"{ANNOTATION_PREFIX}securevm"
+FINALIZER: Final = f"{ANNOTATION_PREFIX}finalizer"
+KOPF_PROGRESS_PREFIX: Final = "kopf.sod.dev"

@@ -1,0 +1,87 @@
+"""Shared pieces of the `sod.dev/v1alpha1` models: the model base and `Condition`.
+
+Models are the single source of truth for the CRD schemas (see `sod_operator.api.crdgen`):
+field docstrings become `description`s for `kubectl explain`, and every string, list and
+number is bounded so CEL rules fit the apiserver's cost budget.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+# Bounded scalar types used across the API (Kubernetes names and messages).
+DNS1123Name = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    ),
+]
+ShortText = Annotated[str, Field(max_length=256)]
+Message = Annotated[str, Field(max_length=32768)]
+Reason = Annotated[
+    str,
+    Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"),
+]
+Generation = Annotated[int, Field(ge=0, le=2**53)]
+
+
+class ApiModel(BaseModel):
+    """Base of every wire model: camelCase on the wire, snake_case in Python.
+
+    `extra="ignore"` tolerates fields from a newer CRD; the schema itself never carries
+    `additionalProperties: false` (the apiserver prunes unknown fields).
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+        extra="ignore",
+        frozen=False,
+    )
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(ApiModel):
+    """The standard Kubernetes condition (`metav1.Condition`)."""
+
+    type: str = Field(
+        max_length=316, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+    )
+    """Type of the condition, in CamelCase."""
+    status: ConditionStatus
+    """Status of the condition: True, False or Unknown."""
+    observed_generation: Generation | None = None
+    """The `.metadata.generation` the condition was set for."""
+    last_transition_time: datetime
+    """When the condition last changed status."""
+    reason: Reason
+    """A CamelCase, machine-readable reason for the condition's last transition."""
+    message: Message = ""
+    """A human-readable message with details about the transition."""
+
+
+CONDITIONS_LIST = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
+"""Schema extras for a `conditions` list: a list-map keyed by `type`."""
+
+
+class LocalObjectReference(ApiModel):
+    """A reference to an object in the same namespace."""
+
+    name: DNS1123Name
+    """Name of the referenced object."""

@@ -1,0 +1,1 @@
+"""`sodctl` (also the kubectl plugin `kubectl-sod`)."""
