@@ -29,3 +29,7 @@ MANAGED_BY_VALUE: Final = "sod-operator"
 SECUREVM_LABEL: Final = f"{ANNOTATION_PREFIX}securevm"
 FINALIZER: Final = f"{ANNOTATION_PREFIX}finalizer"
 KOPF_PROGRESS_PREFIX: Final = "kopf.sod.dev"
+
+# A label no node ever carries (the verifier never writes it): the one required term of a VM
+# whose request no profile satisfies, so it is scheduled nowhere rather than anywhere.
+NO_COMPLIANT_NODE_LABEL: Final = f"{NODE_LABEL_PREFIX}no-compliant-node"

@@ -1,0 +1,96 @@
+"""Condition types and reasons of `SecureVM`, and `set_condition` with apimachinery semantics.
+
+Types and reasons are persisted on the wire: defined once here and pinned by tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    """Summary: the VM runs on a node that satisfies its request."""
+    COMPLIANT = "Compliant"
+    """The VM's current node satisfies the request."""
+    PENDING = "Pending"
+    """Some profile satisfies the request, but the VM is not yet placed on a compliant node."""
+    UNSATISFIABLE = "Unsatisfiable"
+    """No profile in the catalog satisfies the request."""
+    RELOCATING = "Relocating"
+    """A relocation (live migration or restart) is in progress."""
+    RELOCATION_FAILED = "RelocationFailed"
+    """The last relocation attempt failed; it is retried with back-off."""
+    NON_MIGRATABLE = "NonMigratable"
+    """The VM cannot be live-migrated (e.g. a confidential VM)."""
+
+
+class Reason(StrEnum):
+    # Compliant / Ready
+    COMPLIANT_NODE = "CompliantNode"
+    NODE_NOT_COMPLIANT = "NodeNotCompliant"
+    NOT_RUNNING = "NotRunning"
+    # Pending
+    NO_COMPLIANT_NODE = "NoCompliantNode"
+    WAITING_FOR_SCHEDULING = "WaitingForScheduling"
+    WAITING_FOR_AFFINITY = "WaitingForAffinityPropagation"
+    # Unsatisfiable
+    NO_SATISFYING_PROFILE = "NoSatisfyingProfile"
+    SATISFIABLE = "Satisfiable"
+    INVALID_REQUEST = "InvalidRequest"
+    PACKAGE_NOT_FOUND = "PackageNotFound"
+    # Relocating
+    MIGRATING = "Migrating"
+    RESTARTING = "Restarting"
+    IDLE = "Idle"
+    # RelocationFailed
+    MIGRATION_FAILED = "MigrationFailed"
+    NO_FAILURE = "NoFailure"
+    # NonMigratable
+    LIVE_MIGRATABLE = "LiveMigratable"
+    NOT_LIVE_MIGRATABLE = "NotLiveMigratable"
+    # Fail-closed
+    FAIL_CLOSED_STOPPED = "FailClosedStopped"
+    FAIL_CLOSED_ALERT = "FailClosedDeadlineExceeded"
+    # VM reference
+    VM_NOT_FOUND = "VirtualMachineNotFound"
+
+
+@dataclass(frozen=True)
+class ConditionState:
+    """A condition as the pure core handles it (the wire model is `v1alpha1.base.Condition`)."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+    observed_generation: int | None
+    last_transition_time: datetime
+
+
+def set_condition(
+    conditions: list[ConditionState], new: ConditionState
+) -> tuple[list[ConditionState], bool]:
+    """Set `new` in `conditions` like apimachinery's `meta.SetStatusCondition`.
+
+    `lastTransitionTime` changes only when `status` changes; reason, message and
+    observedGeneration update in place. Returns the new list and whether anything changed,
+    so callers patch status only on change (no write storms).
+    """
+    for i, old in enumerate(conditions):
+        if old.type != new.type:
+            continue
+        updated = replace(
+            new,
+            last_transition_time=(
+                old.last_transition_time
+                if old.status == new.status
+                else new.last_transition_time
+            ),
+        )
+        if updated == old:
+            return conditions, False
+        return [*conditions[:i], updated, *conditions[i + 1 :]], True
+    return [*conditions, new], True

@@ -1,0 +1,91 @@
+"""Does a profile satisfy a request? (Semantics fixed in ARCHITECTURE.md, "Semantics".)
+
+1. A profile satisfies a request when every requested (entity, property) cell is `Yes` in the
+   profile and the profile's scope covers the request's scope.
+2. No implicit union: a node satisfies a request when ONE profile verified on it does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
+from sod_operator.api.vocabulary import Cell, Entity, Property, Scope, scope_covers
+from sod_operator.policy.request import RequestCell, SecurityRequest
+
+
+@dataclass(frozen=True)
+class ProfileCapabilities:
+    """A profile reduced to what matching needs: its Table III row, scope and cost."""
+
+    name: str
+    cells: Mapping[RequestCell, Cell]
+    scope: Scope
+    cost: int = 1
+
+    def cell(self, entity: Entity, prop: Property) -> Cell:
+        # An entity the profile does not list is not protected from.
+        return self.cells.get((entity, prop), Cell.NO)
+
+    @classmethod
+    def from_spec(cls, name: str, spec: ServerSecurityProfileSpec) -> ProfileCapabilities:
+        cells: dict[RequestCell, Cell] = {}
+        for row in spec.protections:
+            cells[(row.entity, Property.CONFIDENTIALITY)] = row.confidentiality
+            cells[(row.entity, Property.INTEGRITY)] = row.integrity
+        return cls(name=name, cells=cells, scope=spec.scope, cost=spec.cost)
+
+
+@dataclass(frozen=True)
+class UnmetCell:
+    entity: Entity
+    prop: Property
+    offered: Cell
+
+    def describe(self) -> str:
+        return f"{self.entity}/{self.prop}={self.offered}"
+
+
+@dataclass(frozen=True)
+class Match:
+    """The result of matching one profile against one request, with every reason it fails."""
+
+    profile: str
+    unmet: tuple[UnmetCell, ...]
+    scope_gap: Scope | None
+    """The profile's scope when it does not cover the requested scope."""
+
+    @property
+    def satisfied(self) -> bool:
+        return not self.unmet and self.scope_gap is None
+
+    def reasons(self, requested_scope: Scope) -> list[str]:
+        out = [f"{u.entity} {u.prop}: profile offers {u.offered}" for u in self.unmet]
+        if self.scope_gap is not None:
+            out.append(f"scope {self.scope_gap} does not cover requested scope {requested_scope}")
+        return out
+
+
+def match(request: SecurityRequest, profile: ProfileCapabilities) -> Match:
+    """Match `profile` against `request`, listing every unmet cell in the paper's order."""
+    unmet = tuple(
+        UnmetCell(e, p, profile.cell(e, p))
+        for e in Entity
+        for p in Property
+        if (e, p) in request.cells and profile.cell(e, p) is not Cell.YES
+    )
+    gap = None if scope_covers(profile.scope, request.scope) else profile.scope
+    return Match(profile=profile.name, unmet=unmet, scope_gap=gap)
+
+
+def match_all(
+    request: SecurityRequest, profiles: Iterable[ProfileCapabilities]
+) -> list[Match]:
+    """Matches for every profile, sorted by profile name."""
+    return sorted((match(request, p) for p in profiles), key=lambda m: m.profile)
+
+
+def satisfying(request: SecurityRequest, profiles: Iterable[ProfileCapabilities]) -> list[str]:
+    """Names of the profiles that satisfy `request`, sorted."""
+    return [m.profile for m in match_all(request, profiles) if m.satisfied]
