@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sod_operator.api.v1alpha1.base import ApiModel, DNS1123Name, ShortText
 from sod_operator.api.vocabulary import (
     CONFLICT_REASON,
-    ENTITY_OPTION,
     IN_VM_OPTIONS,
     OPTION_ENTITY,
     Entity,
@@ -189,10 +188,23 @@ class SecurityRequestSpec(ApiModel):
                 "a `matrix` lists the properties of each entity: "
                 "do not set `properties` together with `matrix`"
             )
-        conflict = check_option_conflict(self.options) or check_matrix_conflict(self.matrix)
+        return self
+
+    @field_validator("options")
+    @classmethod
+    def _options_compatible(cls, options: list[SecurityOption] | None) -> list[SecurityOption] | None:
+        conflict = check_option_conflict(options)
         if conflict:
             raise ValueError(conflict)
-        return self
+        return options
+
+    @field_validator("matrix")
+    @classmethod
+    def _matrix_compatible(cls, matrix: list[MatrixRow] | None) -> list[MatrixRow] | None:
+        conflict = check_matrix_conflict(matrix)
+        if conflict:
+            raise ValueError(conflict)
+        return matrix
 
 
 class SecurityPackageSpec(ApiModel):
@@ -211,17 +223,13 @@ class SecurityPackageSpec(ApiModel):
     scope: Scope | None = None
     """What of the VM is protected. Default: FullVM."""
 
-    @model_validator(mode="after")
-    def _no_conflict(self) -> SecurityPackageSpec:
-        conflict = check_option_conflict(self.options)
+    @field_validator("options")
+    @classmethod
+    def _options_compatible(cls, options: list[SecurityOption]) -> list[SecurityOption]:
+        conflict = check_option_conflict(options)
         if conflict:
             raise ValueError(conflict)
-        return self
-
-
-def entity_options(entities: list[Entity]) -> list[SecurityOption]:
-    """The options that select `entities` (for display)."""
-    return [ENTITY_OPTION[e] for e in entities]
+        return options
 
 
 def dump_spec(model: ApiModel) -> dict[str, Any]:
