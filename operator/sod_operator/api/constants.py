@@ -33,3 +33,8 @@ KOPF_PROGRESS_PREFIX: Final = "kopf.sod.dev"
 # A label no node ever carries (the verifier never writes it): the one required term of a VM
 # whose request no profile satisfies, so it is scheduled nowhere rather than anywhere.
 NO_COMPLIANT_NODE_LABEL: Final = f"{NODE_LABEL_PREFIX}no-compliant-node"
+
+# The sandbox's fake nodes: which security architecture (a profile name, or `plain` for none) a
+# node simulates. Set by `sodctl sandbox up --nodes ARCH=N,...`; the simulated evidence source of
+# that node's agent claims it. A kwok node label, never read by the verifier as evidence.
+SIMULATED_ARCHITECTURE_LABEL: Final = f"{ANNOTATION_PREFIX}simulated-architecture"
