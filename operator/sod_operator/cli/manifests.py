@@ -48,7 +48,11 @@ def load_objects(path: Path, kinds: tuple[str, ...]) -> list[ParsedObject]:
     for index, doc in _documents(path):
         where = f"{path}: document {index}"
         if isinstance(doc, dict):
-            name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
+            name = (
+                (doc.get("metadata") or {}).get("name")
+                if isinstance(doc.get("metadata"), dict)
+                else None
+            )
             if name:
                 where = f"{path}: {doc.get('kind', 'object')} {name}"
         if isinstance(doc, dict) and doc.get("kind") not in kinds:

@@ -1,8 +1,8 @@
 """Offline `sodctl` commands: `matrix`, `table` and `match`, on manifests in files.
 
-    sodctl matrix examples/securevm-vm-b.yaml
-    sodctl table --profiles examples/profiles
-    sodctl match examples/securevm-vm-b.yaml --profiles examples/profiles -o json
+sodctl matrix examples/securevm-vm-b.yaml
+sodctl table --profiles examples/profiles
+sodctl match examples/securevm-vm-b.yaml --profiles examples/profiles -o json
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ from sod_operator.cli import render
 from sod_operator.cli.errors import UsageError
 from sod_operator.cli.manifests import load_objects, load_packages, load_profiles
 from sod_operator.policy.matching import match_all
-from sod_operator.policy.request import RequestError, SecurityRequest, resolve_package, resolve_request
+from sod_operator.policy.request import (
+    RequestError,
+    SecurityRequest,
+    resolve_package,
+    resolve_request,
+)
 
 REQUEST_KINDS = ("SecureVM", "SecurityPackage")
 
@@ -76,7 +81,9 @@ def cmd_table(args: argparse.Namespace) -> int:
                         "name": p.name,
                         "scope": p.scope.value,
                         "cost": p.cost,
-                        "cells": {f"{e}/{prop}": c.value for (e, prop), c in sorted(p.cells.items())},
+                        "cells": {
+                            f"{e}/{prop}": c.value for (e, prop), c in sorted(p.cells.items())
+                        },
                     }
                     for p in profiles
                 ],
@@ -90,7 +97,9 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_match(args: argparse.Namespace) -> int:
     profiles = load_profiles(args.profiles)
-    results = [(name, req, match_all(req, profiles)) for name, req in _requests(args.file, args.packages)]
+    results = [
+        (name, req, match_all(req, profiles)) for name, req in _requests(args.file, args.packages)
+    ]
     if args.output == "json":
         docs = [render.match_json(n, r, m) for n, r, m in results]
         print(json.dumps(docs[0] if len(docs) == 1 else {"items": docs}, indent=2))

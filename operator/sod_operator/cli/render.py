@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sod_operator.api.vocabulary import Cell, Entity, Property, Scope
+from sod_operator.api.vocabulary import Cell, Entity, Property
 from sod_operator.policy.matching import Match, ProfileCapabilities
 from sod_operator.policy.request import SecurityRequest
 
@@ -16,12 +16,20 @@ def _grid(first_header: str, rows: Sequence[tuple[str, Sequence[str], str]], las
     """Entity columns with a C and an I sub-column each, like the paper's tables."""
     label_w = max([len(first_header), *(len(r[0]) for r in rows)])
     col_w = [max(len(e.value), 7) for e in Entity]
-    head1 = first_header.ljust(label_w) + "  " + "  ".join(
-        e.value.ljust(w) for e, w in zip(Entity, col_w, strict=True)
-    ) + "  " + last
+    head1 = (
+        first_header.ljust(label_w)
+        + "  "
+        + "  ".join(e.value.ljust(w) for e, w in zip(Entity, col_w, strict=True))
+        + "  "
+        + last
+    )
     cw = [(w - 1) // 2 for w in col_w]
-    head2 = " " * label_w + "  " + "  ".join(
-        ("C".ljust(c) + " " + "I".ljust(w - c - 1)) for c, w in zip(cw, col_w, strict=True)
+    head2 = (
+        " " * label_w
+        + "  "
+        + "  ".join(
+            ("C".ljust(c) + " " + "I".ljust(w - c - 1)) for c, w in zip(cw, col_w, strict=True)
+        )
     )
     lines = [head1.rstrip(), head2.rstrip()]
     for label, cells, tail in rows:
@@ -95,5 +103,3 @@ def match_json(label: str, request: SecurityRequest, matches: Sequence[Match]) -
         "satisfiedBy": sorted(m.profile for m in matches if m.satisfied),
         "unmet": unmet,
     }
-
-

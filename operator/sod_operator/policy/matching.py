@@ -79,9 +79,7 @@ def match(request: SecurityRequest, profile: ProfileCapabilities) -> Match:
     return Match(profile=profile.name, unmet=unmet, scope_gap=gap)
 
 
-def match_all(
-    request: SecurityRequest, profiles: Iterable[ProfileCapabilities]
-) -> list[Match]:
+def match_all(request: SecurityRequest, profiles: Iterable[ProfileCapabilities]) -> list[Match]:
     """Matches for every profile, sorted by profile name."""
     return sorted((match(request, p) for p in profiles), key=lambda m: m.profile)
 

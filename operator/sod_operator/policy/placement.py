@@ -34,7 +34,11 @@ def verified_profiles(labels: Mapping[str, str]) -> frozenset[str]:
 
 
 def _profile_term(profile: str) -> Json:
-    return {"matchExpressions": [{"key": profile_label(profile), "operator": "In", "values": [VERIFIED]}]}
+    return {
+        "matchExpressions": [
+            {"key": profile_label(profile), "operator": "In", "values": [VERIFIED]}
+        ]
+    }
 
 
 def _and_terms(ours: Json, tenant: Json) -> Json:
@@ -205,7 +209,7 @@ class NodeView:
 def justifying_profile(
     node: NodeView, satisfying: Sequence[str], costs: Mapping[str, int]
 ) -> str | None:
-    """The cheapest satisfying profile verified on `node`, or None when the node is not compliant."""
+    """The cheapest satisfying profile verified on `node`; None when the node is not compliant."""
     on_node = [p for p in satisfying if p in node.verified]
     if not on_node:
         return None

@@ -63,7 +63,7 @@ class RequestError(ValueError):
 def cells_from_options(
     options: Iterable[SecurityOption], properties: Iterable[Property]
 ) -> frozenset[RequestCell]:
-    """Options × properties: the chosen properties apply to every chosen entity."""
+    """Options times properties: the chosen properties apply to every chosen entity."""
     props = tuple(properties)
     return frozenset((OPTION_ENTITY[o], p) for o in options for p in props)
 
@@ -72,9 +72,7 @@ def cells_from_matrix(matrix: Iterable[MatrixRow]) -> frozenset[RequestCell]:
     return frozenset((row.entity, p) for row in matrix for p in row.properties)
 
 
-def resolve_package(
-    package: SecurityPackageSpec, name: str | None = None
-) -> SecurityRequest:
+def resolve_package(package: SecurityPackageSpec, name: str | None = None) -> SecurityRequest:
     """The request a SecurityPackage stands for."""
     conflict = check_option_conflict(package.options)
     if conflict:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from pydantic.alias_generators import to_camel
 
 # Bounded scalar types used across the API (Kubernetes names and messages).
@@ -58,7 +58,8 @@ class Condition(ApiModel):
     """The standard Kubernetes condition (`metav1.Condition`)."""
 
     type: str = Field(
-        max_length=316, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
     )
     """Type of the condition, in CamelCase."""
     status: ConditionStatus
@@ -85,3 +86,18 @@ class LocalObjectReference(ApiModel):
 
     name: DNS1123Name
     """Name of the referenced object."""
+
+
+CelRule = dict[str, str]
+
+
+def with_cel_rules(*rules: CelRule) -> ConfigDict:
+    """The base model config plus CEL `x-kubernetes-validations` on the model's schema.
+
+    Each rule is mirrored by a pydantic validator on the same model, so offline tools reject
+    what the apiserver rejects; the e2e tier checks the apiserver side.
+    """
+    return ConfigDict(
+        **ApiModel.model_config,
+        json_schema_extra={"x-kubernetes-validations": cast("list[JsonValue]", list(rules))},
+    )

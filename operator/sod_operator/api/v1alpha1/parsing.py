@@ -81,7 +81,9 @@ class ParsedObject:
 def parse_object(body: Mapping[str, Any], expected_kind: str | None = None) -> ParsedObject:
     """Parse one object of our kinds; `expected_kind` rejects any other kind."""
     if not isinstance(body, Mapping):
-        raise ManifestError("", "expected a Kubernetes object (a mapping), got " + type(body).__name__)
+        raise ManifestError(
+            "", "expected a Kubernetes object (a mapping), got " + type(body).__name__
+        )
     kind = body.get("kind")
     api_version = body.get("apiVersion")
     if expected_kind is not None and kind != expected_kind:

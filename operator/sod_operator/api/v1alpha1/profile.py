@@ -69,7 +69,7 @@ class ServerSecurityProfileStatus(ApiModel):
     """The generation this status was computed for."""
     verified_nodes: Annotated[int, Field(ge=0, le=100_000)] | None = None
     """Number of nodes on which the verifier currently verifies this profile."""
-    conditions: Annotated[
-        list[Condition], Field(max_length=16, json_schema_extra=CONDITIONS_LIST)
-    ] | None = None
+    conditions: (
+        Annotated[list[Condition], Field(max_length=16, json_schema_extra=CONDITIONS_LIST)] | None
+    ) = None
     """Standard conditions."""

@@ -17,6 +17,7 @@ from sod_operator.api.v1alpha1.base import (
     LocalObjectReference,
     Message,
     ShortText,
+    with_cel_rules,
 )
 from sod_operator.api.v1alpha1.security import MatrixRow, SecurityRequestSpec
 from sod_operator.api.vocabulary import Cell, Entity, Property, Scope
@@ -53,18 +54,14 @@ class RelocationPolicy(ApiModel):
 class MovingTargetDefense(ApiModel):
     """Move the VM now and then so attackers cannot co-locate with it (paper, Section III-E)."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.jitterSeconds) || self.jitterSeconds <= self.intervalSeconds",
-                    "message": "`jitterSeconds` must not exceed `intervalSeconds`",
-                    "reason": "FieldValueInvalid",
-                    "fieldPath": ".jitterSeconds",
-                }
-            ]
+    model_config = with_cel_rules(
+        {
+            "rule": ("!has(self.jitterSeconds) || self.jitterSeconds <= self.intervalSeconds"),
+            "message": "`jitterSeconds` must not exceed `intervalSeconds`",
+            "reason": "FieldValueInvalid",
+            "fieldPath": ".jitterSeconds",
         }
-    }
+    )
 
     interval_seconds: Annotated[int, Field(ge=60, le=31_536_000)]
     """Mean time between moves."""
@@ -75,26 +72,22 @@ class MovingTargetDefense(ApiModel):
 class SecureVMSpec(ApiModel):
     """A VM and the entities its confidentiality and integrity must be protected from."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.template) != has(self.vmRef)",
-                    "message": "set exactly one of `template` or `vmRef`",
-                    "reason": "FieldValueInvalid",
-                },
-                {
-                    "rule": (
-                        "has(self.vmRef) == has(oldSelf.vmRef) && "
-                        "(!has(self.vmRef) || self.vmRef.name == oldSelf.vmRef.name)"
-                    ),
-                    "message": "`vmRef` is immutable: create a new SecureVM to adopt another VM",
-                    "reason": "FieldValueForbidden",
-                    "fieldPath": ".vmRef",
-                },
-            ]
-        }
-    }
+    model_config = with_cel_rules(
+        {
+            "rule": "has(self.template) != has(self.vmRef)",
+            "message": "set exactly one of `template` or `vmRef`",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": (
+                "has(self.vmRef) == has(oldSelf.vmRef) && "
+                "(!has(self.vmRef) || self.vmRef.name == oldSelf.vmRef.name)"
+            ),
+            "message": "`vmRef` is immutable: create a new SecureVM to adopt another VM",
+            "reason": "FieldValueForbidden",
+            "fieldPath": ".vmRef",
+        },
+    )
 
     security: SecurityRequestSpec
     """What the VM must be protected from."""
@@ -202,8 +195,8 @@ class SecureVMStatus(ApiModel):
     """The most recent relocations, newest last."""
     next_moving_target_time: datetime | None = None
     """When moving target defense moves the VM next."""
-    conditions: Annotated[
-        list[Condition], Field(max_length=16, json_schema_extra=CONDITIONS_LIST)
-    ] | None = None
+    conditions: (
+        Annotated[list[Condition], Field(max_length=16, json_schema_extra=CONDITIONS_LIST)] | None
+    ) = None
     """Standard conditions: Ready, Compliant, Pending, Unsatisfiable, Relocating,
     RelocationFailed, NonMigratable."""

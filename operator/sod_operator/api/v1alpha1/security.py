@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from sod_operator.api.v1alpha1.base import ApiModel, DNS1123Name, ShortText
+from sod_operator.api.v1alpha1.base import ApiModel, DNS1123Name, ShortText, with_cel_rules
 from sod_operator.api.vocabulary import (
     CONFLICT_REASON,
     IN_VM_OPTIONS,
@@ -114,38 +114,33 @@ class SecurityRequestSpec(ApiModel):
     options, properties and scope. A `matrix` is an explicit Table II row.
     """
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": (
-                        "[has(self.options), has(self.package), has(self.matrix)]"
-                        ".filter(x, x).size() == 1"
-                    ),
-                    "message": "set exactly one of `options`, `package` or `matrix`",
-                    "reason": "FieldValueInvalid",
-                },
-                {
-                    "rule": "!has(self.package) || (!has(self.properties) && !has(self.scope))",
-                    "message": (
-                        "`properties` and `scope` come from the SecurityPackage: "
-                        "do not set them together with `package`"
-                    ),
-                    "reason": "FieldValueForbidden",
-                },
-                {
-                    "rule": "!has(self.matrix) || !has(self.properties)",
-                    "message": (
-                        "a `matrix` lists the properties of each entity: "
-                        "do not set `properties` together with `matrix`"
-                    ),
-                    "reason": "FieldValueForbidden",
-                },
-                *_option_conflict_rules("options"),
-                *_matrix_conflict_rules(),
-            ]
-        }
-    }
+    model_config = with_cel_rules(
+        {
+            "rule": (
+                "[has(self.options), has(self.package), has(self.matrix)].filter(x, x).size() == 1"
+            ),
+            "message": "set exactly one of `options`, `package` or `matrix`",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": "!has(self.package) || (!has(self.properties) && !has(self.scope))",
+            "message": (
+                "`properties` and `scope` come from the SecurityPackage: "
+                "do not set them together with `package`"
+            ),
+            "reason": "FieldValueForbidden",
+        },
+        {
+            "rule": "!has(self.matrix) || !has(self.properties)",
+            "message": (
+                "a `matrix` lists the properties of each entity: "
+                "do not set `properties` together with `matrix`"
+            ),
+            "reason": "FieldValueForbidden",
+        },
+        *_option_conflict_rules("options"),
+        *_matrix_conflict_rules(),
+    )
 
     options: OptionList | None = None
     """Security options (Section III-B): Basic, HypervisorProtection, HardwareProtection,
@@ -192,7 +187,9 @@ class SecurityRequestSpec(ApiModel):
 
     @field_validator("options")
     @classmethod
-    def _options_compatible(cls, options: list[SecurityOption] | None) -> list[SecurityOption] | None:
+    def _options_compatible(
+        cls, options: list[SecurityOption] | None
+    ) -> list[SecurityOption] | None:
         conflict = check_option_conflict(options)
         if conflict:
             raise ValueError(conflict)
@@ -210,9 +207,7 @@ class SecurityRequestSpec(ApiModel):
 class SecurityPackageSpec(ApiModel):
     """A named bundle of options, e.g. `medical-records` (options 1, 5, 6, 7; scope Data)."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {"x-kubernetes-validations": _option_conflict_rules("options")}
-    }
+    model_config = with_cel_rules(*_option_conflict_rules("options"))
 
     description: ShortText = ""
     """What the package is for, shown to tenants."""
