@@ -1,21 +1,161 @@
-"""`ServerSecurityProfile.spec.attestation`: how the verifier proves a node has the architecture.
+"""`ServerSecurityProfile.spec.attestation`: what a node must prove, freshly, to carry a profile.
 
-Owned by the trust monitor (issue 5); this first cut carries only what placement needs.
+Every check here is evaluated by the verifier (`sod_operator.attestation`) against evidence
+that is bound to a TPM quote over the verifier's nonce: the declared architecture, golden PCR
+values, CPU flags, kernel module parameters and runtime counters. A profile without a policy
+is never verified on any node (fail closed).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from enum import StrEnum
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from sod_operator.api.v1alpha1.base import ApiModel, ShortText
+from sod_operator.api.v1alpha1.base import ApiModel
+
+# A lower-case name as the node-agent reports it (architecture names, CPU flags, counters).
+FactName = Annotated[
+    str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$")
+]
+ModuleParameterName = Annotated[
+    str,
+    Field(
+        min_length=3,
+        max_length=127,
+        pattern=r"^[a-z0-9_]+\.[A-Za-z0-9_]+$",
+        description="`<module>.<parameter>`, e.g. `kvm_amd.sev_snp`.",
+    ),
+]
+ModuleParameterValue = Annotated[str, Field(max_length=63)]
+PcrIndex = Annotated[int, Field(ge=0, le=23)]
+HexDigest = Annotated[str, Field(min_length=40, max_length=128, pattern=r"^([0-9a-f]{2})+$")]
+CounterValue = Annotated[int, Field(ge=0, le=2**53)]
+
+_SET: dict[str, Any] = {"x-kubernetes-list-type": "set"}
+
+
+def _map(*keys: str) -> dict[str, Any]:
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+class PcrBank(StrEnum):
+    """A TPM PCR bank (the hash algorithm the PCRs are extended with)."""
+
+    SHA256 = "SHA256"
+    SHA384 = "SHA384"
+    SHA512 = "SHA512"
+
+
+PCR_DIGEST_SIZE: dict[PcrBank, int] = {PcrBank.SHA256: 32, PcrBank.SHA384: 48, PcrBank.SHA512: 64}
+"""Digest size in bytes of each bank; golden values must have exactly this length."""
+
+
+class GoldenPcr(ApiModel):
+    """The values one PCR may hold on a node that has this architecture."""
+
+    index: PcrIndex
+    """The PCR index (0-23). It must be covered by the node's quote."""
+    values: Annotated[list[HexDigest], Field(min_length=1, max_length=16, json_schema_extra=_SET)]
+    """Accepted values as lower-case hex digests of the policy's bank. More than one value
+    allows a rollout (old and new firmware) without a window where no node verifies."""
+
+
+class TpmPolicy(ApiModel):
+    """Golden PCR values the node's TPM quote must show."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": (
+                        "self.pcrs.all(p, p.values.all(v, size(v) == "
+                        "(self.pcrBank == 'SHA256' ? 64 : self.pcrBank == 'SHA384' ? 96 : 128)))"
+                    ),
+                    "message": "every golden value must be a hex digest of `pcrBank`'s size",
+                    "reason": "FieldValueInvalid",
+                    "fieldPath": ".pcrs",
+                },
+            ]
+        }
+    }
+
+    pcr_bank: PcrBank = PcrBank.SHA256
+    """The PCR bank the quote must be taken over."""
+    pcrs: Annotated[
+        list[GoldenPcr], Field(min_length=1, max_length=24, json_schema_extra=_map("index"))
+    ]
+    """The PCRs the quote must cover, each with its accepted values. A value outside the list
+    (an unexpected measurement) revokes the profile on the node."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TpmPolicy:
+        seen: set[int] = set()
+        size = PCR_DIGEST_SIZE[self.pcr_bank] * 2
+        for i, pcr in enumerate(self.pcrs):
+            if pcr.index in seen:
+                raise ValueError(f"pcrs[{i}].index: PCR {pcr.index} appears more than once")
+            seen.add(pcr.index)
+            for j, value in enumerate(pcr.values):
+                if len(value) != size:
+                    raise ValueError(
+                        f"pcrs[{i}].values[{j}]: must be {size} hex digits "
+                        f"(a {self.pcr_bank} digest), got {len(value)}"
+                    )
+        return self
+
+
+class ModuleParameterRequirement(ApiModel):
+    """A kernel module parameter the node must report with a given value."""
+
+    name: ModuleParameterName
+    """`<module>.<parameter>` as under /sys/module, e.g. `kvm_amd.sev_snp`."""
+    value: ModuleParameterValue
+    """The required value, e.g. `Y` or `1`."""
+
+
+class RuntimeCounterLimit(ApiModel):
+    """An upper bound on a runtime trust-evidence counter (e.g. HyperWall's memory violations)."""
+
+    counter: FactName
+    """The counter's name as the node-agent reports it, e.g. `memoryViolations`. A node that
+    does not report the counter fails the check."""
+    max: CounterValue
+    """The largest accepted value; anything above revokes the profile on the node."""
 
 
 class AttestationPolicy(ApiModel):
-    """Evidence a node must present, freshly, for the verifier to vouch for this profile."""
+    """Evidence a node must present, freshly, for the verifier to vouch for this profile.
 
-    architecture: ShortText | None = None
-    """The architecture the node's evidence must declare (e.g. `hyperwall`)."""
+    The node's TPM quote (signed by an attestation key bound to an EK whose certificate chains
+    to the verifier's CA bundle, over the verifier's current nonce) is always required; the
+    fields below add what this architecture must show on top.
+    """
+
+    architecture: FactName | None = None
+    """The architecture the node's evidence must declare (e.g. `hyperwall`). Unset: any."""
+    tpm: TpmPolicy | None = None
+    """Golden PCR values. Unset: the quote must be valid, but no PCR value is checked."""
+    cpu_flags: Annotated[list[FactName], Field(max_length=32, json_schema_extra=_SET)] = []
+    """CPU flags (as in /proc/cpuinfo, e.g. `sev_snp`, `tdx_guest`) the node must report."""
+    module_parameters: Annotated[
+        list[ModuleParameterRequirement], Field(max_length=16, json_schema_extra=_map("name"))
+    ] = []
+    """Kernel module parameters the node must report, e.g. `kvm_amd.sev_snp=Y`."""
+    runtime: Annotated[
+        list[RuntimeCounterLimit],
+        Field(max_length=16, json_schema_extra=_map("counter")),
+    ] = []
+    """Runtime counters and their upper bounds (e.g. `memoryViolations` at most 0)."""
     freshness_seconds: Annotated[int, Field(ge=5, le=86_400)] = 60
-    """Evidence older than this revokes the profile on the node (fail closed)."""
+    """Evidence older than this revokes the profile on the node (fail closed). The age is
+    measured from when the verifier issued the nonce the evidence answers."""
+
+    @model_validator(mode="after")
+    def _unique_counters(self) -> AttestationPolicy:
+        names = [r.counter for r in self.runtime]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"runtime: counter {name!r} appears more than once")
+        return self

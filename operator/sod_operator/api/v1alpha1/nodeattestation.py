@@ -1,28 +1,373 @@
 """`NodeAttestation`: evidence of one node (spec, by its agent) and the verdict (status).
 
-First cut so the CRD generator has every kind; the trust monitor (issue 5) owns this module
-and replaces it with the full evidence and verdict models.
+Cluster-scoped; the object's name is the node's name. The node-agent writes `spec` (and only
+its own node's object: a ValidatingAdmissionPolicy compares the name with the node name bound
+into the agent's token). The verifier alone writes `status` through the `/status`
+subresource: the challenge (nonce), the enrollment (EK certificate, AK bound by credential
+activation), one verdict per `ServerSecurityProfile` and conditions.
+
+The wire protocol between agent and verifier is defined here, once, so neither side imports
+the other: `qualifying_data(nonce, claims)` is what the agent passes to TPM2_Quote as
+`qualifyingData` and what the verifier expects in the quote's `extraData`. That binds the
+non-TPM claims (architecture, CPU flags, counters) to the TPM-signed, nonce-fresh quote.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import hashlib
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Final
 
 from pydantic import Field
 
-from sod_operator.api.v1alpha1.base import CONDITIONS_LIST, ApiModel, Condition, Generation
+from sod_operator.api.v1alpha1.attestation_policy import (
+    CounterValue,
+    FactName,
+    HexDigest,
+    ModuleParameterName,
+    ModuleParameterValue,
+    PcrBank,
+    PcrIndex,
+)
+from sod_operator.api.v1alpha1.base import (
+    CONDITIONS_LIST,
+    ApiModel,
+    Condition,
+    DNS1123Name,
+    Generation,
+    Reason,
+    ShortText,
+)
+
+NONCE_BYTES: Final = 32
+"""Size of a verifier nonce (TPM2B_DATA holds at most 64 bytes)."""
+QUALIFYING_DATA_DOMAIN: Final = b"sod.dev/v1alpha1 NodeAttestation quote\x00"
+"""Domain separation for `qualifying_data`: a quote made for another protocol never matches."""
+
+Base64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
+NonceHex = Annotated[
+    str, Field(min_length=2 * NONCE_BYTES, max_length=2 * NONCE_BYTES, pattern=r"^[0-9a-f]+$")
+]
+Sha256Hex = Annotated[str, Field(min_length=64, max_length=64, pattern=r"^[0-9a-f]+$")]
+TpmNameHex = Annotated[str, Field(min_length=4, max_length=132, pattern=r"^([0-9a-f]{2})+$")]
+VerdictMessage = Annotated[str, Field(max_length=4096)]
+
+
+def _map(*keys: str) -> dict[str, Any]:
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+# --------------------------------------------------------------------------- spec (evidence)
+
+
+class ArchitectureSource(StrEnum):
+    """Where the node-agent's architecture claim comes from."""
+
+    SIMULATED = "Simulated"
+    """A simulated-architecture source (tests, demos; the paper's prototype did the same)."""
+    CONFIGURED = "Configured"
+    """Declared by the node's configuration (e.g. a DaemonSet argument)."""
+
+
+class ModuleParameter(ApiModel):
+    """A kernel module parameter as found under /sys/module/<module>/parameters/."""
+
+    name: ModuleParameterName
+    """`<module>.<parameter>`, e.g. `kvm_amd.sev_snp`."""
+    value: ModuleParameterValue
+    """The parameter's value, trimmed."""
+
+
+class RuntimeCounter(ApiModel):
+    """A runtime trust-evidence counter (e.g. HyperWall's memory-violation count)."""
+
+    name: FactName
+    """The counter's name, e.g. `memoryViolations`."""
+    value: CounterValue
+    """The counter's current value."""
+
+
+class Claims(ApiModel):
+    """Facts the node reports besides the TPM quote. They are bound to the quote: the quote's
+    `extraData` must equal `qualifying_data(nonce, claims)`, so they cannot be changed after
+    the TPM signed them."""
+
+    architecture: FactName | None = None
+    """The security architecture the node declares (e.g. `hyperwall`)."""
+    architecture_source: ArchitectureSource | None = None
+    """Where the architecture claim comes from."""
+    cpu_flags: Annotated[list[FactName], Field(max_length=512)] = []
+    """CPU flags from /proc/cpuinfo (sorted, unique), plus any the simulated source adds."""
+    module_parameters: Annotated[
+        list[ModuleParameter], Field(max_length=256, json_schema_extra=_map("name"))
+    ] = []
+    """Parameters of the kvm modules (kvm, kvm_amd, kvm_intel)."""
+    counters: Annotated[
+        list[RuntimeCounter], Field(max_length=32, json_schema_extra=_map("name"))
+    ] = []
+    """Runtime trust-evidence counters."""
+
+
+class PcrValue(ApiModel):
+    """One PCR value as the node read it."""
+
+    index: PcrIndex
+    """The PCR index."""
+    value: HexDigest
+    """The PCR value, lower-case hex."""
+
+
+class Quote(ApiModel):
+    """A TPM2_Quote over the node's PCRs, answering the verifier's nonce."""
+
+    nonce: NonceHex
+    """The verifier's nonce (`status.challenge.nonce`) this quote answers."""
+    attest: Annotated[Base64, Field(max_length=4096)]
+    """The signed TPMS_ATTEST structure, base64."""
+    signature: Annotated[Base64, Field(max_length=2048)]
+    """The TPMT_SIGNATURE over `attest` by the attestation key, base64."""
+    pcr_bank: PcrBank
+    """The PCR bank that was quoted."""
+    pcrs: Annotated[list[PcrValue], Field(max_length=24, json_schema_extra=_map("index"))]
+    """The values of every quoted PCR; the verifier recomputes the quote's PCR digest."""
+
+
+class CredentialActivation(ApiModel):
+    """The node's answer to the enrollment challenge (TPM2_ActivateCredential)."""
+
+    credential: Annotated[Base64, Field(max_length=256)]
+    """The credential the TPM recovered from `status.enrollment.credentialBlob`, base64."""
+
+
+class TpmEvidence(ApiModel):
+    """What the node's TPM says about itself."""
+
+    ek_certificate: Annotated[Base64, Field(max_length=8192)]
+    """The endorsement key certificate (DER, base64) from the TPM's NV index."""
+    ek_public: Annotated[Base64, Field(max_length=2048)]
+    """The endorsement key's TPM2B_PUBLIC, base64."""
+    ak_public: Annotated[Base64, Field(max_length=2048)]
+    """The attestation key's TPM2B_PUBLIC, base64 (a restricted signing key)."""
+    activation: CredentialActivation | None = None
+    """The answer to the enrollment challenge, once the verifier issued one."""
+    quote: Quote | None = None
+    """The latest quote, once the verifier issued a nonce."""
+
+
+class AgentInfo(ApiModel):
+    """About the agent that wrote the evidence (informational; never trusted)."""
+
+    version: ShortText = ""
+    """The node-agent's version."""
+    produced_time: datetime | None = None
+    """When the agent produced this evidence, by the node's own clock."""
 
 
 class NodeAttestationSpec(ApiModel):
     """Evidence written by the node's agent."""
 
+    tpm: TpmEvidence | None = None
+    """TPM evidence. A node without it is never verified for any profile."""
+    claims: Claims = Claims()
+    """Facts bound to the quote: architecture, CPU flags, module parameters, counters."""
+    agent: AgentInfo | None = None
+    """About the agent."""
+
+
+# --------------------------------------------------------------------------- status (verdict)
+
+
+class AttestationConditionType(StrEnum):
+    READY = "Ready"
+    """The node's latest evidence is valid and fresh (whatever profiles it proves)."""
+    ENROLLED = "Enrolled"
+    """The node's attestation key is bound to an EK whose certificate the verifier trusts."""
+
+
+class AttestationReason(StrEnum):
+    """Why a node or a profile on it is (not) verified. Persisted on the wire: never rename."""
+
+    # Success
+    VERIFIED = "Verified"
+    ENROLLED = "Enrolled"
+    # Missing or unusable input
+    NO_EVIDENCE = "NoEvidence"
+    MALFORMED_EVIDENCE = "MalformedEvidence"
+    NO_QUOTE = "NoQuote"
+    NODE_NOT_FOUND = "NodeNotFound"
+    # Enrollment (EK certificate, credential activation)
+    EK_CERTIFICATE_UNTRUSTED = "EkCertificateUntrusted"
+    EK_PUBLIC_MISMATCH = "EkPublicMismatch"
+    EK_UNSUPPORTED = "EkUnsupported"
+    EK_ALREADY_ENROLLED = "EkAlreadyEnrolled"
+    EK_CHANGED = "EkChanged"
+    AK_ATTRIBUTES_INVALID = "AkAttributesInvalid"
+    AWAITING_ACTIVATION = "AwaitingCredentialActivation"
+    ACTIVATION_FAILED = "CredentialActivationFailed"
+    AK_NOT_ENROLLED = "AkNotEnrolled"
+    # Quote
+    NONCE_MISMATCH = "NonceMismatch"
+    QUOTE_MALFORMED = "QuoteMalformed"
+    QUOTE_SIGNATURE_INVALID = "QuoteSignatureInvalid"
+    QUALIFYING_DATA_MISMATCH = "QualifyingDataMismatch"
+    PCR_SELECTION_MISMATCH = "PcrSelectionMismatch"
+    PCR_DIGEST_MISMATCH = "PcrDigestMismatch"
+    EVIDENCE_STALE = "EvidenceStale"
+    # Profile policy
+    NO_ATTESTATION_POLICY = "NoAttestationPolicy"
+    ARCHITECTURE_MISMATCH = "ArchitectureMismatch"
+    PCR_BANK_MISMATCH = "PcrBankMismatch"
+    PCR_NOT_QUOTED = "PcrNotQuoted"
+    PCR_VALUE_MISMATCH = "PcrValueMismatch"
+    CPU_FLAG_MISSING = "CpuFlagMissing"
+    MODULE_PARAMETER_MISMATCH = "ModuleParameterMismatch"
+    RUNTIME_COUNTER_MISSING = "RuntimeCounterMissing"
+    RUNTIME_THRESHOLD_EXCEEDED = "RuntimeThresholdExceeded"
+
+
+class Challenge(ApiModel):
+    """A nonce the verifier issued; the next quote must answer it."""
+
+    nonce: NonceHex
+    """32 random bytes, lower-case hex."""
+    issued_time: datetime
+    """When the verifier issued the nonce: no quote answering it can be older."""
+
+
+class EnrollmentState(StrEnum):
+    CHALLENGED = "Challenged"
+    """A credential was made for the AK and encrypted to the EK; awaiting activation."""
+    ENROLLED = "Enrolled"
+    """The node proved the AK lives in the TPM that owns the certified EK."""
+
+
+class Enrollment(ApiModel):
+    """The binding of the node's attestation key to its endorsement key."""
+
+    state: EnrollmentState
+    """`Challenged` until the node answers, then `Enrolled`."""
+    ek_certificate_sha256: Sha256Hex
+    """SHA-256 of the enrolled EK certificate (DER)."""
+    ak_name: TpmNameHex
+    """The TPM Name (hash algorithm + digest) of the enrolled attestation key."""
+    credential_blob: Annotated[Base64, Field(max_length=1024)] | None = None
+    """TPM2B_ID_OBJECT contents for TPM2_ActivateCredential (while `Challenged`)."""
+    encrypted_secret: Annotated[Base64, Field(max_length=1024)] | None = None
+    """TPM2B_ENCRYPTED_SECRET contents for TPM2_ActivateCredential (while `Challenged`)."""
+    credential_sha256: Sha256Hex | None = None
+    """SHA-256 of the credential: the verifier keeps no secret, only this (while `Challenged`)."""
+    challenged_time: datetime
+    """When the challenge was issued."""
+    enrolled_time: datetime | None = None
+    """When the node answered the challenge correctly."""
+
+
+class EvidenceRecord(ApiModel):
+    """What the verifier recorded when a new generation of evidence arrived."""
+
+    observed_generation: Generation
+    """The `metadata.generation` of the evidence."""
+    challenge: Challenge | None = None
+    """The challenge that was current when this evidence arrived: the quote must answer it,
+    and the evidence's age is measured from its `issuedTime`."""
+    received_time: datetime
+    """When the verifier first saw this generation."""
+    quote_sha256: Sha256Hex | None = None
+    """SHA-256 over the quote's nonce, attest and signature: a spec change that keeps the same
+    quote is not new evidence (and does not consume a nonce)."""
+
+
+class VerdictResult(StrEnum):
+    VERIFIED = "Verified"
+    REJECTED = "Rejected"
+
+
+class ProfileVerdict(ApiModel):
+    """Whether the node's evidence proves one `ServerSecurityProfile`."""
+
+    profile: DNS1123Name
+    """The profile's name."""
+    result: VerdictResult
+    """`Verified` (the node carries the profile's label) or `Rejected`."""
+    reason: Reason
+    """A CamelCase reason (see `AttestationReason`)."""
+    message: VerdictMessage = ""
+    """Every check that failed, human-readable."""
+    last_transition_time: datetime
+    """When `result` last changed."""
+    evidence_time: datetime | None = None
+    """When the nonce the evidence answers was issued (a lower bound on the quote's time)."""
+    expiry_time: datetime | None = None
+    """When a `Verified` result expires unless fresher evidence arrives."""
+
 
 class NodeAttestationStatus(ApiModel):
-    """The verifier's verdict."""
+    """The verifier's challenge, enrollment and verdict."""
 
     observed_generation: Generation | None = None
-    """The generation this verdict was computed for."""
-    conditions: Annotated[
-        list[Condition], Field(max_length=16, json_schema_extra=CONDITIONS_LIST)
-    ] | None = None
-    """Standard conditions."""
+    """The generation of the evidence this verdict was computed for."""
+    challenge: Challenge | None = None
+    """The nonce the next quote must answer."""
+    enrollment: Enrollment | None = None
+    """The AK↔EK binding."""
+    evidence: EvidenceRecord | None = None
+    """What the verifier recorded about the latest evidence."""
+    verdicts: Annotated[
+        list[ProfileVerdict], Field(max_length=256, json_schema_extra=_map("profile"))
+    ] = []
+    """One verdict per ServerSecurityProfile."""
+    verified_profiles: Annotated[
+        list[DNS1123Name],
+        Field(max_length=256, json_schema_extra={"x-kubernetes-list-type": "set"}),
+    ] = []
+    """Profiles verified on the node (sorted): the node carries their labels."""
+    conditions: (
+        Annotated[list[Condition], Field(max_length=16, json_schema_extra=CONDITIONS_LIST)] | None
+    ) = None
+    """`Ready` and `Enrolled`."""
+
+
+class NodeAttestation(ApiModel):
+    """A whole `NodeAttestation` object as read from the apiserver."""
+
+    name: DNS1123Name
+    """`metadata.name`: the node's name."""
+    generation: Generation = 0
+    """`metadata.generation`: bumped by the apiserver on every spec change."""
+    resource_version: Annotated[str, Field(max_length=64)] = ""
+    """`metadata.resourceVersion`, for optimistic concurrency."""
+    spec: NodeAttestationSpec = NodeAttestationSpec()
+    status: NodeAttestationStatus = NodeAttestationStatus()
+
+    @classmethod
+    def from_object(cls, obj: dict[str, Any]) -> NodeAttestation:
+        """Parse a `NodeAttestation` dict (as the Kubernetes API returns it)."""
+        meta = obj.get("metadata") or {}
+        return cls(
+            name=meta.get("name", ""),
+            generation=meta.get("generation") or 0,
+            resource_version=meta.get("resourceVersion") or "",
+            spec=NodeAttestationSpec.model_validate(obj.get("spec") or {}),
+            status=NodeAttestationStatus.model_validate(obj.get("status") or {}),
+        )
+
+
+# --------------------------------------------------------------------------- wire protocol
+
+
+def claims_digest(claims: Claims) -> bytes:
+    """SHA-256 of the canonical JSON of `claims` (sorted keys, no whitespace, camelCase)."""
+    canonical = json.dumps(
+        claims.model_dump(mode="json", by_alias=True, exclude_none=True),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+def qualifying_data(nonce: bytes, claims: Claims) -> bytes:
+    """The `qualifyingData` of TPM2_Quote: binds the verifier's nonce and the claims (32 bytes)."""
+    return hashlib.sha256(QUALIFYING_DATA_DOMAIN + nonce + claims_digest(claims)).digest()

@@ -1,0 +1,190 @@
+"""`sod-node-agent`: one per node; produces attestation evidence into its NodeAttestation.
+
+    sod-node-agent --node NODE --tcti device:/dev/tpmrm0 [--pcrs sha256:0-7] [--interval 10]
+                   [--simulated-state FILE | --architecture NAME] [--kubeconfig FILE]
+
+Loop: watch the node's NodeAttestation; when the verifier issued a nonce (or an enrollment
+challenge), collect the claims, quote over `qualifying_data(nonce, claims)` and replace the
+spec. Errors are logged and retried; the agent never exits on a transient failure, and it
+never judges its own evidence. Settings can come from the environment as well (NODE_NAME,
+SOD_TCTI, SOD_PCRS, SOD_INTERVAL_SECONDS, SOD_SIMULATED_STATE) for a DaemonSet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from sod_operator.api.v1alpha1.nodeattestation import NodeAttestationStatus, claims_digest
+
+from sod_node_agent import facts, tpm
+from sod_node_agent.evidence import produce
+from sod_node_agent.publish import Publisher, api_client
+from sod_node_agent.schedule import AgentState, blob_id, plan
+
+log = logging.getLogger("sod_node_agent")
+ERROR_BACKOFF_SECONDS = 2.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="sod-node-agent", description=__doc__.split("\n\n")[0])
+    p.add_argument("--node", default=env("NODE_NAME"), help="this node's name (env NODE_NAME)")
+    p.add_argument(
+        "--tcti",
+        default=env("SOD_TCTI", "device:/dev/tpmrm0"),
+        help="TPM connection, e.g. device:/dev/tpmrm0 or swtpm:path=SOCKET",
+    )
+    p.add_argument(
+        "--pcrs",
+        default=env("SOD_PCRS", "sha256:0-7"),
+        help="PCR selection to quote, e.g. sha256:0-7 or sha256:0,4,7",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=float(env("SOD_INTERVAL_SECONDS", "10")),
+        help="seconds between answers to successive nonces",
+    )
+    p.add_argument(
+        "--poll",
+        type=float,
+        default=0.5,
+        help="seconds between checks of the claims (a change is reported at once)",
+    )
+    p.add_argument(
+        "--simulated-state",
+        type=Path,
+        default=env("SOD_SIMULATED_STATE"),
+        help="JSON state of the simulated-architecture source (tests, demos)",
+    )
+    p.add_argument(
+        "--architecture",
+        default=env("SOD_ARCHITECTURE"),
+        help="an architecture this node declares by configuration",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        default=env("KUBECONFIG"),
+        help="kubeconfig of the agent's identity (default: in-cluster)",
+    )
+    p.add_argument("--cpuinfo", type=Path, default=Path("/proc/cpuinfo"), help=argparse.SUPPRESS)
+    p.add_argument("--sys-module", type=Path, default=Path("/sys/module"), help=argparse.SUPPRESS)
+    p.add_argument("--log-level", default=env("SOD_LOG_LEVEL", "INFO"))
+    return p  # fmt: skip
+
+
+class Agent:
+    def __init__(self, args: argparse.Namespace, publisher: Publisher) -> None:
+        self.args = args
+        self.publisher = publisher
+        self.selection = tpm.PcrSelection.parse(args.pcrs)
+        self.sources = facts.FactSources(
+            cpuinfo=args.cpuinfo,
+            sys_module=args.sys_module,
+            simulated=args.simulated_state,
+            architecture=args.architecture,
+        )
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            flushed = tpm.flush_leftovers(self.args.tcti)
+            if flushed:
+                log.info("flushed %d handles a previous run left in the TPM", flushed)
+        except Exception as err:  # not fatal: the TPM may be busy or absent for now
+            log.warning("could not flush leftover TPM handles: %s", err)
+        existing = self.publisher.latest()
+        state = AgentState.from_spec(existing.spec if existing else None, time.monotonic())
+        while not self.stopping.is_set():
+            try:
+                state, wait = self.once(state)
+            except Exception as err:
+                log.error("round failed: %s: %s", type(err).__name__, err)
+                wait = ERROR_BACKOFF_SECONDS
+            self.publisher.changed.wait(min(wait, self.args.poll))
+            self.publisher.changed.clear()
+
+    def once(self, state: AgentState) -> tuple[AgentState, float]:
+        obj = self.publisher.latest()
+        status = obj.status if obj is not None else NodeAttestationStatus()
+        claims = facts.collect(self.sources)
+        claims_hex = claims_digest(claims).hex()
+        now = time.monotonic()
+        decision = plan(
+            exists=obj is not None,
+            has_identity=obj is not None and obj.spec.tpm is not None,
+            status=status,
+            state=state,
+            claims_hex=claims_hex,
+            now=now,
+            interval=self.args.interval,
+        )
+        if not decision.publish:
+            return state, decision.wait_seconds
+        started = time.perf_counter()
+        with tpm.session(self.args.tcti) as session:
+            produced = produce(
+                session,
+                claims,
+                self.selection,
+                status,
+                obj.spec if obj is not None else None,
+                decision.quote_nonce,
+                decision.activate,
+            )
+        tpm_ms = (time.perf_counter() - started) * 1000
+        self.publisher.write(produced.spec, obj)
+        state = state.answered(decision.quote_nonce, claims_hex, now)
+        if decision.activate and status.enrollment and status.enrollment.credential_blob:
+            state = type(state)(
+                answered_nonce=state.answered_nonce,
+                answered_at=state.answered_at,
+                answered_claims=state.answered_claims,
+                answered_challenge=blob_id(status.enrollment.credential_blob),
+            )
+        log.info(
+            "published evidence (%s; nonce %s; tpm %.1f ms)",
+            decision.why,
+            (decision.quote_nonce or "-")[:12],
+            tpm_ms,
+        )
+        return state, 0.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.node:
+        log.error("--node (or NODE_NAME) is required")
+        return 2
+    try:
+        tpm.PcrSelection.parse(args.pcrs)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+    os.environ.setdefault("TSS2_LOG", "all+none")  # ESYS logs expected misses as errors
+    publisher = Publisher(api_client(args.kubeconfig), args.node)
+    agent = Agent(args, publisher)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        agent.stopping.set()
+        publisher.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    threading.Thread(target=publisher.watch_forever, name="watch", daemon=True).start()
+    log.info("sod-node-agent for node %s, TPM %s, PCRs %s", args.node, args.tcti, args.pcrs)
+    agent.run()
+    return 0

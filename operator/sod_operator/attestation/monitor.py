@@ -1,0 +1,427 @@
+"""One trust-monitor step for one node: (NodeAttestation, Node, profiles, now) → what to write.
+
+Pure and level-triggered: everything the verifier needs to resume is in the NodeAttestation
+status (challenge, enrollment, evidence record, verdicts) and the node's labels, so a restart
+at any point loses nothing and a repeated step writes nothing new.
+
+The nonce lifecycle (replay protection without races):
+
+* The verifier keeps exactly one outstanding nonce in `status.challenge`. A new generation
+  of evidence carrying a quote *consumes* it: the verifier records which challenge was
+  current (`status.evidence.challenge`) and issues the next nonce in the same status write.
+* The quote must answer the recorded challenge (`NonceMismatch` otherwise: a replayed or
+  outdated quote). The agent answers each nonce at most once and paces itself, so a fresh
+  nonce is always waiting when its claims change (e.g. a memory violation): detection does
+  not wait for a verifier timer.
+* Freshness is measured from the recorded challenge's `issuedTime`, i.e. by the verifier's
+  own clock: evidence older than a profile's `freshnessSeconds` revokes the profile (an agent
+  gone silent produces no new evidence, so its last evidence ages out: fail closed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sod_operator.api.conditions import ConditionState, set_condition
+from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
+from sod_operator.api.v1alpha1.base import Condition, ConditionStatus
+from sod_operator.api.v1alpha1.nodeattestation import (
+    NONCE_BYTES,
+    AttestationConditionType,
+    AttestationReason,
+    Challenge,
+    Enrollment,
+    EnrollmentState,
+    EvidenceRecord,
+    NodeAttestation,
+    NodeAttestationStatus,
+    ProfileVerdict,
+    VerdictResult,
+)
+from sod_operator.attestation import enroll, labels
+from sod_operator.attestation.ekcert import CaBundle
+from sod_operator.attestation.enroll import Entropy
+from sod_operator.attestation.verify import (
+    Decision,
+    Failure,
+    Identity,
+    VerifiedQuote,
+    check_enrolled,
+    check_identity,
+    check_quote,
+    evaluate_profile,
+)
+
+R = AttestationReason
+
+
+class EventType(StrEnum):
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
+
+class EventReason(StrEnum):
+    """Reasons of the Kubernetes Events the verifier emits. Persisted: never rename."""
+
+    PROFILE_VERIFIED = "ProfileVerified"
+    PROFILE_REVOKED = "ProfileRevoked"
+    NODE_ENROLLED = "NodeEnrolled"
+    ENROLLMENT_FAILED = "EnrollmentFailed"
+    EVIDENCE_REJECTED = "EvidenceRejected"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    reason: EventReason
+    message: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Verifier-wide settings the pure step needs."""
+
+    bundle: CaBundle
+    ready_max_age_seconds: int = 120
+    """`Ready` turns False when the newest valid evidence is older than this."""
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What the verifier knows about the Node object (None in `StepInput.node`: no Node)."""
+
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class StepInput:
+    attestation: NodeAttestation
+    node: NodeView | None
+    policies: Mapping[str, AttestationPolicy | None]
+    """Every ServerSecurityProfile by name, with its attestation policy (None: none)."""
+    now: datetime
+    ek_enrolled_by: str | None = None
+    """Another node that already enrolled the EK certificate this node presents."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A profile whose verdict changed on this node (for metrics and Events)."""
+
+    profile: str
+    verified: bool
+    reason: AttestationReason
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    status: NodeAttestationStatus
+    status_changed: bool
+    label_patch: dict[str, str | None]
+    events: tuple[Event, ...]
+    transitions: tuple[Transition, ...]
+    new_evidence: bool
+    """A new generation of evidence was consumed in this step."""
+    evidence_reason: AttestationReason
+    """Evidence-level result: `Verified` or why not."""
+    requeue_after: timedelta | None
+    """When the verdict changes by itself (an expiry) unless new evidence arrives first."""
+
+
+def _quote_sha256(att: NodeAttestation) -> str | None:
+    tpm_ev = att.spec.tpm
+    if tpm_ev is None or tpm_ev.quote is None:
+        return None
+    q = tpm_ev.quote
+    return hashlib.sha256(f"{q.nonce}|{q.attest}|{q.signature}".encode()).hexdigest()
+
+
+def _new_challenge(now: datetime, entropy: Entropy) -> Challenge:
+    return Challenge(nonce=entropy(NONCE_BYTES).hex(), issued_time=now)
+
+
+def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
+    """Advance one node's attestation; see the module docstring for the protocol."""
+    att, now = inp.attestation, inp.now
+    old = att.status
+    events: list[Event] = []
+
+    # 1. Identity and enrollment.
+    enrollment: Enrollment | None = old.enrollment
+    identity: Identity | None = None
+    failure: Failure | None
+    if att.spec.tpm is None:
+        failure = Failure.of(R.NO_EVIDENCE, "spec.tpm is missing: the node sent no TPM evidence")
+    else:
+        checked = check_identity(att.spec.tpm, settings.bundle, now)
+        if isinstance(checked, Failure):
+            failure = checked
+        else:
+            identity = checked
+            was_enrolled = enrollment is not None and enrollment.state == EnrollmentState.ENROLLED
+            progressed = enroll.step(
+                identity, enrollment, att.spec.tpm.activation, now, entropy, inp.ek_enrolled_by
+            )
+            enrollment, failure = progressed.enrollment, progressed.failure
+            if progressed.enrolled:
+                failure = check_enrolled(identity, enrollment)
+                if not was_enrolled:
+                    events.append(
+                        Event(
+                            EventType.NORMAL,
+                            EventReason.NODE_ENROLLED,
+                            f"attestation key {identity.ak_name[:20]}… bound to the EK "
+                            "certificate by credential activation",
+                        )
+                    )
+    enroll_failure = failure
+
+    # 2. A new generation with a new quote consumes the outstanding challenge.
+    record = old.evidence
+    quote_sha = _quote_sha256(att)
+    new_evidence = (
+        quote_sha is not None
+        and identity is not None
+        and (
+            record is None
+            or (record.observed_generation != att.generation and record.quote_sha256 != quote_sha)
+        )
+    )
+    challenge = old.challenge
+    if new_evidence:
+        record = EvidenceRecord(
+            observed_generation=att.generation,
+            challenge=challenge,
+            received_time=now,
+            quote_sha256=quote_sha,
+        )
+    if identity is not None and enrollment is not None and (challenge is None or new_evidence):
+        challenge = _new_challenge(now, entropy)
+
+    # 3. Evidence-level verdict (re-run every step: cheap, and a CA bundle change applies).
+    evidence: VerifiedQuote | Failure
+    if failure is not None:
+        evidence = failure
+    elif identity is None or att.spec.tpm is None or record is None:
+        evidence = Failure.of(R.NO_QUOTE, "the node has not sent a quote yet", recoverable=True)
+    else:
+        evidence = check_quote(att.spec.tpm, att.spec.claims, identity.ak, record.challenge)
+    if inp.node is None and isinstance(evidence, VerifiedQuote):
+        evidence = Failure.of(
+            R.NODE_NOT_FOUND, f"there is no Node named {att.name!r} to carry the verdict"
+        )
+    if new_evidence and isinstance(evidence, Failure):
+        events.append(
+            Event(
+                EventType.WARNING,
+                EventReason.EVIDENCE_REJECTED,
+                f"{evidence.reason}: {evidence.message}",
+            )
+        )
+
+    # 4. Per-profile verdicts.
+    decisions = [evaluate_profile(n, p, evidence, now) for n, p in sorted(inp.policies.items())]
+    verdicts, transitions = _verdicts(old.verdicts, decisions, now)
+    for t in transitions:
+        decision = next(d for d in decisions if d.profile == t.profile)
+        if t.verified:
+            events.append(
+                Event(
+                    EventType.NORMAL,
+                    EventReason.PROFILE_VERIFIED,
+                    f"profile {t.profile!r} verified; label {labels.desired_labels([t.profile])}",
+                )
+            )
+        else:
+            events.append(
+                Event(
+                    EventType.WARNING,
+                    EventReason.PROFILE_REVOKED,
+                    f"profile {t.profile!r} revoked: {decision.reason}: {decision.message}",
+                )
+            )
+    verified = sorted(d.profile for d in decisions if d.verified and labels.labelable(d.profile))
+
+    # 5. Conditions.
+    conditions = _conditions(old, att.generation, enroll_failure, evidence, now, settings)
+    if (
+        enroll_failure is not None
+        and enroll_failure.reason not in (R.AWAITING_ACTIVATION, R.NO_EVIDENCE)
+        and _condition_changed(old, AttestationConditionType.ENROLLED, enroll_failure.reason)
+    ):
+        events.append(
+            Event(
+                EventType.WARNING,
+                EventReason.ENROLLMENT_FAILED,
+                f"{enroll_failure.reason}: {enroll_failure.message}",
+            )
+        )
+
+    status = NodeAttestationStatus(
+        observed_generation=att.generation,
+        challenge=challenge,
+        enrollment=enrollment,
+        evidence=record,
+        verdicts=verdicts,
+        verified_profiles=verified,
+        conditions=conditions,
+    )
+    patch: dict[str, str | None] = {}
+    if inp.node is not None:
+        patch = labels.label_patch(inp.node.labels, labels.desired_labels(verified))
+    return StepOutput(
+        status=status,
+        status_changed=status != old,
+        label_patch=patch,
+        events=tuple(events),
+        transitions=tuple(transitions),
+        new_evidence=new_evidence,
+        evidence_reason=R.VERIFIED if isinstance(evidence, VerifiedQuote) else evidence.reason,
+        requeue_after=_next_deadline(decisions, evidence, now, settings),
+    )
+
+
+def _verdicts(
+    old: list[ProfileVerdict], decisions: list[Decision], now: datetime
+) -> tuple[list[ProfileVerdict], list[Transition]]:
+    previous = {v.profile: v for v in old}
+    out: list[ProfileVerdict] = []
+    transitions: list[Transition] = []
+    for d in decisions:
+        result = VerdictResult.VERIFIED if d.verified else VerdictResult.REJECTED
+        before = previous.get(d.profile)
+        was_verified = before is not None and before.result == VerdictResult.VERIFIED
+        if was_verified != d.verified:
+            transitions.append(Transition(d.profile, d.verified, d.reason))
+        out.append(
+            ProfileVerdict(
+                profile=d.profile,
+                result=result,
+                reason=d.reason,
+                message=d.message[:4096],
+                last_transition_time=(
+                    before.last_transition_time
+                    if before is not None and before.result == result
+                    else now
+                ),
+                evidence_time=d.evidence_time,
+                expiry_time=d.expiry_time,
+            )
+        )
+    # Profiles that disappeared: their verified labels are removed; report the revocation.
+    for name, before in previous.items():
+        if name not in {d.profile for d in decisions} and before.result == VerdictResult.VERIFIED:
+            transitions.append(Transition(name, False, R.NO_ATTESTATION_POLICY))
+    return out, transitions
+
+
+def _to_state(c: Condition) -> ConditionState:
+    return ConditionState(
+        type=c.type,
+        status=str(c.status),
+        reason=c.reason,
+        message=c.message,
+        observed_generation=c.observed_generation,
+        last_transition_time=c.last_transition_time,
+    )
+
+
+def _to_wire(c: ConditionState) -> Condition:
+    return Condition(
+        type=c.type,
+        status=ConditionStatus(c.status),
+        reason=c.reason,
+        message=c.message[:32768],
+        observed_generation=c.observed_generation,
+        last_transition_time=c.last_transition_time,
+    )
+
+
+def _condition_changed(old: NodeAttestationStatus, ctype: str, reason: str) -> bool:
+    for c in old.conditions or []:
+        if c.type == ctype:
+            return c.reason != reason
+    return True
+
+
+def _conditions(
+    old: NodeAttestationStatus,
+    generation: int,
+    enroll_failure: Failure | None,
+    evidence: VerifiedQuote | Failure,
+    now: datetime,
+    settings: Settings,
+) -> list[Condition]:
+    states = [_to_state(c) for c in old.conditions or []]
+
+    def put(ctype: AttestationConditionType, ok: bool, reason: str, message: str) -> None:
+        nonlocal states
+        states, _ = set_condition(
+            states,
+            ConditionState(
+                type=str(ctype),
+                status="True" if ok else "False",
+                reason=reason,
+                message=message,
+                observed_generation=generation,
+                last_transition_time=now,
+            ),
+        )
+
+    if enroll_failure is None:
+        put(
+            AttestationConditionType.ENROLLED,
+            True,
+            R.ENROLLED,
+            "the attestation key is bound to a trusted EK by credential activation",
+        )
+    else:
+        put(AttestationConditionType.ENROLLED, False, enroll_failure.reason, enroll_failure.message)
+    if isinstance(evidence, Failure):
+        put(AttestationConditionType.READY, False, evidence.reason, evidence.message)
+    else:
+        age = (now - evidence.evidence_time).total_seconds()
+        if age >= settings.ready_max_age_seconds:
+            put(
+                AttestationConditionType.READY,
+                False,
+                R.EVIDENCE_STALE,
+                f"the newest valid evidence is {age:.0f}s old (limit "
+                f"{settings.ready_max_age_seconds}s)",
+            )
+        else:
+            put(
+                AttestationConditionType.READY,
+                True,
+                R.VERIFIED,
+                "the latest quote is valid: signed by the enrolled AK over the current nonce",
+            )
+    return [_to_wire(s) for s in states]
+
+
+def _next_deadline(
+    decisions: list[Decision],
+    evidence: VerifiedQuote | Failure,
+    now: datetime,
+    settings: Settings,
+) -> timedelta | None:
+    deadlines = [d.expiry_time for d in decisions if d.verified and d.expiry_time is not None]
+    if isinstance(evidence, VerifiedQuote):
+        ready_until = evidence.evidence_time + timedelta(seconds=settings.ready_max_age_seconds)
+        if ready_until > now:
+            deadlines.append(ready_until)
+    if not deadlines:
+        return None
+    return max(min(deadlines) - now, timedelta(0))
+
+
+def enrolled_ek(status: NodeAttestationStatus) -> str | None:
+    """The EK certificate fingerprint a node has enrolled (for the one-EK-one-node check)."""
+    e = status.enrollment
+    if e is not None and e.state == EnrollmentState.ENROLLED:
+        return e.ek_certificate_sha256
+    return None

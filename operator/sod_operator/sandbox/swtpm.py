@@ -1,0 +1,238 @@
+"""Software TPMs for tests and the sandbox: a local EK CA, manufacturing, running, "booting".
+
+* `LocalCa` — swtpm's local CA kept in a directory of ours (never the system state dir): one
+  RSA-3072 root and an intermediate that signs every TPM's EK certificate. Its `bundle_pem()`
+  is what the verifier trusts (`--ek-ca-bundle`).
+* `manufacture` — `swtpm_setup` with EK (RSA-2048 at 0x81010001, certificate in NV
+  0x01c00002) and only the SHA-256 PCR bank active.
+* `Swtpm` — `swtpm socket` on a Unix socket (no ports to race for), stopped by its own pid.
+* `simulated_boot` — plays firmware: extends the sandbox's boot log into PCRs 0, 4 and 7
+  after a (re)start, so quotes show stable, known values; `SANDBOX_GOLDEN_PCRS` are those
+  values, as a profile's `spec.attestation.tpm.pcrs` lists them.
+
+swtpm is for tests and demos only (Keylime: "DO NOT USE Keylime in production with a TPM
+emulator!"); nothing here weakens a verifier check. Facts and pitfalls: notes/tpm.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+EK_CERT_NV_INDEX = 0x01C00002
+EK_HANDLE = 0x81010001
+
+
+class SwtpmError(RuntimeError):
+    """swtpm could not be set up or started; the message says what to do."""
+
+
+def require_binaries() -> None:
+    missing = [b for b in ("swtpm", "swtpm_setup", "swtpm_localca") if shutil.which(b) is None]
+    if missing:
+        raise SwtpmError(
+            f"{', '.join(missing)} not found: run tools/install-system-deps.sh (Debian: swtpm, "
+            "swtpm-tools)"
+        )
+
+
+# --------------------------------------------------------------------------- the boot log
+
+BOOT_LOG: tuple[tuple[int, bytes], ...] = (
+    (0, b"sod-sandbox firmware 1.0 (simulated UEFI)"),
+    (4, b"sod-sandbox boot loader 1.0"),
+    (4, b"sod-sandbox kernel 6.1.0 + initrd"),
+    (7, b"secure boot: enabled, db=sod-sandbox-platform-key"),
+)
+"""What the sandbox's simulated firmware measures at every boot: (PCR, event)."""
+
+
+def replay(events: Iterable[tuple[int, bytes]], size: int = 32) -> dict[int, bytes]:
+    """The PCR values an event log produces from a reset (v = H(v ‖ H(event)))."""
+    pcrs: dict[int, bytes] = {}
+    for index, event in events:
+        current = pcrs.get(index, b"\x00" * size)
+        pcrs[index] = hashlib.sha256(current + hashlib.sha256(event).digest()).digest()
+    return pcrs
+
+
+SANDBOX_GOLDEN_PCRS: dict[int, str] = {i: v.hex() for i, v in sorted(replay(BOOT_LOG).items())}
+"""Golden SHA-256 values of PCRs 0, 4 and 7 on a sandbox node booted with `BOOT_LOG`."""
+
+
+# --------------------------------------------------------------------------- local CA
+
+
+@dataclass(frozen=True)
+class LocalCa:
+    """swtpm's local CA, configured to live in `directory`."""
+
+    directory: Path
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.directory / "conf"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.directory / "localca"
+
+    @property
+    def setup_conf(self) -> Path:
+        return self.conf_dir / "swtpm_setup.conf"
+
+    @property
+    def root_cert(self) -> Path:
+        return self.state_dir / "swtpm-localca-rootca-cert.pem"
+
+    @property
+    def issuer_cert(self) -> Path:
+        return self.state_dir / "issuercert.pem"
+
+    def write_config(self) -> None:
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        ca_conf = self.conf_dir / "swtpm-localca.conf"
+        options = self.conf_dir / "swtpm-localca.options"
+        # swtpm_setup does not expand variables in these files: write absolute paths.
+        self.setup_conf.write_text(
+            "create_certs_tool = swtpm_localca\n"
+            f"create_certs_tool_config = {ca_conf}\n"
+            f"create_certs_tool_options = {options}\n"
+            "active_pcr_banks = sha256\n"
+        )
+        ca_conf.write_text(
+            f"statedir = {self.state_dir}\n"
+            f"signingkey = {self.state_dir / 'signkey.pem'}\n"
+            f"issuercert = {self.issuer_cert}\n"
+            f"certserial = {self.state_dir / 'certserial'}\n"
+        )
+        options.write_text(
+            "--platform-manufacturer sod-sandbox\n--platform-version 1.0\n--platform-model swtpm\n"
+        )
+
+    def bundle_pem(self) -> bytes:
+        """Root and intermediate, PEM: the verifier's EK CA bundle."""
+        if not self.root_cert.exists():
+            raise SwtpmError(f"{self.root_cert} missing: manufacture a TPM with this CA first")
+        return self.root_cert.read_bytes() + self.issuer_cert.read_bytes()
+
+
+def manufacture(state_dir: Path, ca: LocalCa) -> None:
+    """Create a TPM 2.0 state with an RSA EK and an EK certificate issued by `ca`."""
+    require_binaries()
+    ca.write_config()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state_dir.parent / f".{state_dir.name}.tmp"
+    tmp.mkdir(exist_ok=True)
+    log = state_dir.parent / f"{state_dir.name}-setup.log"
+    cmd = [
+        "swtpm_setup", "--tpm2", "--tpmstate", str(state_dir),
+        "--create-ek-cert", "--create-platform-cert", "--config", str(ca.setup_conf),
+        "--pcr-banks", "sha256", "--overwrite", "--logfile", str(log),
+    ]  # fmt: skip
+    result = subprocess.run(
+        cmd, env={**os.environ, "TMPDIR": str(tmp)}, capture_output=True, check=False
+    )
+    shutil.rmtree(tmp, ignore_errors=True)
+    if result.returncode != 0:
+        detail = log.read_text()[-2000:] if log.exists() else result.stderr.decode()[-2000:]
+        raise SwtpmError(f"swtpm_setup failed for {state_dir} (rc {result.returncode}): {detail}")
+
+
+# --------------------------------------------------------------------------- running
+
+
+class Swtpm:
+    """One `swtpm socket` process on a Unix socket."""
+
+    def __init__(self, state_dir: Path, socket: Path | None = None) -> None:
+        self.state_dir = state_dir
+        self.socket = socket or state_dir.parent / f"{state_dir.name}.sock"
+        self.log = state_dir.parent / f"{state_dir.name}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def tcti(self) -> str:
+        return f"swtpm:path={self.socket}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def argv(self) -> list[str]:
+        return [
+            "swtpm", "socket", "--tpm2",
+            "--tpmstate", f"dir={self.state_dir}",
+            "--server", f"type=unixio,path={self.socket}",
+            "--ctrl", f"type=unixio,path={self.socket}.ctrl",
+            "--flags", "not-need-init,startup-clear",
+            "--log", f"file={self.log}",
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 10.0) -> None:
+        require_binaries()
+        for stale in (self.socket, Path(f"{self.socket}.ctrl")):
+            stale.unlink(missing_ok=True)
+        self._proc = subprocess.Popen(
+            self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_ready(self.tcti, timeout, self._proc)
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(5)
+        self._proc = None
+
+    def restart(self) -> None:
+        """A reboot: PCRs reset, the EK and seeds (hence the AK) stay."""
+        self.stop()
+        self.start()
+
+
+def wait_ready(tcti: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    from tpm2_pytss import ESAPI, TSS2_Exception
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SwtpmError(f"swtpm exited with {proc.returncode} (tcti {tcti})")
+        try:
+            with ESAPI(tcti) as ectx:
+                ectx.get_random(8)
+            return
+        except (TSS2_Exception, OSError) as err:
+            last = err
+            time.sleep(0.01)
+    raise SwtpmError(f"swtpm at {tcti} not ready after {timeout}s: {last}")
+
+
+def extend(tcti: str, events: Sequence[tuple[int, bytes]]) -> None:
+    """Extend SHA-256(event) into each PCR (what firmware, or an attacker's module, does)."""
+    from tpm2_pytss import ESAPI, ESYS_TR, TPM2_ALG, TPML_DIGEST_VALUES, TPMT_HA, TPMU_HA
+
+    with ESAPI(tcti) as ectx:
+        for index, event in events:
+            measurement = hashlib.sha256(event).digest()
+            values = TPML_DIGEST_VALUES(
+                [TPMT_HA(hashAlg=TPM2_ALG.SHA256, digest=TPMU_HA(sha256=measurement))]
+            )
+            ectx.pcr_extend(getattr(ESYS_TR, f"PCR{index}"), values)
+
+
+def simulated_boot(tcti: str) -> None:
+    """Measure the sandbox boot log (run right after swtpm (re)started: PCRs are reset)."""
+    extend(tcti, BOOT_LOG)
