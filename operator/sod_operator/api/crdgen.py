@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from sod_operator.api import constants
+from sod_operator.api import chart_values, constants
 from sod_operator.api.v1alpha1.nodeattestation import NodeAttestationSpec, NodeAttestationStatus
 from sod_operator.api.v1alpha1.package import SecurityPackageSpec
 from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec, ServerSecurityProfileStatus
@@ -328,6 +328,12 @@ def _targets() -> list[Target]:
             lambda c=c: render_chart_crd(c),  # type: ignore[misc]
         )
         for c in CRDS
+    ]
+    # The chart's values: plain JSON Schema (additionalProperties: false on purpose, unlike the
+    # CRDs) and the documented defaults, both from the ChartValues model.
+    out += [
+        Target("charts/sod-operator/values.schema.json", chart_values.render_values_schema),
+        Target("charts/sod-operator/values.yaml", chart_values.render_values_yaml),
     ]
     return out
 

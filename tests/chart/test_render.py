@@ -1,0 +1,400 @@
+"""`helm lint --strict` and `helm template` of the chart, with the defaults and with every values
+file in tests/chart/values/, and the properties of what is rendered: standard labels, one object
+per template, the hardened pod specs, and the least-privilege RBAC split (only the verifier may
+write nodes; the node-agent writes only NodeAttestations, never deletes, never status).
+
+Not covered here: whether the apiserver accepts the objects (server-side dry-run, install,
+upgrade and the admission policy in action are in tests/e2e/test_chart*.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chart.helmcli import (
+    CHART,
+    VALUES_DIR,
+    Helm,
+    Rendered,
+    parse_rendered,
+    variant_ids,
+    variant_paths,
+)
+
+NAMESPACE = "sod-system"
+NAMESPACED_KINDS = {
+    "ServiceAccount", "Role", "RoleBinding", "Deployment", "DaemonSet", "Service",
+    "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule",
+}  # fmt: skip
+STANDARD_LABELS = {
+    "helm.sh/chart",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+}
+
+variants = pytest.mark.parametrize("values", variant_paths(), ids=variant_ids())
+
+
+def render(helm: Helm, values: Path | None, *extra: str) -> list[Rendered]:
+    return parse_rendered(helm.template(values, *extra, namespace=NAMESPACE))
+
+
+def by_kind(objs: Iterable[Rendered], kind: str) -> list[dict[str, Any]]:
+    return [o.obj for o in objs if o.kind == kind]
+
+
+def rules_granting(objs: list[Rendered], group: str, resource: str, verb: str) -> list[str]:
+    """Names of the ClusterRoles/Roles with a rule that grants `verb` on `group`/`resource`."""
+    out = []
+    for o in objs:
+        if o.kind not in ("ClusterRole", "Role"):
+            continue
+        for rule in o.obj.get("rules") or []:
+            if (
+                group in rule.get("apiGroups", [])
+                and resource in rule.get("resources", [])
+                and (verb in rule.get("verbs", []) or "*" in rule.get("verbs", []))
+            ):
+                out.append(o.name)
+    return out
+
+
+# --- helm lint / template ----------------------------------------------------------------------
+
+
+@variants
+def test_helm_lint_strict_passes(helm: Helm, values: Path | None):
+    args = ["lint", "--strict", str(CHART), "--namespace", NAMESPACE]
+    if values is not None:
+        args += ["--values", str(values)]
+    proc = helm.run(*args)
+    assert "0 chart(s) failed" in proc.stdout
+
+
+@variants
+def test_every_object_has_the_standard_labels_and_its_namespace(helm: Helm, values: Path | None):
+    objs = render(helm, values)
+    assert objs, "the chart rendered nothing"
+    for o in objs:
+        labels = o.obj["metadata"].get("labels") or {}
+        missing = STANDARD_LABELS - labels.keys()
+        assert not missing, f"{o} lacks labels {sorted(missing)}"
+        if o.kind in NAMESPACED_KINDS and o.kind not in ("ServiceMonitor", "PrometheusRule"):
+            assert o.obj["metadata"].get("namespace") == NAMESPACE, f"{o} is not namespaced"
+        elif o.kind not in NAMESPACED_KINDS:
+            assert "namespace" not in o.obj["metadata"], f"{o} is cluster-scoped"
+        assert len(o.name) <= 63, f"{o}: name longer than 63 characters"
+
+
+@variants
+def test_one_object_per_template_file(helm: Helm, values: Path | None):
+    sources = [o.source for o in render(helm, values)]
+    duplicated = {s for s in sources if sources.count(s) > 1}
+    assert not duplicated, f"templates rendering more than one object: {sorted(duplicated)}"
+
+
+def test_template_files_are_dashed_and_every_non_helper_template_renders(helm: Helm):
+    rendered = {o.source.rsplit("/", 1)[-1] for o in render(helm, None)}
+    rendered |= {o.source.rsplit("/", 1)[-1] for o in render(helm, VALUES_DIR / "production.yaml")}
+    templates = {p.name for p in (CHART / "templates").glob("*.yaml")}
+    assert all(name == name.lower() and "_" not in name for name in templates), templates
+    assert templates - rendered == set(), "templates that no tested values file renders"
+
+
+def test_defaults_render_the_three_components_and_the_crds(helm: Helm):
+    objs = render(helm, None)
+    kinds = {(o.kind, o.name) for o in objs}
+    assert ("Deployment", "sod-sod-operator-operator") in kinds
+    assert ("Deployment", "sod-sod-operator-verifier") in kinds
+    assert ("DaemonSet", "sod-sod-operator-node-agent") in kinds
+    crds = {o.name for o in objs if o.kind == "CustomResourceDefinition"}
+    assert crds == {
+        "securevms.sod.dev",
+        "serversecurityprofiles.sod.dev",
+        "securitypackages.sod.dev",
+        "nodeattestations.sod.dev",
+    }
+    for crd in by_kind(objs, "CustomResourceDefinition"):
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    sas = {o.name for o in objs if o.kind == "ServiceAccount"}
+    assert len(sas) == 3, "operator, verifier and node-agent each have their own ServiceAccount"
+
+
+def test_crds_can_be_left_out_or_unprotected(helm: Helm):
+    assert not by_kind(
+        render(helm, None, "--set", "crds.enabled=false"), "CustomResourceDefinition"
+    )
+    for crd in by_kind(render(helm, None, "--set", "crds.keep=false"), "CustomResourceDefinition"):
+        assert "annotations" not in crd["metadata"]
+
+
+# --- pods --------------------------------------------------------------------------------------
+
+
+@variants
+def test_operator_and_verifier_pods_are_hardened(helm: Helm, values: Path | None):
+    for dep in by_kind(render(helm, values), "Deployment"):
+        pod = dep["spec"]["template"]["spec"]
+        name = dep["metadata"]["name"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod["serviceAccountName"].endswith(("-operator", "-verifier", "-sa", "controller"))
+        (container,) = pod["containers"]
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True, name
+        assert sc["allowPrivilegeEscalation"] is False, name
+        assert sc["capabilities"] == {"drop": ["ALL"]}, name
+        assert "privileged" not in sc, name
+
+
+def test_default_deployments_have_two_replicas_leader_election_probes_and_requests(helm: Helm):
+    for dep in by_kind(render(helm, None), "Deployment"):
+        name = dep["metadata"]["name"]
+        assert dep["spec"]["replicas"] == 2, name
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        assert "--leader-elect" in container["args"], name
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+        assert container["resources"]["requests"].keys() == {"cpu", "memory"}, name
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"health": 8080, "metrics": 9090}, name
+    assert len(by_kind(render(helm, None), "PodDisruptionBudget")) == 2
+
+
+def test_several_replicas_without_leader_election_are_refused(helm: Helm):
+    proc = helm.run(
+        "template", "sod", str(CHART), "--set", "operator.leaderElection.enabled=false", check=False
+    )
+    assert proc.returncode != 0
+    assert "operator.replicaCount is 2 but operator.leaderElection.enabled is false" in proc.stderr
+
+
+def test_a_misspelt_value_is_refused_by_the_schema(helm: Helm):
+    proc = helm.run(
+        "template", "sod", str(CHART), "--set", "nodeAgent.tpmDevice=/dev/tpm0", check=False
+    )
+    assert proc.returncode != 0
+    assert "additional properties 'tpmDevice' not allowed" in proc.stderr
+
+
+def test_single_operator_without_leader_election_is_recreated_not_overlapped(helm: Helm):
+    objs = render(helm, VALUES_DIR / "minimal.yaml")
+    (dep,) = by_kind(objs, "Deployment")
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert "--leader-elect" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not by_kind(objs, "Role"), "no leader election, no Lease role"
+    assert not by_kind(objs, "PodDisruptionBudget")
+
+
+def test_node_agent_gets_the_tpm_device_and_its_node_name(helm: Helm):
+    (ds,) = by_kind(render(helm, None), "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert "--node-name=$(NODE_NAME)" in container["args"]
+    assert {"name": "tpm", "hostPath": {"path": "/dev/tpmrm0", "type": "CharDevice"}} in pod[
+        "volumes"
+    ]
+    assert {"name": "tpm", "mountPath": "/dev/tpmrm0"} in container["volumeMounts"]
+    assert container["securityContext"]["privileged"] is True
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+
+
+def test_node_agent_with_a_device_plugin_is_unprivileged_and_non_root(helm: Helm):
+    objs = render(helm, VALUES_DIR / "production.yaml")
+    (ds,) = by_kind(objs, "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert "privileged" not in sc
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["allowPrivilegeEscalation"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["supplementalGroups"] == [59]
+    assert container["resources"]["limits"]["squat.ai/tpmrm"] == "1"
+    assert container["resources"]["requests"]["squat.ai/tpmrm"] == "1"
+    assert container["resources"]["requests"]["cpu"] == "10m", "the defaults are kept"
+    assert all(v["name"] != "tpm" for v in pod["volumes"])
+    # Helm merges a values map with the default one.
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "kubevirt.io/schedulable": "true"}
+
+
+def test_images_use_app_version_tag_or_digest(helm: Helm):
+    images = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["image"]
+        for kind in ("Deployment", "DaemonSet")
+        for d in by_kind(render(helm, None), kind)
+    }
+    assert images == {
+        "sod-sod-operator-operator": "ghcr.io/sod-operator/sod-operator:0.1.0",
+        "sod-sod-operator-verifier": "ghcr.io/sod-operator/sod-operator:0.1.0",
+        "sod-sod-operator-node-agent": "ghcr.io/sod-operator/sod-node-agent:0.1.0",
+    }
+    objs = render(helm, VALUES_DIR / "production.yaml")
+    (op,) = [d for d in by_kind(objs, "Deployment") if d["metadata"]["name"] == "sod-operator"]
+    assert op["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "registry.example.com/sod/sod-operator@sha256:"
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    )
+    assert op["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+# --- RBAC --------------------------------------------------------------------------------------
+
+
+@variants
+def test_only_the_verifier_may_write_nodes(helm: Helm, values: Path | None):
+    objs = render(helm, values)
+    for verb in ("patch", "update", "create", "delete"):
+        writers = rules_granting(objs, "", "nodes", verb)
+        assert all(w.endswith("-verifier") for w in writers), (verb, writers)
+    if any(o.kind == "ClusterRole" and o.name.endswith("-verifier") for o in objs):
+        assert rules_granting(objs, "", "nodes", "patch")
+
+
+def _role(objs: list[Rendered], suffix: str) -> list[dict[str, Any]]:
+    (role,) = [o.obj for o in objs if o.kind == "ClusterRole" and o.name.endswith(suffix)]
+    return list(role["rules"])
+
+
+def test_node_agent_may_only_create_and_update_node_attestations(helm: Helm):
+    rules = _role(render(helm, None), "-node-agent")
+    assert rules == [
+        {
+            "apiGroups": ["sod.dev"],
+            "resources": ["nodeattestations"],
+            "verbs": ["get", "create", "patch", "update"],
+        }
+    ]
+
+
+def test_operator_role_is_the_briefs(helm: Helm):
+    objs = render(helm, None)
+    granted = {
+        (group, resource, verb)
+        for rule in _role(objs, "-operator")
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    expected = {
+        *(("sod.dev", "securevms", v) for v in ("get", "list", "watch", "patch")),
+        ("sod.dev", "securevms/status", "patch"),
+        *(("sod.dev", r, v) for r in ("serversecurityprofiles", "securitypackages")
+          for v in ("get", "list", "watch")),
+        ("sod.dev", "serversecurityprofiles/status", "patch"),
+        *(("sod.dev", "nodeattestations", v) for v in ("get", "list", "watch")),
+        *(("", "nodes", v) for v in ("get", "list", "watch")),
+        *(("kubevirt.io", "virtualmachines", v)
+          for v in ("get", "list", "watch", "create", "patch", "update")),
+        *(("kubevirt.io", "virtualmachineinstances", v) for v in ("get", "list", "watch")),
+        *(("kubevirt.io", "virtualmachineinstancemigrations", v)
+          for v in ("get", "list", "watch", "create", "delete")),
+        *(("apiextensions.k8s.io", "customresourcedefinitions", v)
+          for v in ("get", "list", "watch")),
+        *((g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")),
+    }  # fmt: skip
+    assert granted == expected
+
+
+def test_verifier_role_is_the_briefs(helm: Helm):
+    rules = _role(render(helm, None), "-verifier")
+    granted = {
+        (g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]
+        for v in rule["verbs"]
+    }  # fmt: skip
+    assert granted == {
+        *(("", "nodes", v) for v in ("get", "list", "watch", "patch")),
+        *(("sod.dev", "nodeattestations", v) for v in ("get", "list", "watch")),
+        *(("sod.dev", "nodeattestations/status", v) for v in ("patch", "update")),
+        *(("sod.dev", "serversecurityprofiles", v) for v in ("get", "list", "watch")),
+        *((g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")),
+    }
+
+
+def test_leader_election_is_confined_to_one_lease_in_the_release_namespace(helm: Helm):
+    objs = render(helm, None)
+    roles = [o.obj for o in objs if o.kind == "Role"]
+    assert len(roles) == 2
+    for role in roles:
+        assert role["metadata"]["namespace"] == NAMESPACE
+        lease = role["metadata"]["name"].removesuffix("-leader-election")
+        assert role["rules"] == [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "resourceNames": [lease],
+                "verbs": ["get", "update", "patch"],
+            },
+        ]
+
+
+def test_tenant_roles_aggregate_securevms_and_never_grant_node_attestations(helm: Helm):
+    objs = render(helm, None)
+    tenant = [o for o in objs if o.kind == "ClusterRole" and "-user-roles-" in o.name]
+    labels = {
+        o.name.rsplit("-", 2)[-2] + "-" + o.name.rsplit("-", 1)[-1]: o.obj["metadata"]["labels"]
+        for o in tenant
+    }
+    assert labels["securevm-view"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert labels["securevm-edit"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert labels["securevm-edit"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-view" not in labels["securevm-edit"]
+    for o in tenant:
+        for rule in o.obj["rules"]:
+            assert not any(r.startswith("nodeattestations") for r in rule["resources"]), o
+            assert "securevms/status" not in rule["resources"] or rule["verbs"] == [
+                "get", "list", "watch",
+            ]  # fmt: skip
+    (binding,) = [
+        o.obj for o in objs if o.kind == "ClusterRoleBinding" and o.name.endswith("catalog-reader")
+    ]
+    assert binding["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}
+    ]
+
+
+def test_admission_policy_confines_the_node_agent_to_its_own_node(helm: Helm):
+    objs = render(helm, None)
+    (policy,) = by_kind(objs, "ValidatingAdmissionPolicy")
+    (binding,) = by_kind(objs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    (match,) = spec["matchConditions"]
+    assert match["expression"] == (
+        "request.userInfo.username == "
+        '"system:serviceaccount:sod-system:sod-sod-operator-node-agent"'
+    )
+    (rule,) = spec["matchConstraints"]["resourceRules"]
+    assert rule["operations"] == ["CREATE", "UPDATE"]
+    assert "authentication.kubernetes.io/node-name" in spec["validations"][1]["expression"]
+
+
+def test_external_identities_are_used_by_name(helm: Helm):
+    objs = render(helm, VALUES_DIR / "external-identities.yaml")
+    assert not [o for o in objs if o.kind in ("ServiceAccount", "ClusterRole", "Role")]
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["serviceAccountName"]
+        for kind in ("Deployment", "DaemonSet")
+        for d in by_kind(objs, kind)
+    }
+    assert sorted(pods.values()) == ["sod-node-agent-sa", "sod-operator-sa", "sod-verifier-sa"]
+    (policy,) = by_kind(objs, "ValidatingAdmissionPolicy")
+    assert (
+        "system:serviceaccount:sod-system:sod-node-agent-sa"
+        in (policy["spec"]["matchConditions"][0]["expression"])
+    )
