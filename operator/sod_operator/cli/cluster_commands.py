@@ -10,4 +10,6 @@ import argparse
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the cluster-facing subcommands that exist in this build."""
-    del sub
+    from sod_operator.cli import sandbox
+
+    sandbox.register(sub)

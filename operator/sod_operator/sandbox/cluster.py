@@ -495,12 +495,18 @@ class LocalCluster:
         api = self.api()
         for spec in specs:
             manifest = spec.manifest()
-            status = manifest.pop("status")
             path = resource_path("v1", "nodes", name=spec.name)
-            api.apply(path, manifest, FIELD_MANAGER)
-            node = api.get(path)
-            if not node.get("status", {}).get("allocatable"):
-                api.merge_patch(path + "/status", {"status": status})
+            try:
+                # Created with its status in one request, so kwok never initializes a node
+                # without our capacity (its node-initialize stage keeps what is there).
+                api.create(resource_path("v1", "nodes"), manifest)
+            except ApiError as err:
+                if err.status != 409:
+                    raise
+                status = manifest.pop("status")
+                api.apply(path, manifest, FIELD_MANAGER)
+                resources = {k: status[k] for k in ("allocatable", "capacity")}
+                api.merge_patch(path + "/status", {"status": resources})
             if spec not in self.nodes:
                 self.nodes.append(spec)
         for spec in specs:
@@ -635,13 +641,13 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
 
 def _crd_established(api: KubeApi, name: str) -> bool:
     crd = api.get(resource_path("apiextensions.k8s.io/v1", "customresourcedefinitions", name=name))
-    conditions = crd.get("status", {}).get("conditions", [])
+    conditions = (crd.get("status") or {}).get("conditions") or []
     return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
 
 def _node_ready(api: KubeApi, name: str) -> bool:
     node = api.get(resource_path("v1", "nodes", name=name))
-    conditions = node.get("status", {}).get("conditions", [])
+    conditions = (node.get("status") or {}).get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 

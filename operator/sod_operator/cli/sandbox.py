@@ -1,0 +1,270 @@
+"""`sodctl sandbox up|down|status|kubeconfig`: the local test bed for people.
+
+sodctl sandbox up --nodes hyperwall=2,datasafe=1,plain=1
+kubectl --kubeconfig "$(sodctl sandbox kubeconfig)" get nodes
+sodctl sandbox down
+
+`up` starts the same `LocalCluster` the e2e harness uses, the KubeVirt simulator as a process,
+and installs the example profiles and packages; it returns once everything is ready and leaves
+the processes running (state in $SOD_SANDBOX_DIR, default ~/.local/state/sod-operator/sandbox).
+`up` on a running sandbox only reports it. `down` stops every process `up` started and removes
+the state directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from sod_operator.cli.errors import UsageError
+from sod_operator.sandbox.binaries import REPO_ROOT, MissingBinaries, find_binaries
+from sod_operator.sandbox.cluster import (
+    AlreadyRunning,
+    LocalCluster,
+    SandboxError,
+    default_state_dir,
+)
+from sod_operator.sandbox.kubeapi import ApiError, resource_path
+from sod_operator.sandbox.kubevirt_sim import SimConfig
+from sod_operator.sandbox.nodes import NodeSpecError, apply_labels, parse_nodes
+
+DEFAULT_NODES = "hyperwall=2,datasafe=1,plain=1"
+SIMULATOR = "kubevirt-sim"
+EXAMPLE_DIRS = (REPO_ROOT / "examples" / "profiles", REPO_ROOT / "examples" / "packages")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "sandbox",
+        help="run a local control plane with fake nodes and a KubeVirt simulator",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the sandbox keeps its state (default $SOD_SANDBOX_DIR or "
+        "~/.local/state/sod-operator/sandbox)",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    up = actions.add_parser("up", help="start the sandbox (safe to repeat)")
+    up.add_argument(
+        "--nodes",
+        default=DEFAULT_NODES,
+        help=f"ARCH=COUNT,... fake nodes named ARCH-1..N (default {DEFAULT_NODES}); "
+        "ARCH is a profile name or 'plain'",
+    )
+    up.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="NODE:KEY=VALUE",
+        help="an extra label for one node (repeatable)",
+    )
+    up.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="multiply simulated migration durations (default 1: the paper's ~7.6 s per GiB)",
+    )
+    up.add_argument(
+        "--unschedulable-timeout",
+        type=float,
+        default=SimConfig().unschedulable_timeout_seconds,
+        help="seconds before a migration whose target pod cannot be scheduled fails "
+        "(KubeVirt default 300)",
+    )
+    up.add_argument("--no-simulator", action="store_true", help="do not start the simulator")
+    up.add_argument(
+        "--no-examples", action="store_true", help="do not install examples/profiles, packages"
+    )
+    up.add_argument("-v", "--verbose", action="store_true", help="log each start-up step")
+    up.set_defaults(func=cmd_up)
+
+    down = actions.add_parser("down", help="stop every sandbox process and remove its state")
+    down.set_defaults(func=cmd_down)
+
+    status = actions.add_parser("status", help="show the sandbox's processes and nodes")
+    status.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    status.set_defaults(func=cmd_status)
+
+    kubeconfig = actions.add_parser("kubeconfig", help="print the kubeconfig path (only)")
+    kubeconfig.set_defaults(func=cmd_kubeconfig)
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir) if args.state_dir else default_state_dir()
+
+
+def _running(state_dir: Path) -> LocalCluster | None:
+    cluster = LocalCluster.attach(state_dir)
+    if cluster is None or not any(p.alive() for p in cluster.processes.values()):
+        return None
+    return cluster
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    try:
+        nodes = apply_labels(parse_nodes(args.nodes), args.label)
+    except NodeSpecError as err:
+        raise UsageError(str(err)) from None
+    if args.time_scale <= 0:
+        raise UsageError("--time-scale must be positive")
+    existing = _running(state_dir)
+    if existing is not None:
+        print(f"sandbox already running from {state_dir}")
+        _print_usage(existing)
+        return 0
+    try:
+        binaries = find_binaries()
+    except MissingBinaries as err:
+        raise UsageError(str(err)) from None
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="[sandbox] %(message)s", stream=sys.stderr)
+
+    sim_config = SimConfig(
+        time_scale=args.time_scale, unschedulable_timeout_seconds=args.unschedulable_timeout
+    )
+    services = []
+    if not args.no_examples:
+        services.append(install_examples)
+    if not args.no_simulator:
+        services.append(lambda c: start_simulator_process(c, sim_config))
+    cluster = LocalCluster(state_dir, nodes, binaries=binaries, cluster_services=services)
+    t0 = time.monotonic()
+    try:
+        cluster.start()
+    except AlreadyRunning as err:
+        raise UsageError(str(err)) from None
+    except (SandboxError, ApiError, OSError) as err:
+        print(f"sodctl: sandbox failed to start: {err}", file=sys.stderr)
+        print(f"component logs: {cluster.log_dir}", file=sys.stderr)
+        cluster.stop(remove_state=False)
+        return 1
+    print(
+        f"sandbox up in {time.monotonic() - t0:.1f}s: {len(nodes)} fake nodes"
+        + ("" if args.no_simulator else ", KubeVirt simulator running")
+    )
+    _print_usage(cluster)
+    return 0
+
+
+def _print_usage(cluster: LocalCluster) -> None:
+    try:
+        kubectl = str(find_binaries().kubectl)
+    except MissingBinaries:
+        kubectl = "kubectl"
+    print(f"  kubeconfig: {cluster.kubeconfig}")
+    print(f"  kubectl:    {kubectl}")
+    print(f"  nodes:      {', '.join(n.name for n in cluster.nodes)}")
+    print(f"  logs:       {cluster.log_dir}")
+    print("try:")
+    print(
+        f'  {kubectl} --kubeconfig "$(sodctl sandbox kubeconfig)" get nodes '
+        "-L sod.dev/simulated-architecture"
+    )
+    print("stop it with: sodctl sandbox down")
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    cluster = LocalCluster.attach(state_dir)
+    if cluster is None:
+        print(f"no sandbox in {state_dir}")
+        return 0
+    alive = [name for name, p in cluster.processes.items() if p.alive()]
+    cluster.stop(remove_state=True)
+    left = [name for name, p in cluster.processes.items() if p.alive()]
+    if left:
+        print(f"sodctl: could not stop: {', '.join(left)}", file=sys.stderr)
+        return 1
+    print(f"sandbox stopped ({len(alive)} processes) and {state_dir} removed")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    cluster = LocalCluster.attach(state_dir)
+    if cluster is None:
+        if args.output == "json":
+            print(json.dumps({"stateDir": str(state_dir), "running": False}))
+        else:
+            print(f"no sandbox in {state_dir}")
+        return 3
+    status = cluster.status()
+    status["running"] = any(p["alive"] for p in status["processes"].values())
+    if args.output == "json":
+        print(json.dumps(status, indent=2))
+        return 0 if status["running"] else 3
+    print(f"sandbox in {state_dir}: {'running' if status['running'] else 'stopped'}")
+    print(f"  server:     {status['server']}")
+    print(f"  kubeconfig: {status['kubeconfig']}")
+    print(f"  nodes:      {', '.join(status['nodes'])}")
+    for name, proc in status["processes"].items():
+        state = "running" if proc["alive"] else "exited"
+        print(f"  {name:<24} pid {proc['pid']:<8} {state:<8} {proc['log']}")
+    return 0 if status["running"] else 3
+
+
+def cmd_kubeconfig(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    cluster = _running(state_dir)
+    if cluster is None or not cluster.kubeconfig.is_file():
+        raise UsageError(f"no sandbox is running in {state_dir}; start one with `sodctl sandbox up`")
+    print(cluster.kubeconfig)
+    return 0
+
+
+# ---- cluster services used by `up` --------------------------------------------------------------
+
+
+def start_simulator_process(cluster: LocalCluster, config: SimConfig) -> None:
+    """Run the KubeVirt simulator as a supervised process and wait until it has synced."""
+    argv = [
+        sys.executable,
+        "-m",
+        "sod_operator.sandbox.kubevirt_sim",
+        f"--kubeconfig={cluster.kubeconfig}",
+        *config.argv(),
+    ]
+    proc = cluster.run_process(SIMULATOR, argv)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if "kubevirt-sim started" in proc.tail(20000):
+            return
+        if not proc.alive():
+            break
+        time.sleep(0.1)
+    raise SandboxError(f"the KubeVirt simulator did not start; its log:\n{proc.tail(4000)}")
+
+
+def install_examples(cluster: LocalCluster) -> None:
+    """Server-side apply the example ServerSecurityProfiles and SecurityPackages."""
+    api = cluster.api()
+    for directory in EXAMPLE_DIRS:
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.glob("*.yaml")):
+            for obj in yaml.safe_load_all(path.read_text()):
+                if not obj:
+                    continue
+                api_version, kind = obj["apiVersion"], obj["kind"]
+                plural = kind.lower() + "s"
+                ns = obj["metadata"].get("namespace")
+                try:
+                    api.apply(
+                        resource_path(api_version, plural, ns, obj["metadata"]["name"]),
+                        obj,
+                        "sod-sandbox",
+                    )
+                except ApiError as err:
+                    raise SandboxError(f"installing {path}: {err}") from err
