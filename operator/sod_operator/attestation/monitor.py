@@ -226,8 +226,14 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
     # 4. Per-profile verdicts.
     decisions = [evaluate_profile(n, p, evidence, now) for n, p in sorted(inp.policies.items())]
     verdicts, transitions = _verdicts(old.verdicts, decisions, now)
+    by_profile = {d.profile: d for d in decisions}
     for t in transitions:
-        decision = next(d for d in decisions if d.profile == t.profile)
+        decision = by_profile.get(t.profile)
+        why = (
+            f"{decision.reason}: {decision.message}"
+            if decision is not None
+            else "the profile or its attestation policy was removed"
+        )
         if t.verified:
             events.append(
                 Event(
@@ -241,7 +247,7 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
                 Event(
                     EventType.WARNING,
                     EventReason.PROFILE_REVOKED,
-                    f"profile {t.profile!r} revoked: {decision.reason}: {decision.message}",
+                    f"profile {t.profile!r} revoked: {why}",
                 )
             )
     verified = sorted(d.profile for d in decisions if d.verified and labels.labelable(d.profile))

@@ -1,0 +1,54 @@
+"""The policies and deterministic entropy shared by the golden-evidence recorder and the tests.
+
+Pure (no TPM): the unit tier imports it; tests/node_agent/record_golden.py uses the same
+definitions when it records from swtpm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
+
+# PCRs 0, 4 and 7 after the sandbox's simulated boot (sod_operator.sandbox.swtpm.BOOT_LOG),
+# spelled out so this module needs no TPM code; test_golden checks they agree.
+GOLDEN_PCRS: dict[int, str] = {
+    0: "33051ab2b620c46a78bb8b8fd1de492b2561d0c84223f248a878a99dc2bbc4e3",
+    4: "674e165d1522ab646db0b09c88255a6b466da6ca21c5cf10f9191acd16e48cc4",
+    7: "5e3a17a286e76a8ab188a56b204ba3233bc4ecc500634931ffbba307d89aac30",
+}
+
+
+class SeededEntropy:
+    """Deterministic `os.urandom` stand-in: SHA-256(seed ‖ counter), truncated."""
+
+    def __init__(self, seed: bytes) -> None:
+        self.seed = seed
+        self.counter = 0
+
+    def __call__(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            self.counter += 1
+            out += hashlib.sha256(self.seed + self.counter.to_bytes(8, "big")).digest()
+        return out[:n]
+
+
+def policies() -> dict[str, AttestationPolicy | None]:
+    """hyperwall (architecture + golden PCRs + memoryViolations ≤ 0), datasafe, tpm, none."""
+    golden = [{"index": i, "values": [v]} for i, v in GOLDEN_PCRS.items()]
+    return {
+        "hyperwall": AttestationPolicy.model_validate(
+            {
+                "architecture": "hyperwall",
+                "tpm": {"pcrBank": "SHA256", "pcrs": golden},
+                "runtime": [{"counter": "memoryViolations", "max": 0}],
+                "freshnessSeconds": 60,
+            }
+        ),
+        "datasafe": AttestationPolicy.model_validate(
+            {"architecture": "datasafe", "tpm": {"pcrs": golden}, "freshnessSeconds": 60}
+        ),
+        "tpm": AttestationPolicy.model_validate({"tpm": {"pcrs": golden}}),
+        "no-policy": None,
+    }
