@@ -28,14 +28,24 @@ class ConditionType(StrEnum):
 
 
 class Reason(StrEnum):
+    """CamelCase reasons of the conditions above (also used as Event reasons)."""
+
     # Compliant / Ready
     COMPLIANT_NODE = "CompliantNode"
     NODE_NOT_COMPLIANT = "NodeNotCompliant"
+    """The VM was found on a node that never satisfied it (e.g. an adopted VM)."""
+    TRUST_REVOKED = "TrustRevoked"
+    """The node lost the verified profile that made it compliant."""
+    REQUEST_RAISED = "RequestRaised"
+    """The request changed and the node no longer satisfies it."""
+    PROFILE_CHANGED = "ProfileChanged"
+    """A profile changed and the node no longer satisfies the request."""
     NOT_RUNNING = "NotRunning"
     # Pending
     NO_COMPLIANT_NODE = "NoCompliantNode"
     WAITING_FOR_SCHEDULING = "WaitingForScheduling"
     WAITING_FOR_AFFINITY = "WaitingForAffinityPropagation"
+    PLACED = "Placed"
     # Unsatisfiable
     NO_SATISFYING_PROFILE = "NoSatisfyingProfile"
     SATISFIABLE = "Satisfiable"
@@ -44,6 +54,11 @@ class Reason(StrEnum):
     # Relocating
     MIGRATING = "Migrating"
     RESTARTING = "Restarting"
+    WAITING_FOR_MIGRATION_SLOT = "WaitingForMigrationSlot"
+    WAITING_FOR_OTHER_MIGRATION = "WaitingForOtherMigration"
+    RETRY_BACKOFF = "RetryBackoff"
+    RELOCATION_REQUIRES_RESTART = "RelocationRequiresRestart"
+    MOVING_TARGET_DEFENSE = "MovingTargetDefense"
     IDLE = "Idle"
     # RelocationFailed
     MIGRATION_FAILED = "MigrationFailed"
@@ -56,6 +71,26 @@ class Reason(StrEnum):
     FAIL_CLOSED_ALERT = "FailClosedDeadlineExceeded"
     # VM reference
     VM_NOT_FOUND = "VirtualMachineNotFound"
+    VM_CONFLICT = "VirtualMachineConflict"
+    UNKNOWN = "Unknown"
+    """Not evaluated yet (conditions are set on first visit, as Unknown)."""
+
+
+class EventReason(StrEnum):
+    """Reasons of Events for actions (decisions on conditions use `Reason`)."""
+
+    VM_CREATED = "VirtualMachineCreated"
+    VM_UPDATED = "VirtualMachineUpdated"
+    VM_ADOPTED = "VirtualMachineAdopted"
+    AFFINITY_UPDATED = "AffinityUpdated"
+    MIGRATION_CREATED = "MigrationCreated"
+    MIGRATION_SUCCEEDED = "MigrationSucceeded"
+    MIGRATION_FAILED = "MigrationFailed"
+    RESTARTED = "RestartedForRelocation"
+    RESTARTED_PENDING = "RestartedToApplyAffinity"
+    STOPPED = "FailClosedStopped"
+    RESTORED = "FailClosedRestored"
+    DEADLINE_EXCEEDED = "FailClosedDeadlineExceeded"
 
 
 @dataclass(frozen=True)
@@ -85,9 +120,7 @@ def set_condition(
         updated = replace(
             new,
             last_transition_time=(
-                old.last_transition_time
-                if old.status == new.status
-                else new.last_transition_time
+                old.last_transition_time if old.status == new.status else new.last_transition_time
             ),
         )
         if updated == old:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from sod_operator.api.constants import (
@@ -201,8 +202,10 @@ class NodeView:
     labels: Mapping[str, str]
     schedulable: bool = True
 
-    @property
+    @cached_property
     def verified(self) -> frozenset[str]:
+        # Cached: planning asks this per candidate node, and a node's labels never change in
+        # place (a label event builds a new NodeView).
         return verified_profiles(self.labels)
 
 

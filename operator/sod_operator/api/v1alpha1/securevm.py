@@ -138,6 +138,19 @@ class ResolvedRequest(ApiModel):
     """The SecurityPackage the request came from, if any."""
 
 
+class RelocationTrigger(StrEnum):
+    TRUST_REVOKED = "TrustRevoked"
+    """The node lost the verified profile that made it compliant."""
+    REQUEST_RAISED = "RequestRaised"
+    """The SecureVM's request changed so that the node no longer satisfies it."""
+    PROFILE_CHANGED = "ProfileChanged"
+    """A ServerSecurityProfile changed so that the node no longer satisfies the request."""
+    NODE_NOT_COMPLIANT = "NodeNotCompliant"
+    """The VM was found on a node that never satisfied it (e.g. an adopted VM)."""
+    MOVING_TARGET_DEFENSE = "MovingTargetDefense"
+    """A periodic move (moving target defense); never overlaps a security relocation."""
+
+
 class RelocationResult(StrEnum):
     IN_PROGRESS = "InProgress"
     SUCCEEDED = "Succeeded"
@@ -148,8 +161,9 @@ class RelocationResult(StrEnum):
 class RelocationRecord(ApiModel):
     """One relocation of the VM (bounded history in status)."""
 
-    trigger: ShortText
-    """Why the VM was moved (e.g. `NodeNotCompliant`, `RequestRaised`, `MovingTargetDefense`)."""
+    trigger: RelocationTrigger
+    """Why the VM was moved: TrustRevoked, RequestRaised, ProfileChanged, NodeNotCompliant or
+    MovingTargetDefense."""
     from_node: ShortText = ""
     """Node the VM ran on."""
     to_node: ShortText = ""
@@ -157,7 +171,12 @@ class RelocationRecord(ApiModel):
     migration_name: ShortText = ""
     """The VirtualMachineInstanceMigration (empty for a restart)."""
     attempt: Annotated[int, Field(ge=0, le=1000)] = 0
-    """Attempt number of this relocation (retries after failures)."""
+    """Attempt number of this relocation (1 for the first; retries after failures count up)."""
+    avoid_nodes: Annotated[list[ShortText], Field(max_length=16)] | None = None
+    """Targets of failed attempts of this relocation: retries are steered to other nodes."""
+    steered_to: ShortText = ""
+    """The node this attempt was steered to (`addedNodeSelector`); empty when the scheduler
+    chose among all compliant nodes."""
     start_time: datetime
     """When the relocation was started."""
     end_time: datetime | None = None
@@ -190,7 +209,11 @@ class SecureVMStatus(ApiModel):
     non_compliant_since: datetime | None = None
     """When the VM was first seen on a non-compliant node (cleared when compliant)."""
     relocation: RelocationRecord | None = None
-    """The relocation in progress, recorded before the migration is created."""
+    """The relocation in progress, recorded before the migration is created (so a restarted
+    operator finds the migration it may already have created)."""
+    relocation_count: Annotated[int, Field(ge=0, le=2**31)] | None = None
+    """Number of relocations started so far. Part of each migration's name, so a new relocation
+    never reuses the name of an old, finished migration."""
     history: Annotated[list[RelocationRecord], Field(max_length=16)] | None = None
     """The most recent relocations, newest last."""
     next_moving_target_time: datetime | None = None

@@ -1,0 +1,296 @@
+"""The operator's in-memory world and the indexes that keep per-event work proportional to
+the SecureVMs affected, never to the fleet.
+
+Every `apply_*` method takes one observed object (or its deletion) and returns the keys of the
+SecureVMs whose plan may change because of it:
+
+* a node's verified profiles change → the SecureVMs whose VMI runs there (index node → SecureVMs
+  via the VMI's `nodeName`), plus, when it gained a profile, the SecureVMs starved of nodes;
+* a profile is added, changed or deleted → only the SecureVMs whose request's satisfying set or
+  cost preferences change (evaluated once per distinct request, not per SecureVM);
+* a package changes → the SecureVMs naming it;
+* a VM, VMI or migration changes → the SecureVM that manages it.
+
+Pure data structures (no I/O); the clock is passed in where it matters.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
+from sod_operator.api.v1alpha1.security import SecurityPackageSpec
+from sod_operator.policy.evaluation import Resolution, evaluate, request_key
+from sod_operator.policy.matching import ProfileCapabilities
+from sod_operator.policy.observed import MigrationView, VMIView, VMView
+from sod_operator.policy.placement import NodeView, cost_preferences
+from sod_operator.policy.plan import NodeSnapshot, Observation, SecureVMView
+from sod_operator.policy.request import RequestError, SecurityRequest, resolve_request
+
+Key = tuple[str, str]
+ResolutionKey = tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    request: SecurityRequest | None
+    error: RequestError | None
+
+    @property
+    def key(self) -> ResolutionKey | None:
+        if self.request is None:
+            return None
+        return (*request_key(self.request), self.request.package)
+
+
+class World:
+    """Everything the operator knows, indexed for the questions events ask."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeView] = {}
+        self.by_profile: defaultdict[str, set[str]] = defaultdict(set)
+        self.revoked_at: dict[str, datetime] = {}
+        self.load: Counter[str] = Counter()
+        self.profiles: dict[str, ProfileCapabilities] = {}
+        self.packages: dict[str, SecurityPackageSpec] = {}
+        self.svms: dict[Key, SecureVMView] = {}
+        self.vms: dict[Key, VMView] = {}
+        self.vmis: dict[Key, VMIView] = {}
+        self.migrations: dict[Key, MigrationView] = {}
+        self._migrations_by_vmi: defaultdict[Key, set[str]] = defaultdict(set)
+        self._svm_by_vm: dict[Key, Key] = {}
+        self._svms_on_node: defaultdict[str, set[Key]] = defaultdict(set)
+        self._svms_by_package: defaultdict[str, set[Key]] = defaultdict(set)
+        self._svms_by_resolution: defaultdict[ResolutionKey, set[Key]] = defaultdict(set)
+        self._resolved: dict[Key, _Resolved] = {}
+        self._cache: dict[ResolutionKey, Resolution] = {}
+        self.starved: set[Key] = set()
+        """SecureVMs whose last plan found no compliant node: woken when a node gains trust."""
+
+    # ---------------------------------------------------------------- nodes
+
+    def apply_node(
+        self, name: str, labels: dict[str, str] | None, schedulable: bool, now: datetime
+    ) -> set[Key]:
+        """A node was added, changed (`labels` set) or deleted (`labels` None)."""
+        old = self.nodes.get(name)
+        before = old.verified if old else frozenset()
+        if labels is None:
+            self.nodes.pop(name, None)
+            after: frozenset[str] = frozenset()
+        else:
+            node = NodeView(name, dict(labels), schedulable)
+            self.nodes[name] = node
+            after = node.verified
+        lost, gained = before - after, after - before
+        for p in lost:
+            self.by_profile[p].discard(name)
+        for p in gained:
+            self.by_profile[p].add(name)
+        if lost:
+            self.revoked_at[name] = now
+        affected: set[Key] = set()
+        if lost or gained or (old is not None and old.schedulable != schedulable):
+            affected |= self._svms_on_node.get(name, set())
+        if gained or (old is not None and not old.schedulable and schedulable):
+            affected |= self.starved
+        return affected
+
+    # ---------------------------------------------------------------- catalog
+
+    def _fingerprints(self) -> dict[ResolutionKey, tuple[object, ...]]:
+        out: dict[ResolutionKey, tuple[object, ...]] = {}
+        for rkey in self._svms_by_resolution:
+            res = self._cache.get(rkey)
+            if res is not None:
+                out[rkey] = _fingerprint(res, self.profiles.values())
+        return out
+
+    def apply_profile(self, name: str, spec: ServerSecurityProfileSpec | None) -> set[Key]:
+        """A profile was added or changed (`spec` set) or deleted: only requests it changes."""
+        before = self._fingerprints()
+        if spec is None:
+            self.profiles.pop(name, None)
+        else:
+            self.profiles[name] = ProfileCapabilities.from_spec(name, spec)
+        self._cache.clear()
+        affected: set[Key] = set()
+        for rkey, keys in self._svms_by_resolution.items():
+            if not keys:
+                continue
+            res = self._resolution_for(rkey, next(iter(keys)))
+            if before.get(rkey) != _fingerprint(res, self.profiles.values()):
+                affected |= keys
+        return affected
+
+    def apply_package(self, name: str, spec: SecurityPackageSpec | None) -> set[Key]:
+        if spec is None:
+            self.packages.pop(name, None)
+        else:
+            self.packages[name] = spec
+        affected = set(self._svms_by_package.get(name, set()))
+        for key in affected:
+            self._resolve(key)
+        return affected
+
+    # ---------------------------------------------------------------- SecureVMs
+
+    def apply_securevm(self, key: Key, view: SecureVMView | None) -> set[Key]:
+        old = self.svms.get(key)
+        if old is not None:
+            self._unindex_svm(key, old)
+        if view is None:
+            self.svms.pop(key, None)
+            self.starved.discard(key)
+            return set()
+        self.svms[key] = view
+        self._svm_by_vm[(key[0], view.vm_name)] = key
+        vmi = self.vmis.get((key[0], view.vm_name))
+        if vmi is not None and vmi.node_name:
+            self._svms_on_node[vmi.node_name].add(key)
+        if view.spec is not None and view.spec.security.package:
+            self._svms_by_package[view.spec.security.package].add(key)
+        self._resolve(key)
+        return {key}
+
+    def update_status(self, key: Key, view: SecureVMView) -> None:
+        """Our own status write: same spec, new status (indexes unchanged)."""
+        if key in self.svms:
+            self.svms[key] = view
+
+    def _unindex_svm(self, key: Key, old: SecureVMView) -> None:
+        self._svm_by_vm.pop((key[0], old.vm_name), None)
+        vmi = self.vmis.get((key[0], old.vm_name))
+        if vmi is not None and vmi.node_name:
+            self._svms_on_node[vmi.node_name].discard(key)
+        if old.spec is not None and old.spec.security.package:
+            self._svms_by_package[old.spec.security.package].discard(key)
+        resolved = self._resolved.pop(key, None)
+        if resolved is not None and resolved.key is not None:
+            keys = self._svms_by_resolution.get(resolved.key)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._svms_by_resolution[resolved.key]
+
+    def _resolve(self, key: Key) -> None:
+        view = self.svms[key]
+        old = self._resolved.get(key)
+        if old is not None and old.key is not None:
+            self._svms_by_resolution[old.key].discard(key)
+        if view.spec is None:
+            resolved = _Resolved(None, None)
+        else:
+            try:
+                resolved = _Resolved(resolve_request(view.spec.security, self.packages), None)
+            except RequestError as err:
+                resolved = _Resolved(None, err)
+        self._resolved[key] = resolved
+        if resolved.key is not None:
+            self._svms_by_resolution[resolved.key].add(key)
+
+    def _resolution_for(self, rkey: ResolutionKey, any_key: Key) -> Resolution:
+        cached = self._cache.get(rkey)
+        if cached is None:
+            request = self._resolved[any_key].request
+            assert request is not None
+            cached = evaluate(request, self.profiles.values())
+            self._cache[rkey] = cached
+        return cached
+
+    def resolution(self, key: Key) -> Resolution:
+        resolved = self._resolved.get(key)
+        if resolved is None or resolved.request is None:
+            return Resolution(request=None, error=resolved.error if resolved else None)
+        rkey = resolved.key
+        assert rkey is not None
+        return self._resolution_for(rkey, key)
+
+    # ---------------------------------------------------------------- KubeVirt objects
+
+    def securevm_for_vm(self, namespace: str, vm_name: str) -> Key | None:
+        return self._svm_by_vm.get((namespace, vm_name))
+
+    def apply_vm(self, key: Key, view: VMView | None) -> set[Key]:
+        if view is None:
+            self.vms.pop(key, None)
+        else:
+            self.vms[key] = view
+        svm = self._svm_by_vm.get(key)
+        return {svm} if svm else set()
+
+    def apply_vmi(self, key: Key, view: VMIView | None) -> set[Key]:
+        old = self.vmis.get(key)
+        svm = self._svm_by_vm.get(key)
+        old_node = old.node_name if old else None
+        new_node = view.node_name if view else None
+        if old_node != new_node:
+            if old_node:
+                self.load[old_node] -= 1
+                if self.load[old_node] <= 0:
+                    del self.load[old_node]
+                if svm:
+                    self._svms_on_node[old_node].discard(svm)
+            if new_node:
+                self.load[new_node] += 1
+                if svm:
+                    self._svms_on_node[new_node].add(svm)
+        if view is None:
+            self.vmis.pop(key, None)
+        else:
+            self.vmis[key] = view
+        return {svm} if svm else set()
+
+    def apply_migration(self, key: Key, view: MigrationView | None) -> set[Key]:
+        old = self.migrations.get(key)
+        vmi_name = view.vmi_name if view else (old.vmi_name if old else "")
+        if view is None:
+            self.migrations.pop(key, None)
+            self._migrations_by_vmi[(key[0], vmi_name)].discard(key[1])
+        else:
+            self.migrations[key] = view
+            self._migrations_by_vmi[(key[0], vmi_name)].add(key[1])
+        svm = self._svm_by_vm.get((key[0], vmi_name))
+        return {svm} if svm else set()
+
+    def migrations_of(self, namespace: str, vmi_name: str) -> list[MigrationView]:
+        names = self._migrations_by_vmi.get((namespace, vmi_name), set())
+        return [
+            self.migrations[(namespace, n)]
+            for n in sorted(names)
+            if (namespace, n) in self.migrations
+        ]
+
+    # ---------------------------------------------------------------- planner input
+
+    def snapshot(self) -> NodeSnapshot:
+        return NodeSnapshot(self.nodes, self.by_profile, self.revoked_at, self.load)
+
+    def observation(self, key: Key, snapshot: NodeSnapshot | None = None) -> Observation | None:
+        svm = self.svms.get(key)
+        if svm is None:
+            return None
+        vm_key = (key[0], svm.vm_name)
+        return Observation(
+            svm=svm,
+            resolution=self.resolution(key),
+            catalog=self.profiles,
+            nodes=snapshot or self.snapshot(),
+            vm=self.vms.get(vm_key),
+            vmi=self.vmis.get(vm_key),
+            migrations=self.migrations_of(*vm_key),
+        )
+
+    def keys_on_node(self, name: str) -> set[Key]:
+        return set(self._svms_on_node.get(name, set()))
+
+    def all_keys(self) -> Iterable[Key]:
+        return list(self.svms)
+
+
+def _fingerprint(res: Resolution, catalog: Iterable[ProfileCapabilities]) -> tuple[object, ...]:
+    """What of a resolution shapes placement: the satisfying set and the cost preferences."""
+    return (res.satisfying, repr(cost_preferences(res.satisfying, catalog)))
