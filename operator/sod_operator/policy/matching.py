@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
 from sod_operator.api.vocabulary import Cell, Entity, Property, Scope, scope_covers
@@ -23,6 +24,11 @@ class ProfileCapabilities:
     cells: Mapping[RequestCell, Cell]
     scope: Scope
     cost: int = 1
+
+    @cached_property
+    def protected(self) -> frozenset[RequestCell]:
+        """The cells that are `Yes` (computed once: matching tests requests against it)."""
+        return frozenset(c for c, v in self.cells.items() if v is Cell.YES)
 
     def cell(self, entity: Entity, prop: Property) -> Cell:
         # An entity the profile does not list is not protected from.
@@ -69,12 +75,18 @@ class Match:
 
 def match(request: SecurityRequest, profile: ProfileCapabilities) -> Match:
     """Match `profile` against `request`, listing every unmet cell in the paper's order."""
-    unmet = tuple(
-        UnmetCell(e, p, profile.cell(e, p))
-        for e in Entity
-        for p in Property
-        if (e, p) in request.cells and profile.cell(e, p) is not Cell.YES
-    )
+    protected = profile.protected
+    if request.cells <= protected:
+        unmet: tuple[UnmetCell, ...] = ()
+    else:
+        offered = profile.cells
+        unmet = tuple(
+            [
+                UnmetCell(e, p, offered.get((e, p), Cell.NO))
+                for e, p in request.ordered_cells
+                if (e, p) not in protected
+            ]
+        )
     gap = None if scope_covers(profile.scope, request.scope) else profile.scope
     return Match(profile=profile.name, unmet=unmet, scope_gap=gap)
 
@@ -84,6 +96,11 @@ def match_all(request: SecurityRequest, profiles: Iterable[ProfileCapabilities])
     return sorted((match(request, p) for p in profiles), key=lambda m: m.profile)
 
 
+def satisfies(request: SecurityRequest, profile: ProfileCapabilities) -> bool:
+    """`match(request, profile).satisfied`, without collecting the reasons (the hot path)."""
+    return request.cells <= profile.protected and scope_covers(profile.scope, request.scope)
+
+
 def satisfying(request: SecurityRequest, profiles: Iterable[ProfileCapabilities]) -> list[str]:
     """Names of the profiles that satisfy `request`, sorted."""
-    return [m.profile for m in match_all(request, profiles) if m.satisfied]
+    return sorted(p.name for p in profiles if satisfies(request, p))
