@@ -199,7 +199,13 @@ def test_node_agent_gets_the_tpm_device_and_its_node_name(helm: Helm):
     (container,) = pod["containers"]
     env = {e["name"]: e for e in container["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-    assert "--node-name=$(NODE_NAME)" in container["args"]
+    assert container["args"][:5] == [
+        "--node=$(NODE_NAME)",
+        "--tcti=device:/dev/tpmrm0",
+        "--pcrs=sha256:0-7",
+        "--interval=10",
+        "--log-level=INFO",
+    ]
     assert {"name": "tpm", "hostPath": {"path": "/dev/tpmrm0", "type": "CharDevice"}} in pod[
         "volumes"
     ]
@@ -266,13 +272,14 @@ def _role(objs: list[Rendered], suffix: str) -> list[dict[str, Any]]:
     return list(role["rules"])
 
 
-def test_node_agent_may_only_create_and_update_node_attestations(helm: Helm):
+def test_node_agent_may_only_read_create_and_update_node_attestations(helm: Helm):
     rules = _role(render(helm, None), "-node-agent")
     assert rules == [
         {
             "apiGroups": ["sod.dev"],
             "resources": ["nodeattestations"],
-            "verbs": ["get", "create", "patch", "update"],
+            # list/watch: the agent watches its own object by a metadata.name field selector.
+            "verbs": ["get", "list", "watch", "create", "patch", "update"],
         }
     ]
 
@@ -398,3 +405,19 @@ def test_external_identities_are_used_by_name(helm: Helm):
         "system:serviceaccount:sod-system:sod-node-agent-sa"
         in (policy["spec"]["matchConditions"][0]["expression"])
     )
+
+
+# --- the command lines match the programs' real flags ------------------------------------------
+
+
+@variants
+def test_node_agent_args_parse_with_sod_node_agent(helm: Helm, values: Path | None):
+    from sod_node_agent.main import build_parser
+
+    for ds in by_kind(render(helm, values), "DaemonSet"):
+        (container,) = ds["spec"]["template"]["spec"]["containers"]
+        assert container["command"] == ["sod-node-agent"]
+        args = [a.replace("$(NODE_NAME)", "node-1") for a in container["args"]]
+        parsed = build_parser().parse_args(args)
+        assert parsed.node == "node-1"
+        assert parsed.tcti.startswith("device:/dev/")

@@ -281,6 +281,16 @@ class NodeAgent(_Workload):
     """serviceAccount of the node-agent pods."""
     tpm: Tpm = Field(default_factory=Tpm)
     """tpm says how the agent reaches the node's TPM."""
+    pcrs: str = Field(default="sha256:0-7", pattern=r"^[a-z0-9]+:[0-9,-]+$", max_length=64)
+    """pcrs is the PCR selection the agent quotes (`sod-node-agent --pcrs`), e.g. `sha256:0-7` or
+    `sha256:0,4,7`. It must cover the PCRs your profiles' golden values name."""
+    interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10
+    """intervalSeconds is the least time between two answers of the agent to the verifier's nonces
+    (`sod-node-agent --interval`)."""
+    architecture: str = Field(default="", max_length=253)
+    """architecture is a security architecture every node of this DaemonSet declares by
+    configuration (`sod-node-agent --architecture`), for hardware the agent cannot detect. Only a
+    claim: the verifier still decides. Empty means detect only."""
     run_as_user: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     """runAsUser is the agent's user id. The TPM device is usually owned by root or the `tss`
     group; to run as non-root set a non-zero id and add your hosts' `tss` group id to
