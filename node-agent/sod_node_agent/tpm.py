@@ -145,7 +145,11 @@ class TpmSession:
             template.publicArea.unique.ecc.x = ak_unique[:32]
         self._ak, self._ak_public, *_ = ectx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
         self._created.append(self._ak)
-        self._ek = self._load_ek()
+        try:
+            self._ek = self._load_ek()
+        except BaseException:
+            self.close()  # never leave the AK in one of the TPM's three object slots
+            raise
 
     def _load_ek(self) -> Any:
         try:

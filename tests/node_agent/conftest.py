@@ -1,0 +1,53 @@
+"""A real software TPM per test: manufactured once per session with a local EK CA, copied.
+
+Copies share the EK (a clone of one manufactured state), which these tests do not need to
+be unique; `fresh_tpm` manufactures a distinct one when it matters. swtpm and tpm2-pytss
+are required (tools/install-system-deps.sh, `make venv`): a missing binary fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sod_operator.sandbox import swtpm
+
+os.environ.setdefault("TSS2_LOG", "all+none")  # ESYS logs expected misses as errors
+
+
+@pytest.fixture(scope="session")
+def local_ca(tmp_path_factory: pytest.TempPathFactory) -> swtpm.LocalCa:
+    swtpm.require_binaries()
+    return swtpm.LocalCa(tmp_path_factory.mktemp("ekca"))
+
+
+@pytest.fixture(scope="session")
+def manufactured(tmp_path_factory: pytest.TempPathFactory, local_ca: swtpm.LocalCa) -> Path:
+    state = tmp_path_factory.mktemp("manufactured") / "state"
+    swtpm.manufacture(state, local_ca)
+    return state
+
+
+@pytest.fixture
+def tpm(tmp_path: Path, manufactured: Path) -> Iterator[swtpm.Swtpm]:
+    state = tmp_path / "tpm"
+    shutil.copytree(manufactured, state)
+    sw = swtpm.Swtpm(state)
+    sw.start()
+    swtpm.simulated_boot(sw.tcti)
+    yield sw
+    sw.stop()
+
+
+@pytest.fixture
+def fresh_tpm(tmp_path: Path, local_ca: swtpm.LocalCa) -> Iterator[swtpm.Swtpm]:
+    state = tmp_path / "fresh"
+    swtpm.manufacture(state, local_ca)
+    sw = swtpm.Swtpm(state)
+    sw.start()
+    swtpm.simulated_boot(sw.tcti)
+    yield sw
+    sw.stop()
