@@ -101,6 +101,8 @@ def _summary(docs: list[dict[str, Any]]) -> list[str]:
                 + ["-"] * 5
             )
             continue
+        for what, why in doc.get("not_run", {}).items():
+            rows.append([doc.get("title", doc["name"]), what, f"**not run**: {why}"] + ["-"] * 4)
         for fig in doc.get("figures", []):
             s = fig["summary"]
             base = fig.get("baseline")
@@ -234,6 +236,10 @@ def _section(doc: dict[str, Any]) -> list[str]:
             "",
         ]
     out += [*_figures(doc), ""]
+    for what, why in doc.get("not_run", {}).items():
+        out += [f"* **Not run**: {what}: {why}"]
+    if doc.get("not_run"):
+        out += [""]
     for table in doc.get("tables", []):
         out += [f"**{table['title']}**", "", *_table(table["columns"], table["rows"]), ""]
         if table.get("note"):

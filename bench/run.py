@@ -81,6 +81,7 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
         "figures": [f.to_json() for f in result.figures],
         "tables": result.tables,
         "notes": result.notes,
+        "not_run": result.not_run,
     }
 
 

@@ -151,6 +151,8 @@ class Result:
     """Extra tables for the report: {"title", "columns", "rows", "note"}."""
     notes: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
+    not_run: dict[str, str] = field(default_factory=dict)
+    """Parts of the benchmark that could not run (what -> why): reported, never guessed."""
 
     def add_table(
         self, title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], note: str = ""
