@@ -420,4 +420,4 @@ def test_node_agent_args_parse_with_sod_node_agent(helm: Helm, values: Path | No
         args = [a.replace("$(NODE_NAME)", "node-1") for a in container["args"]]
         parsed = build_parser().parse_args(args)
         assert parsed.node == "node-1"
-        assert parsed.tcti.startswith("device:/dev/")
+        assert parsed.tcti.startswith(("device:/dev/", "swtpm:path="))

@@ -269,6 +269,12 @@ class Tpm(_Values):
     it instead of mounting the device from the host, and runs unprivileged. Empty means mount
     `devicePath` as a hostPath character device, which needs a privileged container (the device
     cgroup allows only the devices a container was given)."""
+    tcti: str = Field(default="", max_length=512)
+    """tcti is, when set, the agent's TPM connection instead of the device (`sod-node-agent
+    --tcti`), e.g. `swtpm:path=/run/sod-swtpm/swtpm.sock` for a software TPM on nodes without one
+    (kind, labs; mount its directory with `nodeAgent.extraVolumes`). Nothing is mounted from
+    `devicePath` and the agent runs unprivileged. A software TPM proves nothing about the host:
+    never use one in production."""
 
 
 class NodeAgent(_Workload):
@@ -304,6 +310,11 @@ class NodeAgent(_Workload):
     NodeAttestation named like the node its pod runs on (from the node name bound into its
     service-account token). Without it a compromised node could overwrite another node's
     evidence (the verifier would still reject evidence it cannot verify)."""
+    extra_volumes: list[KubeObject] = Field(default_factory=list)
+    """extraVolumes are added to the agent pods (Kubernetes `Volume` objects), e.g. the hostPath
+    directory of a software TPM's socket."""
+    extra_volume_mounts: list[KubeObject] = Field(default_factory=list)
+    """extraVolumeMounts are added to the agent container (Kubernetes `VolumeMount` objects)."""
     max_unavailable: Annotated[int, Field(ge=1, le=1000)] = 1
     """maxUnavailable is how many agents a rolling update may restart at once."""
     resources: KubeObject = Field(default_factory=lambda: dict(_AGENT_RESOURCES))
