@@ -591,15 +591,22 @@ class KubeVirtSimulator:
                 and phase == "Failed"
             )
             if should_run is False or restart:
-                self._delete(
-                    self.vmis, resource_path(KUBEVIRT, "virtualmachineinstances", ns, name)
-                )
+                self._stop_vmi(vmi)
                 vmi = None
             else:
                 sync_error = self._live_update(vm, vmi, now)
         elif vmi is None and should_run:
             vmi = self._create_vmi(vm)
         self._write_vm_status(vm, vmi, sync_error, now)
+
+    def _stop_vmi(self, vmi: JsonObj) -> None:
+        """Delete a VMI and its launcher pods (virt-handler shuts the domain down, the launcher
+        exits); the garbage collector would remove the pods too, later."""
+        ns, name = _key(vmi)
+        self._delete(self.vmis, resource_path(KUBEVIRT, "virtualmachineinstances", ns, name))
+        for pod in self._pods_of(vmi):
+            self._delete(self.pods, resource_path("v1", "pods", ns, pod["metadata"]["name"]))
+        log.info("VMI %s/%s: stopped", ns, name)
 
     def _create_vmi(self, vm: JsonObj) -> JsonObj:
         ns, name = _key(vm)
@@ -1224,11 +1231,16 @@ class KubeVirtSimulator:
             if m.get("status", {}).get("phase") in FINAL_VMIM
         }
         for pod in self.pods.items():
-            job = (pod["metadata"].get("labels") or {}).get(MIGRATION_JOB_LABEL)
-            if not job or pod["metadata"].get("deletionTimestamp"):
+            if pod["metadata"].get("deletionTimestamp"):
                 continue
             ns = pod["metadata"]["namespace"]
             vmi = self._vmi_of_pod(pod)
+            if vmi is None:  # its VMI is gone (deleted by a user or a namespace deletion)
+                self._delete(self.pods, resource_path("v1", "pods", ns, pod["metadata"]["name"]))
+                continue
+            job = (pod["metadata"].get("labels") or {}).get(MIGRATION_JOB_LABEL)
+            if not job:
+                continue
             active = (vmi or {}).get("status", {}).get("activePods") or {}
             if pod["metadata"]["uid"] in active and (
                 ((vmi or {}).get("status", {}).get("migrationState") or {}).get("completed")

@@ -1,0 +1,124 @@
+"""Fixtures of the e2e tier: one real local control plane per test session.
+
+* `sandbox` (session): `LocalCluster` (etcd, kube-apiserver, controller-manager, scheduler, kwok)
+  with the fake nodes in `E2E_NODES`, our CRDs and KubeVirt's, and the KubeVirt simulator in a
+  thread with fast settings (`E2E_SIM_CONFIG`: modelled durations x0.05, unschedulable target
+  fails after 3 s). Missing binaries FAIL the session with the build command: the tier never
+  skips (`make test` builds them first).
+* `kube_api` (session): the admin `KubeApi`; `kubeconfig` (session): its path, for KopfRunner
+  or subprocesses.
+* `namespace` (function): a fresh namespace (with its default ServiceAccount) per test, deleted
+  afterwards; `kube` (function): a `harness.Kube` bound to it.
+* On failure, the tail of every component log (and the simulator's) is attached to the report.
+
+Other e2e modules (operator, trust monitor) reuse these; per-node services can be added by
+extending `E2E_NODE_SERVICES` (see `sod_operator.sandbox.cluster` for the extension points).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sod_operator.sandbox.binaries import MissingBinaries, find_binaries
+from sod_operator.sandbox.cluster import LocalCluster, NodeService, SandboxError, tail_logs
+from sod_operator.sandbox.kubeapi import KubeApi, resource_path
+from sod_operator.sandbox.kubevirt_sim import KubeVirtSimulator, SimConfig
+from sod_operator.sandbox.nodes import NodeSpec, parse_nodes
+from tests.e2e.harness import Kube
+
+E2E_NODES: list[NodeSpec] = parse_nodes("hyperwall=2,datasafe=1,plain=2")
+E2E_NODE_SERVICES: list[NodeService] = []
+E2E_SIM_CONFIG = SimConfig(time_scale=0.05, unschedulable_timeout_seconds=3.0, resync_seconds=2.0)
+
+_CLUSTER_KEY = pytest.StashKey[LocalCluster]()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def sandbox(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalCluster]:
+    try:
+        binaries = find_binaries()
+    except MissingBinaries as err:
+        pytest.fail(f"e2e tier: {err}", pytrace=False)
+    cluster = LocalCluster(
+        tmp_path_factory.mktemp("sandbox"),
+        E2E_NODES,
+        binaries=binaries,
+        node_services=E2E_NODE_SERVICES,
+    )
+    request.config.stash[_CLUSTER_KEY] = cluster
+    try:
+        cluster.start()
+    except SandboxError as err:
+        pytest.fail(f"e2e tier: the local control plane did not start: {err}", pytrace=False)
+    sim_log = logging.FileHandler(cluster.log_dir / "kubevirt-sim.log")
+    sim_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    sim_logger = logging.getLogger("sod.kubevirt_sim")
+    sim_logger.addHandler(sim_log)
+    sim_logger.setLevel(logging.INFO)
+    sim = KubeVirtSimulator(cluster.kubeconfig, E2E_SIM_CONFIG).start()
+
+    def stop_sim() -> None:
+        sim.stop()
+        sim_logger.removeHandler(sim_log)
+        sim_log.close()
+
+    cluster.on_stop(stop_sim)
+    yield cluster
+    cluster.stop(remove_state=False)
+
+
+@pytest.fixture(scope="session")
+def kube_api(sandbox: LocalCluster) -> KubeApi:
+    return sandbox.api()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(sandbox: LocalCluster) -> Path:
+    return sandbox.kubeconfig
+
+
+@pytest.fixture
+def namespace(
+    request: pytest.FixtureRequest, sandbox: LocalCluster, kube_api: KubeApi
+) -> Iterator[str]:
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{base}-{uuid.uuid4().hex[:5]}"
+    kube_api.create(
+        resource_path("v1", "namespaces"),
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+    )
+    sandbox.wait_for_service_account(name, timeout=30)
+    yield name
+    kube_api.delete(resource_path("v1", "namespaces", name=name))
+
+
+@pytest.fixture
+def kube(kube_api: KubeApi, namespace: str) -> Kube:
+    return Kube(kube_api, namespace)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed:
+        return
+    cluster = item.config.stash.get(_CLUSTER_KEY, None)
+    if cluster is None or not cluster.log_dir.is_dir():
+        return
+    report.sections.append(("sandbox component logs (tails)", tail_logs(cluster, 3000)))

@@ -1,0 +1,187 @@
+"""Helpers for e2e tests on the local control plane (imported by tests; fixtures in conftest.py).
+
+`Kube` wraps the sandbox's dict-based API client with the few things e2e tests keep doing:
+create KubeVirt objects, read them back, and wait for a condition with a readable failure.
+Tests never write VMI or VMIM status: the KubeVirt simulator does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sod_operator.api.constants import SIMULATED_ARCHITECTURE_LABEL
+from sod_operator.sandbox.kubeapi import JsonObj, KubeApi, resource_path
+
+KUBEVIRT = "kubevirt.io/v1"
+T = TypeVar("T")
+
+
+def wait_for(
+    fetch: Callable[[], T], done: Callable[[T], bool], what: str, timeout: float = 30.0
+) -> T:
+    """Poll `fetch` until `done(value)`; on timeout fail showing the last value seen."""
+    deadline = time.monotonic() + timeout
+    value = fetch()
+    while not done(value):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {value!r}")
+        time.sleep(0.05)
+        value = fetch()
+    return value
+
+
+def arch_affinity(*architectures: str, key: str = SIMULATED_ARCHITECTURE_LABEL) -> JsonObj:
+    """Required node affinity: one of the simulated architectures."""
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": key, "operator": "In", "values": list(architectures)}]}
+                ]
+            }
+        }
+    }
+
+
+def vm_manifest(
+    name: str,
+    *,
+    affinity: JsonObj | None = None,
+    node_selector: dict[str, str] | None = None,
+    memory: str = "1Gi",
+    run_strategy: str = "Always",
+    annotations: dict[str, str] | None = None,
+    launch_security: JsonObj | None = None,
+) -> JsonObj:
+    domain: JsonObj = {
+        "cpu": {"cores": 1},
+        "memory": {"guest": memory},
+        "devices": {"disks": [{"name": "rootdisk", "disk": {"bus": "virtio"}}]},
+    }
+    if launch_security is not None:
+        domain["launchSecurity"] = launch_security
+    spec: JsonObj = {
+        "domain": domain,
+        "volumes": [
+            {"name": "rootdisk", "containerDisk": {"image": "quay.io/containerdisks/fedora:41"}}
+        ],
+    }
+    if affinity is not None:
+        spec["affinity"] = affinity
+    if node_selector is not None:
+        spec["nodeSelector"] = node_selector
+    template_meta: JsonObj = {"labels": {"app": name}}
+    if annotations:
+        template_meta["annotations"] = annotations
+    return {
+        "apiVersion": KUBEVIRT,
+        "kind": "VirtualMachine",
+        "metadata": {"name": name},
+        "spec": {"runStrategy": run_strategy, "template": {"metadata": template_meta, "spec": spec}},
+    }
+
+
+def vmim_manifest(
+    name: str,
+    vmi_name: str,
+    *,
+    added_node_selector: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> JsonObj:
+    spec: JsonObj = {"vmiName": vmi_name}
+    if added_node_selector:
+        spec["addedNodeSelector"] = added_node_selector
+    meta: JsonObj = {"name": name}
+    if annotations:
+        meta["annotations"] = annotations
+    return {
+        "apiVersion": KUBEVIRT,
+        "kind": "VirtualMachineInstanceMigration",
+        "metadata": meta,
+        "spec": spec,
+    }
+
+
+class Kube:
+    """The API of the session's cluster, bound to one test namespace."""
+
+    def __init__(self, api: KubeApi, namespace: str):
+        self.api = api
+        self.ns = namespace
+
+    def path(self, plural: str, name: str | None = None, api_version: str = KUBEVIRT) -> str:
+        return resource_path(api_version, plural, self.ns, name)
+
+    def create(self, plural: str, obj: JsonObj, api_version: str = KUBEVIRT) -> JsonObj:
+        return self.api.create(self.path(plural, api_version=api_version), obj)
+
+    def get(self, plural: str, name: str, api_version: str = KUBEVIRT) -> JsonObj | None:
+        return self.api.get_or_none(self.path(plural, name, api_version))
+
+    def vm(self, name: str) -> JsonObj | None:
+        return self.get("virtualmachines", name)
+
+    def vmi(self, name: str) -> JsonObj | None:
+        return self.get("virtualmachineinstances", name)
+
+    def vmim(self, name: str) -> JsonObj | None:
+        return self.get("virtualmachineinstancemigrations", name)
+
+    def launcher_pods(self, vmi_name: str | None = None) -> list[JsonObj]:
+        selector = "kubevirt.io=virt-launcher"
+        if vmi_name:
+            selector += f",vm.kubevirt.io/name={vmi_name}"
+        pods = self.api.list(self.path("pods", api_version="v1"), selector)["items"]
+        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+    def events(self, involved_name: str) -> list[JsonObj]:
+        items = self.api.list(self.path("events", api_version="v1"))["items"]
+        return [e for e in items if e["involvedObject"]["name"] == involved_name]
+
+    def wait_vmi_phase(self, name: str, phase: str, timeout: float = 30.0) -> JsonObj:
+        vmi = wait_for(
+            lambda: self.vmi(name),
+            lambda v: v is not None and v.get("status", {}).get("phase") == phase,
+            f"VMI {self.ns}/{name} phase {phase}",
+            timeout,
+        )
+        assert vmi is not None
+        return vmi
+
+    def wait_vmim_final(self, name: str, timeout: float = 60.0) -> JsonObj:
+        vmim = wait_for(
+            lambda: self.vmim(name),
+            lambda m: m is not None
+            and m.get("status", {}).get("phase") in ("Succeeded", "Failed"),
+            f"VMIM {self.ns}/{name} to finish",
+            timeout,
+        )
+        assert vmim is not None
+        return vmim
+
+    def wait_vmim_phase(self, name: str, phase: str, timeout: float = 30.0) -> JsonObj:
+        vmim = wait_for(
+            lambda: self.vmim(name),
+            lambda m: m is not None and m.get("status", {}).get("phase") == phase,
+            f"VMIM {self.ns}/{name} phase {phase}",
+            timeout,
+        )
+        assert vmim is not None
+        return vmim
+
+
+def condition(obj: JsonObj | None, ctype: str) -> JsonObj | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return dict(c)
+    return None
+
+
+def phases(vmim: JsonObj) -> list[str]:
+    return [t["phase"] for t in vmim.get("status", {}).get("phaseTransitionTimestamps", [])]
+
+
+def any_of(*values: Any) -> Callable[[Any], bool]:
+    return lambda v: v in values

@@ -1,0 +1,374 @@
+"""The test bed is real: a real apiserver with RBAC and our CEL rules, KubeVirt's own schemas,
+the real kube-scheduler placing virt-launcher pods, and the KubeVirt simulator behaving as
+KubeVirt does (placement, migrations, limits, timeouts, LiveUpdate refused during migration,
+confidential VMs not live-migratable, stop).
+
+Not covered here: the operator (its own e2e modules), swtpm-backed attestation, `sodctl sandbox`
+(test_testbed_cli.py). No test asserts on durations; waits only bound how long a failure takes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from sod_operator.api.constants import API_VERSION, SIMULATED_ARCHITECTURE_LABEL
+from sod_operator.api.v1alpha1.security import option_conflict_message
+from sod_operator.api.vocabulary import SecurityOption
+from sod_operator.sandbox.binaries import read_versions
+from sod_operator.sandbox.cluster import LocalCluster, write_kubeconfig
+from sod_operator.sandbox.kubeapi import ApiError, KubeApi, resource_path
+from sod_operator.sandbox.kubevirt_sim import (
+    FORCE_MIGRATION_FAILURE_ANNOTATION,
+    HOLD_MIGRATION_ANNOTATION,
+    UNSCHEDULABLE_TIMEOUT_ANNOTATION,
+)
+from sod_operator.sandbox.pki import issue_client
+from tests.e2e.harness import (
+    Kube,
+    arch_affinity,
+    condition,
+    phases,
+    vm_manifest,
+    vmim_manifest,
+    wait_for,
+)
+
+ARCH = SIMULATED_ARCHITECTURE_LABEL
+HOSTNAME = "kubernetes.io/hostname"
+
+
+def _node_arch(kube_api: KubeApi, node: str) -> str:
+    labels = kube_api.get(resource_path("v1", "nodes", name=node))["metadata"]["labels"]
+    return str(labels[ARCH])
+
+
+def _start_vm(kube: Kube, name: str, **kwargs: object) -> dict:
+    kube.create("virtualmachines", vm_manifest(name, **kwargs))  # type: ignore[arg-type]
+    return kube.wait_vmi_phase(name, "Running")
+
+
+# ---- the control plane itself ----------------------------------------------------------------
+
+
+def test_apiserver_is_the_pinned_version(kube_api: KubeApi) -> None:
+    assert kube_api.get("/version")["gitVersion"] == read_versions()["KUBE_VERSION"]
+
+
+def test_rbac_denies_an_unprivileged_client_certificate(
+    sandbox: LocalCluster, tmp_path: object
+) -> None:
+    pair = issue_client(sandbox.pki, dt.datetime.now(dt.UTC), "nobody", "nobody")
+    path = write_kubeconfig(
+        sandbox.state_dir / "nobody.kubeconfig", sandbox.server, sandbox.pki.ca.cert, pair, "nobody"
+    )
+    with pytest.raises(ApiError) as err:
+        KubeApi(path).list("/api/v1/nodes")
+    assert err.value.status == 403
+    assert 'User "nobody" cannot list resource "nodes"' in err.value.message
+
+
+def test_fake_nodes_are_ready_with_their_architecture(kube_api: KubeApi) -> None:
+    nodes = {n["metadata"]["name"]: n for n in kube_api.list("/api/v1/nodes")["items"]}
+    assert {"hyperwall-1", "hyperwall-2", "datasafe-1", "plain-1", "plain-2"} <= set(nodes)
+    assert nodes["datasafe-1"]["metadata"]["labels"][ARCH] == "datasafe"
+    ready = condition(nodes["hyperwall-2"], "Ready")
+    assert ready is not None and ready["status"] == "True"
+
+
+# ---- our CRDs and KubeVirt's schemas ----------------------------------------------------------
+
+
+def _securevm(options: list[str]) -> dict:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "SecureVM",
+        "metadata": {"name": "conflict"},
+        "spec": {"security": {"options": options}, "template": vm_manifest("x")["spec"]},
+    }
+
+
+@pytest.mark.parametrize(
+    "in_vm", [SecurityOption.GUEST_OS_PROTECTION, SecurityOption.APPS_PROTECTION]
+)
+def test_securevm_cel_rejects_in_vm_protection_with_hypervisor_protection(
+    kube: Kube, in_vm: SecurityOption
+) -> None:
+    """Options 5 and 6 need a trusted hypervisor's introspection: never with option 2."""
+    obj = _securevm([SecurityOption.HYPERVISOR_PROTECTION.value, in_vm.value])
+    with pytest.raises(ApiError) as err:
+        kube.create("securevms", obj, api_version=API_VERSION)
+    assert err.value.status == 422
+    assert option_conflict_message(in_vm) in err.value.message
+
+
+def test_securevm_without_conflict_is_accepted(kube: Kube) -> None:
+    obj = _securevm([SecurityOption.HYPERVISOR_PROTECTION.value])
+    created = kube.create("securevms", obj, api_version=API_VERSION)
+    assert created["spec"]["security"]["options"] == ["HypervisorProtection"]
+
+
+def test_kubevirt_schema_rejects_a_malformed_vm(kube: Kube) -> None:
+    vm = vm_manifest("bad")
+    vm["spec"]["template"]["spec"]["domain"]["cpu"]["cores"] = "many"
+    with pytest.raises(ApiError) as err:
+        kube.create("virtualmachines", vm)
+    assert err.value.status == 422
+    assert "spec.template.spec.domain.cpu.cores" in err.value.message
+
+
+# ---- placement by the real scheduler ----------------------------------------------------------
+
+
+def test_required_node_affinity_places_vms_only_on_matching_nodes(
+    kube: Kube, kube_api: KubeApi
+) -> None:
+    names = [f"hw-{i}" for i in range(3)]
+    for name in names:
+        kube.create("virtualmachines", vm_manifest(name, affinity=arch_affinity("hyperwall")))
+    for name in names:
+        vmi = kube.wait_vmi_phase(name, "Running")
+        node = vmi["status"]["nodeName"]
+        assert _node_arch(kube_api, node) == "hyperwall"
+        (pod,) = kube.launcher_pods(name)
+        assert pod["spec"]["nodeName"] == node  # bound by kube-scheduler
+        assert pod["spec"]["affinity"] == arch_affinity("hyperwall")
+        assert vmi["metadata"]["ownerReferences"][0]["kind"] == "VirtualMachine"
+        vm = wait_for(
+            lambda n=name: kube.vm(n),
+            lambda v: v is not None and v.get("status", {}).get("printableStatus") == "Running",
+            f"VM {name} Running",
+        )
+        assert vm is not None and vm["status"]["ready"] is True
+
+
+def test_vm_with_no_matching_node_stays_unschedulable(kube: Kube) -> None:
+    kube.create("virtualmachines", vm_manifest("nowhere", affinity=arch_affinity("bastion")))
+    vm = wait_for(
+        lambda: kube.vm("nowhere"),
+        lambda v: v is not None and v.get("status", {}).get("printableStatus") == "ErrorUnschedulable",
+        "VM nowhere to be ErrorUnschedulable",
+    )
+    vmi = kube.vmi("nowhere")
+    assert vmi is not None and vmi["status"]["phase"] == "Scheduling"
+    scheduled = condition(vmi, "PodScheduled")
+    assert scheduled is not None and scheduled["reason"] == "Unschedulable"
+    assert vm is not None and "nodeName" not in vmi["status"]
+
+
+def test_stopping_a_vm_deletes_its_vmi_and_pod(kube: Kube) -> None:
+    _start_vm(kube, "stopme", affinity=arch_affinity("plain"))
+    kube.api.merge_patch(kube.path("virtualmachines", "stopme"), {"spec": {"runStrategy": "Halted"}})
+    wait_for(lambda: kube.vmi("stopme"), lambda v: v is None, "VMI stopme deleted")
+    wait_for(lambda: kube.launcher_pods("stopme"), lambda pods: not pods, "launcher pod deleted")
+    vm = wait_for(
+        lambda: kube.vm("stopme"),
+        lambda v: v is not None and v["status"].get("printableStatus") == "Stopped",
+        "VM stopme Stopped",
+    )
+    assert vm is not None and vm["status"]["created"] is False
+
+
+# ---- migrations --------------------------------------------------------------------------------
+
+
+def test_vmim_moves_the_vmi_to_another_matching_node(kube: Kube, kube_api: KubeApi) -> None:
+    vmi = _start_vm(kube, "mover", affinity=arch_affinity("hyperwall"))
+    source = vmi["status"]["nodeName"]
+    (source_pod,) = kube.launcher_pods("mover")
+    kube.create("virtualmachineinstancemigrations", vmim_manifest("mover-1", "mover"))
+    vmim = kube.wait_vmim_final("mover-1")
+
+    assert vmim["status"]["phase"] == "Succeeded"
+    assert phases(vmim) == [
+        "Pending",
+        "Scheduling",
+        "Scheduled",
+        "PreparingTarget",
+        "TargetReady",
+        "Running",
+        "Succeeded",
+    ]
+    stamps = [t["phaseTransitionTimestamp"] for t in vmim["status"]["phaseTransitionTimestamps"]]
+    assert stamps == sorted(stamps)
+    state = vmim["status"]["migrationState"]
+    assert state["sourceNode"] == source
+    assert state["targetNode"] != source
+    assert _node_arch(kube_api, state["targetNode"]) == "hyperwall"
+    assert state["completed"] is True and not state.get("failed")
+    assert state["startTimestamp"] <= state["endTimestamp"]
+    assert state["migrationUid"] == vmim["metadata"]["uid"]
+
+    moved = kube.vmi("mover")
+    assert moved is not None and moved["status"]["nodeName"] == state["targetNode"]
+    assert moved["metadata"]["labels"]["kubevirt.io/nodeName"] == state["targetNode"]
+    pods = wait_for(
+        lambda: kube.launcher_pods("mover"), lambda p: len(p) == 1, "the source pod removed"
+    )
+    assert pods[0]["metadata"]["name"] == state["targetPod"] != source_pod["metadata"]["name"]
+    assert pods[0]["spec"]["nodeName"] == state["targetNode"]
+    assert list(moved["status"]["activePods"].values()) == [state["targetNode"]]
+
+
+def test_added_node_selector_steers_the_target(kube: Kube) -> None:
+    _start_vm(kube, "steer", affinity=arch_affinity("plain", "datasafe"))
+    vmi = kube.vmi("steer")
+    assert vmi is not None
+    target = "datasafe-1" if vmi["status"]["nodeName"] != "datasafe-1" else "plain-1"
+    kube.create(
+        "virtualmachineinstancemigrations",
+        vmim_manifest("steer-1", "steer", added_node_selector={"kubernetes.io/hostname": target}),
+    )
+    vmim = kube.wait_vmim_final("steer-1")
+    assert vmim["status"]["phase"] == "Succeeded"
+    assert vmim["status"]["migrationState"]["targetNode"] == target
+
+
+def test_migration_without_a_schedulable_target_fails_after_the_timeout(kube: Kube) -> None:
+    # datasafe-1 is the only datasafe node and the target pod may never share the source node.
+    vmi = _start_vm(kube, "stuck", affinity=arch_affinity("datasafe"))
+    assert vmi["status"]["nodeName"] == "datasafe-1"
+    kube.create(
+        "virtualmachineinstancemigrations",
+        vmim_manifest("stuck-1", "stuck", annotations={UNSCHEDULABLE_TIMEOUT_ANNOTATION: "2"}),
+    )
+    vmim = kube.wait_vmim_final("stuck-1")
+    assert vmim["status"]["phase"] == "Failed"
+    assert phases(vmim) == ["Pending", "Scheduling", "Failed"]
+    reasons = {e["reason"] for e in kube.events("stuck-1")}
+    assert {"MigrationTargetPodUnschedulable", "FailedMigration"} <= reasons
+    after = kube.vmi("stuck")
+    assert after is not None and after["status"]["nodeName"] == "datasafe-1"
+    assert after["status"]["phase"] == "Running"
+    wait_for(lambda: kube.launcher_pods("stuck"), lambda p: len(p) == 1, "target pod deleted")
+
+
+def test_injected_migration_failure_keeps_the_vmi_on_its_node(kube: Kube) -> None:
+    vmi = _start_vm(
+        kube,
+        "flaky",
+        affinity=arch_affinity("hyperwall"),
+        annotations={FORCE_MIGRATION_FAILURE_ANNOTATION: "true"},
+    )
+    source = vmi["status"]["nodeName"]
+    kube.create("virtualmachineinstancemigrations", vmim_manifest("flaky-1", "flaky"))
+    vmim = kube.wait_vmim_final("flaky-1")
+    assert vmim["status"]["phase"] == "Failed"
+    assert vmim["status"]["migrationState"]["failed"] is True
+    after = kube.vmi("flaky")
+    assert after is not None and after["status"]["nodeName"] == source
+    assert after["status"]["phase"] == "Running"
+    pods = wait_for(lambda: kube.launcher_pods("flaky"), lambda p: len(p) == 1, "target removed")
+    assert pods[0]["spec"]["nodeName"] == source
+
+
+def test_confidential_vm_is_not_live_migratable(kube: Kube) -> None:
+    vmi = _start_vm(
+        kube, "sev", affinity=arch_affinity("plain"), launch_security={"sev": {}}
+    )
+    migratable = condition(vmi, "LiveMigratable")
+    assert migratable is not None
+    assert (migratable["status"], migratable["reason"]) == ("False", "SEVNotLiveMigratable")
+    kube.create("virtualmachineinstancemigrations", vmim_manifest("sev-1", "sev"))
+    vmim = kube.wait_vmim_final("sev-1")
+    assert vmim["status"]["phase"] == "Failed"
+    messages = [e["message"] for e in kube.events("sev-1")]
+    assert any("Cannot migrate VMI, Reason: SEVNotLiveMigratable" in m for m in messages)
+
+
+def test_affinity_change_is_refused_during_a_migration_and_applied_after(
+    kube: Kube, kube_api: KubeApi
+) -> None:
+    vmi = _start_vm(
+        kube,
+        "pinned",
+        affinity=arch_affinity("hyperwall"),
+        annotations={HOLD_MIGRATION_ANNOTATION: "true"},
+    )
+    kube.create("virtualmachineinstancemigrations", vmim_manifest("pinned-1", "pinned"))
+    kube.wait_vmim_phase("pinned-1", "Running")
+
+    kube.api.merge_patch(
+        kube.path("virtualmachines", "pinned"),
+        {"spec": {"template": {"spec": {"affinity": arch_affinity("datasafe")}}}},
+    )
+    vm = wait_for(
+        lambda: kube.vm("pinned"),
+        lambda v: condition(v, "Failure") is not None,
+        "VM pinned Failure condition",
+    )
+    failure = condition(vm, "Failure")
+    assert failure is not None and failure["reason"] == "AffinityChangeError"
+    assert failure["message"] == (
+        "Error encountered while handling node affinity change request: "
+        "Node affinity should not be changed during VMI migration"
+    )
+    during = kube.vmi("pinned")
+    assert during is not None and during["spec"]["affinity"] == arch_affinity("hyperwall")
+
+    kube.api.json_patch(
+        kube.path("virtualmachineinstances", "pinned"),
+        [{"op": "remove", "path": "/metadata/annotations/sim.sod.dev~1hold-migration"}],
+    )
+    vmim = kube.wait_vmim_final("pinned-1")
+    assert vmim["status"]["phase"] == "Succeeded"
+    after = wait_for(
+        lambda: kube.vmi("pinned"),
+        lambda v: v is not None and v["spec"].get("affinity") == arch_affinity("datasafe"),
+        "the new affinity live-updated onto the VMI after the migration",
+    )
+    # LiveUpdate alone never migrates: the VMI stays where the migration put it.
+    assert after["status"]["nodeName"] == vmim["status"]["migrationState"]["targetNode"]
+    assert _node_arch(kube_api, after["status"]["nodeName"]) == "hyperwall"
+    wait_for(
+        lambda: kube.vm("pinned"),
+        lambda v: condition(v, "Failure") is None,
+        "the Failure condition cleared",
+    )
+    assert vmi["status"]["nodeName"] != after["status"]["nodeName"]
+
+
+def test_outbound_migrations_per_node_are_limited_to_two(kube: Kube) -> None:
+    names = [f"busy-{i}" for i in range(3)]
+    for name in names:
+        kube.create(
+            "virtualmachines",
+            vm_manifest(
+                name,
+                node_selector={HOSTNAME: "plain-1"},
+                annotations={HOLD_MIGRATION_ANNOTATION: "true"},
+            ),
+        )
+    for name in names:
+        kube.wait_vmi_phase(name, "Running")
+    # Let them leave plain-1: the LiveUpdate of the node selector (no migration by itself).
+    for name in names:
+        kube.api.merge_patch(
+            kube.path("virtualmachines", name),
+            {"spec": {"template": {"spec": {"nodeSelector": {HOSTNAME: None, ARCH: "plain"}}}}},
+        )
+    for name in names:
+        wait_for(
+            lambda n=name: kube.vmi(n),
+            lambda v: v is not None and v["spec"].get("nodeSelector") == {ARCH: "plain"},
+            f"VMI {name} node selector live-updated",
+        )
+    for name in names:
+        kube.create("virtualmachineinstancemigrations", vmim_manifest(f"{name}-m", name))
+    kube.wait_vmim_phase("busy-0-m", "Running")
+    kube.wait_vmim_phase("busy-1-m", "Running")
+    third = kube.wait_vmim_phase("busy-2-m", "Pending")
+    assert phases(third) == ["Pending"]
+    targets = [p for p in kube.launcher_pods() if "kubevirt.io/migrationJobUID" in p["metadata"]["labels"]]
+    assert len(targets) == 2
+
+    for name in names:
+        kube.api.json_patch(
+            kube.path("virtualmachineinstances", name),
+            [{"op": "remove", "path": "/metadata/annotations/sim.sod.dev~1hold-migration"}],
+        )
+    for name in names:
+        vmim = kube.wait_vmim_final(f"{name}-m")
+        assert vmim["status"]["phase"] == "Succeeded"
+        assert vmim["status"]["migrationState"]["targetNode"] == "plain-2"
