@@ -1,0 +1,455 @@
+"""The verifier's control loop: caches → one pure step per node → status, labels, Events.
+
+Level-triggered: watch events only say *which* node to look at; `reconcile(node)` reads the
+caches, runs `attestation.monitor.step` with the verifier's clock and randomness, and writes
+what differs (status with optimistic concurrency, our label keys, Events, metrics). A delayed
+work queue wakes a node again at its next deadline (an expiry, i.e. the freshness timer) and
+a periodic resync re-looks at everything, so a missed event or a restart loses nothing.
+A node without a NodeAttestation (or whose agent never enrolled) gets no trust labels.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import heapq
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from sod_operator.api.constants import API_VERSION, PROFILE_LABEL_PREFIX
+from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
+from sod_operator.api.v1alpha1.nodeattestation import NodeAttestation, NodeAttestationStatus
+from sod_operator.attestation import labels, monitor
+from sod_operator.attestation.ekcert import BundleError, CaBundle
+from sod_operator.attestation.enroll import Entropy
+from sod_operator.verifier.kube import ATTESTATIONS, PROFILES, Conflict, KubeIO, Obj
+from sod_operator.verifier.metrics import Metrics
+
+log = logging.getLogger("sod.verifier")
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class WorkQueue:
+    """Keys to reconcile, each at most once in the queue, at its earliest due time."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, str]] = []
+        self._due: dict[str, float] = {}
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def add(self, key: str, delay: float = 0.0) -> None:
+        due = time.monotonic() + max(delay, 0.0)
+        with self._cond:
+            if key in self._due and self._due[key] <= due:
+                return
+            self._due[key] = due
+            self._seq += 1
+            heapq.heappush(self._heap, (due, self._seq, key))
+            self._cond.notify()
+
+    def get(self, timeout: float) -> str | None:
+        """The next due key, or None after `timeout` (or when closed)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:
+                    heapq.heappop(self._heap)  # superseded by an earlier due time
+                if self._heap and self._heap[0][0] <= now:
+                    _, _, key = heapq.heappop(self._heap)
+                    del self._due[key]
+                    return key
+                wake = min(deadline, self._heap[0][0] if self._heap else deadline)
+                if now >= deadline:
+                    return None
+                self._cond.wait(max(wake - now, 0.001))
+            return None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._due)
+
+
+class BundleSource:
+    """The EK CA bundle file, re-read when it changes (e.g. a rotated ConfigMap)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mtime = 0.0
+        self.bundle = self._load()
+
+    def _load(self) -> CaBundle:
+        self._mtime = self.path.stat().st_mtime
+        return CaBundle.from_pem(self.path.read_bytes(), source=str(self.path))
+
+    def reload_if_changed(self) -> bool:
+        try:
+            if self.path.stat().st_mtime == self._mtime:
+                return False
+            self.bundle = self._load()
+        except (OSError, BundleError) as err:
+            log.error("EK CA bundle %s unusable, keeping the previous one: %s", self.path, err)
+            return False
+        log.info("EK CA bundle %s reloaded: %s", self.path, self.bundle.subjects)
+        return True
+
+
+@dataclass
+class NodeInfo:
+    uid: str
+    labels: dict[str, str]
+
+
+@dataclass
+class Caches:
+    attestations: dict[str, Obj] = field(default_factory=dict)
+    profiles: dict[str, Obj] = field(default_factory=dict)
+    nodes: dict[str, NodeInfo] = field(default_factory=dict)
+    synced: set[str] = field(default_factory=set)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+def _rv(obj: Obj) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    ready_max_age_seconds: int = 120
+    resync_seconds: float = 60.0
+    bundle_check_seconds: float = 5.0
+
+
+class Verifier:
+    def __init__(
+        self,
+        io: KubeIO,
+        bundle: BundleSource,
+        config: VerifierConfig | None = None,
+        clock: Clock = utcnow,
+        entropy: Entropy | None = None,
+    ) -> None:
+        self.io = io
+        self.bundle = bundle
+        self.config = config or VerifierConfig()
+        self.clock = clock
+        self.entropy: Entropy = entropy or os.urandom
+        self.caches = Caches()
+        self.queue = WorkQueue()
+        self.metrics = Metrics(self._verified_counts)
+        self.stop_event = threading.Event()
+        self.heartbeat = time.monotonic()
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle
+
+    def start(self) -> Verifier:
+        resources = self.io.resources()
+        handlers = {
+            ATTESTATIONS: self._on_attestation,
+            PROFILES: self._on_profile,
+            "nodes": self._on_node,
+        }
+        for name, resource in resources.items():
+            t = threading.Thread(
+                target=self.io.watch,
+                args=(resource, handlers[name], self.stop_event),
+                name=f"watch-{name}",
+                daemon=True,
+            )
+            t.start()
+            self._threads.append(t)
+        worker = threading.Thread(target=self._work, name="verifier-worker", daemon=True)
+        worker.start()
+        self._threads.append(worker)
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.queue.close()
+
+    def synced(self) -> bool:
+        with self.caches.lock:
+            return self.caches.synced >= {ATTESTATIONS, PROFILES, "nodes"}
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self.heartbeat < 30 and all(t.is_alive() for t in self._threads)
+
+    # -- event handlers (only record and enqueue)
+
+    def _on_attestation(self, kind: str, obj: Obj) -> None:
+        c = self.caches
+        with c.lock:
+            if kind == "SYNCED":
+                names = {i["metadata"]["name"] for i in obj["items"]}
+                for gone in set(c.attestations) - names:
+                    del c.attestations[gone]
+                    self.queue.add(gone)
+                c.synced.add(ATTESTATIONS)
+                return
+            name = obj["metadata"]["name"]
+            if kind == "DELETED":
+                c.attestations.pop(name, None)
+            elif _rv(obj) >= _rv(c.attestations.get(name, {})):
+                c.attestations[name] = obj
+        self.queue.add(name)
+
+    def _on_profile(self, kind: str, obj: Obj) -> None:
+        c = self.caches
+        with c.lock:
+            if kind == "SYNCED":
+                names = {i["metadata"]["name"] for i in obj["items"]}
+                for gone in set(c.profiles) - names:
+                    del c.profiles[gone]
+                c.synced.add(PROFILES)
+            elif kind == "DELETED":
+                c.profiles.pop(obj["metadata"]["name"], None)
+            else:
+                c.profiles[obj["metadata"]["name"]] = obj
+        self.enqueue_all()
+
+    def _on_node(self, kind: str, obj: Obj) -> None:
+        c = self.caches
+        with c.lock:
+            if kind == "SYNCED":
+                names = {i["metadata"]["name"] for i in obj["items"]}
+                for gone in set(c.nodes) - names:
+                    del c.nodes[gone]
+                c.synced.add("nodes")
+                return
+            meta = obj.get("metadata") or {}
+            name = meta["name"]
+            if kind == "DELETED":
+                c.nodes.pop(name, None)
+                return
+            new = NodeInfo(uid=meta.get("uid", ""), labels=dict(meta.get("labels") or {}))
+            old = c.nodes.get(name)
+            c.nodes[name] = new
+        ours = {k: v for k, v in new.labels.items() if k.startswith(PROFILE_LABEL_PREFIX)}
+        if old is None or ours != {
+            k: v for k, v in old.labels.items() if k.startswith(PROFILE_LABEL_PREFIX)
+        }:
+            self.queue.add(name)  # a node appeared, or someone touched our labels
+
+    def enqueue_all(self) -> None:
+        with self.caches.lock:
+            names = set(self.caches.attestations) | set(self.caches.nodes)
+        for name in names:
+            self.queue.add(name)
+
+    # -- the worker
+
+    def _work(self) -> None:
+        last_resync = last_bundle = time.monotonic()
+        while not self.stop_event.is_set():
+            self.heartbeat = time.monotonic()
+            if self.heartbeat - last_bundle >= self.config.bundle_check_seconds:
+                last_bundle = self.heartbeat
+                if self.bundle.reload_if_changed():
+                    self.enqueue_all()
+            if self.heartbeat - last_resync >= self.config.resync_seconds:
+                last_resync = self.heartbeat
+                self.enqueue_all()
+            if not self.synced():
+                self.stop_event.wait(0.05)
+                continue
+            key = self.queue.get(timeout=1.0)
+            if key is None:
+                continue
+            try:
+                delay = self.reconcile(key)
+            except Exception:
+                log.exception("reconcile of %s failed; retrying", key)
+                self.metrics.api_errors.labels("reconcile").inc()
+                delay = 2.0
+            if delay is not None:
+                self.queue.add(key, delay)
+
+    def policies(self) -> dict[str, AttestationPolicy | None]:
+        with self.caches.lock:
+            profiles = list(self.caches.profiles.items())
+        out: dict[str, AttestationPolicy | None] = {}
+        for name, obj in profiles:
+            raw = (obj.get("spec") or {}).get("attestation")
+            if raw is None:
+                out[name] = None
+                continue
+            try:
+                out[name] = AttestationPolicy.model_validate(raw)
+            except ValidationError as err:
+                log.warning("profile %s: spec.attestation invalid, never verified: %s", name, err)
+                out[name] = None
+        return out
+
+    def _ek_enrolled_by(self, name: str, att: NodeAttestation) -> str | None:
+        if att.spec.tpm is None:
+            return None
+        try:
+            fp = hashlib.sha256(base64.b64decode(att.spec.tpm.ek_certificate)).hexdigest()
+        except (binascii.Error, ValueError):
+            return None
+        with self.caches.lock:
+            others = [(n, o) for n, o in self.caches.attestations.items() if n != name]
+        for other, obj in others:
+            status = NodeAttestationStatus.model_validate(obj.get("status") or {})
+            if monitor.enrolled_ek(status) == fp:
+                return other
+        return None
+
+    def reconcile(self, name: str) -> float | None:
+        """One node: returns when to look again (seconds), or None."""
+        with self.caches.lock:
+            obj = self.caches.attestations.get(name)
+            node = self.caches.nodes.get(name)
+        if obj is None:
+            if node is not None:
+                self._apply_labels(name, node, labels.label_patch(node.labels, {}))
+            return None
+        try:
+            att = NodeAttestation.from_object(obj)
+        except ValidationError as err:
+            log.warning("NodeAttestation %s does not parse, treated as no evidence: %s", name, err)
+            att = NodeAttestation.from_object({**obj, "spec": {}})
+        now = self.clock()
+        started = time.perf_counter()
+        out = monitor.step(
+            monitor.StepInput(
+                attestation=att,
+                node=monitor.NodeView(node.labels) if node is not None else None,
+                policies=self.policies(),
+                now=now,
+                ek_enrolled_by=self._ek_enrolled_by(name, att),
+            ),
+            monitor.Settings(
+                bundle=self.bundle.bundle, ready_max_age_seconds=self.config.ready_max_age_seconds
+            ),
+            self.entropy,
+        )
+        self.metrics.step_seconds.observe(time.perf_counter() - started)
+        if out.status_changed:
+            status = out.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+            try:
+                with self._api("status"):
+                    written = self.io.replace_status(name, att.resource_version, status)
+            except Conflict:
+                self.metrics.conflicts.inc()
+                fresh = self.io.get_attestation(name)
+                with self.caches.lock:
+                    if fresh is None:
+                        self.caches.attestations.pop(name, None)
+                    else:
+                        self.caches.attestations[name] = fresh
+                return 0.0
+            with self.caches.lock:
+                if _rv(written) >= _rv(self.caches.attestations.get(name, {})):
+                    self.caches.attestations[name] = written
+            obj = written
+        if out.new_evidence:
+            self.metrics.evidence.labels(str(out.evidence_reason)).inc()
+            record = out.status.evidence
+            if record is not None and record.challenge is not None:
+                self.metrics.evidence_age.observe(
+                    (now - record.challenge.issued_time).total_seconds()
+                )
+        if node is not None:
+            self._apply_labels(name, node, out.label_patch)
+        for t in out.transitions:
+            self.metrics.transitions.labels(t.profile, str(t.verified).lower(), str(t.reason)).inc()
+        self._emit(obj, name, node, out.events, now)
+        if out.requeue_after is None:
+            return None
+        # A little after the deadline, so the step sees it passed.
+        return out.requeue_after.total_seconds() + 0.05
+
+    def _apply_labels(self, name: str, node: NodeInfo, patch: dict[str, str | None]) -> None:
+        if not patch:
+            return
+        with self._api("patch_node"):
+            self.io.patch_node_labels(name, patch)
+        for value in patch.values():
+            self.metrics.label_changes.labels("remove" if value is None else "add").inc()
+        with self.caches.lock:
+            current = self.caches.nodes.get(name)
+            if current is not None:
+                for key, value in patch.items():
+                    if value is None:
+                        current.labels.pop(key, None)
+                    else:
+                        current.labels[key] = value
+        log.info("node %s labels: %s", name, patch)
+
+    def _emit(
+        self,
+        obj: Obj,
+        name: str,
+        node: NodeInfo | None,
+        events: tuple[monitor.Event, ...],
+        now: datetime,
+    ) -> None:
+        involved = {
+            "apiVersion": API_VERSION,
+            "kind": "NodeAttestation",
+            "metadata": {"name": name, "uid": (obj.get("metadata") or {}).get("uid", "")},
+        }
+        for event in events:
+            log.info("%s %s: %s", name, event.reason, event.message)
+            try:
+                self.io.create_event(involved, event.type, event.reason, event.message, now)
+                if node is not None and event.reason in (
+                    monitor.EventReason.PROFILE_REVOKED,
+                    monitor.EventReason.PROFILE_VERIFIED,
+                ):
+                    self.io.create_event(
+                        {"apiVersion": "v1", "kind": "Node",
+                         "metadata": {"name": name, "uid": node.uid}},
+                        event.type, event.reason, event.message, now,
+                    )  # fmt: skip
+            except Exception as err:  # an Event is best effort; the status holds the truth
+                self.metrics.api_errors.labels("event").inc()
+                log.warning("could not record Event %s for %s: %s", event.reason, name, err)
+
+    @contextmanager
+    def _api(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except Conflict:
+            raise
+        except Exception:
+            self.metrics.api_errors.labels(operation).inc()
+            raise
+
+    def _verified_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self.caches.lock:
+            nodes = list(self.caches.nodes.values())
+            profiles = list(self.caches.profiles)
+        for p in profiles:
+            counts[p] = 0
+        for info in nodes:
+            for p in labels.verified_from_labels(info.labels):
+                counts[p] = counts.get(p, 0) + 1
+        return counts

@@ -1,0 +1,151 @@
+"""`sod-verifier`: the trust monitor's verifier process.
+
+    sod-verifier run --ek-ca-bundle FILE [--kubeconfig FILE] [--metrics-port 9464]
+    sod-verifier manifests [--namespace sod-system]     # RBAC + admission policies (YAML)
+
+`run` serves `/metrics` (Prometheus text, `sod_attestation_*`), `/healthz` (the worker and
+watches are alive) and `/readyz` (caches synced) on `--metrics-address:--metrics-port`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sod_operator.attestation.ekcert import BundleError
+from sod_operator.verifier import rbac
+from sod_operator.verifier.controller import BundleSource, Verifier, VerifierConfig
+from sod_operator.verifier.kube import KubeIO, api_client
+
+log = logging.getLogger("sod.verifier")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="sod-verifier", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the verifier")
+    run.add_argument(
+        "--ek-ca-bundle",
+        type=Path,
+        default=env("SOD_EK_CA_BUNDLE"),
+        required=not env("SOD_EK_CA_BUNDLE"),
+        help="PEM file of trusted EK root (and intermediate) CA certificates",
+    )
+    run.add_argument(
+        "--kubeconfig",
+        default=env("KUBECONFIG"),
+        help="kubeconfig of the verifier's identity (default: in-cluster)",
+    )
+    run.add_argument("--metrics-address", default=env("SOD_METRICS_ADDRESS", "127.0.0.1"))
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env("SOD_METRICS_PORT", "9464")),
+        help="0 disables the HTTP endpoint",
+    )
+    run.add_argument(
+        "--ready-max-age",
+        type=int,
+        default=120,
+        help="seconds after which a node's newest valid evidence no longer counts "
+        "as Ready (each profile has its own freshnessSeconds)",
+    )
+    run.add_argument("--resync", type=float, default=60.0, help="seconds between full resyncs")
+    run.add_argument("--log-level", default=env("SOD_LOG_LEVEL", "INFO"))
+    man = sub.add_parser("manifests", help="print the RBAC and admission policies as YAML")
+    man.add_argument("--namespace", default=rbac.DEFAULT_NAMESPACE)
+    return p  # fmt: skip
+
+
+def serve(verifier: Verifier, address: str, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                body, ctype, code = (
+                    generate_latest(verifier.metrics.registry),
+                    CONTENT_TYPE_LATEST,
+                    200,
+                )
+            elif self.path == "/healthz":
+                ok = verifier.healthy()
+                body, ctype, code = (
+                    (b"ok\n" if ok else b"worker or watch stopped\n"),
+                    "text/plain",
+                    200 if ok else 503,
+                )
+            elif self.path == "/readyz":
+                ok = verifier.synced()
+                body, ctype, code = (
+                    (b"ok\n" if ok else b"caches not synced\n"),
+                    "text/plain",
+                    200 if ok else 503,
+                )
+            else:
+                body, ctype, code = b"not found\n", "text/plain", 404
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            del format, args  # scrapes are not worth a log line
+
+    server = ThreadingHTTPServer((address, port), Handler)
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        bundle = BundleSource(args.ek_ca_bundle)
+    except (OSError, BundleError) as err:
+        log.error("--ek-ca-bundle: %s", err)
+        return 2
+    log.info("trusting EK CAs: %s", bundle.bundle.subjects)
+    verifier = Verifier(
+        KubeIO(api_client(args.kubeconfig)),
+        bundle,
+        VerifierConfig(ready_max_age_seconds=args.ready_max_age, resync_seconds=args.resync),
+    )
+    server = serve(verifier, args.metrics_address, args.metrics_port) if args.metrics_port else None
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        verifier.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    verifier.start()
+    if server is not None:
+        log.info("metrics on http://%s:%d/metrics", args.metrics_address, server.server_port)
+    verifier.stop_event.wait()
+    if server is not None:
+        server.shutdown()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "manifests":
+        sys.stdout.write(rbac.render(args.namespace))
+        return 0
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
