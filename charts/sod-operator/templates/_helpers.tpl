@@ -157,3 +157,8 @@ failureThreshold: {{ .probe.failureThreshold }}
 {{- fail (printf "%s.replicaCount is %d but %s.leaderElection.enabled is false: replicas would reconcile the same objects at once; enable leader election or set replicaCount to 1" .name (int .values.replicaCount) .name) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The prefix of the node trust labels only the verifier writes (api/constants.py NODE_LABEL_PREFIX). */}}
+{{- define "sod-operator.trustLabelPrefix" -}}
+sod.node-restriction.kubernetes.io/
+{{- end -}}

@@ -242,6 +242,10 @@ class Verifier(_Workload):
     `sod-verifier`)."""
     service_account: ServiceAccount = Field(default_factory=ServiceAccount)
     """serviceAccount of the verifier pods."""
+    admission_policy: bool = True
+    """admissionPolicy installs two ValidatingAdmissionPolicies: the verifier may change only the
+    trust labels of nodes (`sod.node-restriction.kubernetes.io/…`), and nobody else (except
+    `system:masters`) may set or remove those labels."""
     leader_election: LeaderElection = Field(default_factory=LeaderElection)
     """leaderElection among the verifier replicas."""
     health_port: Port = 8080
