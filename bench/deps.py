@@ -15,7 +15,9 @@ def missing_modules(modules: Iterable[str]) -> list[str]:
     out = []
     for name in modules:
         try:
-            found = importlib.util.find_spec(name) is not None
+            spec = importlib.util.find_spec(name)
+            # A directory without __init__.py (a namespace package) is work in progress.
+            found = spec is not None and spec.origin is not None
         except (ImportError, ValueError):
             found = False
         if not found:

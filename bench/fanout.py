@@ -15,7 +15,7 @@ REQUIRED = (
     "sod_operator.main",
     "sod_operator.adapters",
     "sod_operator.sandbox.cluster",
-    "sod_operator.sandbox.kubevirt",
+    "sod_operator.sandbox.kubevirt_sim",
 )
 
 

@@ -1,0 +1,318 @@
+"""The sandbox the cluster benchmarks run in: a real control plane (`LocalCluster`: etcd,
+kube-apiserver, controller-manager, scheduler, kwok), the KubeVirt simulator in a thread, the
+example profiles and packages, and the operator as its own process (so its CPU time and peak
+RSS are its own).
+
+Node verdicts are written the way the verifier writes them (the profile label set to
+`verified`, or removed) by the benchmark itself: the reaction benchmarks measure the operator
+from the moment a verdict is written, so the verifier is not in the loop here (it has its own
+benchmark). A watch records when each VirtualMachineInstanceMigration first appears, on the
+benchmark's clock, with the apiserver's watch delivery included.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import workload
+
+Json = dict[str, Any]
+KUBEVIRT = "kubevirt.io/v1"
+SOD = "sod.dev/v1alpha1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_usage(pid: int) -> tuple[float, int]:
+    """(CPU seconds, peak RSS in bytes) of a live process, from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    peak = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) * 1024
+    return cpu, peak
+
+
+class MigrationWatch:
+    """Records when each VMIM is first seen (perf_counter), cluster-wide, from a watch."""
+
+    def __init__(self, api: Any) -> None:
+        from sod_operator.sandbox.kubeapi import resource_path
+
+        self.api = api
+        self.path = resource_path(KUBEVIRT, "virtualmachineinstancemigrations")
+        self.seen: dict[tuple[str, str], float] = {}
+        self.objects: dict[tuple[str, str], Json] = {}
+        self.changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vmim-watch", daemon=True)
+
+    def start(self) -> MigrationWatch:
+        self._rv = self._list()
+        self._thread.start()
+        return self
+
+    def _list(self) -> str:
+        listing = self.api.list(self.path)
+        with self.changed:
+            for obj in listing.get("items", []):
+                key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+                self.seen.setdefault(key, time.perf_counter())
+                self.objects[key] = obj
+        return str(listing["metadata"]["resourceVersion"])
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for event in self.api.watch(self.path, self._rv, timeout_seconds=240):
+                    now = time.perf_counter()
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        self._rv = self._list()
+                        break
+                    self._rv = str(obj.get("metadata", {}).get("resourceVersion", self._rv))
+                    if event.get("type") == "BOOKMARK":
+                        continue
+                    key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+                    with self.changed:
+                        self.seen.setdefault(key, now)
+                        if event["type"] == "DELETED":
+                            self.objects.pop(key, None)
+                        else:
+                            self.objects[key] = obj
+                        self.changed.notify_all()
+            except Exception as err:  # the stream dropped: re-list and go on
+                if self._stop.is_set():
+                    return
+                logging.getLogger("bench").warning("VMIM watch: %s", err)
+                time.sleep(0.2)
+                self._rv = self._list()
+
+    def wait(self, predicate: Any, timeout: float, what: str) -> Any:
+        """Wait until `predicate(self)` is truthy (evaluated under the lock); return it."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                value = predicate(self)
+                if value:
+                    return value
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+                self.changed.wait(min(left, 0.5))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.api.close_watches()
+
+
+@dataclass
+class OperatorProcess:
+    proc: Any
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.record.pid)
+
+    def usage(self) -> tuple[float, int]:
+        return process_usage(self.pid)
+
+
+class Bed:
+    """A running sandbox for one benchmark."""
+
+    def __init__(self, cluster: Any, simulator: Any) -> None:
+        self.cluster = cluster
+        self.api = cluster.api()
+        self.simulator = simulator
+        self.operator: OperatorProcess | None = None
+
+    # ---- catalog and nodes -------------------------------------------------------------
+
+    def install_catalog(self) -> None:
+        from sod_operator.sandbox.kubeapi import resource_path
+
+        for directory, plural in (
+            (workload.PROFILES_DIR, "serversecurityprofiles"),
+            (workload.PACKAGES_DIR, "securitypackages"),
+        ):
+            for path in sorted(directory.glob("*.yaml")):
+                for doc in yaml.safe_load_all(path.read_text()):
+                    if doc:
+                        name = doc["metadata"]["name"]
+                        self.api.apply(resource_path(SOD, plural, name=name), doc, "sod-bench")
+
+    def set_verified(self, node: str, profiles: Sequence[str], verified: bool = True) -> None:
+        """Write (or remove) the verifier's verdict labels on `node`."""
+        from sod_operator.api.constants import VERIFIED, profile_label
+        from sod_operator.sandbox.kubeapi import resource_path
+
+        labels = {profile_label(p): (VERIFIED if verified else None) for p in profiles}
+        self.api.merge_patch(
+            resource_path("v1", "nodes", name=node), {"metadata": {"labels": labels}}
+        )
+
+    def node_labels(self, node: str) -> dict[str, str]:
+        from sod_operator.sandbox.kubeapi import resource_path
+
+        obj = self.api.get(resource_path("v1", "nodes", name=node))
+        return dict(obj["metadata"].get("labels") or {})
+
+    # ---- namespaces and SecureVMs ------------------------------------------------------
+
+    def namespace(self, name: str) -> str:
+        from sod_operator.sandbox.kubeapi import resource_path
+
+        self.api.create(
+            resource_path("v1", "namespaces"),
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+        )
+        self.cluster.wait_for_service_account(name, timeout=60)
+        return name
+
+    def securevm_path(self, namespace: str, name: str | None = None) -> str:
+        from sod_operator.sandbox.kubeapi import resource_path
+
+        return resource_path(SOD, "securevms", namespace=namespace, name=name)
+
+    def create_securevm(
+        self, namespace: str, name: str, security: Json, memory: str = "1Gi"
+    ) -> Json:
+        body = {
+            "apiVersion": SOD,
+            "kind": "SecureVM",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"security": security, "template": vm_template(name, memory)},
+        }
+        return dict(self.api.create(self.securevm_path(namespace), body))
+
+    def vmi(self, namespace: str, name: str) -> Json | None:
+        from sod_operator.sandbox.kubeapi import resource_path
+
+        return self.api.get_or_none(
+            resource_path(KUBEVIRT, "virtualmachineinstances", namespace=namespace, name=name)
+        )
+
+    def vmis(self, namespace: str | None = None) -> list[Json]:
+        from sod_operator.sandbox.kubeapi import resource_path
+
+        return list(
+            self.api.list(
+                resource_path(KUBEVIRT, "virtualmachineinstances", namespace=namespace)
+            ).get("items", [])
+        )
+
+    def wait_running(self, namespace: str, names: Sequence[str], timeout: float) -> dict[str, str]:
+        """Wait until every named VMI runs; returns name -> node."""
+        deadline = time.monotonic() + timeout
+        wanted = set(names)
+        while True:
+            where = {
+                v["metadata"]["name"]: v["status"]["nodeName"]
+                for v in self.vmis(namespace)
+                if v["metadata"]["name"] in wanted
+                and (v.get("status") or {}).get("phase") == "Running"
+                and (v.get("status") or {}).get("nodeName")
+                and not _migrating(v)
+            }
+            if len(where) == len(wanted):
+                return where
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{len(wanted) - len(where)} of {len(wanted)} VMIs in {namespace} not "
+                    f"running after {timeout:.0f} s"
+                )
+            time.sleep(0.05)
+
+    # ---- the operator ------------------------------------------------------------------
+
+    def start_operator(self, extra_args: Sequence[str] = (), name: str = "operator") -> None:
+        argv = [
+            str(Path(sys.executable).parent / "sod-operator"),
+            *operator_args(self.cluster.kubeconfig),
+            *extra_args,
+        ]
+        proc = self.cluster.run_process(name, argv, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.operator = OperatorProcess(proc)
+
+    def stop_operator(self) -> None:
+        if self.operator is not None:
+            self.operator.proc.stop()
+            self.operator = None
+
+
+def operator_args(kubeconfig: Path) -> list[str]:
+    """How `sod-operator` is pointed at the sandbox (see sod_operator.main)."""
+    return ["--kubeconfig", str(kubeconfig)]
+
+
+def _migrating(vmi: Json) -> bool:
+    state = (vmi.get("status") or {}).get("migrationState") or {}
+    return bool(state.get("startTimestamp")) and not state.get("endTimestamp")
+
+
+def vm_template(name: str, memory: str = "1Gi") -> Json:
+    """A KubeVirt VirtualMachineSpec for a SecureVM (what a tenant writes in spec.template)."""
+    return {
+        "runStrategy": "Always",
+        "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {
+                "domain": {
+                    "cpu": {"cores": 1},
+                    "memory": {"guest": memory},
+                    "devices": {"disks": [{"name": "rootdisk", "disk": {"bus": "virtio"}}]},
+                },
+                "volumes": [
+                    {
+                        "name": "rootdisk",
+                        "containerDisk": {"image": "quay.io/containerdisks/fedora:41"},
+                    }
+                ],
+            },
+        },
+    }
+
+
+@contextmanager
+def sandbox(nodes: Sequence[Any], sim_config: Any, name: str) -> Iterator[Bed]:
+    """Start the control plane with `nodes`, the simulator and the catalog; stop it after."""
+    from sod_operator.sandbox.cluster import LocalCluster
+    from sod_operator.sandbox.kubevirt_sim import KubeVirtSimulator
+
+    state = Path(tempfile.mkdtemp(prefix=f"sod-bench-{name}-"))
+    cluster = LocalCluster(state, nodes, start_timeout=180.0)
+    cluster.start()
+    sim: Any = None
+    try:
+        handler = logging.FileHandler(cluster.log_dir / "kubevirt-sim.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        sim_logger = logging.getLogger("sod.kubevirt_sim")
+        sim_logger.addHandler(handler)
+        sim_logger.setLevel(logging.WARNING)
+        sim_logger.propagate = False
+        sim = KubeVirtSimulator(cluster.kubeconfig, sim_config).start()
+        bed = Bed(cluster, sim)
+        bed.install_catalog()
+        yield bed
+    finally:
+        if sim is not None:
+            sim.stop()
+        cluster.stop(remove_state=False)
+        keep = os.environ.get("SOD_BENCH_KEEP")
+        if not keep:
+            shutil.rmtree(state, ignore_errors=True)
