@@ -24,12 +24,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from sod_operator.sandbox.binaries import MissingBinaries, find_binaries
 from sod_operator.sandbox.cluster import LocalCluster, NodeService, SandboxError, tail_logs
 from sod_operator.sandbox.kubeapi import KubeApi, resource_path
 from sod_operator.sandbox.kubevirt_sim import KubeVirtSimulator, SimConfig
 from sod_operator.sandbox.nodes import NodeSpec, parse_nodes
+
 from tests.e2e.harness import Kube
 
 E2E_NODES: list[NodeSpec] = parse_nodes("hyperwall=2,datasafe=1,plain=2")

@@ -26,7 +26,9 @@ def wait_for(
     value = fetch()
     while not done(value):
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {value!r}")
+            raise AssertionError(
+                f"timed out after {timeout:.0f}s waiting for {what}; last: {value!r}"
+            )
         time.sleep(0.05)
         value = fetch()
     return value
@@ -38,7 +40,11 @@ def arch_affinity(*architectures: str, key: str = SIMULATED_ARCHITECTURE_LABEL) 
         "nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {
                 "nodeSelectorTerms": [
-                    {"matchExpressions": [{"key": key, "operator": "In", "values": list(architectures)}]}
+                    {
+                        "matchExpressions": [
+                            {"key": key, "operator": "In", "values": list(architectures)}
+                        ]
+                    }
                 ]
             }
         }
@@ -79,7 +85,10 @@ def vm_manifest(
         "apiVersion": KUBEVIRT,
         "kind": "VirtualMachine",
         "metadata": {"name": name},
-        "spec": {"runStrategy": run_strategy, "template": {"metadata": template_meta, "spec": spec}},
+        "spec": {
+            "runStrategy": run_strategy,
+            "template": {"metadata": template_meta, "spec": spec},
+        },
     }
 
 
@@ -153,8 +162,7 @@ class Kube:
     def wait_vmim_final(self, name: str, timeout: float = 60.0) -> JsonObj:
         vmim = wait_for(
             lambda: self.vmim(name),
-            lambda m: m is not None
-            and m.get("status", {}).get("phase") in ("Succeeded", "Failed"),
+            lambda m: m is not None and m.get("status", {}).get("phase") in ("Succeeded", "Failed"),
             f"VMIM {self.ns}/{name} to finish",
             timeout,
         )

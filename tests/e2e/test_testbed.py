@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
 from sod_operator.api.constants import API_VERSION, SIMULATED_ARCHITECTURE_LABEL
 from sod_operator.api.v1alpha1.security import option_conflict_message
 from sod_operator.api.vocabulary import SecurityOption
@@ -25,6 +24,7 @@ from sod_operator.sandbox.kubevirt_sim import (
     UNSCHEDULABLE_TIMEOUT_ANNOTATION,
 )
 from sod_operator.sandbox.pki import issue_client
+
 from tests.e2e.harness import (
     Kube,
     arch_affinity,
@@ -74,7 +74,8 @@ def test_fake_nodes_are_ready_with_their_architecture(kube_api: KubeApi) -> None
     assert {"hyperwall-1", "hyperwall-2", "datasafe-1", "plain-1", "plain-2"} <= set(nodes)
     assert nodes["datasafe-1"]["metadata"]["labels"][ARCH] == "datasafe"
     ready = condition(nodes["hyperwall-2"], "Ready")
-    assert ready is not None and ready["status"] == "True"
+    assert ready is not None
+    assert ready["status"] == "True"
 
 
 # ---- our CRDs and KubeVirt's schemas ----------------------------------------------------------
@@ -140,26 +141,34 @@ def test_required_node_affinity_places_vms_only_on_matching_nodes(
             lambda v: v is not None and v.get("status", {}).get("printableStatus") == "Running",
             f"VM {name} Running",
         )
-        assert vm is not None and vm["status"]["ready"] is True
+        assert vm is not None
+        assert vm["status"]["ready"] is True
 
 
 def test_vm_with_no_matching_node_stays_unschedulable(kube: Kube) -> None:
     kube.create("virtualmachines", vm_manifest("nowhere", affinity=arch_affinity("bastion")))
     vm = wait_for(
         lambda: kube.vm("nowhere"),
-        lambda v: v is not None and v.get("status", {}).get("printableStatus") == "ErrorUnschedulable",
+        lambda v: (
+            v is not None and v.get("status", {}).get("printableStatus") == "ErrorUnschedulable"
+        ),
         "VM nowhere to be ErrorUnschedulable",
     )
     vmi = kube.vmi("nowhere")
-    assert vmi is not None and vmi["status"]["phase"] == "Scheduling"
+    assert vmi is not None
+    assert vmi["status"]["phase"] == "Scheduling"
     scheduled = condition(vmi, "PodScheduled")
-    assert scheduled is not None and scheduled["reason"] == "Unschedulable"
-    assert vm is not None and "nodeName" not in vmi["status"]
+    assert scheduled is not None
+    assert scheduled["reason"] == "Unschedulable"
+    assert vm is not None
+    assert "nodeName" not in vmi["status"]
 
 
 def test_stopping_a_vm_deletes_its_vmi_and_pod(kube: Kube) -> None:
     _start_vm(kube, "stopme", affinity=arch_affinity("plain"))
-    kube.api.merge_patch(kube.path("virtualmachines", "stopme"), {"spec": {"runStrategy": "Halted"}})
+    kube.api.merge_patch(
+        kube.path("virtualmachines", "stopme"), {"spec": {"runStrategy": "Halted"}}
+    )
     wait_for(lambda: kube.vmi("stopme"), lambda v: v is None, "VMI stopme deleted")
     wait_for(lambda: kube.launcher_pods("stopme"), lambda pods: not pods, "launcher pod deleted")
     vm = wait_for(
@@ -167,7 +176,8 @@ def test_stopping_a_vm_deletes_its_vmi_and_pod(kube: Kube) -> None:
         lambda v: v is not None and v["status"].get("printableStatus") == "Stopped",
         "VM stopme Stopped",
     )
-    assert vm is not None and vm["status"]["created"] is False
+    assert vm is not None
+    assert vm["status"]["created"] is False
 
 
 # ---- migrations --------------------------------------------------------------------------------
@@ -196,12 +206,14 @@ def test_vmim_moves_the_vmi_to_another_matching_node(kube: Kube, kube_api: KubeA
     assert state["sourceNode"] == source
     assert state["targetNode"] != source
     assert _node_arch(kube_api, state["targetNode"]) == "hyperwall"
-    assert state["completed"] is True and not state.get("failed")
+    assert state["completed"] is True
+    assert not state.get("failed")
     assert state["startTimestamp"] <= state["endTimestamp"]
     assert state["migrationUid"] == vmim["metadata"]["uid"]
 
     moved = kube.vmi("mover")
-    assert moved is not None and moved["status"]["nodeName"] == state["targetNode"]
+    assert moved is not None
+    assert moved["status"]["nodeName"] == state["targetNode"]
     assert moved["metadata"]["labels"]["kubevirt.io/nodeName"] == state["targetNode"]
     pods = wait_for(
         lambda: kube.launcher_pods("mover"), lambda p: len(p) == 1, "the source pod removed"
@@ -239,7 +251,8 @@ def test_migration_without_a_schedulable_target_fails_after_the_timeout(kube: Ku
     reasons = {e["reason"] for e in kube.events("stuck-1")}
     assert {"MigrationTargetPodUnschedulable", "FailedMigration"} <= reasons
     after = kube.vmi("stuck")
-    assert after is not None and after["status"]["nodeName"] == "datasafe-1"
+    assert after is not None
+    assert after["status"]["nodeName"] == "datasafe-1"
     assert after["status"]["phase"] == "Running"
     wait_for(lambda: kube.launcher_pods("stuck"), lambda p: len(p) == 1, "target pod deleted")
 
@@ -257,16 +270,15 @@ def test_injected_migration_failure_keeps_the_vmi_on_its_node(kube: Kube) -> Non
     assert vmim["status"]["phase"] == "Failed"
     assert vmim["status"]["migrationState"]["failed"] is True
     after = kube.vmi("flaky")
-    assert after is not None and after["status"]["nodeName"] == source
+    assert after is not None
+    assert after["status"]["nodeName"] == source
     assert after["status"]["phase"] == "Running"
     pods = wait_for(lambda: kube.launcher_pods("flaky"), lambda p: len(p) == 1, "target removed")
     assert pods[0]["spec"]["nodeName"] == source
 
 
 def test_confidential_vm_is_not_live_migratable(kube: Kube) -> None:
-    vmi = _start_vm(
-        kube, "sev", affinity=arch_affinity("plain"), launch_security={"sev": {}}
-    )
+    vmi = _start_vm(kube, "sev", affinity=arch_affinity("plain"), launch_security={"sev": {}})
     migratable = condition(vmi, "LiveMigratable")
     assert migratable is not None
     assert (migratable["status"], migratable["reason"]) == ("False", "SEVNotLiveMigratable")
@@ -299,13 +311,15 @@ def test_affinity_change_is_refused_during_a_migration_and_applied_after(
         "VM pinned Failure condition",
     )
     failure = condition(vm, "Failure")
-    assert failure is not None and failure["reason"] == "AffinityChangeError"
+    assert failure is not None
+    assert failure["reason"] == "AffinityChangeError"
     assert failure["message"] == (
         "Error encountered while handling node affinity change request: "
         "Node affinity should not be changed during VMI migration"
     )
     during = kube.vmi("pinned")
-    assert during is not None and during["spec"]["affinity"] == arch_affinity("hyperwall")
+    assert during is not None
+    assert during["spec"]["affinity"] == arch_affinity("hyperwall")
 
     kube.api.json_patch(
         kube.path("virtualmachineinstances", "pinned"),
@@ -360,7 +374,9 @@ def test_outbound_migrations_per_node_are_limited_to_two(kube: Kube) -> None:
     kube.wait_vmim_phase("busy-1-m", "Running")
     third = kube.wait_vmim_phase("busy-2-m", "Pending")
     assert phases(third) == ["Pending"]
-    targets = [p for p in kube.launcher_pods() if "kubevirt.io/migrationJobUID" in p["metadata"]["labels"]]
+    targets = [
+        p for p in kube.launcher_pods() if "kubevirt.io/migrationJobUID" in p["metadata"]["labels"]
+    ]
     assert len(targets) == 2
 
     for name in names:

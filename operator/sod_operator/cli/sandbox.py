@@ -26,6 +26,7 @@ from sod_operator.cli.errors import UsageError
 from sod_operator.sandbox.binaries import REPO_ROOT, MissingBinaries, find_binaries
 from sod_operator.sandbox.cluster import (
     AlreadyRunning,
+    ClusterService,
     LocalCluster,
     SandboxError,
     default_state_dir,
@@ -134,7 +135,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     sim_config = SimConfig(
         time_scale=args.time_scale, unschedulable_timeout_seconds=args.unschedulable_timeout
     )
-    services = []
+    services: list[ClusterService] = []
     if not args.no_examples:
         services.append(install_examples)
     if not args.no_simulator:
@@ -219,7 +220,9 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
     cluster = _running(state_dir)
     if cluster is None or not cluster.kubeconfig.is_file():
-        raise UsageError(f"no sandbox is running in {state_dir}; start one with `sodctl sandbox up`")
+        raise UsageError(
+            f"no sandbox is running in {state_dir}; start one with `sodctl sandbox up`"
+        )
     print(cluster.kubeconfig)
     return 0
 

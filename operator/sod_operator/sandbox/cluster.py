@@ -44,6 +44,7 @@ import base64
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -58,7 +59,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from sod_operator.sandbox.binaries import REPO_ROOT, Binaries, find_binaries
 from sod_operator.sandbox.kubeapi import ApiError, KubeApi, resource_path
 from sod_operator.sandbox.nodes import NodeSpec
@@ -391,12 +391,12 @@ class LocalCluster:
             insecure.verify_mode = ssl.CERT_NONE  # self-signed serving cert made at start
             self._wait(
                 f"{name} /healthz",
-                lambda p=port, c=insecure: _http_ok(f"https://127.0.0.1:{p}/healthz", c),
+                functools.partial(_http_ok, f"https://127.0.0.1:{port}/healthz", insecure),
                 name,
             )
 
     def stop(self, remove_state: bool = True) -> None:
-        """Stop everything this sandbox started (in reverse order) and optionally remove its state."""
+        """Stop everything this sandbox started, in reverse order; optionally remove its state."""
         for callback in reversed(self._stop_callbacks):
             try:
                 callback()
@@ -487,7 +487,7 @@ class LocalCluster:
         for name in names:
             self._wait(
                 f"CRD {name} Established",
-                lambda n=name: _crd_established(api, n),
+                functools.partial(_crd_established, api, name),
                 "kube-apiserver",
             )
         return names
@@ -514,7 +514,7 @@ class LocalCluster:
         for spec in specs:
             self._wait(
                 f"node {spec.name} Ready",
-                lambda n=spec.name: _node_ready(api, n),
+                functools.partial(_node_ready, api, spec.name),
                 "kwok",
             )
         self._write_state()

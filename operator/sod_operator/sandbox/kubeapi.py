@@ -8,6 +8,8 @@ handled alike and watches can be closed from another thread.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import json
 import threading
 import urllib.parse
@@ -64,7 +66,9 @@ def resource_path(
 
 class KubeApi:
     def __init__(self, kubeconfig: Path, user_agent: str = "sod-sandbox"):
-        client = kube_config.new_client_from_config(config_file=str(kubeconfig))
+        client = kube_config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(kubeconfig)
+        )
         self._client = client  # keeps the pool alive
         self._pool: urllib3.PoolManager = client.rest_client.pool_manager
         self.host = client.configuration.host.rstrip("/")
@@ -123,11 +127,11 @@ class KubeApi:
     def merge_patch(self, path: str, patch: JsonObj) -> JsonObj:
         return self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
 
-    def json_patch(self, path: str, ops: list[JsonObj]) -> JsonObj:
+    def json_patch(self, path: str, ops: builtins.list[JsonObj]) -> JsonObj:
         return self.request("PATCH", path, body=ops, content_type=JSON_PATCH)
 
     def apply(self, path: str, obj: JsonObj, field_manager: str, force: bool = True) -> JsonObj:
-        """Server-side apply (JSON is YAML): the way to install objects too big for kubectl apply."""
+        """Server-side apply (JSON is YAML): how objects too big for kubectl apply go in."""
         return self.request(
             "PATCH",
             path,
@@ -200,10 +204,8 @@ class KubeApi:
         with self._lock:
             watches = list(self._watches)
         for resp in watches:
-            try:
+            with contextlib.suppress(Exception):  # best effort on shutdown
                 resp.shutdown()
-            except Exception:  # noqa: BLE001 - best effort on shutdown
-                pass
 
 
 def _q(value: str | int | bool) -> str:

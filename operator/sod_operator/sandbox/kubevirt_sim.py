@@ -379,8 +379,12 @@ def migration_target_pod(vmi: JsonObj, vmim: JsonObj) -> JsonObj:
 # ---- informers ------------------------------------------------------------------------------
 
 
+IndexFn = Callable[[JsonObj], "str | None"]
+
+
 class Informer:
-    """List + watch one collection into a dict store; calls `on_change` after every event."""
+    """List + watch one collection into a dict store with secondary indexes (as client-go's
+    indexers); calls `on_change` after every event."""
 
     def __init__(
         self,
@@ -389,6 +393,7 @@ class Informer:
         on_change: Callable[[], None],
         stop: threading.Event,
         label_selector: str | None = None,
+        indexers: dict[str, IndexFn] | None = None,
     ):
         self.api = api
         self.path = path
@@ -396,6 +401,8 @@ class Informer:
         self.on_change = on_change
         self.stop_event = stop
         self.store: dict[tuple[str, str], JsonObj] = {}
+        self.indexers = indexers or {}
+        self.indices: dict[str, dict[str, set[tuple[str, str]]]] = {n: {} for n in self.indexers}
         self.synced = threading.Event()
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"informer {path}", daemon=True)
@@ -411,23 +418,54 @@ class Informer:
         with self.lock:
             return self.store.get((namespace, name))
 
+    def by_index(self, index: str, value: str) -> list[JsonObj]:
+        with self.lock:
+            return [self.store[k] for k in self.indices[index].get(value, ())]
+
     def put(self, obj: JsonObj) -> None:
         """Record an object we just wrote (newer resourceVersion wins)."""
         with self.lock:
-            old = self.store.get(_key(obj))
-            if old is None or _rv(obj) >= _rv(old):
-                self.store[_key(obj)] = obj
+            self._set(obj)
 
     def forget(self, namespace: str, name: str) -> None:
         with self.lock:
-            self.store.pop((namespace, name), None)
+            self._drop((namespace, name))
+
+    # Callers hold self.lock.
+    def _set(self, obj: JsonObj) -> None:
+        key = _key(obj)
+        old = self.store.get(key)
+        if old is not None and _rv(obj) < _rv(old):
+            return
+        self._drop(key)
+        self.store[key] = obj
+        for name, fn in self.indexers.items():
+            value = fn(obj)
+            if value is not None:
+                self.indices[name].setdefault(value, set()).add(key)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        old = self.store.pop(key, None)
+        if old is None:
+            return
+        for name, fn in self.indexers.items():
+            value = fn(old)
+            if value is not None:
+                keys = self.indices[name].get(value)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del self.indices[name][value]
 
     def _run(self) -> None:
         while not self.stop_event.is_set():
             try:
                 listing = self.api.list(self.path, self.label_selector)
                 with self.lock:
-                    self.store = {_key(o): o for o in listing.get("items", [])}
+                    self.store = {}
+                    self.indices = {n: {} for n in self.indexers}
+                    for obj in listing.get("items", []):
+                        self._set(obj)
                 self.synced.set()
                 self.on_change()
                 self._watch(listing["metadata"]["resourceVersion"])
@@ -452,14 +490,25 @@ class Informer:
                     continue
                 with self.lock:
                     if etype == "DELETED":
-                        self.store.pop(_key(obj), None)
+                        self._drop(_key(obj))
                     else:
-                        old = self.store.get(_key(obj))
-                        if old is None or _rv(obj) >= _rv(old):
-                            self.store[_key(obj)] = obj
+                        self._set(obj)
                 self.on_change()
             # The server ended the watch (timeout) or it broke: continue from the last version.
             self.stop_event.wait(0.05)
+
+
+def _label(key: str) -> IndexFn:
+    return lambda obj: (obj["metadata"].get("labels") or {}).get(key)
+
+
+def _uid(obj: JsonObj) -> str | None:
+    uid: str | None = obj["metadata"].get("uid")
+    return uid
+
+
+def _vmim_vmi(obj: JsonObj) -> str | None:
+    return f"{obj['metadata'].get('namespace')}/{obj.get('spec', {}).get('vmiName', '')}"
 
 
 # ---- the simulator --------------------------------------------------------------------------
@@ -472,10 +521,20 @@ class KubeVirtSimulator:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.vms = self._informer(resource_path(KUBEVIRT, "virtualmachines"))
-        self.vmis = self._informer(resource_path(KUBEVIRT, "virtualmachineinstances"))
-        self.vmims = self._informer(resource_path(KUBEVIRT, "virtualmachineinstancemigrations"))
+        self.vmis = self._informer(
+            resource_path(KUBEVIRT, "virtualmachineinstances"), indexers={"uid": _uid}
+        )
+        self.vmims = self._informer(
+            resource_path(KUBEVIRT, "virtualmachineinstancemigrations"),
+            indexers={"vmi": _vmim_vmi},
+        )
         self.pods = self._informer(
-            resource_path("v1", "pods"), label_selector=f"{APP_LABEL}=virt-launcher"
+            resource_path("v1", "pods"),
+            label_selector=f"{APP_LABEL}=virt-launcher",
+            indexers={
+                "created-by": _label(CREATED_BY_LABEL),
+                "migration": _label(MIGRATION_JOB_LABEL),
+            },
         )
         self._thread = threading.Thread(target=self._loop, name="kubevirt-sim", daemon=True)
         # Precise (sub-second) instants of this process; API timestamps have second precision
@@ -485,8 +544,13 @@ class KubeVirtSimulator:
         self._pass_errors = 0
         self.passes = 0
 
-    def _informer(self, path: str, label_selector: str | None = None) -> Informer:
-        return Informer(self.api, path, self._wake.set, self._stop, label_selector)
+    def _informer(
+        self,
+        path: str,
+        label_selector: str | None = None,
+        indexers: dict[str, IndexFn] | None = None,
+    ) -> Informer:
+        return Informer(self.api, path, self._wake.set, self._stop, label_selector, indexers)
 
     # ---- lifecycle ----
 
@@ -540,6 +604,7 @@ class KubeVirtSimulator:
         self.passes += 1
         self._pass_errors = 0
         self._next_due: float | None = None
+        self._running_cache: list[JsonObj] | None = None
         now = _now()
         for vm in self.vms.items():
             self._guard(self._sync_vm, vm, now)
@@ -585,10 +650,8 @@ class KubeVirtSimulator:
             phase = vmi.get("status", {}).get("phase")
             final = phase in FINAL_VMI
             restart = final and (
-                strategy in ("Always", None)
-                and should_run
-                or strategy == "RerunOnFailure"
-                and phase == "Failed"
+                (strategy in ("Always", None) and should_run is True)
+                or (strategy == "RerunOnFailure" and phase == "Failed")
             )
             if should_run is False or restart:
                 self._stop_vmi(vmi)
@@ -723,10 +786,7 @@ class KubeVirtSimulator:
             printable = "Migrating"
         elif phase == "Running":
             printable = "Running"
-        elif (
-            _condition(vmi, "PodScheduled")
-            and _condition(vmi, "PodScheduled").get("reason") == "Unschedulable"
-        ):  # type: ignore[union-attr]
+        elif (_condition(vmi, "PodScheduled") or {}).get("reason") == "Unschedulable":
             printable = "ErrorUnschedulable"
         elif phase == "Failed":
             printable = "Stopped"
@@ -756,10 +816,7 @@ class KubeVirtSimulator:
         uid = vmi["metadata"]["uid"]
         ns = vmi["metadata"]["namespace"]
         return [
-            p
-            for p in self.pods.items()
-            if p["metadata"]["namespace"] == ns
-            and (p["metadata"].get("labels") or {}).get(CREATED_BY_LABEL) == uid
+            p for p in self.pods.by_index("created-by", uid) if p["metadata"]["namespace"] == ns
         ]
 
     def _active_pod(self, vmi: JsonObj, pods: list[JsonObj]) -> JsonObj | None:
@@ -864,18 +921,19 @@ class KubeVirtSimulator:
     # ---- VirtualMachineInstanceMigration (migration controller + virt-handler) ----
 
     def _running_migrations(self) -> list[JsonObj]:
-        """`findRunningMigrations`: unfinished VMIMs that are Running or hold a target pod."""
-        out = []
-        for m in self.vmims.items():
-            phase = m.get("status", {}).get("phase", "")
-            if phase in FINAL_VMIM:
-                continue
-            if phase == "Running" or any(
-                (p["metadata"].get("labels") or {}).get(MIGRATION_JOB_LABEL) == m["metadata"]["uid"]
-                for p in self.pods.items()
-            ):
-                out.append(m)
-        return out
+        """`findRunningMigrations`: unfinished VMIMs that are Running or hold a target pod.
+        Computed once per pass; target pods created in the pass are added as they are made."""
+        if self._running_cache is None:
+            self._running_cache = [
+                m
+                for m in self.vmims.items()
+                if m.get("status", {}).get("phase", "") not in FINAL_VMIM
+                and (
+                    m.get("status", {}).get("phase") == "Running"
+                    or self.pods.by_index("migration", m["metadata"]["uid"])
+                )
+            ]
+        return self._running_cache
 
     def _outbound_on(self, node: str, running: list[JsonObj]) -> int:
         n = 0
@@ -892,11 +950,8 @@ class KubeVirtSimulator:
         return n
 
     def _target_pod(self, vmim: JsonObj) -> JsonObj | None:
-        uid = vmim["metadata"]["uid"]
-        for p in self.pods.items():
-            if (p["metadata"].get("labels") or {}).get(MIGRATION_JOB_LABEL) == uid:
-                return p
-        return None
+        pods = self.pods.by_index("migration", vmim["metadata"]["uid"])
+        return pods[0] if pods else None
 
     def _sync_vmim(self, vmim: JsonObj, now: dt.datetime) -> None:
         ns, name = _key(vmim)
@@ -945,15 +1000,14 @@ class KubeVirtSimulator:
                 return
             busy = [
                 m
-                for m in self.vmims.items()
+                for m in self.vmims.by_index("vmi", f"{ns}/{vmi_name}")
                 if m["metadata"]["uid"] != uid
-                and m["metadata"]["namespace"] == ns
-                and m.get("spec", {}).get("vmiName") == vmi_name
                 and m.get("status", {}).get("phase", "") not in ("", *FINAL_VMIM)
             ]
             if busy:
                 fail(
-                    "VMI is not eligible for migration because another migration job is in progress."
+                    "VMI is not eligible for migration because another migration job "
+                    "is in progress."
                 )
                 return
             phase = "Pending"
@@ -976,21 +1030,24 @@ class KubeVirtSimulator:
                     resource_path("v1", "pods", ns), migration_target_pod(vmi, vmim)
                 )
                 self.pods.put(pod)
+                running.append(vmim)
                 log.info("VMIM %s/%s: created target pod %s", ns, name, pod["metadata"]["name"])
             phase = "Scheduling"
 
-        if phase in ("Scheduling", "Scheduled", "PreparingTarget", "TargetReady", "Running"):
-            if pod is None or _pod_down(pod):
-                if pod is None:
-                    fail("Migration target pod was removed during active migration.")
-                else:
-                    fail("Migration failed because target pod shutdown during migration")
-                return
+        if phase in ("Scheduling", "Scheduled", "PreparingTarget", "TargetReady", "Running") and (
+            pod is None or _pod_down(pod)
+        ):
+            if pod is None:
+                fail("Migration target pod was removed during active migration.")
+            else:
+                fail("Migration failed because target pod shutdown during migration")
+            return
 
         if phase == "Scheduling":
-            created = _parse_ts(pod["metadata"].get("creationTimestamp")) or now  # type: ignore[index]
+            assert pod is not None  # every phase past Pending returned above without one
+            created = _parse_ts(pod["metadata"].get("creationTimestamp")) or now
             pending_for = (now - created).total_seconds()
-            if not pod.get("spec", {}).get("nodeName"):  # type: ignore[union-attr]
+            if not pod.get("spec", {}).get("nodeName"):
                 unsched = _annotation_seconds(
                     vmim,
                     UNSCHEDULABLE_TIMEOUT_ANNOTATION,
@@ -999,28 +1056,29 @@ class KubeVirtSimulator:
                 catch_all = _annotation_seconds(
                     vmim, PENDING_TIMEOUT_ANNOTATION, self.config.pending_timeout_seconds
                 )
-                if _pod_unschedulable(pod) and pending_for >= unsched:  # type: ignore[arg-type]
+                if _pod_unschedulable(pod) and pending_for >= unsched:
                     self._event(
                         vmim,
                         "Warning",
                         "MigrationTargetPodUnschedulable",
-                        f"Migration target pod for VMI [{ns}/{vmi_name}] is currently unschedulable.",
+                        f"Migration target pod for VMI [{ns}/{vmi_name}] "
+                        "is currently unschedulable.",
                     )
                     self._delete(
                         self.pods, resource_path("v1", "pods", ns, pod["metadata"]["name"])
-                    )  # type: ignore[index]
+                    )
                     fail("Migration target pod was removed during active migration.")
                     return
                 if pending_for >= catch_all:
                     self._delete(
                         self.pods, resource_path("v1", "pods", ns, pod["metadata"]["name"])
-                    )  # type: ignore[index]
+                    )
                     fail("Migration target pod was removed during active migration.")
                     return
                 self._due(min(unsched, catch_all) - pending_for + 0.1)
-            elif _pod_ready(pod):  # type: ignore[arg-type]
+            elif _pod_ready(pod):
                 phase = "Scheduled"
-                vmi = self._hand_off(vmi, vmim, pod, now)  # type: ignore[arg-type]
+                vmi = self._hand_off(vmi, vmim, pod, now)
 
         if phase == "Scheduled":
             phase = "PreparingTarget"
@@ -1043,17 +1101,18 @@ class KubeVirtSimulator:
             phase = "Running"
 
         if phase == "Running":
+            assert pod is not None  # every phase past Pending returned above without one
             vstate = (vmi.get("status", {}).get("migrationState")) or {}
             if (vmi["metadata"].get("annotations") or {}).get(HOLD_MIGRATION_ANNOTATION) == "true":
                 return self._write_vmim_status(vmim, phase, status, now)
             plan = self._plan(vmi)
-            began = self._started.get(uid)
-            if began is None:  # restarted: fall back to the recorded start
+            began_at = self._started.get(uid)
+            if began_at is None:  # restarted: fall back to the recorded start
                 start = _parse_ts(vstate.get("startTimestamp")) or now
-                began = time.monotonic() - (now - start).total_seconds()
-                self._started[uid] = began
+                began_at = time.monotonic() - (now - start).total_seconds()
+                self._started[uid] = began_at
             left = plan.transfer_seconds + plan.downtime_seconds
-            left = left * self.config.time_scale - (time.monotonic() - began)
+            left = left * self.config.time_scale - (time.monotonic() - began_at)
             if left > 0:
                 self._due(left)
                 return self._write_vmim_status(vmim, phase, status, now)
@@ -1078,9 +1137,9 @@ class KubeVirtSimulator:
                 self._finish_vmim(
                     vmim, status, "Failed", "source node reported migration failed", vmi, now
                 )
-                self._delete(self.pods, resource_path("v1", "pods", ns, pod["metadata"]["name"]))  # type: ignore[index]
+                self._delete(self.pods, resource_path("v1", "pods", ns, pod["metadata"]["name"]))
                 return
-            vmi = self._complete(vmi, pod, now)  # type: ignore[arg-type]
+            vmi = self._complete(vmi, pod, now)
             self._finish_vmim(
                 vmim, status, "Succeeded", "Source node reported migration succeeded", vmi, now
             )
@@ -1244,7 +1303,7 @@ class KubeVirtSimulator:
             active = (vmi or {}).get("status", {}).get("activePods") or {}
             if pod["metadata"]["uid"] in active and (
                 ((vmi or {}).get("status", {}).get("migrationState") or {}).get("completed")
-                and not vmi["status"]["migrationState"].get("failed")  # type: ignore[index]
+                and not vmi["status"]["migrationState"].get("failed")
             ):
                 continue  # the VMI now runs in this pod
             if job not in uids or (job in final and pod["metadata"]["uid"] not in active):
@@ -1284,10 +1343,8 @@ class KubeVirtSimulator:
     def _vmi_of_pod(self, pod: JsonObj) -> JsonObj | None:
         uid = (pod["metadata"].get("labels") or {}).get(CREATED_BY_LABEL)
         ns = pod["metadata"]["namespace"]
-        for vmi in self.vmis.items():
-            if vmi["metadata"]["namespace"] == ns and vmi["metadata"]["uid"] == uid:
-                return vmi
-        return None
+        matches = self.vmis.by_index("uid", uid) if uid else []
+        return next((v for v in matches if v["metadata"]["namespace"] == ns), None)
 
     def _gc_finalized_migrations(self) -> None:
         keep = self.config.finalized_migrations_kept

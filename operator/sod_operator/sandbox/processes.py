@@ -7,6 +7,7 @@ A process is identified by its pid *and* its start time (field 22 of /proc/PID/s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -139,17 +140,13 @@ class ManagedProcess:
         # process we started, or we started it in this interpreter (then the group is ours).
         if self._popen is None and not self.record.alive():
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, sig)
-        except ProcessLookupError:
-            pass
 
     def _reap(self) -> None:
         if self._popen is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self._popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
 
     def tail(self, max_bytes: int = 8000) -> str:
         return tail_file(self.log_path, max_bytes)
