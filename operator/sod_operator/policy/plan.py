@@ -15,12 +15,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from pydantic import ValidationError
+
 from sod_operator.api.constants import (
     API_VERSION,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     SECUREVM_LABEL,
 )
+from sod_operator.api.v1alpha1.parsing import ManifestError, parse_model
 from sod_operator.api.v1alpha1.securevm import RelocationTrigger, SecureVMSpec, SecureVMStatus
 from sod_operator.policy.evaluation import Resolution
 from sod_operator.policy.matching import ProfileCapabilities
@@ -289,3 +292,32 @@ def migration_body(
 
 def same_affinity(a: Json | None, b: Json | None) -> bool:
     return (a or {}) == (b or {})
+
+
+def securevm_from_body(body: Mapping[str, Any]) -> SecureVMView:
+    """Parse a SecureVM object; a spec that does not parse becomes `spec=None` with the error."""
+    meta = body.get("metadata") or {}
+    spec: SecureVMSpec | None
+    try:
+        spec = parse_model(SecureVMSpec, body.get("spec"), "spec")
+        error = ""
+    except ManifestError as err:
+        spec, error = None, str(err)
+    try:
+        status = SecureVMStatus.model_validate(body.get("status") or {}, by_alias=True)
+    except ValidationError:
+        status = SecureVMStatus()  # a status we cannot read is recomputed from scratch
+    return SecureVMView(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        generation=int(meta.get("generation") or 0),
+        spec=spec,
+        status=status,
+        spec_error=error,
+    )
+
+
+def status_body(status: SecureVMStatus) -> Json:
+    """The status as written to the API (camelCase, unset fields omitted)."""
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
+from sod_operator.api.v1alpha1.securevm import RelocationTrigger
 from sod_operator.api.v1alpha1.security import SecurityPackageSpec
 from sod_operator.policy.evaluation import Resolution, evaluate, request_key
+from sod_operator.policy.fleet import InFlight
 from sod_operator.policy.matching import ProfileCapabilities
 from sod_operator.policy.observed import MigrationView, VMIView, VMView
 from sod_operator.policy.placement import NodeView, cost_preferences
@@ -61,6 +63,8 @@ class World:
         self.vmis: dict[Key, VMIView] = {}
         self.migrations: dict[Key, MigrationView] = {}
         self._migrations_by_vmi: defaultdict[Key, set[str]] = defaultdict(set)
+        self.active_migrations: set[Key] = set()
+        """Migrations not yet Succeeded or Failed (what counts against KubeVirt's limits)."""
         self._svm_by_vm: dict[Key, Key] = {}
         self._svms_on_node: defaultdict[str, set[Key]] = defaultdict(set)
         self._svms_by_package: defaultdict[str, set[Key]] = defaultdict(set)
@@ -250,9 +254,14 @@ class World:
         if view is None:
             self.migrations.pop(key, None)
             self._migrations_by_vmi[(key[0], vmi_name)].discard(key[1])
+            self.active_migrations.discard(key)
         else:
             self.migrations[key] = view
             self._migrations_by_vmi[(key[0], vmi_name)].add(key[1])
+            if view.final:
+                self.active_migrations.discard(key)
+            else:
+                self.active_migrations.add(key)
         svm = self._svm_by_vm.get((key[0], vmi_name))
         return {svm} if svm else set()
 
@@ -263,6 +272,28 @@ class World:
             for n in sorted(names)
             if (namespace, n) in self.migrations
         ]
+
+    def in_flight(self, security_waiting: int = 0) -> InFlight:
+        """Migrations KubeVirt runs now, by source node, for the fleet planner's limits."""
+        by_node: Counter[str] = Counter()
+        security = moving = 0
+        for ns, name in self.active_migrations:
+            mig = self.migrations[(ns, name)]
+            vmi = self.vmis.get((ns, mig.vmi_name))
+            if vmi is not None and vmi.node_name:
+                by_node[vmi.node_name] += 1
+            if mig.securevm is not None:
+                if mig.trigger == RelocationTrigger.MOVING_TARGET_DEFENSE:
+                    moving += 1
+                else:
+                    security += 1
+        return InFlight(
+            total=len(self.active_migrations),
+            by_node=by_node,
+            security=security,
+            moving_target=moving,
+            security_waiting=security_waiting,
+        )
 
     # ---------------------------------------------------------------- planner input
 

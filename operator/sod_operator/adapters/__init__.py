@@ -1,0 +1,2 @@
+"""The only operator code that talks to the Kubernetes API: client, controller runtime,
+leader election, Events and metrics."""

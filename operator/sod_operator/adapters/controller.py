@@ -1,0 +1,452 @@
+"""The operator's runtime: watch events → in-memory world → planning batches → API writes.
+
+* `observe` (called by kopf's index and event handlers) folds one object into the `World` and
+  marks the SecureVMs it affects dirty. Node label events are handled here directly: no
+  per-SecureVM watch, no periodic scan, so a revocation reaches the planner within one event.
+* `run` drains the dirty set in batches (urgent keys first, at most `chunk` per batch so a
+  20,000-SecureVM start-up never starves the event loop), plans the batch at once with
+  `policy.fleet.plan_batch` (slots across VMs) and executes each plan in its own task. One
+  SecureVM is never executed twice concurrently; keys marked meanwhile are re-planned after.
+* A plan is executed as: status first (it records a migration's name before the migration
+  exists), then actions in order, then Events (fire-and-forget). 409 AlreadyExists on create
+  is success: the deterministic name proves it is ours.
+* Everything is level-triggered: on restart the world is rebuilt from the watches' initial
+  listings (kopf's indexes hold the handlers back until every kind is listed), every SecureVM
+  is re-planned, and a relocation recorded in status is resumed under its recorded name.
+
+Resource versions are compared per object so that a watch event older than our own write
+never rolls the world back (that could make the planner forget a migration it just started).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sod_operator.adapters.events import EventRecorder
+from sod_operator.adapters.kube import KUBEVIRT, ApiError, Kube
+from sod_operator.adapters.metrics import Metrics
+from sod_operator.api.conditions import ConditionType, Reason
+from sod_operator.api.v1alpha1.parsing import ManifestError, parse_model
+from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
+from sod_operator.api.v1alpha1.securevm import RelocationTrigger
+from sod_operator.api.v1alpha1.security import SecurityPackageSpec
+from sod_operator.policy.fleet import plan_batch
+from sod_operator.policy.observed import migration_from_body, vm_from_body, vmi_from_body
+from sod_operator.policy.plan import (
+    CreateMigration,
+    CreateVM,
+    PatchVM,
+    Plan,
+    ReplaceVMSpec,
+    RestartVMI,
+    securevm_from_body,
+    status_body,
+)
+from sod_operator.policy.settings import RelocationSettings
+from sod_operator.policy.world import Key, World
+
+log = logging.getLogger("sod.controller")
+Json = dict[str, Any]
+ERROR_RETRY_SECONDS = 5.0
+
+
+class Kind(StrEnum):
+    NODE = "Node"
+    PROFILE = "ServerSecurityProfile"
+    PACKAGE = "SecurityPackage"
+    SECUREVM = "SecureVM"
+    VM = "VirtualMachine"
+    VMI = "VirtualMachineInstance"
+    MIGRATION = "VirtualMachineInstanceMigration"
+
+
+def _rv(body: Mapping[str, Any]) -> int | None:
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion", ""))
+    except (TypeError, ValueError):
+        return None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Controller:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: RelocationSettings,
+        metrics: Metrics,
+        events: EventRecorder,
+        *,
+        chunk: int = 500,
+        clock: Callable[[], datetime] = _utcnow,
+        stopped: threading.Event | None = None,
+    ):
+        self.kube = kube
+        self.settings = settings
+        self.metrics = metrics
+        self.events = events
+        self.chunk = chunk
+        self.clock = clock
+        self.world = World()
+        self.ready = asyncio.Event()
+        self._stopped = stopped or threading.Event()
+        self._wake = asyncio.Event()
+        self._urgent: dict[Key, float] = {}
+        self._background: dict[Key, float] = {}
+        self._executing: set[Key] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
+        self._waiting: set[Key] = set()
+        self._trigger_t0: dict[Key, float] = {}
+        self._rvs: dict[tuple[Kind, str, str], int] = {}
+        metrics.bind(self.world, lambda: len(self.world.active_migrations))
+
+    @property
+    def suspended(self) -> bool:
+        """True once leadership is lost or the operator stops: no write is started any more."""
+        return self._stopped.is_set()
+
+    # ------------------------------------------------------------------ observing
+
+    def _fresh(self, kind: Kind, ns: str, name: str, body: Mapping[str, Any]) -> bool:
+        """False for an event older than what we already hold (e.g. our own write's answer)."""
+        rv = _rv(body)
+        if rv is None:
+            return True
+        key = (kind, ns, name)
+        if rv < self._rvs.get(key, -1):
+            return False
+        self._rvs[key] = rv
+        return True
+
+    def observe(self, kind: Kind, body: Mapping[str, Any], deleted: bool = False) -> None:
+        """Fold one watched object (or its deletion) into the world; mark what it affects."""
+        meta = body.get("metadata") or {}
+        ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        if deleted:
+            self._rvs.pop((kind, ns, name), None)
+        elif not self._fresh(kind, ns, name, body):
+            return
+        now = self.clock()
+        w = self.world
+        affected: set[Key]
+        if kind is Kind.NODE:
+            spec = body.get("spec") or {}
+            labels = None if deleted else dict(meta.get("labels") or {})
+            affected = w.apply_node(name, labels, not spec.get("unschedulable"), now)
+        elif kind is Kind.PROFILE:
+            affected = w.apply_profile(name, None if deleted else self._parse_profile(body))
+        elif kind is Kind.PACKAGE:
+            affected = w.apply_package(name, None if deleted else self._parse_package(body))
+        elif kind is Kind.SECUREVM:
+            affected = self._observe_securevm((ns, name), body, deleted)
+        elif kind is Kind.VM:
+            affected = w.apply_vm((ns, name), None if deleted else vm_from_body(body))
+        elif kind is Kind.VMI:
+            affected = w.apply_vmi((ns, name), None if deleted else vmi_from_body(body))
+        else:
+            was_active = (ns, name) in w.active_migrations
+            affected = w.apply_migration((ns, name), None if deleted else migration_from_body(body))
+            if was_active and (ns, name) not in w.active_migrations:
+                # A slot freed up: the SecureVMs waiting for one are planned again.
+                affected = affected | self._waiting
+        self.mark(affected)
+
+    def _observe_securevm(self, key: Key, body: Mapping[str, Any], deleted: bool) -> set[Key]:
+        if deleted:
+            self._cancel_timer(key)
+            self._waiting.discard(key)
+            self._trigger_t0.pop(key, None)
+            self.metrics.protected.update(key, None)
+            return self.world.apply_securevm(key, None)
+        view = securevm_from_body(body)
+        old = self.world.svms.get(key)
+        self.world.apply_securevm(key, view)
+        if old is not None and old.generation == view.generation and old.status == view.status:
+            return set()  # metadata-only change, or the echo of our own status write
+        return {key}
+
+    @staticmethod
+    def _parse_profile(body: Mapping[str, Any]) -> ServerSecurityProfileSpec | None:
+        try:
+            return parse_model(ServerSecurityProfileSpec, body.get("spec"), "spec")
+        except ManifestError as err:
+            log.warning(
+                "ServerSecurityProfile %s ignored: %s",
+                (body.get("metadata") or {}).get("name"),
+                err,
+            )
+            return None
+
+    @staticmethod
+    def _parse_package(body: Mapping[str, Any]) -> SecurityPackageSpec | None:
+        try:
+            return parse_model(SecurityPackageSpec, body.get("spec"), "spec")
+        except ManifestError as err:
+            log.warning(
+                "SecurityPackage %s ignored: %s", (body.get("metadata") or {}).get("name"), err
+            )
+            return None
+
+    # ------------------------------------------------------------------ the queue
+
+    def mark(self, keys: Iterable[Key], urgent: bool = True) -> None:
+        t = time.monotonic()
+        queue = self._urgent if urgent and self.ready.is_set() else self._background
+        added = False
+        for key in keys:
+            if key not in self._urgent and key not in self._background:
+                queue[key] = t
+                added = True
+            self._trigger_t0.setdefault(key, t)
+        if added:
+            self._wake.set()
+
+    def set_ready(self) -> None:
+        if not self.ready.is_set():
+            log.info(
+                "world synced: %d nodes, %d profiles, %d SecureVMs; planning starts",
+                len(self.world.nodes),
+                len(self.world.profiles),
+                len(self.world.svms),
+            )
+            self.ready.set()
+            self._wake.set()
+
+    def _take(self) -> dict[Key, float]:
+        batch: dict[Key, float] = {}
+        for queue in (self._urgent, self._background):
+            for key in list(queue):
+                if len(batch) >= self.chunk:
+                    return batch
+                if key in self._executing:
+                    continue
+                batch[key] = queue.pop(key)
+        return batch
+
+    def _schedule(self, key: Key, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        current = self._timers.get(key)
+        if current is not None:
+            if current[0] <= due:
+                return
+            current[1].cancel()
+        self._timers[key] = (due, loop.call_later(delay, self._fire, key))
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        if key in self.world.svms:
+            self.mark([key])
+
+    def _cancel_timer(self, key: Key) -> None:
+        current = self._timers.pop(key, None)
+        if current is not None:
+            current[1].cancel()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        await self.ready.wait()
+        resync = asyncio.get_running_loop().create_task(self._resync())
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while not self.suspended:
+                    batch = self._take()
+                    if not batch:
+                        break
+                    self._plan_and_execute(batch)
+                    await asyncio.sleep(0)  # let kopf's watchers breathe between chunks
+        finally:
+            resync.cancel()
+
+    async def _resync(self) -> None:
+        # Level-triggered safety net: every SecureVM is re-planned now and then (background).
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            self.mark(self.world.all_keys(), urgent=False)
+
+    def _plan_and_execute(self, batch: dict[Key, float]) -> None:
+        started = time.perf_counter()
+        now = self.clock()
+        snapshot = self.world.snapshot()
+        observations = {}
+        for key in batch:
+            obs = self.world.observation(key, snapshot)
+            if obs is not None:
+                observations[key] = obs
+        waiting_outside = len(self._waiting - set(observations))
+        result = plan_batch(observations, self.world.in_flight(waiting_outside), self.settings, now)
+        self._waiting = (self._waiting - set(observations)) | set(result.waiting)
+        self.metrics.planning.observe(time.perf_counter() - started)
+        for key, plan in result.plans.items():
+            self._note_starved(key, plan)
+            self._executing.add(key)
+            task = asyncio.get_running_loop().create_task(self._execute(key, plan))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _note_starved(self, key: Key, plan: Plan) -> None:
+        st = plan.status
+        starved = st.eligible_nodes == 0 or any(
+            c.type == ConditionType.RELOCATING and c.reason == Reason.NO_COMPLIANT_NODE
+            for c in st.conditions or []
+        )
+        if starved:
+            self.world.starved.add(key)
+        else:
+            self.world.starved.discard(key)
+        quiet = (
+            any(
+                c.type == ConditionType.COMPLIANT and str(c.status) == "True"
+                for c in st.conditions or []
+            )
+            and not plan.slot_request
+            and not plan.creates_migration
+        )
+        if quiet:
+            self._trigger_t0.pop(key, None)
+
+    async def _execute(self, key: Key, plan: Plan) -> None:
+        ns, name = key
+        try:
+            if self.suspended:
+                return
+            view = self.world.svms.get(key)
+            if view is None:
+                return
+            if plan.status != view.status:
+                try:
+                    body = await self.kube.replace_status(ns, name, status_body(plan.status))
+                except ApiError as err:
+                    if err.not_found:
+                        return
+                    raise
+                current = self.world.svms.get(key)
+                if current is not None and self._fresh(Kind.SECUREVM, ns, name, body):
+                    self.world.update_status(key, replace(current, status=plan.status))
+            for action in plan.actions:
+                if self.suspended:
+                    return
+                await self._run_action(key, action)
+            for ev in plan.events:
+                self.events.post(ns, name, view.uid, str(ev.type), ev.reason, ev.message)
+            self._record_signals(key, plan)
+            self.metrics.protected.update(
+                key,
+                plan.status.node_profile
+                if any(
+                    c.type == ConditionType.COMPLIANT and str(c.status) == "True"
+                    for c in plan.status.conditions or []
+                )
+                else None,
+            )
+            if plan.requeue_after is not None:
+                self._schedule(key, plan.requeue_after)
+        except Exception as err:
+            self.metrics.api_errors.labels(action=type(err).__name__).inc()
+            log.warning(
+                "executing the plan of %s/%s failed: %s; retrying in %.0f s",
+                ns,
+                name,
+                err,
+                ERROR_RETRY_SECONDS,
+            )
+            self._schedule(key, ERROR_RETRY_SECONDS)
+        finally:
+            self._executing.discard(key)
+            if key in self._urgent or key in self._background:
+                self._wake.set()
+
+    async def _run_action(self, key: Key, action: Any) -> None:
+        ns = key[0]
+        if isinstance(action, CreateMigration):
+            try:
+                body = await self.kube.create(
+                    KUBEVIRT, "virtualmachineinstancemigrations", ns, action.body
+                )
+            except ApiError as err:
+                if not err.already_exists:
+                    raise
+                log.info(
+                    "migration %s/%s already exists (created before a restart)", ns, action.name
+                )
+                return
+            t0 = self._trigger_t0.pop(key, None)
+            trigger = str(action.body["metadata"]["labels"].get("sod.dev/trigger", ""))
+            if t0 is not None and trigger != RelocationTrigger.MOVING_TARGET_DEFENSE:
+                self.metrics.reaction.labels(trigger=trigger).observe(time.monotonic() - t0)
+            self._observe_written(Kind.MIGRATION, body)
+            log.info("created migration %s/%s (%s)", ns, action.name, trigger)
+        elif isinstance(action, CreateVM):
+            try:
+                body = await self.kube.create(KUBEVIRT, "virtualmachines", ns, action.body)
+            except ApiError as err:
+                if not err.already_exists:
+                    raise
+                return
+            self._observe_written(Kind.VM, body)
+        elif isinstance(action, PatchVM):
+            body = await self.kube.merge_patch(
+                KUBEVIRT, "virtualmachines", ns, action.name, action.patch
+            )
+            self._observe_written(Kind.VM, body)
+        elif isinstance(action, ReplaceVMSpec):
+            # The template is the whole truth: replace the spec (a merge patch would keep keys
+            # the tenant removed), then record which template it came from.
+            ops: list[Json] = [{"op": "replace", "path": "/spec", "value": action.spec}]
+            await self.kube.json_patch(KUBEVIRT, "virtualmachines", ns, action.name, ops)
+            body = await self.kube.merge_patch(
+                KUBEVIRT,
+                "virtualmachines",
+                ns,
+                action.name,
+                {"metadata": {"annotations": dict(action.annotations)}},
+            )
+            self._observe_written(Kind.VM, body)
+        elif isinstance(action, RestartVMI):
+            await self.kube.delete(
+                KUBEVIRT, "virtualmachineinstances", ns, action.name, uid=action.uid
+            )
+
+    def _observe_written(self, kind: Kind, body: Json) -> None:
+        """Write-through: what we wrote is in the world before its watch event arrives."""
+        self.observe(kind, body)
+
+    def _record_signals(self, key: Key, plan: Plan) -> None:
+        for sig in plan.signals:
+            if sig.name == "relocation_started":
+                self.metrics.relocations_started.labels(trigger=sig.labels.get("trigger", "")).inc()
+            elif sig.name == "relocation_finished":
+                self.metrics.relocations_finished.labels(
+                    trigger=sig.labels.get("trigger", ""), result=sig.labels.get("result", "")
+                ).inc()
+            elif sig.name == "time_to_compliance" and sig.seconds is not None:
+                self.metrics.time_to_compliance.observe(sig.seconds)
+        del key
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        for _, handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=10)
+        await self.events.drain()
+
+    def queue_depth(self) -> int:
+        return len(self._urgent) + len(self._background) + len(self._executing)

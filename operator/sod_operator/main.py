@@ -1,0 +1,159 @@
+"""`sod-operator`: run the operator (kopf) with our settings, after winning leader election.
+
+    sod-operator [--kubeconfig FILE] [--namespace NS ...] [--metrics-port 8080]
+                 [--liveness-port 8081] [--bind-address 127.0.0.1]
+                 [--lease-namespace NS --lease-name NAME --identity ID | --no-leader-election]
+                 [relocation tunables, see --help]
+
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 when leadership was lost (the
+Deployment restarts the container, which then waits for the Lease like any other replica),
+2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from sod_operator.policy.settings import RelocationSettings
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = RelocationSettings()
+    p = argparse.ArgumentParser(
+        prog="sod-operator",
+        description="Security on Demand for KubeVirt: places and relocates SecureVMs.",
+    )
+    p.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: in-cluster)")
+    p.add_argument("--context", help="kubeconfig context")
+    p.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch SecureVMs only in this namespace (repeatable; default: all namespaces)",
+    )
+    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port (0: off)")
+    p.add_argument("--liveness-port", type=int, default=8081, help="/healthz port (0: off)")
+    p.add_argument(
+        "--bind-address",
+        default="127.0.0.1",
+        help="address of the metrics and liveness servers (in a Pod: 0.0.0.0)",
+    )
+    le = p.add_argument_group("leader election (a coordination.k8s.io Lease)")
+    le.add_argument("--no-leader-election", action="store_true", help="run without a Lease")
+    le.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
+    le.add_argument("--lease-name", default="sod-operator")
+    le.add_argument(
+        "--identity",
+        default=os.environ.get("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
+        help="this replica's identity (default: $POD_NAME, so a restarted container retakes it)",
+    )
+    le.add_argument("--lease-seconds", type=float, default=15.0)
+    le.add_argument("--renew-seconds", type=float, default=10.0)
+    le.add_argument("--retry-seconds", type=float, default=2.0)
+    r = p.add_argument_group("relocation")
+    r.add_argument("--max-migrations-per-cluster", type=int, default=d.max_migrations_per_cluster)
+    r.add_argument("--max-outbound-per-node", type=int, default=d.max_outbound_per_node)
+    r.add_argument("--retry-base-seconds", type=float, default=d.retry_base_seconds)
+    r.add_argument("--retry-max-seconds", type=float, default=d.retry_max_seconds)
+    r.add_argument("--node-cooldown-seconds", type=float, default=d.node_cooldown_seconds)
+    r.add_argument("--mtd-budget", type=int, default=d.mtd_budget)
+    r.add_argument("--resync-seconds", type=float, default=d.resync_seconds)
+    r.add_argument("--chunk", type=int, default=500, help="SecureVMs planned per batch at most")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # kopf's own per-handler success lines (one per watch event) are noise at INFO.
+    logging.getLogger("kopf").setLevel(logging.DEBUG if args.debug else logging.WARNING)
+
+    import kopf
+
+    import sod_operator.handlers  # noqa: F401 - registers the handlers with kopf
+    from sod_operator.adapters.leader import LeaderElector, LeaseConfig
+    from sod_operator.adapters.runtime import Options, kube_for
+
+    relocation = RelocationSettings(
+        max_migrations_per_cluster=args.max_migrations_per_cluster,
+        max_outbound_per_node=args.max_outbound_per_node,
+        retry_base_seconds=args.retry_base_seconds,
+        retry_max_seconds=args.retry_max_seconds,
+        node_cooldown_seconds=args.node_cooldown_seconds,
+        mtd_budget=args.mtd_budget,
+        resync_seconds=args.resync_seconds,
+    )
+    options = Options(
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        identity=args.identity,
+        relocation=relocation,
+        metrics_port=args.metrics_port,
+        bind_address=args.bind_address,
+        chunk=args.chunk,
+    )
+    log = logging.getLogger("sod.main")
+    stop_flag = threading.Event()
+    elector = None
+    if not args.no_leader_election:
+        elector = LeaderElector(
+            kube_for(options),
+            LeaseConfig(
+                namespace=args.lease_namespace,
+                name=args.lease_name,
+                identity=args.identity,
+                lease_seconds=args.lease_seconds,
+                renew_seconds=args.renew_seconds,
+                retry_seconds=args.retry_seconds,
+            ),
+        )
+        waiting = threading.Event()
+        previous = {
+            s: signal.signal(s, lambda *_: waiting.set()) for s in (signal.SIGTERM, signal.SIGINT)
+        }
+        if not elector.acquire(waiting):
+            return 0
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+        def lost() -> None:
+            options.lost.set()  # stop writing now, before kopf winds down
+            stop_flag.set()
+
+        elector.keep_renewing(lost)
+    liveness = (
+        f"http://{args.bind_address}:{args.liveness_port}/healthz" if args.liveness_port else None
+    )
+    log.info("starting as %s (%s)", args.identity, ", ".join(args.namespace) or "all namespaces")
+    try:
+        kopf.run(
+            standalone=True,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=liveness,
+            memo=kopf.Memo(options=options),
+            stop_flag=stop_flag,
+        )
+    finally:
+        if elector is not None and not options.lost.is_set():
+            elector.release()
+    return 1 if options.lost.is_set() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
