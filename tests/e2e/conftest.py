@@ -5,6 +5,7 @@
   thread with fast settings (`E2E_SIM_CONFIG`: modelled durations x0.05, unschedulable target
   fails after 3 s). Missing binaries FAIL the session with the build command: the tier never
   skips (`make test` builds them first).
+* `kubevirt_sim` (session): the simulator's handle (`restart()`).
 * `kube_api` (session): the admin `KubeApi`; `kubeconfig` (session): its path, for KopfRunner
   or subprocesses.
 * `namespace` (function): a fresh namespace (with its default ServiceAccount) per test, deleted
@@ -17,7 +18,6 @@ extending `E2E_NODE_SERVICES` (see `sod_operator.sandbox.cluster` for the extens
 
 from __future__ import annotations
 
-import logging
 import re
 import uuid
 from collections.abc import Iterator
@@ -27,16 +27,17 @@ import pytest
 from sod_operator.sandbox.binaries import MissingBinaries, find_binaries
 from sod_operator.sandbox.cluster import LocalCluster, NodeService, SandboxError, tail_logs
 from sod_operator.sandbox.kubeapi import KubeApi, resource_path
-from sod_operator.sandbox.kubevirt_sim import KubeVirtSimulator, SimConfig
+from sod_operator.sandbox.kubevirt_sim import SimConfig
 from sod_operator.sandbox.nodes import NodeSpec, parse_nodes
 
-from tests.e2e.harness import Kube
+from tests.e2e.harness import Kube, SimulatorInThread
 
 E2E_NODES: list[NodeSpec] = parse_nodes("hyperwall=2,datasafe=1,plain=2")
 E2E_NODE_SERVICES: list[NodeService] = []
 E2E_SIM_CONFIG = SimConfig(time_scale=0.05, unschedulable_timeout_seconds=3.0, resync_seconds=2.0)
 
 _CLUSTER_KEY = pytest.StashKey[LocalCluster]()
+_SIM_KEY = pytest.StashKey[SimulatorInThread]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -65,21 +66,17 @@ def sandbox(
         cluster.start()
     except SandboxError as err:
         pytest.fail(f"e2e tier: the local control plane did not start: {err}", pytrace=False)
-    sim_log = logging.FileHandler(cluster.log_dir / "kubevirt-sim.log")
-    sim_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    sim_logger = logging.getLogger("sod.kubevirt_sim")
-    sim_logger.addHandler(sim_log)
-    sim_logger.setLevel(logging.INFO)
-    sim = KubeVirtSimulator(cluster.kubeconfig, E2E_SIM_CONFIG).start()
-
-    def stop_sim() -> None:
-        sim.stop()
-        sim_logger.removeHandler(sim_log)
-        sim_log.close()
-
-    cluster.on_stop(stop_sim)
+    sim = SimulatorInThread(cluster, E2E_SIM_CONFIG)
+    request.config.stash[_SIM_KEY] = sim
+    cluster.on_stop(sim.stop)
+    sim.start()
     yield cluster
     cluster.stop(remove_state=False)
+
+
+@pytest.fixture(scope="session")
+def kubevirt_sim(request: pytest.FixtureRequest, sandbox: LocalCluster) -> SimulatorInThread:
+    return request.config.stash[_SIM_KEY]
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,15 @@ Tests never write VMI or VMIM status: the KubeVirt simulator does.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sod_operator.api.constants import SIMULATED_ARCHITECTURE_LABEL
+from sod_operator.sandbox.cluster import LocalCluster
 from sod_operator.sandbox.kubeapi import JsonObj, KubeApi, resource_path
+from sod_operator.sandbox.kubevirt_sim import KubeVirtSimulator, SimConfig
 
 KUBEVIRT = "kubevirt.io/v1"
 T = TypeVar("T")
@@ -191,5 +194,29 @@ def phases(vmim: JsonObj) -> list[str]:
     return [t["phase"] for t in vmim.get("status", {}).get("phaseTransitionTimestamps", [])]
 
 
-def any_of(*values: Any) -> Callable[[Any], bool]:
-    return lambda v: v in values
+class SimulatorInThread:
+    """The session's KubeVirt simulator, logging to the sandbox's log directory; `restart()`
+    replaces it with a fresh instance (to prove a restart loses and duplicates nothing)."""
+
+    def __init__(self, cluster: LocalCluster, config: SimConfig):
+        self.cluster = cluster
+        self.config = config
+        self.sim: KubeVirtSimulator | None = None
+        self._handler = logging.FileHandler(cluster.log_dir / "kubevirt-sim.log")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self._logger = logging.getLogger("sod.kubevirt_sim")
+
+    def start(self) -> None:
+        self._logger.addHandler(self._handler)
+        self._logger.setLevel(logging.INFO)
+        self.sim = KubeVirtSimulator(self.cluster.kubeconfig, self.config).start()
+
+    def stop(self) -> None:
+        if self.sim is not None:
+            self.sim.stop()
+            self.sim = None
+        self._logger.removeHandler(self._handler)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()

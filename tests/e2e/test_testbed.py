@@ -27,6 +27,7 @@ from sod_operator.sandbox.pki import issue_client
 
 from tests.e2e.harness import (
     Kube,
+    SimulatorInThread,
     arch_affinity,
     condition,
     phases,
@@ -388,3 +389,29 @@ def test_outbound_migrations_per_node_are_limited_to_two(kube: Kube) -> None:
         vmim = kube.wait_vmim_final(f"{name}-m")
         assert vmim["status"]["phase"] == "Succeeded"
         assert vmim["status"]["migrationState"]["targetNode"] == "plain-2"
+
+
+def test_a_restarted_simulator_finishes_the_migration_it_did_not_start(
+    kube: Kube, kubevirt_sim: SimulatorInThread
+) -> None:
+    _start_vm(
+        kube,
+        "survivor",
+        affinity=arch_affinity("hyperwall"),
+        annotations={HOLD_MIGRATION_ANNOTATION: "true"},
+    )
+    kube.create("virtualmachineinstancemigrations", vmim_manifest("survivor-1", "survivor"))
+    kube.wait_vmim_phase("survivor-1", "Running")
+    kubevirt_sim.restart()
+    kube.api.json_patch(
+        kube.path("virtualmachineinstances", "survivor"),
+        [{"op": "remove", "path": "/metadata/annotations/sim.sod.dev~1hold-migration"}],
+    )
+    vmim = kube.wait_vmim_final("survivor-1")
+    assert vmim["status"]["phase"] == "Succeeded"
+    assert phases(vmim).count("Running") == 1
+    pods = wait_for(lambda: kube.launcher_pods("survivor"), lambda p: len(p) == 1, "one pod left")
+    assert pods[0]["metadata"]["name"] == vmim["status"]["migrationState"]["targetPod"]
+    vmi = kube.vmi("survivor")
+    assert vmi is not None
+    assert vmi["status"]["nodeName"] == vmim["status"]["migrationState"]["targetNode"]

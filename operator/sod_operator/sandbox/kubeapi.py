@@ -78,6 +78,7 @@ class KubeApi:
             self._headers["Authorization"] = token
         self._watches: set[urllib3.BaseHTTPResponse] = set()
         self._lock = threading.Lock()
+        self._closed = False
 
     def request(
         self,
@@ -183,6 +184,9 @@ class KubeApi:
             resp.release_conn()
             raise ApiError("WATCH", path, resp.status, data)
         with self._lock:
+            if self._closed:  # closed while this watch was being opened
+                resp.release_conn()
+                return
             self._watches.add(resp)
         buf = b""
         try:
@@ -200,8 +204,10 @@ class KubeApi:
             resp.release_conn()
 
     def close_watches(self) -> None:
-        """Abort every open watch stream (used on shutdown so watcher threads end at once)."""
+        """Abort every open watch stream and refuse new ones (on shutdown, so watcher threads
+        end at once)."""
         with self._lock:
+            self._closed = True
             watches = list(self._watches)
         for resp in watches:
             with contextlib.suppress(Exception):  # best effort on shutdown

@@ -1,0 +1,363 @@
+"""The trust monitor in the sandbox: per node a swtpm and a node-agent, plus the verifier.
+
+Used by `sodctl sandbox up` (as node and cluster services of `LocalCluster`), by
+`sodctl sandbox break|heal`, and by the e2e tier. Everything runs with least privilege,
+exactly as in a cluster, so the apiserver itself enforces who may write what:
+
+* `install()` applies `sod_operator.verifier.rbac.manifests()` (ServiceAccounts, ClusterRoles,
+  ValidatingAdmissionPolicies) and configures a local EK CA (`swtpm.LocalCa`);
+* `start_node(node)` manufactures the node's TPM (EK certificate from that CA), runs swtpm,
+  plays the simulated firmware (`swtpm.BOOT_LOG` into PCRs 0, 4, 7), writes the
+  simulated-architecture state (the node's architecture, `memoryViolations: 0`; `plain`
+  declares none), and runs `sod-node-agent` with a ServiceAccount token **bound to the Node
+  object** (so its user info carries `authentication.kubernetes.io/node-name`);
+* `start_verifier()` runs `sod-verifier` with the verifier ServiceAccount's token (the only
+  identity allowed to patch Nodes) and the CA bundle;
+* `break_node(node, how)`: `violation` (the simulated source reports memory violations),
+  `pcr` (an unexpected measurement extended into PCR 4), `silence` (the agent is stopped);
+  `heal_node(node)` undoes all three (a PCR can only be reset by a reboot: swtpm restarts,
+  the firmware measures the boot log again; the AK is deterministic, so enrollment holds).
+
+State lives under `<sandbox state dir>/trust/`; processes are supervised by the cluster
+(`swtpm-<node>`, `agent-<node>`, `verifier`) and stopped with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sod_operator.sandbox import swtpm
+from sod_operator.sandbox.cluster import LocalCluster, SandboxError, free_ports
+from sod_operator.sandbox.kubeapi import ApiError, KubeApi, resource_path
+from sod_operator.sandbox.nodes import PLAIN, NodeSpec
+from sod_operator.verifier import rbac
+
+log = logging.getLogger("sod.sandbox.trust")
+
+FIELD_MANAGER = "sod-sandbox-trust"
+VIOLATIONS_COUNTER = "memoryViolations"
+BREAK_VIOLATIONS = 7
+UNEXPECTED_MEASUREMENT = (4, b"unexpected kernel module: sod-sandbox-rootkit.ko")
+TOKEN_SECONDS = 30 * 24 * 3600
+HOW = ("violation", "pcr", "silence")
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    agent_interval: float = 5.0
+    """Seconds between an agent's answers to successive nonces."""
+    pcrs: str = "sha256:0-7"
+    namespace: str = rbac.DEFAULT_NAMESPACE
+    verifier_resync: float = 30.0
+    ready_max_age: int = 120
+
+
+_PLURALS = {
+    "Namespace": ("v1", "namespaces", False),
+    "ServiceAccount": ("v1", "serviceaccounts", True),
+    "ClusterRole": ("rbac.authorization.k8s.io/v1", "clusterroles", False),
+    "ClusterRoleBinding": ("rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
+    "ValidatingAdmissionPolicy": (
+        "admissionregistration.k8s.io/v1",
+        "validatingadmissionpolicies",
+        False,
+    ),
+    "ValidatingAdmissionPolicyBinding": (
+        "admissionregistration.k8s.io/v1",
+        "validatingadmissionpolicybindings",
+        False,
+    ),
+}
+
+
+def manifest_path(obj: dict[str, Any]) -> str:
+    api_version, plural, namespaced = _PLURALS[obj["kind"]]
+    meta = obj["metadata"]
+    return resource_path(
+        api_version, plural, namespace=meta.get("namespace") if namespaced else None,
+        name=meta["name"],
+    )  # fmt: skip
+
+
+def apply_manifests(api: KubeApi, manifests: list[dict[str, Any]]) -> None:
+    for obj in manifests:
+        api.apply(manifest_path(obj), obj, FIELD_MANAGER)
+
+
+def token_kubeconfig(path: Path, server: str, ca_pem: bytes, user: str, token: str) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "sod-sandbox",
+                "cluster": {
+                    "server": server,
+                    "certificate-authority-data": base64.b64encode(ca_pem).decode(),
+                },
+            }
+        ],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": "sod-sandbox", "user": user}}],
+        "current-context": user,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+class TrustBed:
+    def __init__(self, cluster: LocalCluster, config: TrustConfig | None = None) -> None:
+        self.cluster = cluster
+        self.config = config or TrustConfig()
+        self.dir = cluster.state_dir / "trust"
+        self.ca = swtpm.LocalCa(self.dir / "ek-ca")
+        self._installed = (self.dir / "installed").exists()
+
+    # -- paths
+
+    def tpm_state(self, node: str) -> Path:
+        return self.dir / "tpm" / node / "state"
+
+    def swtpm_for(self, node: str) -> swtpm.Swtpm:
+        return swtpm.Swtpm(self.tpm_state(node), self.dir / "tpm" / node / "swtpm.sock")
+
+    def sim_state(self, node: str) -> Path:
+        return self.dir / "sim" / f"{node}.json"
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.dir / "ek-ca-bundle.pem"
+
+    def kubeconfig_for(self, name: str) -> Path:
+        return self.dir / "identities" / f"{name}.kubeconfig"
+
+    # -- identities
+
+    def token(self, sa: str, bound_node: str | None = None) -> str:
+        """A TokenRequest for `sa`; bound to the Node object when `bound_node` is given."""
+        api = self.cluster.api()
+        spec: dict[str, Any] = {"expirationSeconds": TOKEN_SECONDS}
+        if bound_node is not None:
+            node = api.get(resource_path("v1", "nodes", name=bound_node))
+            spec["boundObjectRef"] = {
+                "kind": "Node",
+                "apiVersion": "v1",
+                "name": bound_node,
+                "uid": node["metadata"]["uid"],
+            }
+        path = resource_path(
+            "v1", "serviceaccounts", namespace=self.config.namespace, name=sa,
+            subresource="token",
+        )  # fmt: skip
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        return str(self.cluster.api().create(path, body)["status"]["token"])
+
+    def identity(self, name: str, sa: str, bound_node: str | None = None) -> Path:
+        """A kubeconfig for the ServiceAccount `sa` (node-bound if asked), written once."""
+        path = self.kubeconfig_for(name)
+        if not path.exists():
+            token_kubeconfig(
+                path,
+                self.cluster.server,
+                self.cluster.pki.ca.cert.read_bytes(),
+                name,
+                self.token(sa, bound_node),
+            )
+        return path
+
+    # -- set-up
+
+    def install(self) -> None:
+        if self._installed:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        apply_manifests(self.cluster.api(), rbac.manifests(self.config.namespace))
+        self._wait_for_sa(rbac.AGENT_SA)
+        self._wait_for_sa(rbac.VERIFIER_SA)
+        self.ca.write_config()
+        (self.dir / "config.json").write_text(json.dumps(dataclasses.asdict(self.config)) + "\n")
+        (self.dir / "installed").write_text("ok\n")
+        self._installed = True
+
+    def _wait_for_sa(self, sa: str, timeout: float = 30.0) -> None:
+        path = resource_path("v1", "serviceaccounts", namespace=self.config.namespace, name=sa)
+        deadline = time.monotonic() + timeout
+        while self.cluster.api().get_or_none(path) is None:
+            if time.monotonic() > deadline:
+                raise SandboxError(f"ServiceAccount {sa} did not appear within {timeout}s")
+            time.sleep(0.1)
+
+    def start_node(self, node: NodeSpec) -> None:
+        self.install()
+        state = self.tpm_state(node.name)
+        if not state.exists():
+            swtpm.manufacture(state, self.ca)
+        self.start_swtpm(node.name)
+        architecture = None if node.architecture == PLAIN else node.architecture
+        counters = {VIOLATIONS_COUNTER: 0} if architecture else {}
+        self.sim_state(node.name).parent.mkdir(parents=True, exist_ok=True)
+        from sod_node_agent.facts import SimulatedState  # noqa: PLC0415 - agent-side format
+
+        SimulatedState(architecture, counters).write(self.sim_state(node.name))
+        self.identity(f"agent-{node.name}", rbac.AGENT_SA, bound_node=node.name)
+        self.start_agent(node.name)
+
+    def start_swtpm(self, node: str) -> None:
+        sw = self.swtpm_for(node)
+        for stale in (sw.socket, Path(f"{sw.socket}.ctrl")):
+            stale.unlink(missing_ok=True)
+        proc = self.cluster.run_process(f"swtpm-{node}", sw.argv())
+        try:
+            swtpm.wait_ready(sw.tcti, 10.0)
+        except swtpm.SwtpmError as err:
+            raise SandboxError(f"swtpm of {node} did not start: {err}; log {proc.log_path}") from err
+        swtpm.simulated_boot(sw.tcti)
+
+    def start_agent(self, node: str) -> None:
+        argv = [
+            sys.executable, "-m", "sod_node_agent.main",
+            "--node", node,
+            "--tcti", self.swtpm_for(node).tcti,
+            "--pcrs", self.config.pcrs,
+            "--interval", str(self.config.agent_interval),
+            "--simulated-state", str(self.sim_state(node)),
+            "--kubeconfig", str(self.kubeconfig_for(f"agent-{node}")),
+        ]  # fmt: skip
+        self.cluster.run_process(
+            f"agent-{node}", argv, env={"TSS2_LOG": "all+none", "PYTHONUNBUFFERED": "1"}
+        )
+
+    def start_verifier(self) -> int:
+        """Run the verifier; returns its metrics port."""
+        self.install()
+        if not self.bundle_path.exists():
+            self.bundle_path.write_bytes(self.ca.bundle_pem())
+        kubeconfig = self.identity("verifier", rbac.VERIFIER_SA)
+        (port,) = free_ports(1)
+        argv = [
+            sys.executable, "-m", "sod_operator.verifier.main", "run",
+            "--ek-ca-bundle", str(self.bundle_path),
+            "--kubeconfig", str(kubeconfig),
+            "--metrics-port", str(port),
+            "--resync", str(self.config.verifier_resync),
+            "--ready-max-age", str(self.config.ready_max_age),
+        ]  # fmt: skip
+        self.cluster.run_process("verifier", argv, env={"PYTHONUNBUFFERED": "1"})
+        (self.dir / "verifier-metrics-port").write_text(f"{port}\n")
+        return port
+
+    # services for LocalCluster(node_services=..., cluster_services=...)
+
+    def node_service(self, cluster: LocalCluster, node: NodeSpec) -> None:
+        del cluster
+        self.start_node(node)
+
+    def cluster_service(self, cluster: LocalCluster) -> None:
+        del cluster
+        self.start_verifier()
+
+    # -- break and heal
+
+    def nodes(self) -> list[str]:
+        tpm_dir = self.dir / "tpm"
+        return sorted(p.name for p in tpm_dir.iterdir()) if tpm_dir.is_dir() else []
+
+    def _require(self, node: str) -> None:
+        if node not in self.nodes():
+            raise SandboxError(
+                f"node {node!r} has no TPM in this sandbox; nodes with a node-agent: "
+                f"{', '.join(self.nodes()) or 'none'}"
+            )
+
+    def _set_violations(self, node: str, count: int) -> None:
+        from sod_node_agent.facts import SimulatedState  # noqa: PLC0415
+
+        path = self.sim_state(node)
+        current = SimulatedState.load(path)
+        counters = dict(current.counters)
+        counters[VIOLATIONS_COUNTER] = count
+        SimulatedState(
+            current.architecture, counters, current.cpu_flags, current.module_parameters
+        ).write(path)
+
+    def agent_running(self, node: str) -> bool:
+        proc = self.cluster.processes.get(f"agent-{node}")
+        return proc is not None and proc.alive()
+
+    def stop_agent(self, node: str) -> None:
+        proc = self.cluster.processes.get(f"agent-{node}")
+        if proc is not None:
+            proc.stop()
+
+    def reboot(self, node: str) -> None:
+        """Restart the node's swtpm (PCRs reset) and replay the firmware's boot log."""
+        proc = self.cluster.processes.get(f"swtpm-{node}")
+        if proc is not None:
+            proc.stop()
+        self.start_swtpm(node)
+
+    def pcrs_golden(self, node: str) -> bool:
+        from tpm2_pytss import ESAPI  # noqa: PLC0415
+
+        with ESAPI(self.swtpm_for(node).tcti) as ectx:
+            _, _, digests = ectx.pcr_read("sha256:0,4,7")
+            values = [bytes(d).hex() for d in digests]
+        return values == list(swtpm.SANDBOX_GOLDEN_PCRS.values())
+
+    def break_node(self, node: str, how: str) -> str:
+        self._require(node)
+        if how == "violation":
+            self._set_violations(node, BREAK_VIOLATIONS)
+            return f"{node}: the simulated source now reports {VIOLATIONS_COUNTER}={BREAK_VIOLATIONS}"
+        if how == "pcr":
+            swtpm.extend(self.swtpm_for(node).tcti, [UNEXPECTED_MEASUREMENT])
+            return f"{node}: extended an unexpected measurement into PCR {UNEXPECTED_MEASUREMENT[0]}"
+        if how == "silence":
+            self.stop_agent(node)
+            return f"{node}: node-agent stopped; its evidence expires after the profile's freshness"
+        raise SandboxError(f"--how must be one of {', '.join(HOW)}, not {how!r}")
+
+    def heal_node(self, node: str) -> list[str]:
+        self._require(node)
+        done = []
+        from sod_node_agent.facts import SimulatedState  # noqa: PLC0415
+
+        if SimulatedState.load(self.sim_state(node)).counters.get(VIOLATIONS_COUNTER, 0):
+            self._set_violations(node, 0)
+            done.append(f"{VIOLATIONS_COUNTER} reset to 0")
+        if not self.pcrs_golden(node):
+            self.reboot(node)
+            done.append("rebooted (swtpm restarted, boot log measured again)")
+        if not self.agent_running(node):
+            self.start_agent(node)
+            done.append("node-agent started")
+        return done or ["nothing to heal"]
+
+
+def attach(state_dir: Path, config: TrustConfig | None = None) -> TrustBed:
+    """The trust bed of a running sandbox (for `sodctl sandbox break|heal`)."""
+    cluster = LocalCluster.attach(state_dir)
+    if cluster is None or not any(p.alive() for p in cluster.processes.values()):
+        raise SandboxError(f"no sandbox running from {state_dir}: start one with `sodctl sandbox up`")
+    saved = state_dir / "trust" / "config.json"
+    if config is None and saved.exists():
+        config = TrustConfig(**json.loads(saved.read_text()))
+    bed = TrustBed(cluster, config)
+    if not bed.dir.is_dir():
+        raise SandboxError("this sandbox runs without the trust monitor (no node-agents)")
+    return bed
+
+
+__all__ = ["HOW", "ApiError", "TrustBed", "TrustConfig", "attach"]

