@@ -22,6 +22,7 @@ from sod_operator.sandbox.binaries import cache_dir, read_versions
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "sod-operator"
 VALUES_DIR = Path(__file__).resolve().parent / "values"
+_RENDERED: dict[tuple[str, ...], str] = {}
 BUILD_HINT = "tools/build-testbed.sh helm  (`make test` builds it; cold: ~4 minutes)"
 
 
@@ -92,7 +93,11 @@ class Helm:
         args = ["template", release, str(CHART), "--namespace", namespace]
         if values is not None:
             args += ["--values", str(values)]
-        return self.run(*args, *extra).stdout
+        key = (str(self.binary), *args, *extra)
+        # Rendering is deterministic; many tests inspect the same rendering.
+        if key not in _RENDERED:
+            _RENDERED[key] = self.run(*args, *extra).stdout
+        return _RENDERED[key]
 
 
 def values_files() -> list[Path]:
@@ -136,7 +141,7 @@ def parse_rendered(text: str) -> list[Rendered]:
             if line.startswith("# Source: "):
                 source = line.removeprefix("# Source: ").strip()
                 break
-        obj = yaml.safe_load(chunk)
+        obj = yaml.safe_load(chunk + "\n")
         if obj:
             out.append(Rendered(source, obj))
     return out

@@ -28,7 +28,7 @@ from tests.chart.helmcli import (
 NAMESPACE = "sod-system"
 NAMESPACED_KINDS = {
     "ServiceAccount", "Role", "RoleBinding", "Deployment", "DaemonSet", "Service",
-    "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule",
+    "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule", "ConfigMap",
 }  # fmt: skip
 STANDARD_LABELS = {
     "helm.sh/chart",
@@ -154,18 +154,62 @@ def test_operator_and_verifier_pods_are_hardened(helm: Helm, values: Path | None
         assert "privileged" not in sc, name
 
 
-def test_default_deployments_have_two_replicas_leader_election_probes_and_requests(helm: Helm):
-    for dep in by_kind(render(helm, None), "Deployment"):
-        name = dep["metadata"]["name"]
-        assert dep["spec"]["replicas"] == 2, name
-        (container,) = dep["spec"]["template"]["spec"]["containers"]
-        assert "--leader-elect" in container["args"], name
-        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
-        assert container["resources"]["requests"].keys() == {"cpu", "memory"}, name
-        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports == {"health": 8080, "metrics": 9090}, name
-    assert len(by_kind(render(helm, None), "PodDisruptionBudget")) == 2
+def _deployment(objs: list[Rendered], suffix: str) -> dict[str, Any]:
+    (dep,) = [d for d in by_kind(objs, "Deployment") if d["metadata"]["name"].endswith(suffix)]
+    return dep
+
+
+def test_default_operator_has_two_leader_elected_replicas_probes_and_requests(helm: Helm):
+    objs = render(helm, None)
+    dep = _deployment(objs, "-operator")
+    assert dep["spec"]["replicas"] == 2
+    assert "strategy" not in dep["spec"], "rolling updates: standbys take over"
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert "--leader-elect" in container["args"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert container["resources"]["requests"].keys() == {"cpu", "memory"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": 8080, "metrics": 9090}
+    (pdb,) = by_kind(objs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+
+
+def test_default_verifier_is_one_recreated_replica_probed_on_its_metrics_port(helm: Helm):
+    objs = render(helm, None)
+    dep = _deployment(objs, "-verifier")
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}, "never two verifiers at once"
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["sod-verifier"]
+    assert container["args"][0] == "run"
+    assert "--metrics-address=0.0.0.0" in container["args"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["resources"]["requests"].keys() == {"cpu", "memory"}
+    (bundle,) = [v for v in pod["volumes"] if v["name"] == "ek-ca-bundle"]
+    assert bundle["configMap"]["name"] == "sod-sod-operator-ek-ca-bundle"
+    assert not by_kind(objs, "ConfigMap"), "no bundle given: the ConfigMap is the user's"
+
+
+def test_verifier_ek_ca_bundle_from_values_or_an_existing_config_map(helm: Helm):
+    objs = render(helm, VALUES_DIR / "production.yaml")
+    (cm,) = by_kind(objs, "ConfigMap")
+    assert cm["metadata"]["name"] == "sod-ek-ca-bundle"
+    assert cm["data"]["ek-ca-bundle.pem"].startswith("-----BEGIN CERTIFICATE-----\n")
+    assert cm["data"]["ek-ca-bundle.pem"].endswith("-----END CERTIFICATE-----\n")
+    objs = render(helm, VALUES_DIR / "external-identities.yaml")
+    assert not by_kind(objs, "ConfigMap")
+    pod = _deployment(objs, "-verifier")["spec"]["template"]["spec"]
+    (bundle,) = [v for v in pod["volumes"] if v["name"] == "ek-ca-bundle"]
+    assert bundle["configMap"]["name"] == "tpm-vendor-ek-cas"
+
+
+def test_a_second_verifier_is_refused_by_the_schema(helm: Helm):
+    proc = helm.run("template", "sod", str(CHART), "--set", "verifier.replicaCount=2", check=False)
+    assert proc.returncode != 0
+    assert "verifier/replicaCount" in proc.stderr
 
 
 def test_several_replicas_without_leader_election_are_refused(helm: Helm):
@@ -331,7 +375,7 @@ def test_verifier_role_is_the_briefs(helm: Helm):
 def test_leader_election_is_confined_to_one_lease_in_the_release_namespace(helm: Helm):
     objs = render(helm, None)
     roles = [o.obj for o in objs if o.kind == "Role"]
-    assert len(roles) == 2
+    assert [r["metadata"]["name"] for r in roles] == ["sod-sod-operator-operator-leader-election"]
     for role in roles:
         assert role["metadata"]["namespace"] == NAMESPACE
         lease = role["metadata"]["name"].removesuffix("-leader-election")
@@ -470,3 +514,18 @@ def test_chart_rbac_and_policies_equal_the_trust_monitors_manifests(helm: Helm):
             assert got["subjects"] == want["subjects"], key
         compared += 1
     assert compared >= 10
+
+
+@variants
+def test_verifier_args_parse_with_sod_verifier(helm: Helm, values: Path | None):
+    from sod_operator.verifier.main import build_parser
+
+    for dep in by_kind(render(helm, values), "Deployment"):
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        if container["command"] != ["sod-verifier"]:
+            continue
+        parsed = build_parser().parse_args(container["args"])
+        assert parsed.command == "run"
+        assert str(parsed.ek_ca_bundle) == "/etc/sod/ek-ca/ek-ca-bundle.pem"
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert parsed.metrics_port == ports["metrics"]

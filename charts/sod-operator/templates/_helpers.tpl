@@ -144,7 +144,7 @@ seccompProfile:
 {{- define "sod-operator.httpProbe" -}}
 httpGet:
   path: {{ .path }}
-  port: health
+  port: {{ .port | default "health" }}
 initialDelaySeconds: {{ .probe.initialDelaySeconds }}
 periodSeconds: {{ .probe.periodSeconds }}
 timeoutSeconds: {{ .probe.timeoutSeconds }}
@@ -161,4 +161,9 @@ failureThreshold: {{ .probe.failureThreshold }}
 {{/* The prefix of the node trust labels only the verifier writes (api/constants.py NODE_LABEL_PREFIX). */}}
 {{- define "sod-operator.trustLabelPrefix" -}}
 sod.node-restriction.kubernetes.io/
+{{- end -}}
+
+{{/* The ConfigMap holding the verifier's EK CA bundle (key ek-ca-bundle.pem). */}}
+{{- define "sod-operator.ekCaBundleConfigMap" -}}
+{{- default (printf "%s-ek-ca-bundle" (include "sod-operator.fullname" .)) .Values.verifier.ekCaBundle.configMapName -}}
 {{- end -}}

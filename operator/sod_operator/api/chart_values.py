@@ -231,12 +231,26 @@ class Operator(_Workload):
     nodes."""
 
 
+class EkCaBundle(_Values):
+    pem: str = Field(default="", max_length=1_000_000)
+    """pem is the PEM text of the TPM vendors' EK root (and intermediate) CA certificates the
+    verifier trusts; the chart stores it in the ConfigMap `configMapName`. Empty means the
+    ConfigMap is yours to create (e.g. `kubectl create configmap … --from-file=ek-ca-bundle.pem`);
+    until it exists the verifier pod waits."""
+    config_map_name: str = Field(default="", max_length=253)
+    """configMapName is the ConfigMap (in the release namespace) holding the bundle under the key
+    `ek-ca-bundle.pem`. Empty means `<fullname>-ek-ca-bundle`. The verifier re-reads the file
+    when the ConfigMap changes, so vendor CAs can be rotated without a restart."""
+
+
 class Verifier(_Workload):
     enabled: bool = True
     """enabled deploys the verifier, the only component that may label nodes. Without it no node
     is ever trusted and every SecureVM stays Pending."""
-    replica_count: Annotated[int, Field(ge=0, le=10)] = 2
-    """replicaCount is the number of verifier pods. Only the leader verifies and labels nodes."""
+    replica_count: Annotated[int, Field(ge=0, le=1)] = 1
+    """replicaCount is the number of verifier pods: 0 or 1. `sod-verifier` has no leader election
+    yet, and two verifiers would issue competing nonces; a restarted verifier resumes from the
+    NodeAttestations' status (updates recreate the pod rather than overlapping two)."""
     image: Image = Field(default_factory=lambda: Image(repository=OPERATOR_IMAGE))
     """image is the verifier image (by default the operator image, which contains
     `sod-verifier`)."""
@@ -246,21 +260,23 @@ class Verifier(_Workload):
     """admissionPolicy installs two ValidatingAdmissionPolicies: the verifier may change only the
     trust labels of nodes (`sod.node-restriction.kubernetes.io/…`), and nobody else (except
     `system:masters`) may set or remove those labels."""
-    leader_election: LeaderElection = Field(default_factory=LeaderElection)
-    """leaderElection among the verifier replicas."""
-    health_port: Port = 8080
-    """healthPort serves the liveness (`/healthz`) and readiness (`/readyz`) endpoints."""
+    ek_ca_bundle: EkCaBundle = Field(default_factory=EkCaBundle)
+    """ekCaBundle is the trust anchor of node identities: a node's TPM must present an EK
+    certificate that chains to one of these CAs (`sod-verifier run --ek-ca-bundle`)."""
+    ready_max_age_seconds: Annotated[int, Field(ge=1, le=86400)] = 120
+    """readyMaxAgeSeconds is the age after which a node's newest valid evidence no longer counts as
+    Ready (`--ready-max-age`); each profile also has its own freshnessSeconds."""
+    resync_seconds: Annotated[float, Field(ge=1, le=86400)] = 60
+    """resyncSeconds is the time between two full resyncs of the verifier's caches
+    (`--resync`)."""
     liveness_probe: Probe = Field(default_factory=lambda: Probe(initial_delay_seconds=10))
-    """livenessProbe restarts a verifier that stopped making progress."""
+    """livenessProbe (`/healthz` on the metrics port: the worker and watches are alive) restarts a
+    verifier that stopped."""
     readiness_probe: Probe = Field(default_factory=Probe)
-    """readinessProbe marks a replica ready once it has started."""
-    pod_disruption_budget: PodDisruptionBudget = Field(default_factory=PodDisruptionBudget)
-    """podDisruptionBudget of the verifier pods."""
+    """readinessProbe (`/readyz` on the metrics port) marks the verifier ready once its caches
+    are synced."""
     resources: KubeObject = Field(default_factory=lambda: dict(_VERIFIER_RESOURCES))
     """resources are the container's requests and limits (a Kubernetes `ResourceRequirements`)."""
-    affinity: KubeObject = Field(default_factory=lambda: _spread("verifier"))
-    """affinity is the pods' Kubernetes `Affinity`; the default prefers replicas on different
-    nodes."""
 
 
 class Tpm(_Values):
