@@ -51,10 +51,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def sandbox(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalCluster]:
+    problem = None
     try:
         binaries = find_binaries()
     except MissingBinaries as err:
-        pytest.fail(f"e2e tier: {err}", pytrace=False)
+        problem = str(err)  # fail outside the except block: no chained traceback
+    if problem:
+        pytest.fail(f"e2e tier: {problem}", pytrace=False)
     cluster = LocalCluster(
         tmp_path_factory.mktemp("sandbox"),
         E2E_NODES,
@@ -65,7 +68,9 @@ def sandbox(
     try:
         cluster.start()
     except SandboxError as err:
-        pytest.fail(f"e2e tier: the local control plane did not start: {err}", pytrace=False)
+        problem = str(err)
+    if problem:
+        pytest.fail(f"e2e tier: the local control plane did not start: {problem}", pytrace=False)
     sim = SimulatorInThread(cluster, E2E_SIM_CONFIG)
     request.config.stash[_SIM_KEY] = sim
     cluster.on_stop(sim.stop)

@@ -98,6 +98,6 @@ def find_binaries(cache: Path | None = None) -> Binaries:
         raise MissingBinaries(
             "the local control plane is not built; missing:\n  "
             + "\n  ".join(missing)
-            + f"\nbuild it with: {BUILD_COMMAND}  (cold: ~15 minutes, then cached)"
+            + f"\nbuild it with: {BUILD_COMMAND}  (cold: ~20 minutes on 2 cores, then cached)"
         )
     return found

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from sod_operator.sandbox.binaries import REPO_ROOT, Binaries, find_binaries
 from sod_operator.sandbox.kubeapi import ApiError, KubeApi, resource_path
 from sod_operator.sandbox.nodes import NodeSpec
