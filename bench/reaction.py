@@ -44,8 +44,8 @@ def periodic_mode_args(interval: float) -> list[str] | None:
     exe = Path(sys.executable).parent / "sod-operator"
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False)
     text = out.stdout + out.stderr
-    if "--no-node-watch" in text and "--resync-seconds" in text:
-        return ["--no-node-watch", f"--resync-seconds={interval:g}"]
+    if "--periodic-only" in text and "--resync-seconds" in text:
+        return ["--periodic-only", f"--resync-seconds={interval:g}"]
     return None
 
 
@@ -142,28 +142,33 @@ def run(quick: bool = False) -> Result:
     with testbed.sandbox(nodes, sim, NAME) as bed:
         for n in nodes:
             bed.set_verified(n.name, [n.architecture])
-        watch = testbed.MigrationWatch(bed.api).start()
+        watch = testbed.migration_watch(bed.api).start()
         try:
+
+            def scenarios(suffix: str, n: int, timeout: float) -> tuple[list[float], list[float]]:
+                # Each scenario in its own namespace, deleted after it, so no VM of one
+                # scenario is moved by the other's revocations.
+                ns = bed.namespace(f"revoke{suffix}")
+                revoked = revocation_trials(bed, watch, ns, n, timeout)
+                bed.delete_namespace(ns)
+                ns = bed.namespace(f"raise{suffix}")
+                raised = raise_trials(bed, watch, ns, n, timeout, hyperwall)
+                bed.delete_namespace(ns)
+                return revoked, raised
+
             bed.start_operator()
-            revoke = revocation_trials(bed, watch, bed.namespace("revoke"), trials, 60)
-            raised = raise_trials(bed, watch, bed.namespace("raise"), trials, 60, hyperwall)
+            revoke, raised = scenarios("", trials, 60)
             bed.stop_operator()
             base_revoke: list[float] = []
             base_raise: list[float] = []
             if periodic is None:
                 result.not_run["periodic-resync baseline"] = (
-                    "sod-operator has no periodic-resync mode (expected flags --no-node-watch "
+                    "sod-operator has no periodic-resync mode (expected flags --periodic-only "
                     "and --resync-seconds)"
                 )
             else:
                 bed.start_operator(periodic, name="operator-periodic")
-                timeout = interval * 3 + 60
-                base_revoke = revocation_trials(
-                    bed, watch, bed.namespace("revoke-periodic"), base_trials, timeout
-                )
-                base_raise = raise_trials(
-                    bed, watch, bed.namespace("raise-periodic"), base_trials, timeout, hyperwall
-                )
+                base_revoke, base_raise = scenarios("-periodic", base_trials, interval * 3 + 60)
                 bed.stop_operator()
         finally:
             watch.stop()

@@ -47,21 +47,22 @@ def process_usage(pid: int) -> tuple[float, int]:
     return cpu, peak
 
 
-class MigrationWatch:
-    """Records when each VMIM is first seen (perf_counter), cluster-wide, from a watch."""
+class ObjectWatch:
+    """Keeps the objects of one resource from a watch, and when each was first seen
+    (perf_counter); `history` keeps (time, key, object) of every event when asked to."""
 
-    def __init__(self, api: Any) -> None:
-        from sod_operator.sandbox.kubeapi import resource_path
-
+    def __init__(self, api: Any, path: str, keep_history: bool = False) -> None:
         self.api = api
-        self.path = resource_path(KUBEVIRT, "virtualmachineinstancemigrations")
+        self.path = path
+        self.keep_history = keep_history
+        self.history: list[tuple[float, tuple[str, str], Json]] = []
         self.seen: dict[tuple[str, str], float] = {}
         self.objects: dict[tuple[str, str], Json] = {}
         self.changed = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vmim-watch", daemon=True)
 
-    def start(self) -> MigrationWatch:
+    def start(self) -> ObjectWatch:
         self._rv = self._list()
         self._thread.start()
         return self
@@ -70,7 +71,7 @@ class MigrationWatch:
         listing = self.api.list(self.path)
         with self.changed:
             for obj in listing.get("items", []):
-                key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+                key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
                 self.seen.setdefault(key, time.perf_counter())
                 self.objects[key] = obj
         return str(listing["metadata"]["resourceVersion"])
@@ -87,9 +88,11 @@ class MigrationWatch:
                     self._rv = str(obj.get("metadata", {}).get("resourceVersion", self._rv))
                     if event.get("type") == "BOOKMARK":
                         continue
-                    key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+                    key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
                     with self.changed:
                         self.seen.setdefault(key, now)
+                        if self.keep_history:
+                            self.history.append((now, key, obj))
                         if event["type"] == "DELETED":
                             self.objects.pop(key, None)
                         else:
@@ -98,7 +101,7 @@ class MigrationWatch:
             except Exception as err:  # the stream dropped: re-list and go on
                 if self._stop.is_set():
                     return
-                logging.getLogger("bench").warning("VMIM watch: %s", err)
+                logging.getLogger("bench").warning("watch %s: %s", self.path, err)
                 time.sleep(0.2)
                 self._rv = self._list()
 
@@ -118,6 +121,13 @@ class MigrationWatch:
     def stop(self) -> None:
         self._stop.set()
         self.api.close_watches()
+
+
+def migration_watch(api: Any) -> ObjectWatch:
+    """Every VirtualMachineInstanceMigration, cluster-wide."""
+    from sod_operator.sandbox.kubeapi import resource_path
+
+    return ObjectWatch(api, resource_path(KUBEVIRT, "virtualmachineinstancemigrations"))
 
 
 @dataclass
@@ -184,6 +194,17 @@ class Bed:
         self.cluster.wait_for_service_account(name, timeout=60)
         return name
 
+    def delete_namespace(self, name: str, timeout: float = 120.0) -> None:
+        """Delete a namespace and wait until its VMIs are gone (they hold node capacity)."""
+        from sod_operator.sandbox.kubeapi import resource_path
+
+        self.api.delete(resource_path("v1", "namespaces", name=name))
+        deadline = time.monotonic() + timeout
+        while self.vmis(name):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"VMIs of namespace {name} still there after {timeout:.0f} s")
+            time.sleep(0.2)
+
     def securevm_path(self, namespace: str, name: str | None = None) -> str:
         from sod_operator.sandbox.kubeapi import resource_path
 
@@ -203,9 +224,10 @@ class Bed:
     def vmi(self, namespace: str, name: str) -> Json | None:
         from sod_operator.sandbox.kubeapi import resource_path
 
-        return self.api.get_or_none(
+        found: Json | None = self.api.get_or_none(
             resource_path(KUBEVIRT, "virtualmachineinstances", namespace=namespace, name=name)
         )
+        return found
 
     def vmis(self, namespace: str | None = None) -> list[Json]:
         from sod_operator.sandbox.kubeapi import resource_path
@@ -257,7 +279,10 @@ class Bed:
 
 def operator_args(kubeconfig: Path) -> list[str]:
     """How `sod-operator` is pointed at the sandbox (see sod_operator.main)."""
-    return ["--kubeconfig", str(kubeconfig)]
+    return [
+        "--kubeconfig", str(kubeconfig), "--no-leader-election",
+        "--metrics-port", "0", "--liveness-port", "0",
+    ]  # fmt: skip
 
 
 def _migrating(vmi: Json) -> bool:

@@ -29,6 +29,10 @@ class RelocationSettings:
     """Relocation records kept in `status.history` (the schema allows 16)."""
     resync_seconds: float = 600.0
     """Every SecureVM is re-planned at least this often (level-triggered safety net)."""
+    periodic_only: bool = False
+    """A baseline for `make bench`, never for production: changes of nodes, profiles, packages
+    and SecureVMs are acted on only by the pass every `resync_seconds` (a descheduler-style
+    loop); KubeVirt's own objects still continue a relocation that pass started."""
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait before retrying after `failures` consecutive failed attempts."""
