@@ -77,7 +77,9 @@ class OperatorProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"sod-operator exited with {self.proc.returncode}:\n{self.log()}")
+                raise AssertionError(
+                    f"sod-operator exited with {self.proc.returncode}:\n{self.log()}"
+                )
             if self._healthy():
                 return self
             time.sleep(0.1)
@@ -93,7 +95,9 @@ class OperatorProcess:
             return False
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as r:
             return str(r.read().decode())
 
     def kill(self) -> None:
@@ -143,10 +147,14 @@ class Trust:
 
     def set(self, node: str, *profiles: str) -> float:
         """Make exactly `profiles` verified on `node`; returns the monotonic time of the write."""
-        current = self.api.get(resource_path("v1", "nodes", name=node))["metadata"].get("labels", {})
+        current = self.api.get(resource_path("v1", "nodes", name=node))["metadata"].get(
+            "labels", {}
+        )
         labels: dict[str, Any] = {k: None for k in current if k.startswith(PROFILE_LABEL_PREFIX)}
         labels.update({profile_label(p): VERIFIED for p in profiles})
-        self.api.merge_patch(resource_path("v1", "nodes", name=node), {"metadata": {"labels": labels}})
+        self.api.merge_patch(
+            resource_path("v1", "nodes", name=node), {"metadata": {"labels": labels}}
+        )
         return time.monotonic()
 
     def baseline(self, assignment: Mapping[str, Iterable[str]]) -> None:

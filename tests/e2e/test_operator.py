@@ -34,7 +34,10 @@ from tests.e2e.operator_run import (
 )
 
 VM_A = {"options": ["Basic"], "properties": ["Confidentiality", "Integrity"]}
-VM_B = {"options": ["Basic", "HypervisorProtection"], "properties": ["Confidentiality", "Integrity"]}
+VM_B = {
+    "options": ["Basic", "HypervisorProtection"],
+    "properties": ["Confidentiality", "Integrity"],
+}
 X, Y, Z = "hyperwall-1", "hyperwall-2", "datasafe-1"
 HOLD = "sim.sod.dev/hold-migration"
 FORCE_FAILURE = "kubevirt.io/func-test-force-launcher-migration-failure"
@@ -80,18 +83,30 @@ class Tenant:
             [{"op": "replace", "path": "/spec/security", "value": security}],
         )
 
-    def wait(self, name: str, ctype: str, status: str, reason: str | None = None, timeout: float = 60) -> dict[str, Any]:
+    def wait(
+        self, name: str, ctype: str, status: str, reason: str | None = None, timeout: float = 60
+    ) -> dict[str, Any]:
         def ok(obj: dict[str, Any]) -> bool:
             c = condition(obj, ctype)
-            return c is not None and c["status"] == status and (reason is None or c["reason"] == reason)
+            return (
+                c is not None
+                and c["status"] == status
+                and (reason is None or c["reason"] == reason)
+            )
 
-        return wait_for(lambda: self.svm(name), ok, f"SecureVM {name} {ctype}={status} {reason or ''}", timeout)
+        return wait_for(
+            lambda: self.svm(name), ok, f"SecureVM {name} {ctype}={status} {reason or ''}", timeout
+        )
 
-    def wait_ready_on(self, name: str, node: str | None = None, timeout: float = 60) -> dict[str, Any]:
+    def wait_ready_on(
+        self, name: str, node: str | None = None, timeout: float = 60
+    ) -> dict[str, Any]:
         obj = wait_for(
             lambda: self.svm(name),
-            lambda o: (condition(o, "Ready") or {}).get("status") == "True"
-            and (node is None or o["status"].get("nodeName") == node),
+            lambda o: (
+                (condition(o, "Ready") or {}).get("status") == "True"
+                and (node is None or o["status"].get("nodeName") == node)
+            ),
             f"SecureVM {name} Ready on {node or 'a compliant node'}",
             timeout,
         )
@@ -103,7 +118,8 @@ class Tenant:
 
     def annotate_vmi(self, vm: str, key: str, value: str | None) -> None:
         self.kube.api.merge_patch(
-            self.kube.path("virtualmachineinstances", vm), {"metadata": {"annotations": {key: value}}}
+            self.kube.path("virtualmachineinstances", vm),
+            {"metadata": {"annotations": {key: value}}},
         )
 
 
@@ -117,7 +133,9 @@ def node_of(tenant: Tenant, vm: str) -> str | None:
     return (vmi or {}).get("status", {}).get("nodeName")
 
 
-def test_paper_story_deploy_revoke_and_raise(trust: Trust, operator: OperatorProcess, tenant: Tenant):
+def test_paper_story_deploy_revoke_and_raise(
+    trust: Trust, operator: OperatorProcess, tenant: Tenant
+):
     # X protects from the hypervisor (HyperWall) and has a measured boot; nothing else is trusted.
     trust.baseline({X: ("hyperwall", "tpm-measured-boot")})
     operator.start()
@@ -141,7 +159,9 @@ def test_paper_story_deploy_revoke_and_raise(trust: Trust, operator: OperatorPro
     revoked = trust.set(X, "tpm-measured-boot")
     first = wait_for(lambda: tenant.migrations("vm-b"), bool, "a migration of vm-b", 30)
     seen = time.monotonic()
-    print(f"reaction (label removed -> VMIM visible to a 5 ms poller): {1000 * (seen - revoked):.1f} ms")
+    print(
+        f"reaction (label removed -> VMIM visible to a 5 ms poller): {1000 * (seen - revoked):.1f} ms"
+    )
     assert first[0]["metadata"]["labels"]["sod.dev/trigger"] == "TrustRevoked"
     b = tenant.wait_ready_on("vm-b", Y)
     assert b["status"]["history"][-1]["result"] == "Succeeded"
@@ -150,7 +170,9 @@ def test_paper_story_deploy_revoke_and_raise(trust: Trust, operator: OperatorPro
     assert node_of(tenant, "vm-a") == X
     assert tenant.migrations("vm-a") == []
     assert len(tenant.migrations("vm-b")) == 1
-    reaction = metric_value(operator.metrics(), "sod_reaction_seconds_sum", {"trigger": "TrustRevoked"})
+    reaction = metric_value(
+        operator.metrics(), "sod_reaction_seconds_sum", {"trigger": "TrustRevoked"}
+    )
     print(f"operator's own reaction time (event observed -> VMIM created): {reaction}")
 
     # The tenant raises VM-A's request: X no longer satisfies it, Y does.
@@ -181,7 +203,9 @@ def test_pending_until_a_node_gains_trust(trust: Trust, operator: OperatorProces
     trust.baseline({X: ("hyperwall",)})
     operator.start()
     # Protection from the cloud manager too: only SEV-SNP or TDX servers offer it.
-    tenant.create("confidential", {"options": ["Basic", "HypervisorProtection", "CloudManagerProtection"]})
+    tenant.create(
+        "confidential", {"options": ["Basic", "HypervisorProtection", "CloudManagerProtection"]}
+    )
     obj = tenant.wait("confidential", "Pending", "True", "NoCompliantNode")
     assert obj["status"]["satisfyingProfiles"] == ["sev-snp", "tdx"]
     assert obj["status"]["eligibleNodes"] == 0

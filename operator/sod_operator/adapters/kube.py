@@ -19,6 +19,7 @@ from typing import Any, Final
 import urllib3
 from kubernetes import client as kube_client
 from kubernetes import config as kube_config
+
 from sod_operator.api.constants import GROUP, VERSION
 
 log = logging.getLogger("sod.kube")

@@ -36,6 +36,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
 from sod_operator.api.conditions import ConditionType
 from sod_operator.policy.world import Key, World
 

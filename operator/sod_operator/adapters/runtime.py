@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import kopf
+
 from sod_operator.adapters.controller import Controller
 from sod_operator.adapters.events import EventRecorder
 from sod_operator.adapters.kube import Kube, load_api_client

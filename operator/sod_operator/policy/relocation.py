@@ -395,8 +395,20 @@ def _track_migration(ctx: _Ctx) -> None:
         return
     assert vmi is not None
     mig = next((m for m in obs.migrations if m.name == rec.migration_name), None)
-    if mig is not None and mig.final:
-        if mig.succeeded:
+    # The VMI reports the outcome of its migration (matched by uid) as soon as the VMIM does.
+    state = (
+        vmi.migration if vmi.migration and mig and vmi.migration.migration_uid == mig.uid else None
+    )
+    succeeded = mig is not None and (
+        mig.succeeded or bool(state and state.completed and not state.failed)
+    )
+    failed = (
+        mig is not None
+        and not succeeded
+        and (mig.phase == "Failed" or bool(state and state.failed))
+    )
+    if mig is not None and (succeeded or failed):
+        if succeeded:
             _close(
                 ctx, rec, RelocationResult.SUCCEEDED, vmi.node_name or mig.target_node, "migrated"
             )
@@ -421,8 +433,8 @@ def _track_migration(ctx: _Ctx) -> None:
             avoid = list(rec.avoid_nodes or [])
             if target and target not in avoid:
                 avoid.append(target)
-            failed = rec.model_copy(update={"avoid_nodes": avoid[-16:] or None})
-            _close(ctx, failed, RelocationResult.FAILED, target, reason)
+            attempt = rec.model_copy(update={"avoid_nodes": avoid[-16:] or None})
+            _close(ctx, attempt, RelocationResult.FAILED, target, reason)
             ctx.plan.events.append(
                 Event(
                     EventType.WARNING,
