@@ -9,6 +9,7 @@ the same keys the verifier uses; when the e2e tier runs the real verifier, only 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from sod_operator.api.constants import PROFILE_LABEL_PREFIX, VERIFIED, profile_label
 from sod_operator.sandbox.kubeapi import ApiError, KubeApi, resource_path
 
@@ -184,7 +184,5 @@ def securevm(name: str, security: dict[str, Any], **spec: Any) -> dict[str, Any]
 
 
 def delete_quietly(api: KubeApi, path: str) -> None:
-    try:
+    with contextlib.suppress(ApiError):
         api.delete(path)
-    except ApiError:
-        pass

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from sod_operator.api.constants import profile_label
-from sod_operator.sandbox.kubeapi import KubeApi, resource_path
+from sod_operator.sandbox.kubeapi import KubeApi
+
 from tests.e2e.harness import Kube, condition, wait_for
 from tests.e2e.operator_run import (
     SOD,
