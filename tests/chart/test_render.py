@@ -529,3 +529,28 @@ def test_verifier_args_parse_with_sod_verifier(helm: Helm, values: Path | None):
         assert str(parsed.ek_ca_bundle) == "/etc/sod/ek-ca/ek-ca-bundle.pem"
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert parsed.metrics_port == ports["metrics"]
+
+
+def test_service_monitor_selects_both_metrics_services_by_port_name(helm: Helm):
+    objs = render(helm, VALUES_DIR / "production.yaml")
+    (sm,) = by_kind(objs, "ServiceMonitor")
+    selector = sm["spec"]["selector"]
+    services = by_kind(objs, "Service")
+    assert len(services) == 2
+    for svc in services:
+        labels = svc["metadata"]["labels"]
+        assert selector["matchLabels"].items() <= labels.items()
+        (expr,) = selector["matchExpressions"]
+        assert labels[expr["key"]] in expr["values"]
+        assert [p["name"] for p in svc["spec"]["ports"]] == ["metrics"]
+        assert svc["spec"]["ports"][0]["port"] == 9443
+    assert sm["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+    ]
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    # The job label stays the Service name, which the PrometheusRule's "down" alerts select.
+    assert "jobLabel" not in sm["spec"]
+    (rule,) = by_kind(objs, "PrometheusRule")
+    exprs = " ".join(r["expr"] for g in rule["spec"]["groups"] for r in g["rules"])
+    for svc in services:
+        assert f'job="{svc["metadata"]["name"]}"' in exprs

@@ -360,8 +360,9 @@ class ServiceMonitor(_Values):
 
 class PrometheusRule(_Values):
     enabled: bool = False
-    """enabled creates a prometheus-operator PrometheusRule with alerts for non-compliant
-    SecureVMs, revoked nodes and failed migrations (needs the monitoring.coreos.com CRDs)."""
+    """enabled creates a prometheus-operator PrometheusRule with alerts for non-compliant,
+    pending and unsatisfiable SecureVMs, failing relocations, revoked nodes, rejected evidence
+    and missing operator/verifier targets (needs the monitoring.coreos.com CRDs)."""
     namespace: str = Field(default="", max_length=63)
     """namespace of the PrometheusRule. Empty means the release namespace."""
     labels: LabelMap = Field(default_factory=dict)
@@ -372,9 +373,9 @@ class PrometheusRule(_Values):
     pending_for: PromDuration = "15m"
     """pendingFor is how long a SecureVM may wait for a compliant node before `SecureVMPending`
     fires."""
-    node_revoked_for: PromDuration = "1m"
-    """nodeRevokedFor is how long a node may stay revoked before `SodNodeAttestationRevoked`
-    fires."""
+    revocation_window: PromDuration = "15m"
+    """revocationWindow is how far back `SodNodeTrustRevoked` and `SodEvidenceRejected` look:
+    they fire while a node lost a verified profile, or evidence was rejected, within it."""
 
 
 class Metrics(_Values):
