@@ -276,6 +276,7 @@ def test_injected_migration_failure_keeps_the_vmi_on_its_node(kube: Kube) -> Non
     assert after["status"]["phase"] == "Running"
     pods = wait_for(lambda: kube.launcher_pods("flaky"), lambda p: len(p) == 1, "target removed")
     assert pods[0]["spec"]["nodeName"] == source
+    assert list(after["status"]["activePods"].values()) == [source]
 
 
 def test_confidential_vm_is_not_live_migratable(kube: Kube) -> None:

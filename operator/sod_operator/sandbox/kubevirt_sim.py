@@ -977,9 +977,11 @@ class KubeVirtSimulator:
         ours = vstate.get("migrationUid") == uid
 
         def fail(message: str) -> None:
-            self._finish_vmim(vmim, status, "Failed", message, vmi if ours else None, now)
+            # The VMI is cleaned up before the VMIM says Failed: whoever sees the final phase
+            # sees the VMI as it stays.
             if pod is not None:
-                self._delete(self.pods, resource_path("v1", "pods", ns, pod["metadata"]["name"]))
+                self._drop_target(vmi, pod)
+            self._finish_vmim(vmim, status, "Failed", message, vmi if ours else None, now)
 
         if vmim["metadata"].get("deletionTimestamp"):
             return
@@ -1134,10 +1136,10 @@ class KubeVirtSimulator:
                         "failureReason": reason,
                     },
                 )
+                self._drop_target(vmi, pod)
                 self._finish_vmim(
                     vmim, status, "Failed", "source node reported migration failed", vmi, now
                 )
-                self._delete(self.pods, resource_path("v1", "pods", ns, pod["metadata"]["name"]))
                 return
             vmi = self._complete(vmi, pod, now)
             self._finish_vmim(
@@ -1146,6 +1148,18 @@ class KubeVirtSimulator:
             return
 
         self._write_vmim_status(vmim, phase, status, now)
+
+    def _drop_target(self, vmi: JsonObj | None, pod: JsonObj) -> None:
+        """Remove a failed migration's target pod, and its entry in the VMI's activePods."""
+        ns = pod["metadata"]["namespace"]
+        self._delete(self.pods, resource_path("v1", "pods", ns, pod["metadata"]["name"]))
+        uid = pod["metadata"]["uid"]
+        if vmi is not None and uid in (vmi.get("status", {}).get("activePods") or {}):
+            patched = self.api.merge_patch(
+                resource_path(KUBEVIRT, "virtualmachineinstances", ns, vmi["metadata"]["name"]),
+                {"status": {"activePods": {uid: None}}},
+            )
+            self.vmis.put(patched)
 
     def _plan(self, vmi: JsonObj) -> PrecopyPlan:
         dirty = (vmi["metadata"].get("annotations") or {}).get(DIRTY_RATE_ANNOTATION)
