@@ -50,7 +50,16 @@ def test_sandbox_up_kubectl_down(state_dir: Path) -> None:
     kubeconfig = _sodctl(state_dir, "kubeconfig").stdout
     assert kubeconfig == f"{state_dir / 'kubeconfig'}\n"
     nodes = subprocess.run(
-        [kubectl, "--kubeconfig", kubeconfig.strip(), "get", "nodes", "-o", "json"],
+        [
+            kubectl,
+            "--kubeconfig",
+            kubeconfig.strip(),
+            f"--cache-dir={state_dir.parent / 'kube-cache'}",  # never write under ~/.kube
+            "get",
+            "nodes",
+            "-o",
+            "json",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
