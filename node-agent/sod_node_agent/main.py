@@ -188,3 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("sod-node-agent for node %s, TPM %s, PCRs %s", args.node, args.tcti, args.pcrs)
     agent.run()
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 MAX_CHAIN = 6
+_MEMO_LIMIT = 100_000  # one entry per node and chain link; bounded for safety
+_SHA256 = hashes.SHA256()
 
 
 class BundleError(ValueError):
@@ -36,6 +39,20 @@ class CaBundle:
 
     roots: tuple[x509.Certificate, ...]
     intermediates: tuple[x509.Certificate, ...]
+    _signatures: dict[tuple[bytes, bytes], bool] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """Memo of issuer-signature checks: a pure function of the two certificates' bytes, so a
+    node's EK certificate is not re-verified on every quote (validity dates still are)."""
+
+    def issued_by(self, cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+        key = (cert.fingerprint(_SHA256), issuer.fingerprint(_SHA256))
+        known = self._signatures.get(key)
+        if known is None:
+            known = _issued_by(cert, issuer)
+            if len(self._signatures) < _MEMO_LIMIT:
+                self._signatures[key] = known
+        return known
 
     @classmethod
     def from_pem(cls, pem: bytes, source: str = "CA bundle") -> CaBundle:
@@ -98,7 +115,9 @@ def chain_problem(cert: x509.Certificate, bundle: CaBundle, now: datetime) -> st
     current = cert
     pool: Sequence[x509.Certificate] = (*bundle.intermediates, *bundle.roots)
     for _ in range(MAX_CHAIN):
-        candidates = [c for c in pool if c.subject == current.issuer and _issued_by(current, c)]
+        candidates = [
+            c for c in pool if c.subject == current.issuer and bundle.issued_by(current, c)
+        ]
         if not candidates:
             return (
                 f"no certificate in the CA bundle issued {current.subject.rfc4514_string()!r} "

@@ -73,7 +73,10 @@ class KubeApi:
         self._pool: urllib3.PoolManager = client.rest_client.pool_manager
         self.host = client.configuration.host.rstrip("/")
         self._headers = {"User-Agent": user_agent, "Accept": JSON}
-        token = client.configuration.get_api_key_with_prefix("authorization")
+        # kubernetes>=37 keeps a kubeconfig's bearer token under "BearerToken".
+        token = client.configuration.get_api_key_with_prefix(
+            "authorization"
+        ) or client.configuration.get_api_key_with_prefix("BearerToken")
         if token:
             self._headers["Authorization"] = token
         self._watches: set[urllib3.BaseHTTPResponse] = set()

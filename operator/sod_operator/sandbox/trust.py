@@ -84,9 +84,11 @@ def manifest_path(obj: dict[str, Any]) -> str:
     api_version, plural, namespaced = _PLURALS[obj["kind"]]
     meta = obj["metadata"]
     return resource_path(
-        api_version, plural, namespace=meta.get("namespace") if namespaced else None,
+        api_version,
+        plural,
+        namespace=meta.get("namespace") if namespaced else None,
         name=meta["name"],
-    )  # fmt: skip
+    )
 
 
 def apply_manifests(api: KubeApi, manifests: list[dict[str, Any]]) -> None:
@@ -158,9 +160,12 @@ class TrustBed:
                 "uid": node["metadata"]["uid"],
             }
         path = resource_path(
-            "v1", "serviceaccounts", namespace=self.config.namespace, name=sa,
+            "v1",
+            "serviceaccounts",
+            namespace=self.config.namespace,
+            name=sa,
             subresource="token",
-        )  # fmt: skip
+        )
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
         return str(self.cluster.api().create(path, body)["status"]["token"])
 
@@ -208,7 +213,7 @@ class TrustBed:
         architecture = None if node.architecture == PLAIN else node.architecture
         counters = {VIOLATIONS_COUNTER: 0} if architecture else {}
         self.sim_state(node.name).parent.mkdir(parents=True, exist_ok=True)
-        from sod_node_agent.facts import SimulatedState  # noqa: PLC0415 - agent-side format
+        from sod_node_agent.facts import SimulatedState
 
         SimulatedState(architecture, counters).write(self.sim_state(node.name))
         self.identity(f"agent-{node.name}", rbac.AGENT_SA, bound_node=node.name)
@@ -222,19 +227,29 @@ class TrustBed:
         try:
             swtpm.wait_ready(sw.tcti, 10.0)
         except swtpm.SwtpmError as err:
-            raise SandboxError(f"swtpm of {node} did not start: {err}; log {proc.log_path}") from err
+            raise SandboxError(
+                f"swtpm of {node} did not start: {err}; log {proc.log_path}"
+            ) from err
         swtpm.simulated_boot(sw.tcti)
 
     def start_agent(self, node: str) -> None:
         argv = [
-            sys.executable, "-m", "sod_node_agent.main",
-            "--node", node,
-            "--tcti", self.swtpm_for(node).tcti,
-            "--pcrs", self.config.pcrs,
-            "--interval", str(self.config.agent_interval),
-            "--simulated-state", str(self.sim_state(node)),
-            "--kubeconfig", str(self.kubeconfig_for(f"agent-{node}")),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "sod_node_agent.main",
+            "--node",
+            node,
+            "--tcti",
+            self.swtpm_for(node).tcti,
+            "--pcrs",
+            self.config.pcrs,
+            "--interval",
+            str(self.config.agent_interval),
+            "--simulated-state",
+            str(self.sim_state(node)),
+            "--kubeconfig",
+            str(self.kubeconfig_for(f"agent-{node}")),
+        ]
         self.cluster.run_process(
             f"agent-{node}", argv, env={"TSS2_LOG": "all+none", "PYTHONUNBUFFERED": "1"}
         )
@@ -247,13 +262,21 @@ class TrustBed:
         kubeconfig = self.identity("verifier", rbac.VERIFIER_SA)
         (port,) = free_ports(1)
         argv = [
-            sys.executable, "-m", "sod_operator.verifier.main", "run",
-            "--ek-ca-bundle", str(self.bundle_path),
-            "--kubeconfig", str(kubeconfig),
-            "--metrics-port", str(port),
-            "--resync", str(self.config.verifier_resync),
-            "--ready-max-age", str(self.config.ready_max_age),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "sod_operator.verifier.main",
+            "run",
+            "--ek-ca-bundle",
+            str(self.bundle_path),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--metrics-port",
+            str(port),
+            "--resync",
+            str(self.config.verifier_resync),
+            "--ready-max-age",
+            str(self.config.ready_max_age),
+        ]
         self.cluster.run_process("verifier", argv, env={"PYTHONUNBUFFERED": "1"})
         (self.dir / "verifier-metrics-port").write_text(f"{port}\n")
         return port
@@ -282,7 +305,7 @@ class TrustBed:
             )
 
     def _set_violations(self, node: str, count: int) -> None:
-        from sod_node_agent.facts import SimulatedState  # noqa: PLC0415
+        from sod_node_agent.facts import SimulatedState
 
         path = self.sim_state(node)
         current = SimulatedState.load(path)
@@ -309,7 +332,7 @@ class TrustBed:
         self.start_swtpm(node)
 
     def pcrs_golden(self, node: str) -> bool:
-        from tpm2_pytss import ESAPI  # noqa: PLC0415
+        from tpm2_pytss import ESAPI
 
         with ESAPI(self.swtpm_for(node).tcti) as ectx:
             _, _, digests = ectx.pcr_read("sha256:0,4,7")
@@ -320,10 +343,14 @@ class TrustBed:
         self._require(node)
         if how == "violation":
             self._set_violations(node, BREAK_VIOLATIONS)
-            return f"{node}: the simulated source now reports {VIOLATIONS_COUNTER}={BREAK_VIOLATIONS}"
+            return (
+                f"{node}: the simulated source now reports {VIOLATIONS_COUNTER}={BREAK_VIOLATIONS}"
+            )
         if how == "pcr":
             swtpm.extend(self.swtpm_for(node).tcti, [UNEXPECTED_MEASUREMENT])
-            return f"{node}: extended an unexpected measurement into PCR {UNEXPECTED_MEASUREMENT[0]}"
+            return (
+                f"{node}: extended an unexpected measurement into PCR {UNEXPECTED_MEASUREMENT[0]}"
+            )
         if how == "silence":
             self.stop_agent(node)
             return f"{node}: node-agent stopped; its evidence expires after the profile's freshness"
@@ -332,7 +359,7 @@ class TrustBed:
     def heal_node(self, node: str) -> list[str]:
         self._require(node)
         done = []
-        from sod_node_agent.facts import SimulatedState  # noqa: PLC0415
+        from sod_node_agent.facts import SimulatedState
 
         if SimulatedState.load(self.sim_state(node)).counters.get(VIOLATIONS_COUNTER, 0):
             self._set_violations(node, 0)
@@ -350,7 +377,9 @@ def attach(state_dir: Path, config: TrustConfig | None = None) -> TrustBed:
     """The trust bed of a running sandbox (for `sodctl sandbox break|heal`)."""
     cluster = LocalCluster.attach(state_dir)
     if cluster is None or not any(p.alive() for p in cluster.processes.values()):
-        raise SandboxError(f"no sandbox running from {state_dir}: start one with `sodctl sandbox up`")
+        raise SandboxError(
+            f"no sandbox running from {state_dir}: start one with `sodctl sandbox up`"
+        )
     saved = state_dir / "trust" / "config.json"
     if config is None and saved.exists():
         config = TrustConfig(**json.loads(saved.read_text()))

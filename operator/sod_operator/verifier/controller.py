@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from sod_operator.api.constants import API_VERSION, PROFILE_LABEL_PREFIX
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
-from sod_operator.api.v1alpha1.nodeattestation import NodeAttestation, NodeAttestationStatus
+from sod_operator.api.v1alpha1.nodeattestation import EnrollmentState, NodeAttestation
 from sod_operator.attestation import labels, monitor
 from sod_operator.attestation.ekcert import BundleError, CaBundle
 from sod_operator.attestation.enroll import Entropy
@@ -121,13 +121,39 @@ class NodeInfo:
     labels: dict[str, str]
 
 
+def enrolled_fingerprint(obj: Obj) -> str | None:
+    """The EK certificate a NodeAttestation object has enrolled (read from the raw dict)."""
+    enrollment = (obj.get("status") or {}).get("enrollment") or {}
+    if enrollment.get("state") == EnrollmentState.ENROLLED:
+        fp = enrollment.get("ekCertificateSha256")
+        return fp if isinstance(fp, str) else None
+    return None
+
+
 @dataclass
 class Caches:
     attestations: dict[str, Obj] = field(default_factory=dict)
     profiles: dict[str, Obj] = field(default_factory=dict)
     nodes: dict[str, NodeInfo] = field(default_factory=dict)
     synced: set[str] = field(default_factory=set)
+    enrolled_eks: dict[str, str] = field(default_factory=dict)
+    """EK certificate fingerprint → the node that enrolled it (one TPM, one node)."""
+    policies: dict[str, tuple[str, AttestationPolicy | None]] = field(default_factory=dict)
+    """Profile name → (resourceVersion, parsed policy): parsed once per profile change."""
     lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def put_attestation(self, name: str, obj: Obj | None) -> None:
+        """Store (or with None, drop) an object and keep the EK index in step (under lock)."""
+        old = self.attestations.pop(name, None)
+        if old is not None:
+            fp = enrolled_fingerprint(old)
+            if fp is not None and self.enrolled_eks.get(fp) == name:
+                del self.enrolled_eks[fp]
+        if obj is not None:
+            self.attestations[name] = obj
+            fp = enrolled_fingerprint(obj)
+            if fp is not None:
+                self.enrolled_eks.setdefault(fp, name)
 
 
 def _rv(obj: Obj) -> int:
@@ -207,15 +233,15 @@ class Verifier:
             if kind == "SYNCED":
                 names = {i["metadata"]["name"] for i in obj["items"]}
                 for gone in set(c.attestations) - names:
-                    del c.attestations[gone]
+                    c.put_attestation(gone, None)
                     self.queue.add(gone)
                 c.synced.add(ATTESTATIONS)
                 return
             name = obj["metadata"]["name"]
             if kind == "DELETED":
-                c.attestations.pop(name, None)
+                c.put_attestation(name, None)
             elif _rv(obj) >= _rv(c.attestations.get(name, {})):
-                c.attestations[name] = obj
+                c.put_attestation(name, obj)
         self.queue.add(name)
 
     def _on_profile(self, kind: str, obj: Obj) -> None:
@@ -290,20 +316,32 @@ class Verifier:
                 self.queue.add(key, delay)
 
     def policies(self) -> dict[str, AttestationPolicy | None]:
+        """Every profile's attestation policy, parsed once per profile resourceVersion."""
+        out: dict[str, AttestationPolicy | None] = {}
         with self.caches.lock:
             profiles = list(self.caches.profiles.items())
-        out: dict[str, AttestationPolicy | None] = {}
-        for name, obj in profiles:
-            raw = (obj.get("spec") or {}).get("attestation")
-            if raw is None:
-                out[name] = None
-                continue
-            try:
-                out[name] = AttestationPolicy.model_validate(raw)
-            except ValidationError as err:
-                log.warning("profile %s: spec.attestation invalid, never verified: %s", name, err)
-                out[name] = None
+            cache = self.caches.policies
+            for gone in set(cache) - {n for n, _ in profiles}:
+                del cache[gone]
+            for name, obj in profiles:
+                rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+                hit = cache.get(name)
+                if hit is None or hit[0] != rv:
+                    hit = (rv, self._parse_policy(name, obj))
+                    cache[name] = hit
+                out[name] = hit[1]
         return out
+
+    @staticmethod
+    def _parse_policy(name: str, obj: Obj) -> AttestationPolicy | None:
+        raw = (obj.get("spec") or {}).get("attestation")
+        if raw is None:
+            return None
+        try:
+            return AttestationPolicy.model_validate(raw)
+        except ValidationError as err:
+            log.warning("profile %s: spec.attestation invalid, never verified: %s", name, err)
+            return None
 
     def _ek_enrolled_by(self, name: str, att: NodeAttestation) -> str | None:
         if att.spec.tpm is None:
@@ -313,12 +351,8 @@ class Verifier:
         except (binascii.Error, ValueError):
             return None
         with self.caches.lock:
-            others = [(n, o) for n, o in self.caches.attestations.items() if n != name]
-        for other, obj in others:
-            status = NodeAttestationStatus.model_validate(obj.get("status") or {})
-            if monitor.enrolled_ek(status) == fp:
-                return other
-        return None
+            owner = self.caches.enrolled_eks.get(fp)
+        return owner if owner is not None and owner != name else None
 
     def reconcile(self, name: str) -> float | None:
         """One node: returns when to look again (seconds), or None."""
@@ -359,14 +393,11 @@ class Verifier:
                 self.metrics.conflicts.inc()
                 fresh = self.io.get_attestation(name)
                 with self.caches.lock:
-                    if fresh is None:
-                        self.caches.attestations.pop(name, None)
-                    else:
-                        self.caches.attestations[name] = fresh
+                    self.caches.put_attestation(name, fresh)
                 return 0.0
             with self.caches.lock:
                 if _rv(written) >= _rv(self.caches.attestations.get(name, {})):
-                    self.caches.attestations[name] = written
+                    self.caches.put_attestation(name, written)
             obj = written
         if out.new_evidence:
             self.metrics.evidence.labels(str(out.evidence_reason)).inc()
