@@ -69,11 +69,18 @@ class OperatorProcess:
             *self.extra,
         ]  # fmt: skip
 
-    def start(self, timeout: float = 60.0) -> OperatorProcess:
+    def spawn(self) -> OperatorProcess:
+        """Start the process without waiting (a standby replica never becomes healthy)."""
         log = self.log_path.open("ab")
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
+        return self
+
+    def start(self, timeout: float = 60.0) -> OperatorProcess:
+        """Start and wait until it leads and serves /healthz."""
+        self.spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -364,7 +364,7 @@ class Controller:
             for action in plan.actions:
                 if self.suspended:
                     return
-                await self._run_action(key, action)
+                await self._run_action(key, action, plan)
             for ev in plan.events:
                 self.events.post(ns, name, view.uid, str(ev.type), ev.reason, ev.message)
             self._record_signals(key, plan)
@@ -394,7 +394,7 @@ class Controller:
             if key in self._urgent or key in self._background:
                 self._wake.set()
 
-    async def _run_action(self, key: Key, action: Any) -> None:
+    async def _run_action(self, key: Key, action: Any, plan: Plan) -> None:
         ns = key[0]
         if isinstance(action, CreateMigration):
             t_create = time.monotonic()
@@ -412,7 +412,13 @@ class Controller:
             done = time.monotonic()
             t0 = self._trigger_t0.pop(key, None)
             trigger = str(action.body["metadata"]["labels"].get("sod.dev/trigger", ""))
-            if t0 is not None and trigger != RelocationTrigger.MOVING_TARGET_DEFENSE:
+            first_attempt = plan.status.relocation is None or plan.status.relocation.attempt <= 1
+            # Reaction time is trigger → first migration; retries and periodic moves are not.
+            if (
+                t0 is not None
+                and first_attempt
+                and trigger != RelocationTrigger.MOVING_TARGET_DEFENSE
+            ):
                 self.metrics.reaction.labels(trigger=trigger).observe(done - t0)
             self._observe_written(Kind.MIGRATION, body)
             log.info(
