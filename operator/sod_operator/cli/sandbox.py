@@ -22,12 +22,14 @@ from pathlib import Path
 
 import yaml
 
+from sod_operator.cli import trust as trust_cli
 from sod_operator.cli.errors import UsageError
 from sod_operator.sandbox.binaries import REPO_ROOT, MissingBinaries, find_binaries
 from sod_operator.sandbox.cluster import (
     AlreadyRunning,
     ClusterService,
     LocalCluster,
+    NodeService,
     SandboxError,
     default_state_dir,
 )
@@ -88,6 +90,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--no-examples", action="store_true", help="do not install examples/profiles, packages"
     )
     up.add_argument("-v", "--verbose", action="store_true", help="log each start-up step")
+    trust_cli.add_up_arguments(up)
     up.set_defaults(func=cmd_up)
 
     down = actions.add_parser("down", help="stop every sandbox process and remove its state")
@@ -99,6 +102,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     kubeconfig = actions.add_parser("kubeconfig", help="print the kubeconfig path (only)")
     kubeconfig.set_defaults(func=cmd_kubeconfig)
+    trust_cli.register_actions(actions)
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -136,11 +140,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         time_scale=args.time_scale, unschedulable_timeout_seconds=args.unschedulable_timeout
     )
     services: list[ClusterService] = []
+    node_services: list[NodeService] = []
     if not args.no_examples:
         services.append(install_examples)
+    if not args.no_trust:  # a swtpm + node-agent per node, then the verifier
+        node_service, verifier_service = trust_cli.services(args.agent_interval)
+        node_services.append(node_service)
+        services.append(verifier_service)
     if not args.no_simulator:
         services.append(lambda c: start_simulator_process(c, sim_config))
-    cluster = LocalCluster(state_dir, nodes, binaries=binaries, cluster_services=services)
+    cluster = LocalCluster(
+        state_dir, nodes, binaries=binaries, node_services=node_services, cluster_services=services
+    )
     t0 = time.monotonic()
     try:
         cluster.start()

@@ -50,6 +50,12 @@ BREAK_VIOLATIONS = 7
 UNEXPECTED_MEASUREMENT = (4, b"unexpected kernel module: sod-sandbox-rootkit.ko")
 TOKEN_SECONDS = 30 * 24 * 3600
 HOW = ("violation", "pcr", "silence")
+# Host facts a simulated node of these architectures reports besides its architecture claim
+# (what /proc/cpuinfo and /sys/module show on a real SEV-SNP or TDX host).
+SIMULATED_HOST_FACTS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "sev-snp": (("sev_snp",), {"kvm_amd.sev_snp": "Y"}),
+    "tdx": ((), {"kvm_intel.tdx": "Y"}),
+}
 
 
 @dataclass(frozen=True)
@@ -215,7 +221,8 @@ class TrustBed:
         self.sim_state(node.name).parent.mkdir(parents=True, exist_ok=True)
         from sod_node_agent.facts import SimulatedState
 
-        SimulatedState(architecture, counters).write(self.sim_state(node.name))
+        flags, params = SIMULATED_HOST_FACTS.get(node.architecture, ((), {}))
+        SimulatedState(architecture, counters, flags, params).write(self.sim_state(node.name))
         self.identity(f"agent-{node.name}", rbac.AGENT_SA, bound_node=node.name)
         self.start_agent(node.name)
 

@@ -169,3 +169,26 @@ def test_kdfa_output_length() -> None:
 
 def test_other_steps_are_recorded() -> None:
     assert step("pcrExtended").spec["tpm"]["quote"]["pcrs"]
+
+
+def test_example_profiles_carry_the_sandbox_golden_values() -> None:
+    """examples/profiles/ name the PCR values of the sandbox's simulated firmware; this pins
+    them to the boot log, so changing one without the other fails here."""
+    from pathlib import Path
+
+    import yaml
+    from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
+    from sod_operator.sandbox.swtpm import SANDBOX_GOLDEN_PCRS
+
+    from tests.unit.attestation.golden import GOLDEN_PCRS
+
+    assert SANDBOX_GOLDEN_PCRS == GOLDEN_PCRS
+    root = Path(__file__).resolve().parents[3] / "examples" / "profiles"
+    for path in sorted(root.glob("*.yaml")):
+        policy = AttestationPolicy.model_validate(
+            yaml.safe_load(path.read_text())["spec"]["attestation"]
+        )
+        assert policy.tpm is not None, path
+        assert {p.index: p.values for p in policy.tpm.pcrs} == {
+            i: [v] for i, v in GOLDEN_PCRS.items()
+        }, path
