@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -295,10 +294,11 @@ no policy), and its agent side creates the same ECC P-256 AK.
             )
         )
     result.method += f"""
-**Verifier throughput.** A sandbox with N = 8, then 32 kwok nodes, each with its own swtpm and
-its own `sod-node-agent` process, and one `sod-verifier run` process; the agents and the
-verifier use the sandbox's admin identity (the chart's RBAC and admission policies are not
-applied here). Once every node is verified for `{ARCHITECTURE}`, each of {bursts} bursts holds
+**Verifier throughput.** A sandbox with N = 8, then 32 kwok nodes and the sandbox's trust
+monitor (`sod_operator.sandbox.trust`): per node a swtpm and a `sod-node-agent` process with a
+ServiceAccount token bound to its Node, one `sod-verifier run` process with its own
+ServiceAccount, and the trust monitor's RBAC and admission policies, as in a cluster.
+Once every node is verified for `{ARCHITECTURE}`, each of {bursts} bursts holds
 the verifier (SIGSTOP) until every agent has written evidence answering its outstanding nonce,
 then releases it (SIGCONT) and measures, from a watch on NodeAttestations, when the verifier
 has consumed all N (`status.evidence.observedGeneration` reaching each object's generation):
@@ -338,49 +338,29 @@ def _pending(api: Any) -> dict[str, tuple[int, int]]:
 
 def _throughput(agents: int, bursts: int) -> tuple[list[float], list[float], float]:
     """(nodes/s per burst, verifier CPU ms per verified quote per burst, machine busy %)."""
-    from sod_operator.sandbox import swtpm
     from sod_operator.sandbox.kubeapi import resource_path
     from sod_operator.sandbox.kubevirt_sim import SimConfig
     from sod_operator.sandbox.nodes import parse_nodes
+    from sod_operator.sandbox.trust import TrustBed, TrustConfig
 
     from bench import testbed
 
     nodes = parse_nodes(f"{ARCHITECTURE}={agents}")
-    bin_dir = Path(sys.executable).parent
     with testbed.sandbox(nodes, SimConfig(), f"att{agents}") as bed:
-        cluster = bed.cluster
-        ca = swtpm.LocalCa(cluster.state_dir / "tpm-ca")
-        tpms = []
+        # The sandbox's trust monitor, least privilege as in a cluster: node-bound agent
+        # tokens, the verifier's own ServiceAccount, the admission policies. --interval 0.5:
+        # an agent answers a new nonce at most twice a second.
+        trust = TrustBed(bed.cluster, TrustConfig(agent_interval=0.5))
         watch = testbed.ObjectWatch(
-            bed.api, resource_path("sod.dev/v1alpha1", "nodeattestations"), keep_history=True
+            bed.cluster.kubeconfig,
+            resource_path("sod.dev/v1alpha1", "nodeattestations"),
+            keep_history=True,
         )
         try:
             for n in nodes:
-                swtpm.manufacture(cluster.state_dir / "tpm" / n.name, ca)
-                t = swtpm.Swtpm(cluster.state_dir / "tpm" / n.name)
-                t.start()
-                swtpm.simulated_boot(t.tcti)
-                tpms.append(t)
-            bundle = cluster.state_dir / "ek-ca.pem"
-            bundle.write_bytes(ca.bundle_pem())
-            env = {**os.environ, "TSS2_LOG": "all+none"}
-            verifier = cluster.run_process(
-                "verifier",
-                [str(bin_dir / "sod-verifier"), "run", "--ek-ca-bundle", str(bundle),
-                 "--kubeconfig", str(cluster.kubeconfig), "--metrics-port", "0",
-                 "--log-level", "WARNING"],
-                env=env,
-            )  # fmt: skip
-            for n, t in zip(nodes, tpms, strict=True):
-                # --interval 0.5: an agent answers a new nonce at most twice a second (0 would
-                # make it poll its claims in a busy loop).
-                cluster.run_process(
-                    f"agent-{n.name}",
-                    [str(bin_dir / "sod-node-agent"), "--node", n.name, "--tcti", t.tcti,
-                     "--pcrs", PCRS, "--interval", "0.5", "--architecture", ARCHITECTURE,
-                     "--kubeconfig", str(cluster.kubeconfig), "--log-level", "WARNING"],
-                    env=env,
-                )  # fmt: skip
+                trust.start_node(n)
+            trust.start_verifier()
+            verifier = bed.cluster.processes["verifier"]
             deadline = time.monotonic() + 120 + 3 * agents
             while True:
                 ok = [n for n, (_, v) in _generations(bed.api).items() if ARCHITECTURE in v]
@@ -430,8 +410,6 @@ def _throughput(agents: int, bursts: int) -> tuple[list[float], list[float], flo
                     raise RuntimeError(f"nodes lost their verdict under load: {lost}")
         finally:
             watch.stop()
-            for t in tpms:
-                t.stop()
     return rates, cpu_ms, sorted(busy)[len(busy) // 2]
 
 

@@ -76,9 +76,7 @@ def incident(
     for node in others:
         bed.set_verified(node, ["hyperwall"])
     time.sleep(2.0)  # the operator has seen the targets before the incident
-    watch = testbed.migration_watch(bed.api)
-    watch.keep_history = True
-    watch.start()
+    watch = testbed.migration_watch(bed.cluster.kubeconfig, keep_history=True).start()
     wanted = set(names)
     try:
         t0 = time.perf_counter()

@@ -142,7 +142,7 @@ def run(quick: bool = False) -> Result:
     with testbed.sandbox(nodes, sim, NAME) as bed:
         for n in nodes:
             bed.set_verified(n.name, [n.architecture])
-        watch = testbed.migration_watch(bed.api).start()
+        watch = testbed.migration_watch(bed.cluster.kubeconfig).start()
         try:
 
             def scenarios(suffix: str, n: int, timeout: float) -> tuple[list[float], list[float]]:

@@ -231,9 +231,11 @@ def run(quick: bool = False) -> Result:
         bed.namespace("probe")
         fleet_ns = bed.namespace("fleet")
         svm_watch = testbed.ObjectWatch(
-            bed.api, resource_path("sod.dev/v1alpha1", "securevms"), reduce=_svm_state
+            bed.cluster.kubeconfig,
+            resource_path("sod.dev/v1alpha1", "securevms"),
+            reduce=_svm_state,
         ).start()
-        vmim_watch = testbed.migration_watch(bed.api).start()
+        vmim_watch = testbed.migration_watch(bed.cluster.kubeconfig).start()
         try:
             # The probe VMs first, all on probe-1; then probe-2 is verified as their target.
             bed.start_operator()

@@ -53,12 +53,16 @@ class ObjectWatch:
 
     def __init__(
         self,
-        api: Any,
+        kubeconfig: Path,
         path: str,
         keep_history: bool = False,
         reduce: Callable[[Json], Any] | None = None,
     ) -> None:
-        self.api = api
+        from sod_operator.sandbox.kubeapi import KubeApi
+
+        # A client of its own: stopping a watch closes its stream, and that connection must
+        # never go back into a pool other requests use.
+        self.api = KubeApi(kubeconfig)
         self.path = path
         self.keep_history = keep_history
         self.reduce = reduce
@@ -131,11 +135,13 @@ class ObjectWatch:
         self.api.close_watches()
 
 
-def migration_watch(api: Any) -> ObjectWatch:
+def migration_watch(kubeconfig: Path, keep_history: bool = False) -> ObjectWatch:
     """Every VirtualMachineInstanceMigration, cluster-wide."""
     from sod_operator.sandbox.kubeapi import resource_path
 
-    return ObjectWatch(api, resource_path(KUBEVIRT, "virtualmachineinstancemigrations"))
+    return ObjectWatch(
+        kubeconfig, resource_path(KUBEVIRT, "virtualmachineinstancemigrations"), keep_history
+    )
 
 
 @dataclass
