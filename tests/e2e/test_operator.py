@@ -14,6 +14,9 @@ Not covered: attestation itself (the verifier's tier), the Helm chart (tests/cha
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +43,7 @@ VM_B = {
 }
 X, Y, Z = "hyperwall-1", "hyperwall-2", "datasafe-1"
 HOLD = "sim.sod.dev/hold-migration"
+SODCTL = [str(Path(sys.executable).with_name("sodctl"))]
 FORCE_FAILURE = "kubevirt.io/func-test-force-launcher-migration-failure"
 
 
@@ -197,7 +201,31 @@ def test_unsatisfiable_request_says_why(trust: Trust, operator: OperatorProcess,
     assert (condition(obj, "Ready") or {})["status"] == "False"
 
 
-def test_pending_until_a_node_gains_trust(trust: Trust, operator: OperatorProcess, tenant: Tenant):
+def explain(kubeconfig: Path, namespace: str, name: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            *SODCTL,
+            "explain",
+            "svm",
+            name,
+            "-n",
+            namespace,
+            "--kubeconfig",
+            str(kubeconfig),
+            "-o",
+            "json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    report: dict[str, Any] = json.loads(out)
+    return report
+
+
+def test_pending_until_a_node_gains_trust(
+    kubeconfig: Path, trust: Trust, operator: OperatorProcess, tenant: Tenant
+):
     trust.baseline({X: ("hyperwall",)})
     operator.start()
     # Protection from the cloud manager too: only SEV-SNP or TDX servers offer it.
@@ -208,9 +236,34 @@ def test_pending_until_a_node_gains_trust(trust: Trust, operator: OperatorProces
     assert obj["status"]["satisfyingProfiles"] == ["sev-snp", "tdx"]
     assert obj["status"]["eligibleNodes"] == 0
     assert node_of(tenant, "confidential") is None
+    # What the tenant runs first when a VM is Pending:
+    report = explain(kubeconfig, tenant.kube.ns, "confidential")
+    assert report["qualifyingNodes"] == []
+    lacks = {n["name"]: " | ".join(n["lacks"]) for n in report["nodes"]}
+    assert "hyperwall: CloudManager Confidentiality: profile offers No" in lacks[X]
+    assert "no verified profile" in lacks["plain-1"]
     trust.set("plain-1", "sev-snp")
     obj = tenant.wait_ready_on("confidential", "plain-1")
     assert obj["status"]["nodeProfile"] == "sev-snp"
+    report = explain(kubeconfig, tenant.kube.ns, "confidential")
+    assert report["vmNode"] == "plain-1"
+    assert report["qualifyingNodes"] == ["plain-1"]
+    text = subprocess.run(
+        [
+            *SODCTL,
+            "explain",
+            "svm",
+            "confidential",
+            "-n",
+            tenant.kube.ns,
+            "--kubeconfig",
+            str(kubeconfig),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "The VM runs on plain-1: its verified profile sev-snp satisfies the request." in text
 
 
 def _placed(tenant: Tenant, name: str) -> str:

@@ -10,6 +10,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the cluster-facing subcommands that exist in this build."""
-    from sod_operator.cli import sandbox
+    from sod_operator.cli import explain, sandbox
 
     sandbox.register(sub)
+    explain.register(sub)
