@@ -165,12 +165,15 @@ def test_default_operator_has_two_leader_elected_replicas_probes_and_requests(he
     assert dep["spec"]["replicas"] == 2
     assert "strategy" not in dep["spec"], "rolling updates: standbys take over"
     (container,) = dep["spec"]["template"]["spec"]["containers"]
-    assert "--leader-elect" in container["args"]
+    assert "--lease-name=sod-sod-operator-operator" in container["args"]
+    assert f"--lease-namespace={NAMESPACE}" in container["args"]
+    # kopf serves only /healthz, and only on the leader: standbys are unready, not restarted
+    # (see the report on the liveness of standbys).
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["resources"]["requests"].keys() == {"cpu", "memory"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"health": 8080, "metrics": 9090}
+    assert ports == {"health": 8081, "metrics": 9090}
     (pdb,) = by_kind(objs, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1
 
@@ -232,7 +235,9 @@ def test_single_operator_without_leader_election_is_recreated_not_overlapped(hel
     objs = render(helm, VALUES_DIR / "minimal.yaml")
     (dep,) = by_kind(objs, "Deployment")
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
-    assert "--leader-elect" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--no-leader-election" in args
+    assert "--metrics-port=0" in args, "metrics.enabled=false"
     assert not by_kind(objs, "Role"), "no leader election, no Lease role"
     assert not by_kind(objs, "PodDisruptionBudget")
 
@@ -554,3 +559,29 @@ def test_service_monitor_selects_both_metrics_services_by_port_name(helm: Helm):
     exprs = " ".join(r["expr"] for g in rule["spec"]["groups"] for r in g["rules"])
     for svc in services:
         assert f'job="{svc["metadata"]["name"]}"' in exprs
+
+
+@variants
+def test_operator_args_parse_with_sod_operator(helm: Helm, values: Path | None):
+    from sod_operator.main import _parser
+
+    for dep in by_kind(render(helm, values), "Deployment"):
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        if container["command"] != ["sod-operator"]:
+            continue
+        parsed = _parser().parse_args(container["args"])
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert parsed.liveness_port == ports["health"]
+        assert parsed.metrics_port == ports.get("metrics", 0)
+        assert parsed.bind_address == "0.0.0.0"
+        probe = container.get("livenessProbe", {}).get("httpGet", {})
+        assert probe in ({}, {"path": "/healthz", "port": "health"})
+
+
+def test_relocation_defaults_are_the_operators():
+    from sod_operator.api.chart_values import Relocation
+    from sod_operator.policy.settings import RelocationSettings
+
+    ours = Relocation().model_dump()
+    theirs = RelocationSettings()
+    assert ours == {name: getattr(theirs, name) for name in ours}

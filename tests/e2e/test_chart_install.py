@@ -592,7 +592,7 @@ def test_upgrade_keeps_existing_securevms(
             name=f"{RELEASE}-sod-operator-operator",
         )
     )
-    assert "--log-level=debug" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--debug" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     after = kube_api.get(_svm_path(release, tenant_svm))
     assert after["metadata"]["uid"] == tenant_svm["metadata"]["uid"]
     assert after["spec"] == tenant_svm["spec"]

@@ -127,19 +127,6 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{/* Leader-election flags of a component (.values holds leaderElection). */}}
-{{- define "sod-operator.leaderElectionArgs" -}}
-{{- $le := .values.leaderElection -}}
-{{- if $le.enabled -}}
-- --leader-elect
-- --leader-election-namespace={{ .root.Release.Namespace }}
-- --leader-election-id={{ include "sod-operator.componentName" . }}
-- --leader-election-lease-duration={{ $le.leaseDurationSeconds }}
-- --leader-election-renew-deadline={{ $le.renewDeadlineSeconds }}
-- --leader-election-retry-period={{ $le.retryPeriodSeconds }}
-{{- end -}}
-{{- end -}}
-
 {{/* HTTP probes on the health port; .probe is a Probe value, .path the endpoint. */}}
 {{- define "sod-operator.httpProbe" -}}
 httpGet:

@@ -206,6 +206,31 @@ def _spread(component: str) -> KubeObject:
     return json.loads(json.dumps(_SPREAD_AFFINITY).replace("COMPONENT", component))  # type: ignore[no-any-return]
 
 
+class Relocation(_Values):
+    """The operator's relocation tunables (`sod-operator --help`, group "relocation"); the
+    defaults equal `sod_operator.policy.settings.RelocationSettings` (a test keeps them equal)."""
+
+    max_migrations_per_cluster: Annotated[int, Field(ge=1, le=1000)] = 5
+    """maxMigrationsPerCluster is how many migrations the operator runs at once; KubeVirt's own
+    `parallelMigrationsPerCluster` default (more would only queue inside KubeVirt)."""
+    max_outbound_per_node: Annotated[int, Field(ge=1, le=100)] = 2
+    """maxOutboundPerNode is how many migrations may leave one node at once (KubeVirt's
+    `parallelOutboundMigrationsPerNode` default)."""
+    retry_base_seconds: Annotated[float, Field(ge=1, le=3600)] = 10
+    """retryBaseSeconds is the back-off after the first failed migration; it doubles per further
+    failure."""
+    retry_max_seconds: Annotated[float, Field(ge=1, le=86400)] = 300
+    """retryMaxSeconds caps that back-off."""
+    node_cooldown_seconds: Annotated[float, Field(ge=0, le=86400)] = 300
+    """nodeCooldownSeconds keeps a node that recently lost a verified profile from being chosen
+    as a migration target while another compliant node exists (anti-flapping)."""
+    mtd_budget: Annotated[int, Field(ge=0, le=1000)] = 1
+    """mtdBudget is how many moving-target-defense migrations may run at once, cluster-wide."""
+    resync_seconds: Annotated[float, Field(ge=1, le=86400)] = 600
+    """resyncSeconds is the longest time between two plans of one SecureVM (a level-triggered
+    safety net; changes are acted on at once)."""
+
+
 class Operator(_Workload):
     replica_count: Annotated[int, Field(ge=0, le=10)] = 2
     """replicaCount is the number of operator pods. Only the leader reconciles; the others take
@@ -214,14 +239,28 @@ class Operator(_Workload):
     """image is the operator image (it also contains `sod-verifier`)."""
     service_account: ServiceAccount = Field(default_factory=ServiceAccount)
     """serviceAccount of the operator pods."""
+    log_level: Literal["debug", "info"] = "info"
+    """logLevel is the operator's log level (`debug` adds `--debug`)."""
+    namespaces: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list)
+    """namespaces restricts the SecureVMs the operator handles to these namespaces (`--namespace`,
+    repeated). Empty means all namespaces. Its RBAC stays cluster-wide (nodes and the catalog are
+    cluster-scoped)."""
     leader_election: LeaderElection = Field(default_factory=LeaderElection)
-    """leaderElection among the operator replicas."""
-    health_port: Port = 8080
-    """healthPort serves the liveness (`/healthz`) and readiness (`/readyz`) endpoints."""
-    liveness_probe: Probe = Field(default_factory=lambda: Probe(initial_delay_seconds=10))
-    """livenessProbe restarts an operator that stopped making progress."""
+    """leaderElection among the operator replicas (`--lease-*`; the Lease is named
+    `<fullname>-operator`)."""
+    relocation: Relocation = Field(default_factory=Relocation)
+    """relocation tunes concurrency, back-off and anti-flapping of relocations."""
+    liveness_port: Port = 8081
+    """livenessPort serves kopf's `/healthz` (`--liveness-port`), used by both probes."""
+    liveness_probe: Probe = Field(
+        default_factory=lambda: Probe(initial_delay_seconds=10, failure_threshold=6)
+    )
+    """livenessProbe restarts an operator whose kopf health endpoint stopped answering. Caveat:
+    `sod-operator` starts that endpoint only once it leads, so a standby replica fails the probe
+    and is restarted now and then (it rejoins the Lease queue); disable the probe, or run one
+    replica, if that matters more to you than detecting a hung leader."""
     readiness_probe: Probe = Field(default_factory=Probe)
-    """readinessProbe marks a replica ready once it has started."""
+    """readinessProbe marks a replica ready once it leads and kopf runs (standbys stay unready)."""
     pod_disruption_budget: PodDisruptionBudget = Field(default_factory=PodDisruptionBudget)
     """podDisruptionBudget of the operator pods."""
     resources: KubeObject = Field(default_factory=lambda: dict(_OPERATOR_RESOURCES))
