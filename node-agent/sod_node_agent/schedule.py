@@ -6,7 +6,9 @@ the previous one. The agent therefore:
 * answers each nonce at most once (a second answer to a consumed nonce would be rejected
   as a replay), remembering the last answered nonce across restarts from its own spec;
 * paces itself: a new nonce is answered `interval` after the previous answer, unless its
-  claims changed (e.g. a memory violation), which is reported at once;
+  claims changed (e.g. a memory violation), which is reported at once, or its node is not
+  `Ready` (stale or rejected evidence), when it answers within `RECOVERY_SECONDS` so trust
+  returns as soon as the evidence is good again;
 * answers an enrollment challenge (credential activation) as soon as it appears.
 """
 
@@ -16,11 +18,22 @@ import hashlib
 from dataclasses import dataclass, replace
 
 from sod_operator.api.v1alpha1.nodeattestation import (
+    AttestationConditionType,
     EnrollmentState,
     NodeAttestationSpec,
     NodeAttestationStatus,
     claims_digest,
 )
+
+RECOVERY_SECONDS = 1.0
+"""Pacing while the node is not Ready (bounded, so a persistent rejection is no busy loop)."""
+
+
+def ready(status: NodeAttestationStatus) -> bool:
+    return any(
+        c.type == AttestationConditionType.READY and c.status == "True"
+        for c in status.conditions or []
+    )
 
 
 @dataclass(frozen=True)
@@ -106,7 +119,10 @@ def plan(
         return Plan(fresh, activate, False, interval, "first answer")
     if claims_hex != state.answered_claims:
         return Plan(fresh, False, False, interval, "claims changed")
-    due = state.answered_at + interval
+    pace = interval if ready(status) else min(interval, RECOVERY_SECONDS)
+    due = state.answered_at + pace
     if now >= due:
-        return Plan(fresh, False, False, interval, "interval elapsed")
+        return Plan(
+            fresh, False, False, interval, "interval elapsed" if ready(status) else "recovering"
+        )
     return Plan(None, False, False, due - now, "pacing")

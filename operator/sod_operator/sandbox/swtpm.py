@@ -203,6 +203,7 @@ class Swtpm:
 
 
 def wait_ready(tcti: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    os.environ.setdefault("TSS2_LOG", "all+none")  # probing before swtpm listens logs errors
     from tpm2_pytss import ESAPI, TSS2_Exception
 
     deadline = time.monotonic() + timeout

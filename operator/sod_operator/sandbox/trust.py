@@ -304,7 +304,7 @@ class TrustBed:
         tpm_dir = self.dir / "tpm"
         return sorted(p.name for p in tpm_dir.iterdir()) if tpm_dir.is_dir() else []
 
-    def _require(self, node: str) -> None:
+    def require_node(self, node: str) -> None:
         if node not in self.nodes():
             raise SandboxError(
                 f"node {node!r} has no TPM in this sandbox; nodes with a node-agent: "
@@ -347,7 +347,7 @@ class TrustBed:
         return values == list(swtpm.SANDBOX_GOLDEN_PCRS.values())
 
     def break_node(self, node: str, how: str) -> str:
-        self._require(node)
+        self.require_node(node)
         if how == "violation":
             self._set_violations(node, BREAK_VIOLATIONS)
             return (
@@ -364,7 +364,7 @@ class TrustBed:
         raise SandboxError(f"--how must be one of {', '.join(HOW)}, not {how!r}")
 
     def heal_node(self, node: str) -> list[str]:
-        self._require(node)
+        self.require_node(node)
         done = []
         from sod_node_agent.facts import SimulatedState
 

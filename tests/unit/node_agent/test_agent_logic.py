@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from sod_node_agent import facts
 from sod_node_agent.schedule import AgentState, blob_id, plan
+from sod_operator.api.v1alpha1.base import Condition, ConditionStatus
 from sod_operator.api.v1alpha1.nodeattestation import (
     ArchitectureSource,
     Challenge,
@@ -26,7 +27,9 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 N1, N2 = "11" * 32, "22" * 32
 
 
-def _status(nonce: str | None = N1, challenged: bool = False) -> NodeAttestationStatus:
+def _status(
+    nonce: str | None = N1, challenged: bool = False, ready: bool = True
+) -> NodeAttestationStatus:
     enrollment = None
     if challenged:
         enrollment = Enrollment(
@@ -39,7 +42,13 @@ def _status(nonce: str | None = N1, challenged: bool = False) -> NodeAttestation
             challenged_time=NOW,
         )
     challenge = Challenge(nonce=nonce, issued_time=NOW) if nonce else None
-    return NodeAttestationStatus(challenge=challenge, enrollment=enrollment)
+    condition = Condition(
+        type="Ready",
+        status=ConditionStatus.TRUE if ready else ConditionStatus.FALSE,
+        reason="Verified" if ready else "EvidenceStale",
+        last_transition_time=NOW,
+    )
+    return NodeAttestationStatus(challenge=challenge, enrollment=enrollment, conditions=[condition])
 
 
 def test_missing_object_is_created() -> None:
@@ -65,6 +74,14 @@ def test_a_new_nonce_waits_for_the_interval() -> None:
     assert not p.publish
     assert p.wait_seconds == pytest.approx(6)
     assert plan(True, True, _status(N2), state, "c", 10, 10).quote_nonce == N2
+
+
+def test_a_node_that_is_not_ready_recovers_without_waiting_the_interval() -> None:
+    state = AgentState().answered(N1, "c", 0)
+    assert not plan(True, True, _status(N2, ready=False), state, "c", 0.5, 10).publish
+    p = plan(True, True, _status(N2, ready=False), state, "c", 1.0, 10)
+    assert p.quote_nonce == N2
+    assert p.why == "recovering"
 
 
 def test_a_claims_change_is_reported_at_once() -> None:
