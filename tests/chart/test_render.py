@@ -585,3 +585,14 @@ def test_relocation_defaults_are_the_operators():
     ours = Relocation().model_dump()
     theirs = RelocationSettings()
     assert ours == {name: getattr(theirs, name) for name in ours}
+
+
+def test_every_container_command_is_a_console_script_of_the_project(helm: Helm):
+    import tomllib
+
+    scripts = tomllib.loads((CHART.parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    for kind in ("Deployment", "DaemonSet"):
+        for obj in by_kind(render(helm, None), kind):
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                (command,) = container["command"]
+                assert command in scripts, f"{obj['metadata']['name']}: {command}"
