@@ -416,3 +416,45 @@ def test_a_restarted_simulator_finishes_the_migration_it_did_not_start(
     vmi = kube.vmi("survivor")
     assert vmi is not None
     assert vmi["status"]["nodeName"] == vmim["status"]["migrationState"]["targetNode"]
+
+
+def test_deleting_a_running_vmim_cancels_the_migration(kube: Kube) -> None:
+    vmi = _start_vm(
+        kube,
+        "cancel",
+        affinity=arch_affinity("hyperwall"),
+        annotations={HOLD_MIGRATION_ANNOTATION: "true"},
+    )
+    source = vmi["status"]["nodeName"]
+    kube.create("virtualmachineinstancemigrations", vmim_manifest("cancel-1", "cancel"))
+    kube.wait_vmim_phase("cancel-1", "Running")
+    kube.api.delete(kube.path("virtualmachineinstancemigrations", "cancel-1"))
+    after = wait_for(
+        lambda: kube.vmi("cancel"),
+        lambda v: (
+            v is not None
+            and (v["status"].get("migrationState") or {}).get("abortStatus") == "Succeeded"
+        ),
+        "the migration aborted on the VMI",
+    )
+    assert after["status"]["nodeName"] == source
+    assert list(after["status"]["activePods"].values()) == [source]
+    pods = wait_for(lambda: kube.launcher_pods("cancel"), lambda p: len(p) == 1, "target removed")
+    assert pods[0]["spec"]["nodeName"] == source
+
+
+def test_only_the_newest_five_finished_migrations_of_a_vmi_are_kept(kube: Kube) -> None:
+    _start_vm(kube, "hopper", affinity=arch_affinity("hyperwall"))
+    names = [f"hop-{i}" for i in range(7)]
+    for name in names:
+        kube.create("virtualmachineinstancemigrations", vmim_manifest(name, "hopper"))
+        assert kube.wait_vmim_final(name)["status"]["phase"] == "Succeeded"
+    left = wait_for(
+        lambda: sorted(
+            m["metadata"]["name"]
+            for m in kube.api.list(kube.path("virtualmachineinstancemigrations"))["items"]
+        ),
+        lambda found: len(found) == 5,
+        "finalized migrations garbage-collected down to 5",
+    )
+    assert left == names[2:]

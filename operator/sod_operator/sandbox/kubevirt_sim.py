@@ -1326,14 +1326,9 @@ class KubeVirtSimulator:
             state = vmi.get("status", {}).get("migrationState") or {}
             if state and not state.get("completed") and state.get("migrationUid") not in uids:
                 ns, name = _key(vmi)
-                source_uid = next(
-                    (
-                        u
-                        for u, n in (vmi["status"].get("activePods") or {}).items()
-                        if n == state.get("sourceNode")
-                    ),
-                    None,
-                )
+                # Only the source pod stays active; merge patch drops the others by null.
+                active = vmi["status"].get("activePods") or {}
+                source = state.get("sourceNode")
                 patched = self.api.merge_patch(
                     resource_path(KUBEVIRT, "virtualmachineinstances", ns, name),
                     {
@@ -1345,9 +1340,10 @@ class KubeVirtSimulator:
                                 "failed": True,
                                 "endTimestamp": _ts(now),
                             },
-                            "activePods": (
-                                {source_uid: state.get("sourceNode")} if source_uid else None
-                            ),
+                            "activePods": {
+                                uid: (node if node == source else None)
+                                for uid, node in active.items()
+                            },
                         }
                     },
                 )
