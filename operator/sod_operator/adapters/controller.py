@@ -94,6 +94,7 @@ class Controller:
         chunk: int = 500,
         clock: Callable[[], datetime] = _utcnow,
         stopped: threading.Event | None = None,
+        react_to_nodes: bool = True,
     ):
         self.kube = kube
         self.settings = settings
@@ -104,6 +105,9 @@ class Controller:
         self.world = World()
         self.ready = asyncio.Event()
         self._stopped = stopped or threading.Event()
+        self.react_to_nodes = react_to_nodes
+        """False only for the benchmark's baseline: node changes wait for the periodic resync,
+        the way a descheduler-style loop would see them."""
         self._wake = asyncio.Event()
         self._urgent: dict[Key, float] = {}
         self._background: dict[Key, float] = {}
@@ -148,6 +152,8 @@ class Controller:
             spec = body.get("spec") or {}
             labels = None if deleted else dict(meta.get("labels") or {})
             affected = w.apply_node(name, labels, not spec.get("unschedulable"), now)
+            if not self.react_to_nodes:
+                affected = set()
         elif kind is Kind.PROFILE:
             affected = w.apply_profile(name, None if deleted else self._parse_profile(body))
         elif kind is Kind.PACKAGE:
@@ -240,14 +246,21 @@ class Controller:
             self._wake.set()
 
     def _take(self) -> dict[Key, float]:
+        """Up to `chunk` dirty keys, urgent first; keys still executing wait for the next turn."""
         batch: dict[Key, float] = {}
         for queue in (self._urgent, self._background):
-            for key in list(queue):
-                if len(batch) >= self.chunk:
-                    return batch
+            busy: list[tuple[Key, float]] = []
+            while queue and len(batch) < self.chunk:
+                key = next(iter(queue))
+                t = queue.pop(key)
                 if key in self._executing:
-                    continue
-                batch[key] = queue.pop(key)
+                    busy.append((key, t))
+                else:
+                    batch[key] = t
+            for key, t in busy:
+                queue.setdefault(key, t)
+            if len(batch) >= self.chunk:
+                break
         return batch
 
     def _schedule(self, key: Key, delay: float) -> None:

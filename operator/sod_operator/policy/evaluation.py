@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from sod_operator.api.v1alpha1.securevm import ProfileGap, ResolvedRequest, UnmetCell
 from sod_operator.api.v1alpha1.security import SecurityPackageSpec, SecurityRequestSpec
@@ -33,29 +34,48 @@ class Resolution:
             return None
         return request_key(self.request)
 
-    def resolved(self) -> ResolvedRequest | None:
+    @cached_property
+    def _resolved(self) -> ResolvedRequest | None:
         if self.request is None:
             return None
         return ResolvedRequest(
             matrix=self.request.rows(), scope=self.request.scope, package=self.request.package
         )
 
+    def resolved(self) -> ResolvedRequest | None:
+        """The resolved row for status (shared: callers never mutate it)."""
+        return self._resolved
+
     def gaps(self) -> list[ProfileGap]:
-        """For each profile that does not satisfy the request, what it lacks."""
-        return [
-            ProfileGap(
-                profile=m.profile,
-                cells=[
-                    UnmetCell(entity=u.entity, property=u.prop, offered=u.offered) for u in m.unmet
-                ]
-                or None,
-                scope=m.scope_gap,
-            )
-            for m in self.matches
-            if not m.satisfied
-        ]
+        """For each profile that does not satisfy the request, what it lacks (shared, cached)."""
+        return list(self._gaps)
+
+    @cached_property
+    def _gaps(self) -> tuple[ProfileGap, ...]:
+        return tuple(
+            [
+                ProfileGap(
+                    profile=m.profile,
+                    cells=[
+                        UnmetCell(entity=u.entity, property=u.prop, offered=u.offered)
+                        for u in m.unmet
+                    ]
+                    or None,
+                    scope=m.scope_gap,
+                )
+                for m in self.matches
+                if not m.satisfied
+            ]
+        )
+
+    @cached_property
+    def _unsatisfiable_message(self) -> str:
+        return self._message()
 
     def unsatisfiable_message(self) -> str:
+        return self._unsatisfiable_message
+
+    def _message(self) -> str:
         """One line per profile: what it lacks (the tenant's first question)."""
         if self.request is None:
             return ""

@@ -79,12 +79,18 @@ class NodeSnapshot:
     by_profile: Mapping[str, frozenset[str] | set[str]]
     revoked_at: Mapping[str, datetime] = field(default_factory=dict)
     load: Mapping[str, int] = field(default_factory=dict)
+    _eligible: dict[tuple[str, ...], tuple[str, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def eligible(self, satisfying: Sequence[str], tenant_terms: Sequence[Json]) -> list[str]:
         """Schedulable nodes with a verified satisfying profile that the tenant's terms admit.
 
         Work is proportional to the satisfying profiles' nodes, never to the whole cluster.
         """
+        cache_key = tuple(satisfying)
+        if not tenant_terms and cache_key in self._eligible:
+            return list(self._eligible[cache_key])
         names: set[str] = set()
         for profile in satisfying:
             names.update(self.by_profile.get(profile, ()))
@@ -96,7 +102,11 @@ class NodeSnapshot:
             if tenant_terms and not any(term_matches(t, node.labels, name) for t in tenant_terms):
                 continue
             out.append(name)
-        return sorted(out)
+        out.sort()
+        if not tenant_terms:
+            # One snapshot serves one planning batch: VMs with the same request share the answer.
+            self._eligible[cache_key] = tuple(out)
+        return out
 
 
 @dataclass(frozen=True)

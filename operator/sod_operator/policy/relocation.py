@@ -101,7 +101,8 @@ def reconcile(
 ) -> Plan:
     """Plan one SecureVM. Pure: same inputs, same plan; `now` is the only clock."""
     svm = obs.svm
-    status = svm.status.model_copy(deep=True)
+    # Shallow: the planner replaces status fields, never mutates the objects they hold.
+    status = svm.status.model_copy()
     status.observed_generation = svm.generation
     status.vm_name = svm.vm_name
     ctx = _Ctx(obs, cfg, now, Plan(svm.key, status), Conditions(), status)

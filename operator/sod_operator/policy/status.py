@@ -43,36 +43,32 @@ class Conditions:
     def merge(
         self, old: Sequence[Condition], generation: int, now: datetime
     ) -> tuple[list[Condition], list[Event]]:
-        states = [
-            ConditionState(
-                type=c.type,
-                status=str(c.status),
-                reason=c.reason,
-                message=c.message,
-                observed_generation=c.observed_generation,
-                last_transition_time=c.last_transition_time,
-            )
-            for c in old
-        ]
-        previous = {c.type: (c.status, c.reason) for c in old}
+        """The new conditions (apimachinery's `SetStatusCondition` per type) and their Events.
+
+        An unchanged condition keeps its very object, so a no-op reconcile allocates nothing
+        and compares equal to the old status (no write).
+        """
+        by_type = {c.type: c for c in old}
         events: list[Event] = []
+        out: list[Condition] = []
         for ctype in ConditionType:
             status, reason, message = self.values.get(
                 ctype, (ConditionStatus.UNKNOWN, Reason.UNKNOWN, "not evaluated yet")
             )
-            states, _ = set_condition(
-                states,
-                ConditionState(
-                    type=str(ctype),
-                    status=str(status),
-                    reason=reason,
-                    message=message[:32768],
-                    observed_generation=generation,
-                    last_transition_time=now,
-                ),
-            )
-            before = previous.get(str(ctype))
-            if status is ConditionStatus.UNKNOWN or before == (status, reason):
+            message = message[:32768]
+            before = by_type.pop(str(ctype), None)
+            if before is not None and (
+                before.status,
+                before.reason,
+                before.message,
+                before.observed_generation,
+            ) == (status, reason, message, generation):
+                out.append(before)
+                continue
+            out.append(self._set(before, ctype, status, reason, message, generation, now))
+            if status is ConditionStatus.UNKNOWN or (
+                before is not None and (before.status, before.reason) == (status, reason)
+            ):
                 continue
             if ctype is ConditionType.READY or status is _BAD.get(ctype):
                 bad = status is _BAD.get(ctype) or (
@@ -81,19 +77,52 @@ class Conditions:
                 events.append(
                     Event(EventType.WARNING if bad else EventType.NORMAL, reason, message)
                 )
-        order = {str(t): i for i, t in enumerate(ConditionType)}
-        states.sort(key=lambda s: order.get(s.type, len(order)))
-        return [
-            Condition(
-                type=s.type,
-                status=ConditionStatus(s.status),
-                reason=s.reason,
-                message=s.message,
-                observed_generation=s.observed_generation,
-                last_transition_time=s.last_transition_time,
-            )
-            for s in states
-        ], events
+        out.extend(by_type.values())  # conditions of types we do not own are kept as they are
+        return out, events
+
+    @staticmethod
+    def _set(
+        before: Condition | None,
+        ctype: ConditionType,
+        status: ConditionStatus,
+        reason: str,
+        message: str,
+        generation: int,
+        now: datetime,
+    ) -> Condition:
+        olds = (
+            []
+            if before is None
+            else [
+                ConditionState(
+                    type=before.type,
+                    status=str(before.status),
+                    reason=before.reason,
+                    message=before.message,
+                    observed_generation=before.observed_generation,
+                    last_transition_time=before.last_transition_time,
+                )
+            ]
+        )
+        (state,), _ = set_condition(
+            olds,
+            ConditionState(
+                type=str(ctype),
+                status=str(status),
+                reason=reason,
+                message=message,
+                observed_generation=generation,
+                last_transition_time=now,
+            ),
+        )
+        return Condition(
+            type=state.type,
+            status=ConditionStatus(state.status),
+            reason=state.reason,
+            message=state.message,
+            observed_generation=state.observed_generation,
+            last_transition_time=state.last_transition_time,
+        )
 
 
 def find_condition(status: SecureVMStatus, ctype: ConditionType) -> Condition | None:
