@@ -102,7 +102,7 @@ class Agent:
         except Exception as err:  # not fatal: the TPM may be busy or absent for now
             log.warning("could not flush leftover TPM handles: %s", err)
         existing = self.publisher.latest()
-        state = AgentState.from_spec(existing.spec if existing else None, time.monotonic())
+        state = AgentState.from_spec(existing.spec if existing else None)
         while not self.stopping.is_set():
             try:
                 state, wait = self.once(state)

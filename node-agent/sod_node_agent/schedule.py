@@ -49,13 +49,13 @@ class AgentState:
     """SHA-256 of the enrollment credential blob last answered (or found unanswerable)."""
 
     @classmethod
-    def from_spec(cls, spec: NodeAttestationSpec | None, now: float) -> AgentState:
-        """Resume after a restart from the evidence already in the apiserver."""
+    def from_spec(cls, spec: NodeAttestationSpec | None) -> AgentState:
+        """Resume after a restart from the evidence already in the apiserver: never answer the
+        nonce the previous run answered, but answer the outstanding one at once."""
         if spec is None or spec.tpm is None or spec.tpm.quote is None:
             return cls()
         return cls(
             answered_nonce=spec.tpm.quote.nonce,
-            answered_at=now,
             answered_claims=claims_digest(spec.claims).hex(),
         )
 

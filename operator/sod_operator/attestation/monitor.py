@@ -16,6 +16,10 @@ The nonce lifecycle (replay protection without races):
 * Freshness is measured from the recorded challenge's `issuedTime`, i.e. by the verifier's
   own clock: evidence older than a profile's `freshnessSeconds` revokes the profile (an agent
   gone silent produces no new evidence, so its last evidence ages out: fail closed).
+* "Useful for" is the longest `freshnessSeconds` of any profile (or `ready_max_age_seconds`
+  when none has a policy): `Ready` turns False when the newest valid evidence is older, and
+  an unanswered nonce that old is replaced, since no answer to it could be fresh for any
+  profile (a returning agent's first answer then counts at once).
 """
 
 from __future__ import annotations
@@ -87,7 +91,8 @@ class Settings:
 
     bundle: CaBundle
     ready_max_age_seconds: int = 120
-    """`Ready` turns False when the newest valid evidence is older than this."""
+    """How long valid evidence counts as `Ready` when no profile has an attestation policy
+    (otherwise the longest profile `freshnessSeconds` decides)."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +204,13 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
             received_time=now,
             quote_sha256=quote_sha,
         )
-    if identity is not None and enrollment is not None and (challenge is None or new_evidence):
+    useful = timedelta(seconds=_useful_for(inp.policies, settings))
+    outdated = challenge is not None and now - challenge.issued_time >= useful
+    if (
+        identity is not None
+        and enrollment is not None
+        and (challenge is None or new_evidence or outdated)
+    ):
         challenge = _new_challenge(now, entropy)
 
     # 3. Evidence-level verdict (re-run every step: cheap, and a CA bundle change applies).
@@ -253,7 +264,7 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
     verified = sorted(d.profile for d in decisions if d.verified and labels.labelable(d.profile))
 
     # 5. Conditions.
-    conditions = _conditions(old, att.generation, enroll_failure, evidence, now, settings)
+    conditions = _conditions(old, att.generation, enroll_failure, evidence, now, useful)
     if (
         enroll_failure is not None
         and enroll_failure.reason not in (R.AWAITING_ACTIVATION, R.NO_EVIDENCE)
@@ -287,8 +298,13 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
         transitions=tuple(transitions),
         new_evidence=new_evidence,
         evidence_reason=R.VERIFIED if isinstance(evidence, VerifiedQuote) else evidence.reason,
-        requeue_after=_next_deadline(decisions, evidence, now, settings),
+        requeue_after=_next_deadline(decisions, evidence, challenge, now, useful),
     )
+
+
+def _useful_for(policies: Mapping[str, AttestationPolicy | None], settings: Settings) -> int:
+    bounds = [p.freshness_seconds for p in policies.values() if p is not None]
+    return max(bounds) if bounds else settings.ready_max_age_seconds
 
 
 def _verdicts(
@@ -360,7 +376,7 @@ def _conditions(
     enroll_failure: Failure | None,
     evidence: VerifiedQuote | Failure,
     now: datetime,
-    settings: Settings,
+    useful: timedelta,
 ) -> list[Condition]:
     states = [_to_state(c) for c in old.conditions or []]
 
@@ -391,13 +407,13 @@ def _conditions(
         put(AttestationConditionType.READY, False, evidence.reason, evidence.message)
     else:
         age = (now - evidence.evidence_time).total_seconds()
-        if age >= settings.ready_max_age_seconds:
+        if age >= useful.total_seconds():
             put(
                 AttestationConditionType.READY,
                 False,
                 R.EVIDENCE_STALE,
-                f"the newest valid evidence is {age:.0f}s old (limit "
-                f"{settings.ready_max_age_seconds}s)",
+                f"the newest valid evidence is {age:.0f}s old, older than every profile's "
+                f"freshness bound ({useful.total_seconds():.0f}s): the agent is silent",
             )
         else:
             put(
@@ -412,17 +428,19 @@ def _conditions(
 def _next_deadline(
     decisions: list[Decision],
     evidence: VerifiedQuote | Failure,
+    challenge: Challenge | None,
     now: datetime,
-    settings: Settings,
+    useful: timedelta,
 ) -> timedelta | None:
     deadlines = [d.expiry_time for d in decisions if d.verified and d.expiry_time is not None]
     if isinstance(evidence, VerifiedQuote):
-        ready_until = evidence.evidence_time + timedelta(seconds=settings.ready_max_age_seconds)
-        if ready_until > now:
-            deadlines.append(ready_until)
-    if not deadlines:
+        deadlines.append(evidence.evidence_time + useful)
+    if challenge is not None:
+        deadlines.append(challenge.issued_time + useful)  # replace it if nobody answers
+    future = [d for d in deadlines if d > now]
+    if not future:
         return None
-    return max(min(deadlines) - now, timedelta(0))
+    return min(future) - now
 
 
 def enrolled_ek(status: NodeAttestationStatus) -> str | None:

@@ -139,3 +139,25 @@ def test_ready_condition_follows_the_evidence(good: Step) -> None:
     ready = {c.type: (c.status, c.reason) for c in out.status.conditions or []}
     assert ready == {"Enrolled": ("True", R.ENROLLED), "Ready": ("True", R.VERIFIED)}
     assert all(c.observed_generation == good.generation for c in out.status.conditions or [])
+
+
+def test_ready_turns_false_when_no_profile_accepts_the_evidence_anymore(good: Step) -> None:
+    first = run(good.attestation(), good.now)
+    issued = first.status.evidence.challenge.issued_time  # type: ignore[union-attr]
+    out = run(_after(good, first), issued + timedelta(seconds=60))  # longest freshness: 60 s
+    ready = {c.type: (c.status, c.reason) for c in out.status.conditions or []}
+    assert ready["Ready"] == ("False", R.EVIDENCE_STALE)
+
+
+def test_an_unanswered_nonce_too_old_to_be_useful_is_replaced(good: Step) -> None:
+    first = run(good.attestation(), good.now)
+    outstanding = first.status.challenge
+    assert outstanding is not None
+    assert first.requeue_after is not None
+    assert first.requeue_after <= timedelta(seconds=60)  # woken up to replace it at the latest
+    later = run(_after(good, first), outstanding.issued_time + timedelta(seconds=59))
+    assert later.status.challenge == outstanding
+    replaced = run(_after(good, first), outstanding.issued_time + timedelta(seconds=60))
+    assert replaced.status.challenge is not None
+    assert replaced.status.challenge != outstanding
+    assert not replaced.new_evidence

@@ -117,9 +117,10 @@ def test_resume_after_restart_from_the_published_spec() -> None:
                  "quote": {"nonce": N1, "attest": "", "signature": "", "pcrBank": "SHA256",
                            "pcrs": []}}}
     )  # fmt: skip
-    state = AgentState.from_spec(spec, 5)
+    state = AgentState.from_spec(spec)
     assert state.answered_nonce == N1
     assert not plan(True, True, _status(N1), state, "x", 6, 10).publish
+    assert plan(True, True, _status(N2), state, "x", 6, 10).quote_nonce == N2  # no pacing
 
 
 def test_cpu_flags_and_module_parameters(tmp_path: Path) -> None:
