@@ -458,3 +458,43 @@ def test_only_the_newest_five_finished_migrations_of_a_vmi_are_kept(kube: Kube) 
         "finalized migrations garbage-collected down to 5",
     )
     assert left == names[2:]
+
+
+def test_parallel_migrations_per_cluster_are_limited_to_five(kube: Kube) -> None:
+    sources = ["hyperwall-1", "hyperwall-2", "plain-1"]
+    names = [f"par-{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        kube.create(
+            "virtualmachines",
+            vm_manifest(
+                name,
+                node_selector={HOSTNAME: sources[i % 3]},
+                annotations={HOLD_MIGRATION_ANNOTATION: "true"},
+            ),
+        )
+    for name in names:
+        kube.wait_vmi_phase(name, "Running")
+        kube.api.merge_patch(
+            kube.path("virtualmachines", name),
+            {"spec": {"template": {"spec": {"nodeSelector": None}}}},
+        )
+    for name in names:
+        wait_for(
+            lambda n=name: kube.vmi(n),
+            lambda v: v is not None and not v["spec"].get("nodeSelector"),
+            f"VMI {name} node selector removed by LiveUpdate",
+        )
+    for name in names:  # two per source node: within the per-node limit
+        kube.create("virtualmachineinstancemigrations", vmim_manifest(f"{name}-m", name))
+    for name in names[:5]:
+        kube.wait_vmim_phase(f"{name}-m", "Running")
+    sixth = kube.wait_vmim_phase("par-5-m", "Pending")
+    assert phases(sixth) == ["Pending"]
+
+    for name in names:
+        kube.api.json_patch(
+            kube.path("virtualmachineinstances", name),
+            [{"op": "remove", "path": "/metadata/annotations/sim.sod.dev~1hold-migration"}],
+        )
+    for name in names:
+        assert kube.wait_vmim_final(f"{name}-m")["status"]["phase"] == "Succeeded"

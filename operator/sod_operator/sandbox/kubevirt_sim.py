@@ -610,7 +610,8 @@ class KubeVirtSimulator:
             self._guard(self._sync_vm, vm, now)
         for vmi in self.vmis.items():
             self._guard(self._sync_vmi, vmi, now)
-        for vmim in sorted(self.vmims.items(), key=lambda m: m["metadata"]["creationTimestamp"]):
+        # Oldest first, as KubeVirt's queue roughly serves them (names break same-second ties).
+        for vmim in sorted(self.vmims.items(), key=_creation_order):
             self._guard(self._sync_vmim, vmim, now)
         self._guard(self._sync_orphans, now)
         self._guard(self._gc_finalized_migrations)
@@ -1366,7 +1367,7 @@ class KubeVirtSimulator:
         for (ns, _vmi), migrations in by_vmi.items():
             if len(migrations) <= keep:
                 continue
-            migrations.sort(key=lambda m: m["metadata"]["creationTimestamp"])
+            migrations.sort(key=_creation_order)
             for m in migrations[: len(migrations) - keep]:
                 self._delete(
                     self.vmims,
@@ -1444,6 +1445,10 @@ def _annotation_seconds(obj: JsonObj, key: str, default: float) -> float:
             "%s/%s: annotation %s=%r is not an integer; using %s", *_key(obj), key, value, default
         )
         return default
+
+
+def _creation_order(obj: JsonObj) -> tuple[str, str]:
+    return obj["metadata"]["creationTimestamp"], obj["metadata"]["name"]
 
 
 def _owned_by(child: JsonObj, owner: JsonObj) -> bool:
