@@ -16,6 +16,15 @@ export GOTOOLCHAIN=local
 step() { printf '[testbed %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 started=$(date +%s)
 
+# One build at a time per cache: a second invocation (another shell, a parallel `make test`)
+# waits for the first and then finds everything cached.
+mkdir -p "$SOD_CACHE"
+exec 9>"$SOD_CACHE/.build.lock"
+if ! flock -n 9; then
+  step "another build-testbed.sh is building into $SOD_CACHE; waiting for it"
+  flock 9
+fi
+
 k8s_bin=$SOD_CACHE/k8s-$KUBE_VERSION/bin
 etcd_bin=$SOD_CACHE/etcd-$ETCD_VERSION/bin
 kwok_bin=$SOD_CACHE/kwok-$KWOK_VERSION/bin
