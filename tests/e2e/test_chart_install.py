@@ -358,6 +358,20 @@ def test_each_component_can_do_what_it_needs_and_nothing_more(
     assert not wrong, "\n".join(wrong)
 
 
+def test_only_the_operator_holds_its_lease(sandbox: LocalCluster, release: Release):
+    ns = release.namespace
+    lease = f"leases.coordination.k8s.io/{RELEASE}-sod-operator-operator"
+
+    def who(component: str) -> list[str]:
+        return [f"--as=system:serviceaccount:{ns}:{RELEASE}-sod-operator-{component}", "-n", ns]
+
+    assert _can(sandbox, who("operator"), "update", lease)
+    assert _can(sandbox, who("operator"), "create", "leases.coordination.k8s.io")
+    assert not _can(sandbox, who("operator"), "update", "leases.coordination.k8s.io/other")
+    assert not _can(sandbox, who("operator"), "update", lease, "-n", "default"), "other namespaces"
+    assert not _can(sandbox, who("verifier"), "update", lease)
+
+
 def test_tenants_get_securevms_through_the_default_roles_but_never_evidence(
     sandbox: LocalCluster, kube_api: KubeApi, namespace: str, release: Release
 ):
