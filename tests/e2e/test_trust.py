@@ -293,6 +293,35 @@ def test_a_silent_agent_is_revoked_when_its_evidence_goes_stale(
     wait_verified(kube_api, node)
 
 
+def test_restarting_the_verifier_and_an_agent_loses_and_duplicates_nothing(
+    bed: TrustBed, sandbox: LocalCluster, kube_api: KubeApi
+) -> None:
+    node = "plain-2"
+    wait_verified(kube_api, node)
+    before = _natt(kube_api, node)["status"]
+    enrolled_events = len(_events(kube_api, node, "NodeAttestation", "NodeEnrolled"))
+    sandbox.processes["verifier"].stop()
+    bed.start_verifier()
+    bed.stop_agent(node)
+    bed.start_agent(node)
+    generation = before["evidence"]["observedGeneration"]
+    after = wait_for(
+        lambda: _natt(kube_api, node)["status"],
+        lambda st: (
+            st["evidence"]["observedGeneration"] > generation + 1
+            and _verdict({"status": st}, TPM) == ("Verified", R.VERIFIED)
+        ),
+        "new evidence verified after both restarts",
+        WAIT,
+    )
+    assert after["enrollment"] == before["enrollment"]  # same AK, no re-enrollment
+    assert _verified_labels(kube_api, node) >= EXPECTED[node]
+    assert len(_events(kube_api, node, "NodeAttestation", "NodeEnrolled")) == enrolled_events
+    tpm = next(v for v in after["verdicts"] if v["profile"] == TPM)
+    first = next(v for v in before["verdicts"] if v["profile"] == TPM)
+    assert tpm["lastTransitionTime"] == first["lastTransitionTime"]  # never flapped
+
+
 # --------------------------------------------------------------------------- a compromised agent
 
 
