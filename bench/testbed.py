@@ -283,11 +283,17 @@ class Bed:
     # ---- the operator ------------------------------------------------------------------
 
     def start_operator(self, extra_args: Sequence[str] = (), name: str = "operator") -> None:
-        argv = [
-            str(Path(sys.executable).parent / "sod-operator"),
-            *operator_args(self.cluster.kubeconfig),
-            *extra_args,
-        ]
+        """Run `sod-operator`; with SOD_BENCH_PROFILE=DIR, under pyinstrument (text profile
+        written to DIR/<name>.txt when the operator stops)."""
+        argv = [str(Path(sys.executable).parent / "sod-operator")]
+        profile_dir = os.environ.get("SOD_BENCH_PROFILE")
+        if profile_dir:
+            Path(profile_dir).mkdir(parents=True, exist_ok=True)
+            argv = [
+                sys.executable, "-m", "pyinstrument", "-r", "text",
+                "-o", str(Path(profile_dir) / f"{name}.txt"), "-m", "sod_operator.main",
+            ]  # fmt: skip
+        argv += [*operator_args(self.cluster.kubeconfig), *extra_args]
         proc = self.cluster.run_process(name, argv, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.operator = OperatorProcess(proc)
 

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -38,8 +39,13 @@ from sod_operator.api.v1alpha1.parsing import ManifestError, parse_model
 from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
 from sod_operator.api.v1alpha1.securevm import RelocationTrigger
 from sod_operator.api.v1alpha1.security import SecurityPackageSpec
-from sod_operator.policy.fleet import plan_batch
-from sod_operator.policy.observed import migration_from_body, vm_from_body, vmi_from_body
+from sod_operator.policy.fleet import InFlight, plan_batch
+from sod_operator.policy.observed import (
+    TRIGGER_LABEL,
+    migration_from_body,
+    vm_from_body,
+    vmi_from_body,
+)
 from sod_operator.policy.plan import (
     CreateMigration,
     CreateVM,
@@ -117,6 +123,9 @@ class Controller:
         self._waiting: set[Key] = set()
         self._trigger_t0: dict[Key, float] = {}
         self._rvs: dict[tuple[Kind, str, str], int] = {}
+        self._dispatched: dict[Key, tuple[str, bool]] = {}
+        """Granted migrations not created yet: (source node, moving target defense). They
+        hold their slot until created (then the world counts them) or abandoned."""
         metrics.bind(self.world, lambda: len(self.world.active_migrations))
 
     @property
@@ -317,15 +326,44 @@ class Controller:
             if obs is not None:
                 observations[key] = obs
         waiting_outside = len(self._waiting - set(observations))
-        result = plan_batch(observations, self.world.in_flight(waiting_outside), self.settings, now)
+        in_flight = self._plus_dispatched(self.world.in_flight(waiting_outside))
+        result = plan_batch(observations, in_flight, self.settings, now)
         self._waiting = (self._waiting - set(observations)) | set(result.waiting)
         self.metrics.planning.observe(time.perf_counter() - started)
         for key, plan in result.plans.items():
             self._note_starved(key, plan)
             self._executing.add(key)
+            self._dispatch(key, plan, observations[key])
             task = asyncio.get_running_loop().create_task(self._execute(key, plan))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _dispatch(self, key: Key, plan: Plan, obs: Any) -> None:
+        # A granted migration is in flight from the grant on: a batch planned while its
+        # create call is still pending must not hand its slot out again.
+        for action in plan.actions:
+            if isinstance(action, CreateMigration):
+                labels = (action.body.get("metadata") or {}).get("labels") or {}
+                mtd = labels.get(TRIGGER_LABEL) == RelocationTrigger.MOVING_TARGET_DEFENSE
+                source = obs.vmi.node_name if obs.vmi is not None else None
+                self._dispatched[key] = (source or "", mtd)
+
+    def _plus_dispatched(self, base: InFlight) -> InFlight:
+        if not self._dispatched:
+            return base
+        by_node: Counter[str] = Counter(base.by_node)
+        moving = 0
+        for node, mtd in self._dispatched.values():
+            by_node[node] += 1
+            moving += mtd
+        count = len(self._dispatched)
+        return replace(
+            base,
+            total=base.total + count,
+            by_node=by_node,
+            security=base.security + count - moving,
+            moving_target=base.moving_target + moving,
+        )
 
     def _note_starved(self, key: Key, plan: Plan) -> None:
         st = plan.status
@@ -404,6 +442,7 @@ class Controller:
             self._schedule(key, ERROR_RETRY_SECONDS)
         finally:
             self._executing.discard(key)
+            self._dispatched.pop(key, None)
             if key in self._urgent or key in self._background:
                 self._wake.set()
 
