@@ -313,6 +313,23 @@ def test_install_notes_say_what_to_do_next(release: Release):
     assert "ACTION REQUIRED" not in release.notes, "an EK CA bundle was given"
 
 
+def test_notes_without_an_ek_ca_bundle_say_how_to_create_it(
+    helm: Helm, sandbox: LocalCluster, namespace: str
+):
+    # A server-side dry-run install (CRDs left out: the test bed's are owned by the release above).
+    proc = helm.run(
+        "install", "sod-notes", str(CHART), "--namespace", namespace, "--dry-run=server",
+        "--set", "crds.enabled=false", kubeconfig=sandbox.kubeconfig,
+    )  # fmt: skip
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert notes.lstrip().startswith("NOTE: crds.enabled is false"), notes
+    assert "ACTION REQUIRED: the verifier needs the EK CA certificates" in notes
+    assert (
+        f"kubectl -n {namespace} create configmap sod-notes-sod-operator-ek-ca-bundle \\\n"
+        "    --from-file=ek-ca-bundle.pem=<your-ek-ca-bundle.pem>"
+    ) in notes
+
+
 # --- least privilege, as the apiserver enforces it -------------------------------------------
 
 
