@@ -1,0 +1,164 @@
+"""The verifier's shell around the pure step: queue, caches, writes, conflicts, reloads.
+
+An in-memory `KubeIO` double records the writes (status, labels, Events) so each
+reconcile's effect is checked without an apiserver; the evidence is the recorded swtpm
+golden data. Covers: the delayed de-duplicating work queue; one reconcile writing status,
+labels and Events, and a second one writing nothing; a 409 leading to a fresh read and no
+label change; a node without attestation losing our labels; the one-EK-one-node index;
+policies parsed once per profile version; the CA bundle reloaded when its file changes.
+The real apiserver path is tests/e2e/test_trust.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sod_operator.api.constants import profile_label
+from sod_operator.verifier.controller import BundleSource, NodeInfo, Verifier, WorkQueue
+from sod_operator.verifier.kube import Conflict
+
+from tests.unit.attestation.conftest import GOLDEN, step
+from tests.unit.attestation.golden import SeededEntropy
+
+Obj = dict[str, Any]
+
+
+class FakeIO:
+    def __init__(self) -> None:
+        self.statuses: list[tuple[str, Obj]] = []
+        self.labels: list[tuple[str, dict[str, str | None]]] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.conflict_once = False
+        self.fresh: Obj | None = None
+        self.rv = 100
+
+    def replace_status(self, name: str, resource_version: str, status: Obj) -> Obj:
+        if self.conflict_once:
+            self.conflict_once = False
+            raise Conflict(name)
+        self.rv += 1
+        self.statuses.append((name, status))
+        return {"metadata": {"name": name, "resourceVersion": str(self.rv), "generation": 0},
+                "spec": {}, "status": status}  # fmt: skip
+
+    def get_attestation(self, name: str) -> Obj | None:
+        return self.fresh
+
+    def patch_node_labels(self, node: str, labels: dict[str, str | None]) -> None:
+        self.labels.append((node, labels))
+
+    def create_event(self, involved: Obj, event_type: str, reason: str, message: str,
+                     now: datetime) -> None:  # fmt: skip
+        self.events.append((involved["kind"], reason, message))
+
+
+def _obj(name: str, s: Any, rv: int = 50) -> Obj:
+    return {"apiVersion": "sod.dev/v1alpha1", "kind": "NodeAttestation",
+            "metadata": {"name": name, "generation": s.generation, "resourceVersion": str(rv),
+                         "uid": "u-1"},
+            "spec": copy.deepcopy(s.spec), "status": copy.deepcopy(s.status_before)}  # fmt: skip
+
+
+def _profile(name: str, rv: str = "1") -> Obj:
+    golden = [{"index": int(i), "values": [v]} for i, v in GOLDEN["goldenPcrs"].items()]
+    return {"metadata": {"name": name, "resourceVersion": rv},
+            "spec": {"attestation": {"tpm": {"pcrs": golden}}}}  # fmt: skip
+
+
+def _verifier(tmp_path: Path, now: datetime) -> tuple[Verifier, FakeIO]:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(GOLDEN["caBundle"])
+    io = FakeIO()
+    v = Verifier(io, BundleSource(bundle), clock=lambda: now, entropy=SeededEntropy(b"v"))  # type: ignore[arg-type]
+    return v, io
+
+
+def test_queue_keeps_each_key_once_at_its_earliest_time() -> None:
+    q = WorkQueue()
+    q.add("a", 60)
+    q.add("a", 0)
+    q.add("b", 0)
+    q.add("b", 60)
+    assert sorted([q.get(1), q.get(1)]) == ["a", "b"]  # type: ignore[type-var]
+    assert q.get(0.05) is None
+    assert len(q) == 0
+
+
+def test_a_reconcile_writes_status_labels_and_events_then_nothing(tmp_path: Path) -> None:
+    s = step("good")
+    v, io = _verifier(tmp_path, s.now)
+    v._on_profile("ADDED", _profile("tpm"))
+    v._on_node("ADDED", {"metadata": {"name": "node-1", "uid": "n-1", "labels": {}}})
+    v._on_attestation("ADDED", _obj("node-1", s))
+    delay = v.reconcile("node-1")
+    assert delay is not None
+    assert 0 < delay <= 61
+    assert io.statuses[0][1]["verifiedProfiles"] == ["tpm"]
+    assert io.labels == [("node-1", {profile_label("tpm"): "verified"})]
+    # The recorded status had hyperwall verified; this catalog has no such profile anymore.
+    revoked = [(k, m) for k, r, m in io.events if r == "ProfileRevoked"]
+    assert {k for k, _ in revoked} == {"Node", "NodeAttestation"}
+    assert all("'hyperwall' revoked" in m for _, m in revoked)
+    writes = (len(io.statuses), len(io.labels), len(io.events))
+    v.reconcile("node-1")  # the cache now holds what was written
+    assert (len(io.statuses), len(io.labels), len(io.events)) == writes
+
+
+def test_a_conflict_rereads_and_retries_without_touching_labels(tmp_path: Path) -> None:
+    s = step("good")
+    v, io = _verifier(tmp_path, s.now)
+    v._on_profile("ADDED", _profile("tpm"))
+    v._on_node("ADDED", {"metadata": {"name": "node-1", "uid": "n-1", "labels": {}}})
+    v._on_attestation("ADDED", _obj("node-1", s))
+    io.conflict_once, io.fresh = True, _obj("node-1", s, rv=77)
+    assert v.reconcile("node-1") == 0.0
+    assert io.labels == []
+    assert v.caches.attestations["node-1"]["metadata"]["resourceVersion"] == "77"
+
+
+def test_a_node_without_attestation_loses_our_labels_only(tmp_path: Path) -> None:
+    v, io = _verifier(tmp_path, step("good").now)
+    labels = {profile_label("tpm"): "verified", "kubernetes.io/os": "linux"}
+    v.caches.nodes["lonely"] = NodeInfo(uid="x", labels=dict(labels))
+    assert v.reconcile("lonely") is None
+    assert io.labels == [("lonely", {profile_label("tpm"): None})]
+
+
+def test_an_ek_enrolled_by_another_node_is_refused(tmp_path: Path) -> None:
+    enrolled, fresh = step("good"), step("identity")
+    v, io = _verifier(tmp_path, fresh.now)
+    v._on_attestation("ADDED", _obj("node-1", enrolled))
+    v._on_node("ADDED", {"metadata": {"name": "node-2", "uid": "n-2", "labels": {}}})
+    v._on_attestation("ADDED", {**_obj("node-2", fresh), "status": {}})
+    v.reconcile("node-2")
+    status = io.statuses[-1][1]
+    assert status.get("enrollment") is None
+    assert {c["type"]: c["reason"] for c in status["conditions"]}["Enrolled"] == "EkAlreadyEnrolled"
+
+
+def test_policies_are_parsed_once_per_profile_version(tmp_path: Path) -> None:
+    v, _ = _verifier(tmp_path, step("good").now)
+    v._on_profile("ADDED", _profile("tpm", "1"))
+    first = v.policies()["tpm"]
+    assert v.policies()["tpm"] is first
+    v._on_profile("MODIFIED", _profile("tpm", "2"))
+    assert v.policies()["tpm"] is not first
+    v._on_profile("DELETED", _profile("tpm", "2"))
+    assert v.policies() == {}
+
+
+def test_the_bundle_is_reloaded_when_its_file_changes(tmp_path: Path) -> None:
+    v, _ = _verifier(tmp_path, step("good").now)
+    path = v.bundle.path
+    assert not v.bundle.reload_if_changed()
+    path.write_text(GOLDEN["rogueCaBundle"])
+    os.utime(path, (1, 1))
+    assert v.bundle.reload_if_changed()
+    path.write_text("not a bundle")
+    os.utime(path, (2, 2))
+    assert not v.bundle.reload_if_changed()  # a broken file keeps the previous bundle
+    assert v.bundle.bundle.roots
