@@ -29,6 +29,8 @@ Obj = dict[str, Any]
 
 class FakeIO:
     def __init__(self) -> None:
+        self.objects: dict[str, Obj] = {}
+        """What the apiserver holds: `replace_status` returns the whole object, as it does."""
         self.statuses: list[tuple[str, Obj]] = []
         self.labels: list[tuple[str, dict[str, str | None]]] = []
         self.events: list[tuple[str, str, str]] = []
@@ -42,8 +44,11 @@ class FakeIO:
             raise Conflict(name)
         self.rv += 1
         self.statuses.append((name, status))
-        return {"metadata": {"name": name, "resourceVersion": str(self.rv), "generation": 0},
-                "spec": {}, "status": status}  # fmt: skip
+        obj = copy.deepcopy(self.objects[name])
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        obj["status"] = status
+        self.objects[name] = obj
+        return obj
 
     def get_attestation(self, name: str) -> Obj | None:
         return self.fresh
@@ -74,6 +79,14 @@ def _verifier(tmp_path: Path, now: datetime) -> tuple[Verifier, FakeIO]:
     bundle.write_text(GOLDEN["caBundle"])
     io = FakeIO()
     v = Verifier(io, BundleSource(bundle), clock=lambda: now, entropy=SeededEntropy(b"v"))  # type: ignore[arg-type]
+    real = v._on_attestation
+
+    def on_attestation(kind: str, obj: Obj) -> None:  # the fake apiserver sees it too
+        if kind in ("ADDED", "MODIFIED"):
+            io.objects[obj["metadata"]["name"]] = copy.deepcopy(obj)
+        real(kind, obj)
+
+    v._on_attestation = on_attestation  # type: ignore[method-assign]
     return v, io
 
 
