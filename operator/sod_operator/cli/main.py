@@ -43,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `sodctl ... | head`: the reader left; not an error worth a traceback.
+        sys.stderr.close()
+        return 0
     return code
 
 
