@@ -389,3 +389,33 @@ def test_two_replicas_never_both_act(
         first.stop()
         second.stop()
         print(f"--- replica-a ---\n{first.log(3000)}\n--- replica-b ---\n{second.log(3000)}")
+
+
+def test_new_profile_makes_an_unsatisfiable_request_placeable(
+    kube_api: KubeApi, trust: Trust, operator: OperatorProcess, tenant: Tenant
+):
+    trust.baseline({X: ("hyperwall",)})
+    operator.start()
+    tenant.create("hw-only", {"options": ["HardwareProtection"]})
+    tenant.wait("hw-only", "Unsatisfiable", "True", "NoSatisfyingProfile")
+    # The platform team adds an architecture that protects from the hardware, and a node has it.
+    name = f"e2e-{tenant.kube.ns[-5:]}"
+    path = resource_path(SOD, "serversecurityprofiles", name=name)
+    profile = {
+        "apiVersion": SOD,
+        "kind": "ServerSecurityProfile",
+        "metadata": {"name": name},
+        "spec": {
+            "scope": "FullVM",
+            "protections": [{"entity": "Hardware", "confidentiality": "Yes", "integrity": "Yes"}],
+        },
+    }
+    kube_api.create(resource_path(SOD, "serversecurityprofiles"), profile)
+    try:
+        trust.set("plain-2", name)
+        obj = tenant.wait_ready_on("hw-only", "plain-2")
+        assert obj["status"]["satisfyingProfiles"] == [name]
+        assert (condition(obj, "Unsatisfiable") or {})["reason"] == "Satisfiable"
+    finally:
+        trust.set("plain-2")
+        kube_api.delete(path)
