@@ -9,6 +9,7 @@ upgrade and the admission policy in action are in tests/e2e/test_chart*.py).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -596,3 +597,18 @@ def test_every_container_command_is_a_console_script_of_the_project(helm: Helm):
             for container in obj["spec"]["template"]["spec"]["containers"]:
                 (command,) = container["command"]
                 assert command in scripts, f"{obj['metadata']['name']}: {command}"
+
+
+def test_a_long_release_name_still_gives_valid_object_names(helm: Helm):
+    release = "a-rather-long-release-name-for-a-production-cluster-x"  # 53 characters
+    objs = parse_rendered(
+        helm.template(VALUES_DIR / "production.yaml", "--set", "fullnameOverride=", release=release)
+    )
+    dns_label = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    for o in objs:
+        assert len(o.name) <= 253, o
+        if o.kind in ("Service", "Namespace"):
+            assert len(o.name) <= 63, o
+            assert dns_label.match(o.name), o
+    services = [o.name for o in objs if o.kind == "Service"]
+    assert len(set(services)) == 2, services

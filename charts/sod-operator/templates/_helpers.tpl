@@ -154,3 +154,8 @@ sod.node-restriction.kubernetes.io/
 {{- define "sod-operator.ekCaBundleConfigMap" -}}
 {{- default (printf "%s-ek-ca-bundle" (include "sod-operator.fullname" .)) .Values.verifier.ekCaBundle.configMapName -}}
 {{- end -}}
+
+{{/* The metrics Service of a component (a DNS-1035 label: at most 63 characters). */}}
+{{- define "sod-operator.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "sod-operator.componentName" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
