@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready-max-age",
         type=int,
         default=120,
-        help="seconds after which a node's newest valid evidence no longer counts "
-        "as Ready (each profile has its own freshnessSeconds)",
+        help="seconds valid evidence counts as Ready when no profile has an attestation "
+        "policy (otherwise the longest profile freshnessSeconds decides)",
     )
     run.add_argument("--resync", type=float, default=60.0, help="seconds between full resyncs")
     run.add_argument("--log-level", default=env("SOD_LOG_LEVEL", "INFO"))
