@@ -1,0 +1,284 @@
+"""The controller runtime against an in-memory API double (no apiserver).
+
+Covers: nothing is planned before kopf says every kind is listed; a relocation's status is
+written before its migration is created; 409 AlreadyExists on create is success; a watch
+event older than our own write never rolls the world back; a node holding six VMs yields two
+migrations (per-node limit) even when a second batch is planned while the first creates are
+still in flight; leadership loss stops all writes. Not covered: kopf itself, real HTTP
+(tests/e2e).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from sod_operator.adapters.controller import Controller, Kind
+from sod_operator.adapters.events import EventRecorder
+from sod_operator.adapters.kube import ApiError
+from sod_operator.adapters.metrics import Metrics
+from sod_operator.api.constants import VERIFIED, profile_label
+from sod_operator.policy.settings import RelocationSettings
+
+from tests.unit.policy.scenario import ROOT, TEMPLATE
+
+NS = "tenant"
+Json = dict[str, Any]
+
+
+class FakeKube:
+    """Records every write; answers like the apiserver (the object, with a new resourceVersion)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.rv = itertools.count(1000)
+        self.objects: dict[tuple[str, str], Json] = {}
+        self.create_delay = 0.0
+        self.exists: set[str] = set()
+
+    def _stamp(self, body: Json) -> Json:
+        out = dict(body)
+        out["metadata"] = {**body.get("metadata", {}), "resourceVersion": str(next(self.rv))}
+        return out
+
+    async def replace_status(self, namespace: str, name: str, status: Json) -> Json:
+        self.calls.append(("status", "securevms", name))
+        obj = self.objects.get(
+            ("securevms", name), {"metadata": {"name": name, "namespace": namespace}}
+        )
+        obj = self._stamp({**obj, "status": status})
+        self.objects[("securevms", name)] = obj
+        return obj
+
+    async def create(self, api_version: str, plural: str, namespace: str, body: Json) -> Json:
+        name = body["metadata"].get("name", "")
+        if plural == "events":
+            return body
+        self.calls.append(("create", plural, name))
+        if self.create_delay:
+            await asyncio.sleep(self.create_delay)
+        if name in self.exists:
+            raise ApiError("POST", plural, 409, b'{"reason": "AlreadyExists", "message": "exists"}')
+        obj = self._stamp({**body, "metadata": {**body["metadata"], "namespace": namespace}})
+        self.objects[(plural, name)] = obj
+        return obj
+
+    async def merge_patch(
+        self,
+        api_version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        patch: Json,
+        sub: str | None = None,
+    ) -> Json:
+        self.calls.append(("patch", plural, name))
+        obj = self.objects.get((plural, name), {"metadata": {"name": name, "namespace": namespace}})
+        return self._stamp(obj)
+
+    async def json_patch(self, *args: Any, **kw: Any) -> Json:
+        self.calls.append(("json-patch", args[1], args[3]))
+        return {}
+
+    async def delete(
+        self, api_version: str, plural: str, namespace: str, name: str, uid: str | None = None
+    ) -> None:
+        self.calls.append(("delete", plural, name))
+
+    def writes(self, kind: str) -> list[tuple[str, str, str]]:
+        return [c for c in self.calls if c[0] == kind]
+
+
+def profile(name: str) -> Json:
+    return yaml.safe_load((ROOT / "examples" / "profiles" / f"{name}.yaml").read_text())
+
+
+def node(name: str, *profiles: str, rv: int = 1) -> Json:
+    labels = {profile_label(p): VERIFIED for p in profiles}
+    labels["kubernetes.io/hostname"] = name
+    return {"metadata": {"name": name, "labels": labels, "resourceVersion": str(rv)}, "spec": {}}
+
+
+def securevm(name: str, uid: str, rv: int = 1, status: Json | None = None) -> Json:
+    return {
+        "apiVersion": "sod.dev/v1alpha1",
+        "kind": "SecureVM",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": uid,
+            "generation": 1,
+            "resourceVersion": str(rv),
+        },
+        "spec": {"security": {"options": ["Basic", "HypervisorProtection"]}, "template": TEMPLATE},
+        **({"status": status} if status else {}),
+    }
+
+
+def vmi(name: str, node_name: str, rv: int = 1, affinity: Json | None = None) -> Json:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": f"vmi-{name}",
+            "resourceVersion": str(rv),
+        },
+        "spec": {"affinity": affinity or {}},
+        "status": {"phase": "Running", "nodeName": node_name},
+    }
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def controller(kube: FakeKube) -> Iterator[Controller]:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    c = Controller(kube, RelocationSettings(), Metrics(), EventRecorder(kube, "test"))  # type: ignore[arg-type]
+    yield c
+    loop.close()
+
+
+async def settle(c: Controller, rounds: int = 20) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0.01)
+
+
+def deploy(c: Controller, kube: FakeKube, count: int) -> None:
+    """Profiles, three HyperWall nodes, `count` SecureVMs whose VMs run on hw-1."""
+    for p in ("hyperwall", "nohype"):
+        c.observe(Kind.PROFILE, profile(p))
+    for n in ("hw-1", "hw-2", "hw-3"):
+        c.observe(Kind.NODE, node(n, "hyperwall"))
+    for i in range(count):
+        c.observe(Kind.SECUREVM, securevm(f"vm{i}", f"uid-{i}"))
+
+
+def converge(c: Controller, kube: FakeKube, count: int) -> None:
+    """The VMs exist with the affinity the operator created them with, running on hw-1."""
+    for i in range(count):
+        created = kube.objects[("virtualmachines", f"vm{i}")]
+        c.observe(
+            Kind.VM,
+            {
+                **created,
+                "metadata": {
+                    **created["metadata"],
+                    "uid": f"vm-{i}",
+                    "ownerReferences": [{"uid": f"uid-{i}"}],
+                },
+            },
+        )
+        affinity = created["spec"]["template"]["spec"]["affinity"]
+        c.observe(Kind.VMI, vmi(f"vm{i}", "hw-1", affinity=affinity))
+
+
+def test_nothing_is_planned_before_every_kind_is_listed(controller: Controller, kube: FakeKube):
+    async def go() -> None:
+        task = asyncio.get_running_loop().create_task(controller.run())
+        deploy(controller, kube, 1)
+        await settle(controller)
+        assert kube.calls == []
+        controller.set_ready()
+        await settle(controller)
+        assert ("create", "virtualmachines", "vm0") in kube.calls
+        task.cancel()
+
+    asyncio.get_event_loop().run_until_complete(go())
+
+
+def test_status_is_written_before_the_migration_and_409_is_success(
+    controller: Controller, kube: FakeKube
+):
+    async def go() -> None:
+        task = asyncio.get_running_loop().create_task(controller.run())
+        deploy(controller, kube, 1)
+        controller.set_ready()
+        await settle(controller)
+        converge(controller, kube, 1)
+        await settle(controller)
+        kube.calls.clear()
+        controller.observe(Kind.NODE, node("hw-1", rv=2))  # trust revoked
+        await settle(controller)
+        order = [c for c in kube.calls if c[0] in ("status", "create")]
+        assert order[0] == ("status", "securevms", "vm0")
+        assert order[1][:2] == ("create", "virtualmachineinstancemigrations")
+        # A restart re-creating the recorded name gets 409: no error, nothing retried.
+        name = order[1][2]
+        kube.exists.add(name)
+        kube.objects.pop(("virtualmachineinstancemigrations", name))
+        controller.world.apply_migration((NS, name), None)
+        controller.mark([(NS, "vm0")])
+        await settle(controller)
+        assert controller.metrics.api_errors._metrics == {}  # type: ignore[attr-defined]
+        task.cancel()
+
+    asyncio.get_event_loop().run_until_complete(go())
+
+
+def test_an_event_older_than_our_write_never_rolls_the_world_back(
+    controller: Controller, kube: FakeKube
+):
+    async def go() -> None:
+        task = asyncio.get_running_loop().create_task(controller.run())
+        deploy(controller, kube, 1)
+        controller.set_ready()
+        await settle(controller)
+        written = controller.world.svms[(NS, "vm0")].status
+        assert written.conditions  # our status is in the world
+        controller.observe(Kind.SECUREVM, securevm("vm0", "uid-0", rv=2))  # stale: no status
+        assert controller.world.svms[(NS, "vm0")].status == written
+        task.cancel()
+
+    asyncio.get_event_loop().run_until_complete(go())
+
+
+def test_per_node_limit_holds_across_batches_while_creates_are_in_flight(
+    controller: Controller, kube: FakeKube
+):
+    async def go() -> None:
+        task = asyncio.get_running_loop().create_task(controller.run())
+        deploy(controller, kube, 6)
+        controller.set_ready()
+        await settle(controller)
+        converge(controller, kube, 6)
+        await settle(controller)
+        kube.calls.clear()
+        kube.create_delay = 0.2  # the first creates are still pending when more events arrive
+        controller.observe(Kind.NODE, node("hw-1", rv=2))
+        await asyncio.sleep(0.05)
+        controller.mark([(NS, f"vm{i}") for i in range(6)])
+        await asyncio.sleep(0.6)
+        creates = [c for c in kube.calls if c[:2] == ("create", "virtualmachineinstancemigrations")]
+        assert len(creates) == 2
+        task.cancel()
+
+    asyncio.get_event_loop().run_until_complete(go())
+
+
+def test_lost_leadership_stops_all_writes(kube: FakeKube):
+    import threading
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    lost = threading.Event()
+    c = Controller(kube, RelocationSettings(), Metrics(), EventRecorder(kube, "t"), stopped=lost)  # type: ignore[arg-type]
+
+    async def go() -> None:
+        task = asyncio.get_running_loop().create_task(c.run())
+        lost.set()
+        deploy(c, kube, 2)
+        c.set_ready()
+        await settle(c)
+        assert kube.calls == []
+        task.cancel()
+
+    loop.run_until_complete(go())
+    loop.close()
