@@ -178,6 +178,13 @@ def install_catalog(api: KubeApi) -> None:
             api.apply(resource_path(SOD, plural, name=obj["metadata"]["name"]), obj, "sod-e2e")
 
 
+def remove_catalog(api: KubeApi) -> None:
+    for sub, plural in (("profiles", "serversecurityprofiles"), ("packages", "securitypackages")):
+        for path in sorted((ROOT / "examples" / sub).glob("*.yaml")):
+            name = yaml.safe_load(path.read_text())["metadata"]["name"]
+            delete_quietly(api, resource_path(SOD, plural, name=name))
+
+
 def securevm(name: str, security: dict[str, Any], **spec: Any) -> dict[str, Any]:
     """A SecureVM like the examples' VM-A/VM-B (a 1 GiB VM from a container disk)."""
     example = yaml.safe_load((ROOT / "examples" / "securevm-vm-a.yaml").read_text())

@@ -33,6 +33,7 @@ from tests.e2e.operator_run import (
     Trust,
     install_catalog,
     metric_value,
+    remove_catalog,
     securevm,
 )
 
@@ -48,8 +49,12 @@ FORCE_FAILURE = "kubevirt.io/func-test-force-launcher-migration-failure"
 
 
 @pytest.fixture(scope="module")
-def catalog(kube_api: KubeApi) -> None:
+def catalog(kube_api: KubeApi) -> Iterator[None]:
     install_catalog(kube_api)
+    yield
+    # Leave the shared cluster as found: no catalog, no trust labels.
+    remove_catalog(kube_api)
+    Trust(kube_api).baseline({})
 
 
 @pytest.fixture

@@ -1,0 +1,159 @@
+"""The paper's story through real attestation: swtpm + node-agent per node, the verifier, and
+`sod-operator`, all as their own processes on the local control plane.
+
+Covers: the verifier labels the HyperWall nodes, the operator places VM-B on one of them; the
+node's runtime evidence reports memory violations (HyperWall's trust evidence in the paper) →
+the verifier revokes the label → the operator live-migrates VM-B to the other verified node;
+the broken node heals and is verified again. Prints the reaction time (evidence broken →
+migration created). Not covered: the verifier's own rejection reasons (test_trust.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sod_operator.api.constants import profile_label
+from sod_operator.sandbox.cluster import LocalCluster
+from sod_operator.sandbox.kubeapi import KubeApi, resource_path
+from sod_operator.sandbox.trust import TrustBed, TrustConfig
+from sod_operator.verifier import rbac
+
+from tests.e2e.harness import Kube, condition, wait_for
+from tests.e2e.operator_run import ROOT, SOD, OperatorProcess, securevm
+from tests.unit.attestation.golden import GOLDEN_PCRS
+
+PROFILE = "att-hyperwall"
+NODES = ("hyperwall-1", "hyperwall-2", "datasafe-1", "plain-1", "plain-2")
+VM_B = {"options": ["Basic", "HypervisorProtection"]}
+
+
+def attested_profile() -> dict[str, Any]:
+    """HyperWall's Table III row, proven by a TPM quote over golden PCRs and zero violations."""
+    example = yaml.safe_load((ROOT / "examples" / "profiles" / "hyperwall.yaml").read_text())
+    spec = copy.deepcopy(example["spec"])
+    spec["attestation"] = {
+        "architecture": "hyperwall",
+        "tpm": {
+            "pcrBank": "SHA256",
+            "pcrs": [{"index": i, "values": [v]} for i, v in GOLDEN_PCRS.items()],
+        },
+        "freshnessSeconds": 10,
+        "runtime": [{"counter": "memoryViolations", "max": 0}],
+    }
+    return {
+        "apiVersion": SOD,
+        "kind": "ServerSecurityProfile",
+        "metadata": {"name": PROFILE},
+        "spec": spec,
+    }
+
+
+def _clean_labels(api: KubeApi) -> None:
+    for name in NODES:
+        labels = api.get(resource_path("v1", "nodes", name=name))["metadata"].get("labels") or {}
+        patch = {k: None for k in labels if k.startswith("sod.node-restriction.kubernetes.io/")}
+        if patch:
+            api.merge_patch(
+                resource_path("v1", "nodes", name=name), {"metadata": {"labels": patch}}
+            )
+
+
+@pytest.fixture(scope="module")
+def bed(sandbox: LocalCluster, kube_api: KubeApi) -> Iterator[TrustBed]:
+    """The trust monitor on the session's nodes; the cluster is left as it was found."""
+    _clean_labels(kube_api)  # only the verifier labels nodes in this module
+    trust = TrustBed(sandbox, TrustConfig(agent_interval=1.0, verifier_resync=10.0))
+    trust.install()
+    kube_api.apply(
+        resource_path(SOD, "serversecurityprofiles", name=PROFILE), attested_profile(), "e2e"
+    )
+    for node in sandbox.nodes:
+        trust.start_node(node)
+    trust.start_verifier()
+    yield trust
+    for name in [n for n in sandbox.processes if n.split("-", 1)[0] in ("agent", "swtpm")]:
+        sandbox.processes.pop(name).stop()
+    sandbox.processes.pop("verifier").stop()
+    kube_api.delete(resource_path(SOD, "serversecurityprofiles", name=PROFILE))
+    for name in NODES:
+        kube_api.delete(resource_path(SOD, "nodeattestations", name=name))
+    _clean_labels(kube_api)
+    for obj in reversed(rbac.policy_manifests(trust.config.namespace)):
+        plural = obj["kind"].lower() + "s"
+        kube_api.delete(
+            resource_path("admissionregistration.k8s.io/v1", plural, name=obj["metadata"]["name"])
+        )
+    (trust.dir / "installed").unlink(missing_ok=True)
+
+
+def verified_on(api: KubeApi) -> set[str]:
+    out = set()
+    for name in NODES:
+        labels = api.get(resource_path("v1", "nodes", name=name))["metadata"].get("labels") or {}
+        if labels.get(profile_label(PROFILE)) == "verified":
+            out.add(name)
+    return out
+
+
+def test_evidence_of_a_violation_moves_the_vm_through_real_attestation(
+    bed: TrustBed, kube_api: KubeApi, kubeconfig: Path, namespace: str, kube: Kube, tmp_path: Path
+):
+    wait_for(lambda: verified_on(kube_api), lambda s: s == {"hyperwall-1", "hyperwall-2"},
+             "the verifier to verify the two HyperWall nodes", 60)  # fmt: skip
+    op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log").start()
+    try:
+        kube.create("securevms", securevm("vm-b", VM_B), api_version=SOD)
+
+        def svm() -> dict[str, Any]:
+            obj = kube.get("securevms", "vm-b", api_version=SOD)
+            assert obj is not None
+            return obj
+
+        placed = wait_for(svm, lambda o: (condition(o, "Ready") or {}).get("status") == "True",
+                          "vm-b Ready", 60)  # fmt: skip
+        source = placed["status"]["nodeName"]
+        assert placed["status"]["nodeProfile"] == PROFILE
+        target = ({"hyperwall-1", "hyperwall-2"} - {source}).pop()
+
+        broken = time.monotonic()
+        bed.break_node(source, "violation")
+        wait_for(lambda: verified_on(kube_api), lambda s: source not in s,
+                 f"the verifier to revoke {source}", 60)  # fmt: skip
+        revoked = time.monotonic()
+        items = wait_for(
+            lambda: kube.api.list(kube.path("virtualmachineinstancemigrations"))["items"],
+            bool,
+            "a migration of vm-b",
+            30,
+        )
+        seen = time.monotonic()
+        print(
+            f"evidence broken -> label revoked (seen) {1000 * (revoked - broken):.0f} ms; "
+            f"label revoked (seen) -> migration seen {1000 * (seen - revoked):.0f} ms"
+        )
+        assert items[0]["metadata"]["labels"]["sod.dev/trigger"] == "TrustRevoked"
+        moved = wait_for(
+            svm,
+            lambda o: (
+                o["status"].get("nodeName") == target
+                and (condition(o, "Ready") or {}).get("status") == "True"
+            ),
+            f"vm-b Ready on {target}",
+            60,
+        )
+        assert moved["status"]["history"][-1]["fromNode"] == source
+        assert source not in verified_on(kube_api)
+        bed.heal_node(source)
+        wait_for(
+            lambda: verified_on(kube_api), lambda s: source in s, f"{source} verified again", 60
+        )
+        assert kube.vmi("vm-b")["status"]["nodeName"] == target  # healing never moves it back
+    finally:
+        op.stop()
+        print(f"--- sod-operator log (tail) ---\n{op.log(3000)}")
