@@ -378,6 +378,9 @@ def _close(
     history = [*(ctx.status.history or []), done]
     ctx.status.history = history[-ctx.cfg.history_limit :]
     ctx.status.relocation = done if result is RelocationResult.FAILED else None
+    if result is RelocationResult.SUCCEEDED:
+        # The VM just moved: the next moving-target move counts from here.
+        ctx.status.next_moving_target_time = None
     ctx.plan.signals.append(
         Signal(
             "relocation_finished",

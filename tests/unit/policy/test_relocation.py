@@ -469,3 +469,16 @@ def test_history_is_bounded():
     (mig,) = actions(first, CreateMigration)
     s.apply_status("vm", first).migration(mig.name, "vm", "Succeeded").vmi_for("vm", "hw-2")
     assert len(s.plan("vm").status.history or []) == s.settings.history_limit
+
+
+def test_a_completed_relocation_restarts_the_moving_target_clock():
+    s = deployed(movingTargetDefense={"intervalSeconds": 600})
+    revoke(s, "hw-1").later(500)
+    first = s.plan("vm")
+    (mig,) = actions(first, CreateMigration)
+    s.apply_status("vm", first).later(5)
+    s.migration(mig.name, "vm", "Succeeded", target="hw-2").vmi_for("vm", "hw-2")
+    plan = s.plan("vm")
+    due = plan.status.next_moving_target_time
+    assert due is not None
+    assert (due - s.now).total_seconds() == 600  # not the old schedule, 100 s away
