@@ -19,8 +19,10 @@ COMPONENT = "sod-operator"
 
 
 class EventRecorder:
-    def __init__(self, kube: Kube, instance: str, concurrency: int = 4):
+    def __init__(self, kube: Kube, instance: str, concurrency: int = 4, backlog: int = 2000):
         self._kube = kube
+        self._backlog = backlog
+        self.dropped = 0
         self._instance = instance
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -35,6 +37,11 @@ class EventRecorder:
         message: str,
         kind: str = "SecureVM",
     ) -> None:
+        if len(self._tasks) >= self._backlog:
+            # A burst beyond what the apiserver takes in: drop rather than grow without bound
+            # (status and metrics still say everything an Event would).
+            self.dropped += 1
+            return
         task = asyncio.get_running_loop().create_task(
             self._post(namespace, name, uid, etype, reason, message, kind)
         )

@@ -22,6 +22,11 @@ _BAD = {
 }
 
 
+_TRANSITIONAL = frozenset(
+    {Reason.NOT_RUNNING, Reason.WAITING_FOR_SCHEDULING, Reason.WAITING_FOR_AFFINITY, Reason.UNKNOWN}
+)
+
+
 class Conditions:
     """Collects the conditions of one reconcile and merges them with apimachinery semantics."""
 
@@ -70,6 +75,8 @@ class Conditions:
                 before is not None and (before.status, before.reason) == (status, reason)
             ):
                 continue
+            if ctype is ConditionType.READY and reason in _TRANSITIONAL:
+                continue  # on the way somewhere: the decision that follows gets the Event
             if ctype is ConditionType.READY or status is _BAD.get(ctype):
                 bad = status is _BAD.get(ctype) or (
                     ctype is ConditionType.READY and status is ConditionStatus.FALSE
