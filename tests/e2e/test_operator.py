@@ -250,6 +250,13 @@ def test_pending_until_a_node_gains_trust(
     trust.set("plain-1", "sev-snp")
     obj = tenant.wait_ready_on("confidential", "plain-1")
     assert obj["status"]["nodeProfile"] == "sev-snp"
+    # `kubectl get secprof` counts the nodes on which each profile is verified.
+    wait_for(
+        lambda: tenant.kube.api.get(resource_path(SOD, "serversecurityprofiles", name="sev-snp")),
+        lambda p: (p.get("status") or {}).get("verifiedNodes") == 1,
+        "sev-snp to count one verified node",
+        15,
+    )
     report = explain(kubeconfig, tenant.kube.ns, "confidential")
     assert report["vmNode"] == "plain-1"
     assert report["qualifyingNodes"] == ["plain-1"]

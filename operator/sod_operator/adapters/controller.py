@@ -32,7 +32,7 @@ from enum import StrEnum
 from typing import Any
 
 from sod_operator.adapters.events import EventRecorder
-from sod_operator.adapters.kube import KUBEVIRT, ApiError, Kube
+from sod_operator.adapters.kube import KUBEVIRT, SOD, ApiError, Kube
 from sod_operator.adapters.metrics import Metrics
 from sod_operator.api.conditions import ConditionType, Reason
 from sod_operator.api.v1alpha1.parsing import ManifestError, parse_model
@@ -126,6 +126,9 @@ class Controller:
         self._dispatched: dict[Key, tuple[str, bool]] = {}
         """Granted migrations not created yet: (source node, moving target defense). They
         hold their slot until created (then the world counts them) or abandoned."""
+        self._profile_dirty: set[str] = set()
+        self._profile_generation: dict[str, int] = {}
+        self._profile_written: dict[str, tuple[int, int]] = {}
         metrics.bind(self.world, lambda: len(self.world.active_migrations))
 
     @property
@@ -160,11 +163,28 @@ class Controller:
         if kind is Kind.NODE:
             spec = body.get("spec") or {}
             labels = None if deleted else dict(meta.get("labels") or {})
+            before = w.nodes[name].verified if name in w.nodes else frozenset()
             affected = w.apply_node(name, labels, not spec.get("unschedulable"), now)
+            after = w.nodes[name].verified if name in w.nodes else frozenset()
+            self._profile_dirty |= before ^ after
             if not self.react_to_nodes:
                 affected = set()
         elif kind is Kind.PROFILE:
+            generation = int(meta.get("generation") or 0)
+            if (
+                not deleted
+                and generation
+                and name in w.profiles
+                and self._profile_generation.get(name) == generation
+            ):
+                return  # a status-only change (e.g. our own verifiedNodes): the spec is the same
             affected = w.apply_profile(name, None if deleted else self._parse_profile(body))
+            if deleted:
+                self._profile_generation.pop(name, None)
+                self._profile_written.pop(name, None)
+            else:
+                self._profile_generation[name] = generation
+                self._profile_dirty.add(name)
         elif kind is Kind.PACKAGE:
             affected = w.apply_package(name, None if deleted else self._parse_package(body))
         elif kind is Kind.SECUREVM:
@@ -297,6 +317,7 @@ class Controller:
     async def run(self) -> None:
         await self.ready.wait()
         resync = asyncio.get_running_loop().create_task(self._resync())
+        profiles = asyncio.get_running_loop().create_task(self._profile_status_loop())
         try:
             while True:
                 await self._wake.wait()
@@ -309,12 +330,43 @@ class Controller:
                     await asyncio.sleep(0)  # let kopf's watchers breathe between chunks
         finally:
             resync.cancel()
+            profiles.cancel()
 
     async def _resync(self) -> None:
         # Level-triggered safety net: every SecureVM is re-planned now and then (background).
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
             self.mark(self.world.all_keys(), urgent=False)
+
+    async def _profile_status_loop(self, period: float = 1.0) -> None:
+        """`ServerSecurityProfile.status.verifiedNodes`, off the hot path and at most once a
+        second per profile (a flapping node must not turn into a write storm)."""
+        while True:
+            await asyncio.sleep(period)
+            if self.suspended or not self._profile_dirty:
+                continue
+            dirty, self._profile_dirty = self._profile_dirty, set()
+            for name in sorted(dirty):
+                if name not in self._profile_generation:
+                    continue  # not (or no longer) a profile: a label without a profile
+                want = (len(self.world.by_profile.get(name, ())), self._profile_generation[name])
+                if self._profile_written.get(name) == want:
+                    continue
+                try:
+                    await self.kube.merge_patch(
+                        SOD,
+                        "serversecurityprofiles",
+                        "",
+                        name,
+                        {"status": {"verifiedNodes": want[0], "observedGeneration": want[1]}},
+                        "status",
+                    )
+                except ApiError as err:
+                    if not err.not_found:
+                        log.warning("could not write the status of profile %s: %s", name, err)
+                        self._profile_dirty.add(name)
+                    continue
+                self._profile_written[name] = want
 
     def _plan_and_execute(self, batch: dict[Key, float]) -> None:
         started = time.perf_counter()
