@@ -151,8 +151,8 @@ def run(quick: bool = False) -> Result:
     from sod_operator.sandbox.nodes import parse_nodes
 
     count = 20 if quick else 50
-    runs = 1 if quick else 3
-    base_runs = 1 if quick else 2
+    runs = 1 if quick else 2
+    base_runs = 1
     nodes = parse_nodes("hyperwall=6")
     hyperwall = [n.name for n in nodes]
     sim = SimConfig(time_scale=TIME_SCALE, resync_seconds=5.0, unschedulable_timeout_seconds=60)

@@ -123,7 +123,7 @@ def run(quick: bool = False) -> Result:
     from sod_operator.sandbox.nodes import parse_nodes
 
     trials = 12 if quick else 50
-    base_trials = 3 if quick else 8
+    base_trials = 3 if quick else 6
     interval = PERIODIC_INTERVAL_SECONDS
     nodes = parse_nodes("hyperwall=4,tpm-measured-boot=3")
     hyperwall = [n.name for n in nodes if n.architecture == "hyperwall"]

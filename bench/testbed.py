@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -299,6 +300,12 @@ class Bed:
 
     def stop_operator(self) -> None:
         if self.operator is not None:
+            if os.environ.get("SOD_BENCH_PROFILE"):
+                # SIGINT: pyinstrument writes its profile when the operator stops cleanly.
+                os.kill(self.operator.pid, signal.SIGINT)
+                deadline = time.monotonic() + 30
+                while self.operator.proc.alive() and time.monotonic() < deadline:
+                    time.sleep(0.1)
             self.operator.proc.stop()
             self.operator = None
 

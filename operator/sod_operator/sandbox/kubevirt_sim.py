@@ -749,7 +749,9 @@ class KubeVirtSimulator:
         now: dt.datetime,
     ) -> None:
         old = vm.get("status", {})
-        conds = [c for c in old.get("conditions", []) if c.get("type") not in ("Ready",)]
+        # Keep the old Ready condition for _set_condition: dropping it first gave Ready a new
+        # lastTransitionTime on every pass, i.e. a status write per VM per pass.
+        conds = list(old.get("conditions", []))
         vmi_status = (vmi or {}).get("status", {})
         phase = vmi_status.get("phase")
         ready_cond = _condition(vmi, "Ready") if vmi else None
