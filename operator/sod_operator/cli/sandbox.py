@@ -8,7 +8,7 @@ sodctl sandbox down
 and installs the example profiles and packages; it returns once everything is ready and leaves
 the processes running (state in $SOD_SANDBOX_DIR, default ~/.local/state/sod-operator/sandbox).
 `up` on a running sandbox only reports it. `down` stops every process `up` started and removes
-the state directory.
+the state directory. `demo` runs the paper's story in it (sod_operator.sandbox.demo).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import yaml
 
 from sod_operator.cli import trust as trust_cli
 from sod_operator.cli.errors import UsageError
+from sod_operator.sandbox import demo as demo_story
 from sod_operator.sandbox.binaries import REPO_ROOT, MissingBinaries, find_binaries
 from sod_operator.sandbox.cluster import (
     AlreadyRunning,
@@ -103,6 +104,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kubeconfig = actions.add_parser("kubeconfig", help="print the kubeconfig path (only)")
     kubeconfig.set_defaults(func=cmd_kubeconfig)
     trust_cli.register_actions(actions)
+
+    demo = actions.add_parser(
+        "demo",
+        help="the paper's story: place VM-A and VM-B, break a node, watch VM-B move",
+        description=demo_story.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo_story.add_arguments(demo)
+    demo.set_defaults(func=cmd_demo)
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -236,6 +246,32 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
         )
     print(cluster.kubeconfig)
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    try:
+        options = demo_story.options_from(args)
+        parse_nodes(options.nodes)
+    except (ValueError, NodeSpecError) as err:
+        raise UsageError(str(err)) from None
+
+    def up(nodes: str) -> int:
+        # Exactly `sodctl sandbox up --nodes NODES -v` (its steps are the progress lines), with
+        # every default of that command.
+        parser = argparse.ArgumentParser(prog="sodctl")
+        register(parser.add_subparsers())
+        up_args = parser.parse_args(
+            ["sandbox", "--state-dir", str(state_dir), "up", "--nodes", nodes, "-v"]
+        )
+        try:
+            code: int = up_args.func(up_args)
+        finally:
+            logging.getLogger().setLevel(logging.WARNING)  # quiet again once the bed is up
+        return code
+
+    hooks = demo_story.SandboxHooks(up=up, install_catalog=install_examples)
+    return demo_story.run(options, state_dir, hooks)
 
 
 # ---- cluster services used by `up` --------------------------------------------------------------
