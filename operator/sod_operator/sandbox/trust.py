@@ -50,6 +50,7 @@ BREAK_VIOLATIONS = 7
 UNEXPECTED_MEASUREMENT = (4, b"unexpected kernel module: sod-sandbox-rootkit.ko")
 TOKEN_SECONDS = 30 * 24 * 3600
 HOW = ("violation", "pcr", "silence")
+UNIX_SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 # Host facts a simulated node of these architectures reports besides its architecture claim
 # (what /proc/cpuinfo and /sys/module show on a real SEV-SNP or TDX host).
 SIMULATED_HOST_FACTS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
@@ -228,7 +229,14 @@ class TrustBed:
 
     def start_swtpm(self, node: str) -> None:
         sw = self.swtpm_for(node)
-        for stale in (sw.socket, Path(f"{sw.socket}.ctrl")):
+        ctrl = f"{sw.socket}.ctrl"
+        if len(ctrl.encode()) > UNIX_SOCKET_PATH_MAX:  # swtpm would fail with a bare IO error
+            raise SandboxError(
+                f"the swtpm control socket of {node} would be {ctrl} ({len(ctrl.encode())} "
+                f"bytes), longer than a Unix socket path may be ({UNIX_SOCKET_PATH_MAX}); use a "
+                "shorter sandbox state directory (--state-dir or $SOD_SANDBOX_DIR)"
+            )
+        for stale in (sw.socket, Path(ctrl)):
             stale.unlink(missing_ok=True)
         proc = self.cluster.run_process(f"swtpm-{node}", sw.argv())
         try:
