@@ -178,18 +178,16 @@ def options_from(args: argparse.Namespace) -> DemoOptions:
 
 def sandbox_mismatch(running: Sequence[NodeSpec], wanted: Sequence[NodeSpec]) -> str | None:
     """Why a running sandbox's nodes differ from the wanted ones (None when they are the same)."""
-    have = {(n.name, n.architecture) for n in running}
-    want = {(n.name, n.architecture) for n in wanted}
-    if have == want:
-        return None
-    missing = sorted(name for name, _ in want - have)
-    extra = sorted(name for name, _ in have - want)
+    have = {n.name: n.architecture for n in running}
+    want = {n.name: n.architecture for n in wanted}
     parts = []
-    if missing:
+    if missing := sorted(set(want) - set(have)):
         parts.append(f"lacks {', '.join(missing)}")
-    if extra:
+    if extra := sorted(set(have) - set(want)):
         parts.append(f"also has {', '.join(extra)}")
-    return "; ".join(parts)
+    if other := sorted(n for n in set(have) & set(want) if have[n] != want[n]):
+        parts.append(", ".join(f"{n} is {have[n]}, not {want[n]}" for n in other))
+    return "; ".join(parts) or None
 
 
 def condition(obj: Mapping[str, Any] | None, ctype: str) -> Mapping[str, Any] | None:
