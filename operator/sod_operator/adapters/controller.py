@@ -526,11 +526,12 @@ class Controller:
                 self.metrics.reaction.labels(trigger=trigger).observe(done - t0)
             self._observe_written(Kind.MIGRATION, body)
             log.info(
-                "created migration %s/%s (%s): %.1f ms after the trigger was observed "
-                "(create call %.1f ms)",
+                "created migration %s/%s (%s, attempt %d): %.1f ms after the trigger was "
+                "observed (create call %.1f ms)",
                 ns,
                 action.name,
                 trigger,
+                plan.status.relocation.attempt if plan.status.relocation else 1,
                 1000 * (done - t0) if t0 is not None else float("nan"),
                 1000 * (done - t_create),
             )
