@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -165,6 +166,7 @@ class Bed:
         self.api = cluster.api()
         self.simulator = simulator
         self.operator: OperatorProcess | None = None
+        self._spy: subprocess.Popen[bytes] | None = None
 
     # ---- catalog and nodes -------------------------------------------------------------
 
@@ -284,28 +286,36 @@ class Bed:
     # ---- the operator ------------------------------------------------------------------
 
     def start_operator(self, extra_args: Sequence[str] = (), name: str = "operator") -> None:
-        """Run `sod-operator`; with SOD_BENCH_PROFILE=DIR, under pyinstrument (text profile
-        written to DIR/<name>.txt when the operator stops)."""
-        argv = [str(Path(sys.executable).parent / "sod-operator")]
-        profile_dir = os.environ.get("SOD_BENCH_PROFILE")
-        if profile_dir:
-            Path(profile_dir).mkdir(parents=True, exist_ok=True)
-            argv = [
-                sys.executable, "-m", "pyinstrument", "-r", "text",
-                "-o", str(Path(profile_dir) / f"{name}.txt"), "-m", "sod_operator.main",
-            ]  # fmt: skip
-        argv += [*operator_args(self.cluster.kubeconfig), *extra_args]
+        """Run `sod-operator`; with SOD_BENCH_PROFILE=DIR also `py-spy record` on it (collapsed
+        stacks written to DIR/<name>.raw when the operator stops)."""
+        argv = [
+            str(Path(sys.executable).parent / "sod-operator"),
+            *operator_args(self.cluster.kubeconfig),
+            *extra_args,
+        ]
         proc = self.cluster.run_process(name, argv, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.operator = OperatorProcess(proc)
+        profile_dir = os.environ.get("SOD_BENCH_PROFILE")
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if profile_dir and Path(spy).exists():
+            Path(profile_dir).mkdir(parents=True, exist_ok=True)
+            out = Path(profile_dir) / f"{name}.raw"
+            self._spy = subprocess.Popen(
+                [spy, "record", "--pid", str(self.operator.pid), "--rate", "50",
+                 "--format", "raw", "--nonblocking", "-o", str(out)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
 
     def stop_operator(self) -> None:
+        spy = self._spy
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+            self._spy = None
         if self.operator is not None:
-            if os.environ.get("SOD_BENCH_PROFILE"):
-                # SIGINT: pyinstrument writes its profile when the operator stops cleanly.
-                os.kill(self.operator.pid, signal.SIGINT)
-                deadline = time.monotonic() + 30
-                while self.operator.proc.alive() and time.monotonic() < deadline:
-                    time.sleep(0.1)
             self.operator.proc.stop()
             self.operator = None
 
