@@ -26,6 +26,39 @@ from pathlib import Path
 from sod_operator.policy.settings import RelocationSettings
 
 
+class _StandbyLiveness:
+    """`/healthz` for a replica that waits for the Lease.
+
+    kopf serves liveness only once it runs, i.e. after this replica leads; without this a
+    standby would fail its liveness probe and be restarted over and over. Closed before kopf
+    binds the same port.
+    """
+
+    def __init__(self, address: str, port: int):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                ok = self.path.split("?")[0] == "/healthz"
+                body = b'{"standby": true}' if ok else b"not found"
+                self.send_response(200 if ok else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:  # probes every few seconds: no log spam
+                return
+
+        self._server = ThreadingHTTPServer((address, port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
 def _parser() -> argparse.ArgumentParser:
     d = RelocationSettings()
     p = argparse.ArgumentParser(
@@ -141,7 +174,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = {
             s: signal.signal(s, lambda *_: waiting.set()) for s in (signal.SIGTERM, signal.SIGINT)
         }
-        if not elector.acquire(waiting):
+        standby = (
+            _StandbyLiveness(args.bind_address, args.liveness_port) if args.liveness_port else None
+        )
+        try:
+            acquired = elector.acquire(waiting)
+        finally:
+            if standby is not None:
+                standby.close()
+        if not acquired:
             return 0
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -384,6 +385,11 @@ def test_two_replicas_never_both_act(
         wait_for(lambda: second.log(), lambda t: "waiting for Lease" in t, "replica-b to wait", 30)
         lease = tenant.kube.api.get(lease_path)
         assert lease["spec"]["holderIdentity"] == "replica-a"
+        # A standby is alive (its liveness probe must not restart it while it waits).
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{second.liveness_port}/healthz", timeout=2
+        ) as probe:
+            assert probe.status == 200
         tenant.create("vm-b", VM_B)
         source = _placed(tenant, "vm-b")
         first.kill()  # no release: replica-b takes over when the Lease expires
