@@ -12,7 +12,11 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sod_operator.api.constants import API_VERSION, SIMULATED_ARCHITECTURE_LABEL
+from sod_operator.api.constants import (
+    API_VERSION,
+    MAX_PROFILE_NAME,
+    SIMULATED_ARCHITECTURE_LABEL,
+)
 from sod_operator.api.v1alpha1.security import option_conflict_message
 from sod_operator.api.vocabulary import SecurityOption
 from sod_operator.sandbox.binaries import read_versions
@@ -109,6 +113,23 @@ def test_securevm_without_conflict_is_accepted(kube: Kube) -> None:
     obj = _securevm([SecurityOption.HYPERVISOR_PROTECTION.value])
     created = kube.create("securevms", obj, api_version=API_VERSION)
     assert created["spec"]["security"]["options"] == ["HypervisorProtection"]
+
+
+def test_profile_name_too_long_for_a_node_label_is_rejected(kube_api: KubeApi) -> None:
+    """The verifier labels nodes `...profile.<name>`; a name that cannot be a label is refused."""
+    path = resource_path(API_VERSION, "serversecurityprofiles")
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": "ServerSecurityProfile",
+        "metadata": {"name": "p" * (MAX_PROFILE_NAME + 1)},
+        "spec": {"scope": "FullVM", "protections": []},
+    }
+    with pytest.raises(ApiError) as err:
+        kube_api.request("POST", path, body=body, query={"dryRun": "All"})
+    assert err.value.status == 422
+    assert f"at most {MAX_PROFILE_NAME} characters" in err.value.message
+    body["metadata"]["name"] = "p" * MAX_PROFILE_NAME
+    kube_api.request("POST", path, body=body, query={"dryRun": "All"})
 
 
 def test_kubevirt_schema_rejects_a_malformed_vm(kube: Kube) -> None:

@@ -17,6 +17,10 @@ PROFILE_LABEL_PREFIX: Final = f"{NODE_LABEL_PREFIX}profile."
 VERIFIED: Final = "verified"
 
 
+# A label name (the part after the prefix) is at most 63 characters: "profile." + name.
+MAX_PROFILE_NAME: Final = 63 - len("profile.")
+
+
 def profile_label(profile_name: str) -> str:
     """The node label key that says the verifier verified `profile_name` on the node."""
     return f"{PROFILE_LABEL_PREFIX}{profile_name}"

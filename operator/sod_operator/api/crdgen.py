@@ -25,7 +25,11 @@ from pydantic import BaseModel
 from sod_operator.api import chart_values, constants
 from sod_operator.api.v1alpha1.nodeattestation import NodeAttestationSpec, NodeAttestationStatus
 from sod_operator.api.v1alpha1.package import SecurityPackageSpec
-from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec, ServerSecurityProfileStatus
+from sod_operator.api.v1alpha1.profile import (
+    PROFILE_NAME_MESSAGE,
+    ServerSecurityProfileSpec,
+    ServerSecurityProfileStatus,
+)
 from sod_operator.api.v1alpha1.securevm import SecureVMSpec, SecureVMStatus
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -60,6 +64,14 @@ def _ready_column(name: str, field_name: str, priority: int = 0) -> PrinterColum
     )
 
 
+# The verifier labels nodes `sod.node-restriction.kubernetes.io/profile.<name>`: a label name
+# is at most 63 characters, so a longer profile name could never be verified on any node.
+PROFILE_NAME_RULE = {
+    "rule": f"self.metadata.name.size() <= {constants.MAX_PROFILE_NAME}",
+    "message": PROFILE_NAME_MESSAGE,
+    "reason": "FieldValueInvalid",
+}
+
 AGE = PrinterColumn("Age", "date", ".metadata.creationTimestamp")
 
 
@@ -75,6 +87,7 @@ class CrdDefinition:
     columns: tuple[PrinterColumn, ...] = ()
     file_name: str = ""
     spec_required: bool = True
+    root_rules: tuple[dict[str, str], ...] = ()
     categories: tuple[str, ...] = field(default=(constants.CATEGORY,))
 
     @property
@@ -117,6 +130,7 @@ CRDS: tuple[CrdDefinition, ...] = (
         namespaced=False,
         spec=ServerSecurityProfileSpec,
         status=ServerSecurityProfileStatus,
+        root_rules=(PROFILE_NAME_RULE,),
         description=(
             "The protections of one security architecture (a row of Table III) and how the "
             "verifier proves a node has it."
@@ -250,6 +264,8 @@ def crd_manifest(crd: CrdDefinition) -> dict[str, Any]:
     }
     if crd.spec_required:
         root["required"] = ["spec"]
+    if crd.root_rules:
+        root["x-kubernetes-validations"] = list(crd.root_rules)
     version: dict[str, Any] = {
         "name": constants.VERSION,
         "served": True,

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
+
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy, PcrBank
 from sod_operator.api.v1alpha1.nodeattestation import (
     AttestationReason,

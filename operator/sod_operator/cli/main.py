@@ -39,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except UsageError as err:
-        print(f"sodctl: error: {err}", file=sys.stderr)
+        # One line, whatever the input held (a name or value with a newline is shown escaped).
+        text = str(err).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"sodctl: error: {text}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -18,6 +18,12 @@ from sod_operator.cli.errors import UsageError
 from sod_operator.policy.matching import ProfileCapabilities
 
 _REPO_ROOT = Path(__file__).resolve().parents[3]
+
+# Bounds on what one YAML document may expand to. YAML aliases let a few hundred bytes stand for
+# billions of values ("billion laughs"); the apiserver refuses such objects (its request limit is
+# 3 MiB), and validating one would hang. Real manifests are far below both bounds.
+MAX_VALUES = 1_000_000
+MAX_DEPTH = 100
 DEFAULT_PACKAGES_DIRS = (Path("examples/packages"), _REPO_ROOT / "examples" / "packages")
 
 
@@ -37,9 +43,50 @@ def _documents(path: Path) -> Iterator[tuple[int, Any]]:
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise UsageError(f"{path}{where}: malformed YAML: {problem}") from None
+    except RecursionError:
+        raise UsageError(f"{path}: malformed YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as err:  # e.g. an int of more than 4300 digits
+        raise UsageError(f"{path}: malformed YAML: {err}") from None
     for i, doc in enumerate(docs, start=1):
         if doc is not None:
+            _check_shape(doc, f"{path}: document {i}")
             yield i, doc
+
+
+def _check_shape(doc: Any, where: str) -> None:
+    """Refuse a document that expands to more than MAX_VALUES values (aliases counted every time
+    they are used), nests deeper than MAX_DEPTH or contains itself; linear in distinct nodes."""
+    if not isinstance(doc, (dict, list)):
+        return
+    shape: dict[int, tuple[int, int]] = {}  # id(container) -> (values, depth)
+    open_nodes: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(doc, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        kids = list(node.values()) if isinstance(node, dict) else node
+        if children_done:
+            values, depth = 1, 1
+            for kid in kids:
+                kid_values, kid_depth = shape.get(id(kid), (1, 0))
+                values += kid_values
+                depth = max(depth, kid_depth + 1)
+            if values > MAX_VALUES:
+                raise UsageError(
+                    f"{where}: expands to more than {MAX_VALUES} values (YAML aliases?)"
+                )
+            if depth > MAX_DEPTH:
+                raise UsageError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+            shape[key] = (values, depth)
+            open_nodes.discard(key)
+            continue
+        if key in shape:
+            continue
+        if key in open_nodes:
+            raise UsageError(f"{where}: a YAML alias refers to a node that contains it")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((kid, False) for kid in kids if isinstance(kid, (dict, list)))
 
 
 def load_objects(path: Path, kinds: tuple[str, ...]) -> list[ParsedObject]:
@@ -53,8 +100,9 @@ def load_objects(path: Path, kinds: tuple[str, ...]) -> list[ParsedObject]:
                 if isinstance(doc.get("metadata"), dict)
                 else None
             )
-            if name:
-                where = f"{path}: {doc.get('kind', 'object')} {name}"
+            kind = doc.get("kind")
+            if isinstance(name, str) and name.isprintable() and len(name) <= 253:
+                where = f"{path}: {kind if isinstance(kind, str) else 'object'} {name}"
         if isinstance(doc, dict) and doc.get("kind") not in kinds:
             raise UsageError(
                 f"{where}: kind: expected {' or '.join(kinds)}, got {doc.get('kind')!r}"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sod_operator.api.v1alpha1.parsing import parse_object
+from sod_operator.api.constants import MAX_PROFILE_NAME
+from sod_operator.api.v1alpha1.parsing import ManifestError, parse_object
 from sod_operator.api.vocabulary import Entity
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -82,3 +83,17 @@ def test_medical_records_package_is_the_papers():
     ]
     assert doc["spec"]["scope"] == "Data"
     assert sorted(doc["spec"]["properties"]) == ["Confidentiality", "Integrity"]
+
+
+def test_profile_name_must_fit_a_node_label():
+    body = {
+        "apiVersion": "sod.dev/v1alpha1",
+        "kind": "ServerSecurityProfile",
+        "metadata": {"name": "p" * (MAX_PROFILE_NAME + 1)},
+        "spec": {"scope": "FullVM", "protections": []},
+    }
+    with pytest.raises(ManifestError, match=f"at most {MAX_PROFILE_NAME} characters") as err:
+        parse_object(body)
+    assert err.value.field_path == "metadata.name"
+    body["metadata"]["name"] = "p" * MAX_PROFILE_NAME
+    parse_object(body)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from sod_operator.api.v1alpha1.base import ApiModel
+from sod_operator.api.v1alpha1.base import UNIQUE_SET, ApiModel, unique_map
 
 # A lower-case name as the node-agent reports it (architecture names, CPU flags, counters).
 FactName = Annotated[
@@ -57,7 +57,11 @@ class GoldenPcr(ApiModel):
 
     index: PcrIndex
     """The PCR index (0-23). It must be covered by the node's quote."""
-    values: Annotated[list[HexDigest], Field(min_length=1, max_length=16, json_schema_extra=_SET)]
+    values: Annotated[
+        list[HexDigest],
+        Field(min_length=1, max_length=16, json_schema_extra=_SET),
+        UNIQUE_SET,
+    ]
     """Accepted values as lower-case hex digests of the policy's bank. More than one value
     allows a rollout (old and new firmware) without a window where no node verifies."""
 
@@ -137,10 +141,14 @@ class AttestationPolicy(ApiModel):
     """The architecture the node's evidence must declare (e.g. `hyperwall`). Unset: any."""
     tpm: TpmPolicy | None = None
     """Golden PCR values. Unset: the quote must be valid, but no PCR value is checked."""
-    cpu_flags: Annotated[list[FactName], Field(max_length=32, json_schema_extra=_SET)] = []
+    cpu_flags: Annotated[
+        list[FactName], Field(max_length=32, json_schema_extra=_SET), UNIQUE_SET
+    ] = []
     """CPU flags (as in /proc/cpuinfo, e.g. `sev_snp`, `tdx_guest`) the node must report."""
     module_parameters: Annotated[
-        list[ModuleParameterRequirement], Field(max_length=16, json_schema_extra=_map("name"))
+        list[ModuleParameterRequirement],
+        Field(max_length=16, json_schema_extra=_map("name")),
+        unique_map("name"),
     ] = []
     """Kernel module parameters the node must report, e.g. `kvm_amd.sev_snp=Y`."""
     runtime: Annotated[

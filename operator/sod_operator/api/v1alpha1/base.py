@@ -7,11 +7,12 @@ number is bounded so CEL rules fit the apiserver's cost budget.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, cast
+from typing import Annotated, Any, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 from pydantic.alias_generators import to_camel
 
 # Bounded scalar types used across the API (Kubernetes names and messages).
@@ -101,3 +102,34 @@ def with_cel_rules(*rules: CelRule) -> ConfigDict:
         **ApiModel.model_config,
         json_schema_extra={"x-kubernetes-validations": cast("list[JsonValue]", list(rules))},
     )
+
+
+H = TypeVar("H", bound=Hashable)
+
+
+def _unique_set(items: list[H]) -> list[H]:
+    seen: dict[H, int] = {}
+    for i, item in enumerate(items):
+        if item in seen:
+            raise ValueError(f"duplicate value '{item}' (items {seen[item]} and {i})")
+        seen[item] = i
+    return items
+
+
+UNIQUE_SET = AfterValidator(_unique_set)
+"""The apiserver's `x-kubernetes-list-type: set` rule, so offline tools reject duplicates too."""
+
+
+def unique_map(key: str) -> AfterValidator:
+    """The apiserver's `x-kubernetes-list-type: map` rule on `key` (one item per key)."""
+
+    def check(items: list[Any]) -> list[Any]:
+        seen: dict[object, int] = {}
+        for i, item in enumerate(items):
+            value = getattr(item, key)
+            if value in seen:
+                raise ValueError(f"duplicate {key} '{value}' (items {seen[value]} and {i})")
+            seen[value] = i
+        return items
+
+    return AfterValidator(check)

@@ -6,18 +6,32 @@ Shared by the operator (objects from the API) and `sodctl` (objects from files):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from sod_operator.api.constants import API_VERSION
-from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
+from sod_operator.api.constants import API_VERSION, MAX_PROFILE_NAME
+from sod_operator.api.v1alpha1.profile import PROFILE_NAME_MESSAGE, ServerSecurityProfileSpec
 from sod_operator.api.v1alpha1.securevm import SecureVMSpec
 from sod_operator.api.v1alpha1.security import SecurityPackageSpec
 
 M = TypeVar("M", bound=BaseModel)
+
+_DNS_SUBDOMAIN = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+)
+_SUBDOMAIN_RULE = (
+    "a lowercase RFC 1123 subdomain (lower case alphanumerics, '-' and '.', starting and "
+    "ending with an alphanumeric, at most 253 characters)"
+)
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_LABEL_RULE = (
+    "a lowercase RFC 1123 label (lower case alphanumerics and '-', starting and ending with "
+    "an alphanumeric, at most 63 characters)"
+)
 
 SPEC_MODELS: dict[str, type[BaseModel]] = {
     "SecureVM": SecureVMSpec,
@@ -88,15 +102,25 @@ def parse_object(body: Mapping[str, Any], expected_kind: str | None = None) -> P
     api_version = body.get("apiVersion")
     if expected_kind is not None and kind != expected_kind:
         raise ManifestError("kind", f"expected {expected_kind!r} ({API_VERSION}), got {kind!r}")
-    if kind not in SPEC_MODELS:
+    if not isinstance(kind, str) or kind not in SPEC_MODELS:
         raise ManifestError("kind", f"{kind!r} is not one of {', '.join(SPEC_MODELS)}")
     if api_version != API_VERSION:
         raise ManifestError("apiVersion", f"expected {API_VERSION!r}, got {api_version!r}")
     metadata = body.get("metadata")
     if not isinstance(metadata, Mapping) or not metadata.get("name"):
         raise ManifestError("metadata.name", "required field is missing")
+    name, namespace = metadata["name"], metadata.get("namespace")
+    # The apiserver's own rules for object names and namespaces, so files fail offline too.
+    if not isinstance(name, str) or not _DNS_SUBDOMAIN.fullmatch(name):
+        raise ManifestError("metadata.name", f"{name!r} is not {_SUBDOMAIN_RULE}")
+    if namespace is not None and (
+        not isinstance(namespace, str) or not _DNS_LABEL.fullmatch(namespace)
+    ):
+        raise ManifestError("metadata.namespace", f"{namespace!r} is not {_LABEL_RULE}")
+    if kind == "ServerSecurityProfile" and len(name) > MAX_PROFILE_NAME:
+        # Mirrors the CRD's rule: the name becomes a node label name (at most 63 characters).
+        raise ManifestError("metadata.name", PROFILE_NAME_MESSAGE)
     spec = parse_model(SPEC_MODELS[kind], body.get("spec"), "spec")
-    namespace = metadata.get("namespace")
     if kind == "SecureVM" and not namespace:
         namespace = "default"
-    return ParsedObject(kind=kind, name=str(metadata["name"]), namespace=namespace, spec=spec)
+    return ParsedObject(kind=kind, name=name, namespace=namespace, spec=spec)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from sod_operator.api.constants import MAX_PROFILE_NAME
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
 from sod_operator.api.v1alpha1.base import (
     CONDITIONS_LIST,
@@ -13,8 +14,15 @@ from sod_operator.api.v1alpha1.base import (
     Condition,
     Generation,
     ShortText,
+    unique_map,
 )
 from sod_operator.api.vocabulary import Cell, Entity, Scope
+
+PROFILE_NAME_MESSAGE = (
+    f"a ServerSecurityProfile name must be at most {MAX_PROFILE_NAME} characters: "
+    "it becomes the node label `sod.node-restriction.kubernetes.io/profile.<name>`"
+)
+"""Why a longer profile name is refused (CRD rule on `metadata.name`, mirrored offline)."""
 
 
 class Protection(ApiModel):
@@ -50,6 +58,7 @@ class ServerSecurityProfileSpec(ApiModel):
                 "x-kubernetes-list-map-keys": ["entity"],
             },
         ),
+        unique_map("entity"),
     ]
     """Per attacking entity, whether confidentiality and integrity are protected."""
     scope: Scope

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sod_operator.api.v1alpha1.base import (
     CONDITIONS_LIST,
@@ -68,6 +68,16 @@ class MovingTargetDefense(ApiModel):
     jitter_seconds: Seconds = 0
     """Random spread around the interval, so moves are not predictable."""
 
+    @model_validator(mode="after")
+    def _jitter_within_interval(self) -> MovingTargetDefense:
+        # Mirrors the CEL rule above, so offline tools (sodctl) reject what the apiserver rejects.
+        if self.jitter_seconds > self.interval_seconds:
+            raise ValueError(
+                f"jitterSeconds: {self.jitter_seconds} exceeds intervalSeconds "
+                f"({self.interval_seconds}); the jitter must not exceed the interval"
+            )
+        return self
+
 
 class SecureVMSpec(ApiModel):
     """A VM and the entities its confidentiality and integrity must be protected from."""
@@ -103,6 +113,13 @@ class SecureVMSpec(ApiModel):
     """How the VM is relocated when its node stops satisfying the request."""
     moving_target_defense: MovingTargetDefense | None = None
     """Optional periodic relocation (moving target defense)."""
+
+    @model_validator(mode="after")
+    def _template_or_vm_ref(self) -> SecureVMSpec:
+        # Mirrors the first CEL rule above (the `vmRef` transition rule needs the old object).
+        if (self.template is None) == (self.vm_ref is None):
+            raise ValueError("set exactly one of `template` or `vmRef`")
+        return self
 
 
 class UnmetCell(ApiModel):

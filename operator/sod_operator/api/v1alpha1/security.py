@@ -6,7 +6,14 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from sod_operator.api.v1alpha1.base import ApiModel, DNS1123Name, ShortText, with_cel_rules
+from sod_operator.api.v1alpha1.base import (
+    UNIQUE_SET,
+    ApiModel,
+    DNS1123Name,
+    ShortText,
+    unique_map,
+    with_cel_rules,
+)
 from sod_operator.api.vocabulary import (
     CONFLICT_REASON,
     IN_VM_OPTIONS,
@@ -67,10 +74,12 @@ def _matrix_conflict_rules() -> list[dict[str, str]]:
 OptionList = Annotated[
     list[SecurityOption],
     Field(min_length=1, max_length=7, json_schema_extra={"x-kubernetes-list-type": "set"}),
+    UNIQUE_SET,
 ]
 PropertyList = Annotated[
     list[Property],
     Field(min_length=1, max_length=2, json_schema_extra={"x-kubernetes-list-type": "set"}),
+    UNIQUE_SET,
 ]
 
 
@@ -158,6 +167,7 @@ class SecurityRequestSpec(ApiModel):
                     "x-kubernetes-list-map-keys": ["entity"],
                 },
             ),
+            unique_map("entity"),
         ]
         | None
     ) = None
