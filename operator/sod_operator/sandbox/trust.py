@@ -28,6 +28,7 @@ import base64
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -347,6 +348,9 @@ class TrustBed:
         self.start_swtpm(node)
 
     def pcrs_golden(self, node: str) -> bool:
+        # libtss2 reads TSS2_LOG once, at its first use in the process: set it before, or the
+        # readiness probing of a reboot that follows (swtpm.wait_ready) prints TCTI errors.
+        os.environ.setdefault("TSS2_LOG", "all+none")
         from tpm2_pytss import ESAPI
 
         with ESAPI(self.swtpm_for(node).tcti) as ectx:
