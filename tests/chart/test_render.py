@@ -353,7 +353,8 @@ def test_operator_role_is_the_briefs(helm: Helm):
         *(("", "nodes", v) for v in ("get", "list", "watch")),
         *(("kubevirt.io", "virtualmachines", v)
           for v in ("get", "list", "watch", "create", "patch", "update")),
-        *(("kubevirt.io", "virtualmachineinstances", v) for v in ("get", "list", "watch")),
+        *(("kubevirt.io", "virtualmachineinstances", v)
+          for v in ("get", "list", "watch", "delete")),
         *(("kubevirt.io", "virtualmachineinstancemigrations", v)
           for v in ("get", "list", "watch", "create", "delete")),
         *(("apiextensions.k8s.io", "customresourcedefinitions", v)
