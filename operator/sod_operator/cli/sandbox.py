@@ -158,7 +158,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         node_services.append(node_service)
         services.append(verifier_service)
     if not args.no_simulator:
-        services.append(lambda c: start_simulator_process(c, sim_config))
+
+        def kubevirt_simulator(cluster: LocalCluster) -> None:
+            start_simulator_process(cluster, sim_config)
+
+        services.append(kubevirt_simulator)
     cluster = LocalCluster(
         state_dir, nodes, binaries=binaries, node_services=node_services, cluster_services=services
     )

@@ -7,8 +7,8 @@
 
 Both wait (up to `--timeout`) until the verifier has acted on the node's labels and print
 its verdicts, unless `--no-wait`. Also the services `sodctl sandbox up` runs for the trust
-monitor: a swtpm and a node-agent per node (`node_service`), then the verifier
-(`verifier_service`, which waits until every node is enrolled).
+monitor: a swtpm and a node-agent per node (`swtpm_and_node_agent`), then the verifier
+(`verifier`, which waits until every node is enrolled).
 """
 
 from __future__ import annotations
@@ -147,14 +147,14 @@ def services(agent_interval: float) -> tuple[NodeService, ClusterService]:
     """(node service, cluster service) starting the trust monitor in a sandbox."""
     config = TrustConfig(agent_interval=agent_interval)
 
-    def node_service(cluster: LocalCluster, node: NodeSpec) -> None:
+    def swtpm_and_node_agent(cluster: LocalCluster, node: NodeSpec) -> None:
         TrustBed(cluster, config).start_node(node)
 
-    def verifier_service(cluster: LocalCluster) -> None:
+    def verifier(cluster: LocalCluster) -> None:
         TrustBed(cluster, config).start_verifier()
         wait_enrolled(cluster, [n.name for n in cluster.nodes])
 
-    return node_service, verifier_service
+    return swtpm_and_node_agent, verifier
 
 
 def wait_enrolled(cluster: LocalCluster, nodes: list[str], timeout: float = ENROLL_TIMEOUT) -> None:

@@ -261,10 +261,12 @@ class LocalCluster:
             self.wait_for_service_account("default")
         for node in self.nodes:
             for service in self.node_services:
-                with self._timed(f"node service {getattr(service, '__name__', service)}"):
+                label = getattr(service, "__name__", "node service").replace("_", " ")
+                with self._timed(f"{label} on {node.name}"):
                     service(self, node)
         for cluster_service in self.cluster_services:
-            with self._timed(f"service {getattr(cluster_service, '__name__', cluster_service)}"):
+            label = getattr(cluster_service, "__name__", "service").replace("_", " ")
+            with self._timed(label):
                 cluster_service(self)
 
     def _start_etcd(self, b: Binaries) -> None:
