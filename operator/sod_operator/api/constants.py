@@ -20,6 +20,10 @@ VERIFIED: Final = "verified"
 # A label name (the part after the prefix) is at most 63 characters: "profile." + name.
 MAX_PROFILE_NAME: Final = 63 - len("profile.")
 
+# A SecureVM's name becomes the value of the `sod.dev/securevm` label on its VM (and the VM's
+# name): a label value is at most 63 characters.
+MAX_SECUREVM_NAME: Final = 63
+
 
 def profile_label(profile_name: str) -> str:
     """The node label key that says the verifier verified `profile_name` on the node."""

@@ -30,7 +30,11 @@ from sod_operator.api.v1alpha1.profile import (
     ServerSecurityProfileSpec,
     ServerSecurityProfileStatus,
 )
-from sod_operator.api.v1alpha1.securevm import SecureVMSpec, SecureVMStatus
+from sod_operator.api.v1alpha1.securevm import (
+    SECUREVM_NAME_MESSAGE,
+    SecureVMSpec,
+    SecureVMStatus,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 HEADER = (
@@ -70,6 +74,16 @@ PROFILE_NAME_RULE = {
     "rule": f"self.metadata.name.size() <= {constants.MAX_PROFILE_NAME}",
     "message": PROFILE_NAME_MESSAGE,
     "reason": "FieldValueInvalid",
+    "fieldPath": ".metadata.name",  # else the rejection names no field (`<nil>`)
+}
+
+# The operator labels a SecureVM's VM `sod.dev/securevm=<name>`: a longer name could never get a VM
+# (found by the reliability suite: the VM create was refused and retried forever).
+SECUREVM_NAME_RULE = {
+    "rule": f"self.metadata.name.size() <= {constants.MAX_SECUREVM_NAME}",
+    "message": SECUREVM_NAME_MESSAGE,
+    "reason": "FieldValueInvalid",
+    "fieldPath": ".metadata.name",  # else the rejection names no field (`<nil>`)
 }
 
 AGE = PrinterColumn("Age", "date", ".metadata.creationTimestamp")
@@ -107,6 +121,7 @@ CRDS: tuple[CrdDefinition, ...] = (
         namespaced=True,
         spec=SecureVMSpec,
         status=SecureVMStatus,
+        root_rules=(SECUREVM_NAME_RULE,),
         description=(
             "A KubeVirt VM together with the entities its confidentiality and integrity must "
             "be protected from; placed only on nodes whose protections are proven by attestation."
@@ -250,7 +265,13 @@ def crd_manifest(crd: CrdDefinition) -> dict[str, Any]:
     properties: Schema = {
         "apiVersion": {"type": "string", "description": "APIVersion of the object."},
         "kind": {"type": "string", "description": "Kind of the object."},
-        "metadata": {"type": "object"},
+        # `name` is declared (the one metadata field a CRD schema may constrain) so that a root
+        # rule's `fieldPath: .metadata.name` is a valid path and its rejection names the field.
+        "metadata": (
+            {"type": "object", "properties": {"name": {"type": "string", "maxLength": 253}}}
+            if crd.root_rules
+            else {"type": "object"}
+        ),
         "spec": spec_schema,
     }
     subresources: dict[str, Any] = {}

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from sod_operator.api.constants import API_VERSION, MAX_PROFILE_NAME
+from sod_operator.api.constants import API_VERSION, MAX_PROFILE_NAME, MAX_SECUREVM_NAME
 from sod_operator.api.v1alpha1.profile import PROFILE_NAME_MESSAGE, ServerSecurityProfileSpec
-from sod_operator.api.v1alpha1.securevm import SecureVMSpec
+from sod_operator.api.v1alpha1.securevm import SECUREVM_NAME_MESSAGE, SecureVMSpec
 from sod_operator.api.v1alpha1.security import SecurityPackageSpec
 
 M = TypeVar("M", bound=BaseModel)
@@ -120,6 +120,8 @@ def parse_object(body: Mapping[str, Any], expected_kind: str | None = None) -> P
     if kind == "ServerSecurityProfile" and len(name) > MAX_PROFILE_NAME:
         # Mirrors the CRD's rule: the name becomes a node label name (at most 63 characters).
         raise ManifestError("metadata.name", PROFILE_NAME_MESSAGE)
+    if kind == "SecureVM" and len(name) > MAX_SECUREVM_NAME:
+        raise ManifestError("metadata.name", SECUREVM_NAME_MESSAGE)
     spec = parse_model(SPEC_MODELS[kind], body.get("spec"), "spec")
     if kind == "SecureVM" and not namespace:
         namespace = "default"

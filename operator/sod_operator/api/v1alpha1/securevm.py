@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
+from sod_operator.api.constants import MAX_SECUREVM_NAME
 from sod_operator.api.v1alpha1.base import (
     CONDITIONS_LIST,
     ApiModel,
@@ -23,6 +24,12 @@ from sod_operator.api.v1alpha1.security import MatrixRow, SecurityRequestSpec
 from sod_operator.api.vocabulary import Cell, Entity, Property, Scope
 
 Seconds = Annotated[int, Field(ge=0, le=31_536_000)]
+
+SECUREVM_NAME_MESSAGE = (
+    f"a SecureVM name must be at most {MAX_SECUREVM_NAME} characters: it names the VM and is "
+    "the value of its `sod.dev/securevm` label"
+)
+"""Why a longer SecureVM name is refused (CRD rule on `metadata.name`, mirrored offline)."""
 
 
 class FailClosedAction(StrEnum):
