@@ -387,6 +387,9 @@ _WRONG_TYPE: dict[str, list[Any]] = {
     "object": ["x", 7, ["x"]],
     "array": ["x", 7, {"a": 1}],
 }
+# Wrong JSON types that pydantic's lax mode converts ("12" -> 12, True -> 1, "true" -> True)
+# while the apiserver rejects them: `sodctl` is lenient there (a documented known limit).
+_COERCIBLE = {("integer", "12"), ("integer", True), ("boolean", "true"), ("boolean", 1)}
 _INT64_OVERFLOW = [2**63, 2**64 + 1, -(2**63) - 1, 10**30]
 
 
@@ -396,7 +399,9 @@ def _breaks(site: Site, value: Any) -> list[tuple[str, Any, str]]:
     out: list[tuple[str, Any, str]] = []
     kind = s.get("type")
     if site.tokens:
-        out += [("type", v, "") for v in _WRONG_TYPE.get(str(kind), [])[:3]]
+        for v in _WRONG_TYPE.get(str(kind), [])[:3]:
+            coercible = isinstance(v, (str, int)) and (kind, v) in _COERCIBLE
+            out.append(("typeCoercible" if coercible else "type", v, ""))
     if site.required and site.present:
         out.append(("required", DELETE, ""))
     if "enum" in s:

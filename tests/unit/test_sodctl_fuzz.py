@@ -51,6 +51,7 @@ SUBPROCESS_FUZZ = settings(FUZZ, max_examples=int(os.environ.get("SOD_FUZZ_SUBPR
 # lists them as known limits.
 LENIENT_RULES = {
     "unknownField",  # extra="ignore": tolerate fields of a newer CRD
+    "typeCoercible",  # pydantic's lax mode: "12" -> 12, true -> 1, "true" -> True
 }
 TRAILER_WORDS = ("not found",)
 
