@@ -8,6 +8,7 @@ the same operator in periodic-resync mode.
 from __future__ import annotations
 
 import math
+import random
 import time
 from typing import Any
 
@@ -57,7 +58,7 @@ def _all_compliant(bed: Any, namespace: str, names: set[str], revoked: str) -> b
 
 
 def incident(
-    bed: Any, run: int, count: int, hyperwall: list[str], timeout: float
+    bed: Any, run: int, count: int, hyperwall: list[str], timeout: float, phase: float = 0.0
 ) -> dict[str, Any]:
     """One incident: `count` SecureVMs on hyperwall[0], which is then revoked."""
     from sod_operator.sandbox.kubeapi import resource_path
@@ -75,7 +76,9 @@ def incident(
         raise RuntimeError(f"VMs not all on {loaded}: {sorted(set(where.values()))}")
     for node in others:
         bed.set_verified(node, ["hyperwall"])
-    time.sleep(2.0)  # the operator has seen the targets before the incident
+    # The operator has seen the targets before the incident; `phase` (the periodic baseline's
+    # interval) starts the incident at a random point of the periodic loop's cycle.
+    time.sleep(2.0 + random.uniform(0.0, phase))
     watch = testbed.migration_watch(bed.cluster.kubeconfig, keep_history=True).start()
     wanted = set(names)
     try:
@@ -176,7 +179,9 @@ def run(quick: bool = False) -> Result:
         else:
             bed.start_operator(periodic, name="operator-periodic")
             for i in range(base_runs):
-                base.append(incident(bed, 100 + i, count, hyperwall, 300 + 3 * 30))
+                base.append(
+                    incident(bed, 100 + i, count, hyperwall, 400, PERIODIC_INTERVAL_SECONDS)
+                )
             bed.stop_operator()
     base_label = f"periodic resync every {PERIODIC_INTERVAL_SECONDS:g} s"
 

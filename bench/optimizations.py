@@ -64,6 +64,116 @@ FIXES: list[Fix] = [
         before="495 us per VM on 200 nodes (as above)",
         after="360-455 us per VM with this change alone; 74 us with both",
     ),
+    Fix(
+        where="adapters/controller.py `Controller._plan_and_execute` (migration slots)",
+        found=(
+            "`--only fanout`'s peak-in-flight count: 6 migrations leaving one node against "
+            "KubeVirt's (and the operator's) per-node budget of 2. A granted migration counted "
+            "as in flight only once its VMIM was created and watched back; batches planned "
+            "while create calls were pending handed the same slots out again."
+        ),
+        change=(
+            "a granted migration holds its slot from the grant until its create call "
+            "finished (`_dispatched`, added to `World.in_flight()` for every batch)."
+        ),
+        before=(
+            "10 SecureVMs on one node revoked (4 nodes, durations x0.1, shared machine): peak "
+            "6 in flight; all created after 4.8 s, all compliant after 11.3 s (KubeVirt queued "
+            "the surplus itself)"
+        ),
+        after=(
+            "peak 2 in flight; all created after 15.5 s, all compliant after 19.0 s: within "
+            "the budget, and slower in wall time, because each round now also waits for the "
+            "operator to see a slot free (the slot-refill figure)"
+        ),
+    ),
+    Fix(
+        where="sandbox/kubevirt_sim.py `KubeVirtSimulator._write_vm_status`",
+        found=(
+            "py-spy on the benchmark process during `--only scale`: 62 % of the simulator's "
+            "thread in `_write_vm_status` merge patches. The VM's old Ready condition was "
+            "dropped before `_set_condition`, so Ready got a new lastTransitionTime on every "
+            "pass: one status write per VM per pass, each echoed to the operator as a VM event."
+        ),
+        change="keep the old conditions for `_set_condition` (one line).",
+        before="steady state, 300 VMs: 207 VM objects rewritten within 5 s",
+        after="0 rewritten within 5 s; tests/e2e/test_testbed.py passes",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Finding:
+    where: str
+    measured: str
+    proposal: str
+
+
+OPEN: list[Finding] = [
+    Finding(
+        where="verifier/controller.py `Verifier._work` (one worker thread)",
+        measured=(
+            "`--only attestation`: the pure verification step takes ~1.2 ms (860 nodes/s per "
+            "core) and the verifier process ~6.3 ms of CPU per quote (parsing, client, status "
+            "write), yet a burst drains at 18-31 nodes/s: one worker does each node's status "
+            "write (and label patch) synchronously, so it waits on the apiserver ~80 % of the "
+            "time, on two cores that the agents, swtpms, apiserver and etcd keep 94-99 % busy."
+        ),
+        proposal=(
+            "several reconcile workers (4-8 threads) taking keys from the existing WorkQueue "
+            "with a per-key 'processing' set (a key re-added while processing is requeued when "
+            "it finishes); then re-measure against the >= 200 nodes/s target on a machine "
+            "where the verifier has a core of its own."
+        ),
+    ),
+    Finding(
+        where="policy/relocation.py + adapters/controller.py (request raised)",
+        measured=(
+            "`--only reaction`: a raised request takes ~2x a revocation (median ~106 vs ~34 "
+            "ms on a quiet machine): status write, VM affinity patch, KubeVirt's copy to the "
+            "VMI, a second status write, then the VMIM: four sequential API round trips plus "
+            "KubeVirt's hop."
+        ),
+        proposal=(
+            "write the first status (non-compliant, WaitingForAffinity) together with the VM "
+            "patch instead of before it (both are idempotent and level-triggered; the "
+            "migration's deterministic name, recorded in the second status write, is what "
+            "crash safety needs), saving one round trip."
+        ),
+    ),
+    Finding(
+        where="kopf diffbase on every watch event (adapters/runtime.py `configure_kopf`)",
+        measured=(
+            "py-spy of the operator converging 300 SecureVMs: ~10 % of its samples in "
+            "`AnnotationsDiffBaseStorage.build` (a deepcopy of every body of every event), "
+            "which only change-detecting handlers need; the operator uses index and event "
+            "handlers only."
+        ),
+        proposal=(
+            "check whether kopf skips the diffbase when no on.create/update/resume handler "
+            "exists; otherwise a StatusDiffBaseStorage/no-op storage avoids the copies."
+        ),
+    ),
+    Finding(
+        where="sandbox/kubeapi.py `KubeApi.watch`",
+        measured=(
+            "after `close_watches()` the aborted stream's connection goes back into the pool "
+            "(`release_conn()` in the `finally`), and the next request on that client reads "
+            "leftover chunk bytes: `BadStatusLine('2fb\\r\\n')` in a loop (seen in "
+            "`--only fanout` before each watch got its own client)."
+        ),
+        proposal="after `shutdown()` close the connection instead of releasing it to the pool.",
+    ),
+    Finding(
+        where="node-agent/sod_node_agent/schedule.py `plan` with `--interval 0`",
+        measured=(
+            "while waiting for a nonce the plan's wait is `interval`, so `--interval 0` makes "
+            "the agent re-read its claims in a busy loop (8 agents held the machine at 100 % "
+            "and the verifier saw 3 nodes/s)."
+        ),
+        proposal="wait `poll` (or until the watch signals a change) when there is no fresh "
+        "nonce; the interval only paces answers.",
+    ),
 ]
 
 
@@ -72,9 +182,10 @@ def render() -> list[str]:
     if not FIXES:
         return [*lines, "No hot path fixed yet.", ""]
     lines += [
-        "Profiles taken with pyinstrument on the benchmark named in each entry. The before and "
-        "after figures come from the same benchmark on the same machine, before and after the "
-        "change.",
+        "Profiles taken with pyinstrument (pure core) and py-spy (the operator and the "
+        "benchmark process: `SOD_BENCH_PROFILE=DIR` makes the test bed record the operator "
+        "with py-spy when it is installed). The before and after figures come from the same "
+        "benchmark on the same machine, before and after the change.",
         "",
     ]
     for fix in FIXES:
@@ -87,4 +198,8 @@ def render() -> list[str]:
             f"* **After**: {fix.after}",
             "",
         ]
+    if OPEN:
+        lines += ["## Found and not fixed here (proposals for the owners)", ""]
+        for f in OPEN:
+            lines += [f"* **{f.where}**: {f.measured} *Proposal*: {f.proposal}", ""]
     return lines
