@@ -225,13 +225,35 @@ def test_generated_manifests_against_the_apiserver_and_the_operator(
         plan_failures = collections.Counter(
             m.group(1) for m in re.finditer(r"executing the plan of \S+ failed: (.{0,60})", log)
         )
-        figures(outcomes, created, reconciled, tracebacks, plan_failures)
+        without_vm = securevms_without_vm(kube_api, namespace, created)
+        figures(outcomes, created, reconciled, tracebacks, plan_failures, without_vm)
         assert tracebacks == 0, f"tracebacks in the operator log:\n{log[-6000:]}"
         assert not problems, f"{len(problems)} problems, e.g.:\n" + "\n".join(problems[:15])
     finally:
         for kind, name in created:
             if not NAMESPACED[kind]:
                 delete_quietly(kube_api, _path(kind, namespace, name))
+
+
+def securevms_without_vm(
+    api: KubeApi, namespace: str, created: list[tuple[str, str]]
+) -> dict[str, int]:
+    """Template SecureVMs that got no VirtualMachine (KubeVirt's schema refused the template),
+    by what their `Ready` condition tells the tenant. A known limit (docs/RELIABILITY.md): the
+    refusal is only in the operator's log, the status says the VM was created."""
+    out: collections.Counter[str] = collections.Counter()
+    for kind, name in created:
+        if kind != "SecureVM":
+            continue
+        svm = api.get(_path(kind, namespace, name))
+        if "template" not in svm["spec"]:
+            continue
+        vm = api.get_or_none(resource_path("kubevirt.io/v1", "virtualmachines", namespace, name))
+        if vm is None:
+            ready = condition(svm, "Ready") or {}
+            assert ready.get("status") == "False", f"{name}: no VM, yet {ready}"
+            out[f"{ready.get('reason')}: {ready.get('message')}"] += 1
+    return dict(out)
 
 
 def wait_reconciled(api: KubeApi, namespace: str, created: list[tuple[str, str]]) -> int:
@@ -261,6 +283,7 @@ def figures(
     reconciled: int,
     tracebacks: int,
     plan_failures: collections.Counter[str],
+    without_vm: dict[str, int],
 ) -> None:
     by_kind: dict[str, dict[str, int]] = {}
     for out in outcomes:
@@ -281,6 +304,7 @@ def figures(
         per_kind={k: dict(v) for k, v in by_kind.items()},
         broken_on_purpose_by_rule=dict(rules),
         handled_plan_failures=dict(plan_failures),
+        template_securevms_without_vm=without_vm,
     )
 
 
@@ -294,7 +318,12 @@ def figures(
     ids=["vmRef-renamed", "vmRef-to-template", "template-to-vmRef"],
 )
 def test_vmref_is_immutable(
-    kube_api: KubeApi, namespace: str, before: JsonObj, after: JsonObj, field_path: str
+    request: pytest.FixtureRequest,
+    kube_api: KubeApi,
+    namespace: str,
+    before: JsonObj,
+    after: JsonObj,
+    field_path: str,
 ):
     spec = {"security": {"options": ["Basic"]}, **before}
     created = send(kube_api, manifest("SecureVM", spec, "adopter", namespace), namespace,
@@ -311,7 +340,7 @@ def test_vmref_is_immutable(
     assert kube_api.get(path)["spec"] == spec  # nothing changed
     record(
         "4",
-        f"vmRef immutability on update ({'/'.join(sorted(after))})",
+        f"vmRef immutability on update ({request.node.callspec.id})",
         1,
         f"rejected: {causes[0]['field']}: {causes[0]['reason']}",
     )

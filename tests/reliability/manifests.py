@@ -491,7 +491,11 @@ def mutated(draw: st.DrawFn, kind: str, family: str) -> Case:
             candidates += [(site, rule, v, "") for rule, v in _edges(site)]
     if not candidates:  # e.g. a spec with nothing but a semantic part: nothing to push
         return Case(kind, spec, "valid", "valid")
-    site, rule, new, suffix = draw(st.sampled_from(candidates))
+    # Rule first, then where: otherwise the many `type` and `unknownField` sites crowd out the
+    # rare rules (maximum, duplicate, ...).
+    rules = sorted({c[1] for c in candidates})
+    chosen = draw(st.sampled_from(rules))
+    site, rule, new, suffix = draw(st.sampled_from([c for c in candidates if c[1] == chosen]))
     out = _set(copy.deepcopy(spec), site.tokens, new)
     where = field_path(site.tokens) + suffix
     violation = Violation(where, rule) if family == "invalid" else None
