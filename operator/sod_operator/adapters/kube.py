@@ -109,7 +109,11 @@ class Kube:
         hook = getattr(self._conf, "refresh_api_key_hook", None)
         if hook is not None:
             hook(self._conf)  # in-cluster: re-reads the rotated service account token
-        token = self._conf.get_api_key_with_prefix("authorization")
+        # kubernetes>=37 keeps a token (kubeconfig or in-cluster ServiceAccount) under
+        # "BearerToken"; reading only "authorization" made every request anonymous.
+        token = self._conf.get_api_key_with_prefix(
+            "BearerToken"
+        ) or self._conf.get_api_key_with_prefix("authorization")
         if token:
             headers["Authorization"] = token
         return headers
