@@ -341,11 +341,11 @@ def _can(sandbox: LocalCluster, who: list[str], verb: str, resource: str, *extra
 
 PERMISSIONS = [
     # (component, verb, resource, extra args, allowed)
-    ("operator", "patch", "securevms.sod.dev", ["-A"], True),
+    ("operator", "patch", "securevms.sod.dev", ["-A"], False),  # never the tenant's spec
     ("operator", "patch", "securevms.sod.dev", ["-A", "--subresource=status"], True),
     ("operator", "delete", "securevms.sod.dev", ["-A"], False),
     ("operator", "create", "virtualmachineinstancemigrations.kubevirt.io", ["-A"], True),
-    ("operator", "delete", "virtualmachineinstancemigrations.kubevirt.io", ["-A"], True),
+    ("operator", "delete", "virtualmachineinstancemigrations.kubevirt.io", ["-A"], False),
     ("operator", "delete", "virtualmachines.kubevirt.io", ["-A"], False),
     ("operator", "list", "nodes", [], True),
     ("operator", "patch", "nodes", [], False),
