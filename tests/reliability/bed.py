@@ -1,0 +1,131 @@
+"""A private local control plane for the reliability experiments that must not share one.
+
+Restarting kube-apiserver or etcd, or turning the apiserver's audit log on, would disturb every
+other e2e module on the session cluster; those experiments get a `PrivateBed` of their own
+(etcd, kube-apiserver, controller-manager, scheduler, kwok, our CRDs and KubeVirt's, the
+KubeVirt simulator in a thread — about ten seconds to start).
+
+`restart(component)` stops one control-plane process (SIGTERM, then SIGKILL) and starts it
+again with the same command line (same ports, same etcd data), plus optional extra flags; it
+returns once the component is healthy again. `audit_events()` reads the audit log when the
+bed was started with `audit=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sod_operator.sandbox.cluster import LocalCluster
+from sod_operator.sandbox.kubevirt_sim import SimConfig
+from sod_operator.sandbox.nodes import NodeSpec
+
+from tests.e2e.harness import SimulatorInThread
+
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
+"""Every request made by a ServiceAccount (the operator runs as one), nothing else."""
+
+
+class PrivateBed:
+    def __init__(
+        self,
+        state_dir: Path,
+        nodes: Sequence[NodeSpec],
+        sim: SimConfig,
+        *,
+        audit: bool = False,
+    ):
+        self.cluster = LocalCluster(state_dir, nodes)
+        self.sim_config = sim
+        self.sim: SimulatorInThread | None = None
+        self.audit = audit
+        self.audit_log = state_dir / "audit.log"
+
+    def start(self) -> PrivateBed:
+        self.cluster.start()
+        if self.audit:
+            policy = self.cluster.state_dir / "audit-policy.yaml"
+            policy.write_text(AUDIT_POLICY)
+            self.restart(
+                "kube-apiserver",
+                extra=(
+                    f"--audit-policy-file={policy}",
+                    f"--audit-log-path={self.audit_log}",
+                    "--audit-log-format=json",
+                    "--audit-log-mode=blocking",
+                ),
+            )
+        # The simulator logs into the cluster's log directory, which exists from start() on.
+        self.sim = SimulatorInThread(self.cluster, self.sim_config)
+        self.cluster.on_stop(self.sim.stop)
+        self.sim.start()
+        return self
+
+    def stop(self) -> None:
+        self.cluster.stop(remove_state=False)
+
+    def restart(
+        self, component: str, extra: Sequence[str] = (), down_seconds: float = 0.0
+    ) -> float:
+        """Stop `component` and start it again; returns the seconds until it was healthy."""
+        proc = self.cluster.processes[component]
+        argv = [a for a in proc.record.argv if a not in extra]
+        proc.stop()
+        time.sleep(down_seconds)
+        t0 = time.monotonic()
+        self.cluster.run_process(component, [*argv, *extra])
+        self._wait_healthy(component)
+        return time.monotonic() - t0
+
+    def stop_component(self, component: str) -> Sequence[str]:
+        """Stop `component` (for an outage of a chosen length); returns its command line."""
+        proc = self.cluster.processes[component]
+        proc.stop()
+        return proc.record.argv
+
+    def start_component(self, component: str, argv: Sequence[str]) -> None:
+        self.cluster.run_process(component, argv)
+        self._wait_healthy(component)
+
+    def _wait_healthy(self, component: str, timeout: float = 60.0) -> None:
+        url, context = self._health(component)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2, context=context) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{component} not healthy {timeout:.0f}s after its restart")
+
+    def _health(self, component: str) -> tuple[str, ssl.SSLContext | None]:
+        if component == "etcd":
+            return f"http://127.0.0.1:{self.cluster.ports['etcd']}/health", None
+        if component == "kube-apiserver":
+            pki = self.cluster.pki
+            ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
+            ctx.load_cert_chain(str(pki.admin.cert), str(pki.admin.key))
+            return f"{self.cluster.server}/readyz", ctx
+        raise ValueError(f"no health check for {component}")
+
+    def audit_events(self) -> Iterator[dict[str, Any]]:
+        if not self.audit_log.exists():
+            return
+        for line in self.audit_log.read_text().splitlines():
+            if line.strip():
+                yield json.loads(line)
