@@ -37,8 +37,10 @@ with its raw samples; this file is regenerated from those files. No unit test as
 * **Targets** are those of `ARCHITECTURE.md` ("Performance targets"), checked against the
   statistic they name.
 * **Machine load.** The 1-minute load average is sampled before and after each benchmark. A
-  section says "quiet" only when that load shows no other work on the machine; otherwise
-  the figures come from a shared machine and are pessimistic.
+  section says "quiet" only when the load before it started shows no other work on the
+  machine (at most 0.35 per core); the load after includes the benchmark's own sandbox. The
+  machine is shared with other work while the project is developed, so a "busy" section's
+  figures are pessimistic.
 * A benchmark whose dependency is missing is reported as **not run**, with the reason, and
   has no figures.
 """
@@ -87,8 +89,11 @@ def _targets(fig: dict[str, Any]) -> str:
 def _mode(doc: dict[str, Any]) -> str:
     mode = "quick" if doc.get("quick") else "full"
     cores = doc.get("environment", {}).get("usable_cores", "?")
-    load = f"load {doc.get('load_before')} -> {doc.get('load_after')} on {cores} cores"
-    quiet = "quiet machine" if doc.get("quiet") else "shared (busy) machine"
+    load = (
+        f"1-min load {doc.get('load_before')} at start, {doc.get('load_after')} at the end "
+        f"(with the benchmark's own sandbox) on {cores} cores"
+    )
+    quiet = "quiet machine at start" if doc.get("quiet") else "machine busy with other work"
     return f"{mode} run, {doc.get('started')}, {fmt(doc.get('duration_s'))} s, {quiet} ({load})"
 
 
