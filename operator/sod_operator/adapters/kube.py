@@ -21,6 +21,7 @@ from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 
 from sod_operator.api.constants import GROUP, VERSION
+from sod_operator.api.rest import resource_path as resource_path  # re-exported
 
 log = logging.getLogger("sod.kube")
 Json = dict[str, Any]
@@ -56,25 +57,6 @@ class ApiError(Exception):
     @property
     def conflict(self) -> bool:
         return self.status == 409
-
-
-def path_for(
-    api_version: str,
-    plural: str,
-    namespace: str | None = None,
-    name: str | None = None,
-    subresource: str | None = None,
-) -> str:
-    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-    parts = [base]
-    if namespace:
-        parts.append(f"namespaces/{namespace}")
-    parts.append(plural)
-    if name:
-        parts.append(name)
-        if subresource:
-            parts.append(subresource)
-    return "/".join(parts)
 
 
 def load_api_client(kubeconfig: Path | None, context: str | None = None) -> kube_client.ApiClient:
@@ -150,7 +132,7 @@ class Kube:
     # -------------------------------------------------------------- the operator's writes
 
     async def create(self, api_version: str, plural: str, namespace: str, body: Json) -> Json:
-        return await self.arequest("POST", path_for(api_version, plural, namespace), body=body)
+        return await self.arequest("POST", resource_path(api_version, plural, namespace), body=body)
 
     async def merge_patch(
         self,
@@ -163,7 +145,7 @@ class Kube:
     ) -> Json:
         return await self.arequest(
             "PATCH",
-            path_for(api_version, plural, namespace, name, sub),
+            resource_path(api_version, plural, namespace, name, sub),
             body=patch,
             content_type=MERGE_PATCH,
         )
@@ -179,7 +161,7 @@ class Kube:
     ) -> Json:
         return await self.arequest(
             "PATCH",
-            path_for(api_version, plural, namespace, name, sub),
+            resource_path(api_version, plural, namespace, name, sub),
             body=ops,
             content_type=JSON_PATCH,
         )
@@ -191,7 +173,9 @@ class Kube:
         if uid:
             body["preconditions"] = {"uid": uid}
         try:
-            await self.arequest("DELETE", path_for(api_version, plural, namespace, name), body=body)
+            await self.arequest(
+                "DELETE", resource_path(api_version, plural, namespace, name), body=body
+            )
         except ApiError as err:
             if not err.not_found:
                 raise
@@ -211,13 +195,13 @@ class Kube:
         self, api_version: str, plural: str, namespace: str | None, name: str
     ) -> Json | None:
         try:
-            return await self.arequest("GET", path_for(api_version, plural, namespace, name))
+            return await self.arequest("GET", resource_path(api_version, plural, namespace, name))
         except ApiError as err:
             if err.not_found:
                 return None
             raise
 
     async def list(self, api_version: str, plural: str, namespace: str | None = None) -> list[Json]:
-        out = await self.arequest("GET", path_for(api_version, plural, namespace))
+        out = await self.arequest("GET", resource_path(api_version, plural, namespace))
         items = out.get("items") or []
         return [i for i in items if isinstance(i, dict)]

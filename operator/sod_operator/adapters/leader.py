@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sod_operator.adapters.kube import ApiError, Kube, path_for
+from sod_operator.adapters.kube import ApiError, Kube, resource_path
 
 log = logging.getLogger("sod.leader")
 COORDINATION = "coordination.k8s.io/v1"
@@ -53,7 +53,7 @@ class LeaderElector:
 
     @property
     def _path(self) -> str:
-        return path_for(COORDINATION, "leases", self.cfg.namespace, self.cfg.name)
+        return resource_path(COORDINATION, "leases", self.cfg.namespace, self.cfg.name)
 
     def _spec(self, transitions: int, acquire_time: str | None) -> dict[str, Any]:
         now = _micro_now()
@@ -83,7 +83,7 @@ class LeaderElector:
             }
             try:
                 self.kube.request(
-                    "POST", path_for(COORDINATION, "leases", self.cfg.namespace), body=body
+                    "POST", resource_path(COORDINATION, "leases", self.cfg.namespace), body=body
                 )
             except ApiError as err2:
                 log.info("creating Lease failed (someone else was faster?): %s", err2)

@@ -32,7 +32,7 @@ from enum import StrEnum
 
 from sod_operator.api.conditions import ConditionState, set_condition
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
-from sod_operator.api.v1alpha1.base import Condition, ConditionStatus
+from sod_operator.api.v1alpha1.base import Condition
 from sod_operator.api.v1alpha1.nodeattestation import (
     NONCE_BYTES,
     AttestationConditionType,
@@ -341,28 +341,6 @@ def _verdicts(
     return out, transitions
 
 
-def _to_state(c: Condition) -> ConditionState:
-    return ConditionState(
-        type=c.type,
-        status=str(c.status),
-        reason=c.reason,
-        message=c.message,
-        observed_generation=c.observed_generation,
-        last_transition_time=c.last_transition_time,
-    )
-
-
-def _to_wire(c: ConditionState) -> Condition:
-    return Condition(
-        type=c.type,
-        status=ConditionStatus(c.status),
-        reason=c.reason,
-        message=c.message[:32768],
-        observed_generation=c.observed_generation,
-        last_transition_time=c.last_transition_time,
-    )
-
-
 def _condition_changed(old: NodeAttestationStatus, ctype: str, reason: str) -> bool:
     for c in old.conditions or []:
         if c.type == ctype:
@@ -378,7 +356,7 @@ def _conditions(
     now: datetime,
     useful: timedelta,
 ) -> list[Condition]:
-    states = [_to_state(c) for c in old.conditions or []]
+    states = [c.to_state() for c in old.conditions or []]
 
     def put(ctype: AttestationConditionType, ok: bool, reason: str, message: str) -> None:
         nonlocal states
@@ -422,7 +400,7 @@ def _conditions(
                 R.VERIFIED,
                 "the latest quote is valid: signed by the enrolled AK over the current nonce",
             )
-    return [_to_wire(s) for s in states]
+    return [Condition.from_state(s) for s in states]
 
 
 def _next_deadline(

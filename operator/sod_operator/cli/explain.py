@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sod_operator.adapters.kube import KUBEVIRT, SOD, ApiError, Kube, load_api_client, path_for
+from sod_operator.adapters.kube import KUBEVIRT, SOD, ApiError, Kube, load_api_client, resource_path
 from sod_operator.api.v1alpha1.parsing import ManifestError, parse_model
 from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
 from sod_operator.api.v1alpha1.security import SecurityPackageSpec
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _list(kube: Kube, api_version: str, plural: str) -> list[Json]:
     try:
-        items = kube.request("GET", path_for(api_version, plural)).get("items") or []
+        items = kube.request("GET", resource_path(api_version, plural)).get("items") or []
     except ApiError as err:
         raise UsageError(f"cannot list {plural}: {err.message or err}") from None
     return [i for i in items if isinstance(i, dict)]
@@ -76,7 +76,7 @@ def _packages(kube: Kube) -> dict[str, SecurityPackageSpec]:
 
 def gather(kube: Kube, namespace: str, name: str) -> tuple[Json, Explanation]:
     try:
-        body = kube.request("GET", path_for(SOD, "securevms", namespace, name))
+        body = kube.request("GET", resource_path(SOD, "securevms", namespace, name))
     except ApiError as err:
         if err.not_found:
             raise UsageError(f"SecureVM {namespace}/{name} not found") from None
@@ -91,7 +91,7 @@ def gather(kube: Kube, namespace: str, name: str) -> tuple[Json, Explanation]:
     vm_node = None
     for plural, target in (("virtualmachines", "vm"), ("virtualmachineinstances", "vmi")):
         try:
-            obj = kube.request("GET", path_for(KUBEVIRT, plural, namespace, vm_name))
+            obj = kube.request("GET", resource_path(KUBEVIRT, plural, namespace, vm_name))
         except ApiError:
             continue
         if target == "vm":

@@ -97,20 +97,7 @@ class Conditions:
         generation: int,
         now: datetime,
     ) -> Condition:
-        olds = (
-            []
-            if before is None
-            else [
-                ConditionState(
-                    type=before.type,
-                    status=str(before.status),
-                    reason=before.reason,
-                    message=before.message,
-                    observed_generation=before.observed_generation,
-                    last_transition_time=before.last_transition_time,
-                )
-            ]
-        )
+        olds = [] if before is None else [before.to_state()]
         (state,), _ = set_condition(
             olds,
             ConditionState(
@@ -122,14 +109,7 @@ class Conditions:
                 last_transition_time=now,
             ),
         )
-        return Condition(
-            type=state.type,
-            status=ConditionStatus(state.status),
-            reason=state.reason,
-            message=state.message,
-            observed_generation=state.observed_generation,
-            last_transition_time=state.last_transition_time,
-        )
+        return Condition.from_state(state)
 
 
 def find_condition(status: SecureVMStatus, ctype: ConditionType) -> Condition | None:

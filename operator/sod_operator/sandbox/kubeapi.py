@@ -20,6 +20,8 @@ from typing import Any
 import urllib3
 from kubernetes import config as kube_config
 
+from sod_operator.api.rest import resource_path as resource_path  # re-exported
+
 JsonObj = dict[str, Any]
 
 JSON = "application/json"
@@ -42,26 +44,6 @@ class ApiError(Exception):
         self.reason = str(self.body.get("reason", ""))
         self.message = str(self.body.get("message", ""))
         super().__init__(f"{method} {path}: HTTP {status} {self.reason}: {self.message}")
-
-
-def resource_path(
-    api_version: str,
-    plural: str,
-    namespace: str | None = None,
-    name: str | None = None,
-    subresource: str | None = None,
-) -> str:
-    """/api/v1/... for the core group, /apis/GROUP/VERSION/... otherwise."""
-    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-    parts = [base]
-    if namespace:
-        parts.append(f"namespaces/{namespace}")
-    parts.append(plural)
-    if name:
-        parts.append(name)
-        if subresource:
-            parts.append(subresource)
-    return "/".join(parts)
 
 
 class KubeApi:

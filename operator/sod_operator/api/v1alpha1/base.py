@@ -15,6 +15,8 @@ from typing import Annotated, Any, TypeVar, cast
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 from pydantic.alias_generators import to_camel
 
+from sod_operator.api.conditions import ConditionState
+
 # Bounded scalar types used across the API (Kubernetes names and messages).
 DNS1123Name = Annotated[
     str,
@@ -25,7 +27,8 @@ DNS1123Name = Annotated[
     ),
 ]
 ShortText = Annotated[str, Field(max_length=256)]
-Message = Annotated[str, Field(max_length=32768)]
+MAX_MESSAGE = 32768
+Message = Annotated[str, Field(max_length=MAX_MESSAGE)]
 Reason = Annotated[
     str,
     Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"),
@@ -73,6 +76,28 @@ class Condition(ApiModel):
     """A CamelCase, machine-readable reason for the condition's last transition."""
     message: Message = ""
     """A human-readable message with details about the transition."""
+
+    def to_state(self) -> ConditionState:
+        """The condition as the pure core's `set_condition` handles it."""
+        return ConditionState(
+            type=self.type,
+            status=str(self.status),
+            reason=self.reason,
+            message=self.message,
+            observed_generation=self.observed_generation,
+            last_transition_time=self.last_transition_time,
+        )
+
+    @classmethod
+    def from_state(cls, state: ConditionState) -> Condition:
+        return cls(
+            type=state.type,
+            status=ConditionStatus(state.status),
+            reason=state.reason,
+            message=state.message[:MAX_MESSAGE],
+            observed_generation=state.observed_generation,
+            last_transition_time=state.last_transition_time,
+        )
 
 
 CONDITIONS_LIST = {
