@@ -91,7 +91,31 @@ def plan_batch(
     """Plans for all `observations`, with migration slots allocated across them."""
     plans = {k: reconcile(o, cfg, now) for k, o in observations.items()}
     requests = [(k, p.slot_request) for k, p in plans.items() if p.slot_request is not None]
-    granted, denied = allocate(requests, in_flight, cfg)
+    granted, denied = allocate(requests, _plus_resumed(in_flight, plans, observations), cfg)
     for key in granted:
         plans[key] = reconcile(observations[key], cfg, now, slot_granted=True)
     return Batch(plans=plans, granted=granted, waiting=denied)
+
+
+def _plus_resumed(
+    in_flight: InFlight, plans: Mapping[Key, Plan], observations: Mapping[Key, Observation]
+) -> InFlight:
+    """`in_flight` plus the migrations this batch creates without a new grant: relocations
+    recorded before a restart and created now. They hold their slots too (without this a
+    restarted operator granted the same slots again: 3 outbound from one node, limit 2, seen by
+    the reliability suite)."""
+    resumed = [k for k, p in plans.items() if p.creates_migration and p.slot_request is None]
+    if not resumed:
+        return in_flight
+    by_node: Counter[str] = Counter(in_flight.by_node)
+    for key in resumed:
+        vmi = observations[key].vmi
+        if vmi is not None and vmi.node_name:
+            by_node[vmi.node_name] += 1
+    return InFlight(
+        total=in_flight.total + len(resumed),
+        by_node=by_node,
+        security=in_flight.security + len(resumed),
+        moving_target=in_flight.moving_target,
+        security_waiting=in_flight.security_waiting,
+    )

@@ -280,7 +280,14 @@ class World:
         for ns, name in self.active_migrations:
             mig = self.migrations[(ns, name)]
             vmi = self.vmis.get((ns, mig.vmi_name))
-            if vmi is not None and vmi.node_name:
+            # The source node: KubeVirt moves the VMI's nodeName to the target when the
+            # migration completes, a moment before the VMIM turns Succeeded; counting by nodeName
+            # then freed the source's slot early (seen by the reliability suite: 4 outbound
+            # migrations from one node with a limit of 2, just after an operator restart).
+            state = vmi.migration if vmi is not None else None
+            if state is not None and state.migration_uid == mig.uid and state.source_node:
+                by_node[state.source_node] += 1
+            elif vmi is not None and vmi.node_name:
                 by_node[vmi.node_name] += 1
             if mig.securevm is not None:
                 if mig.trigger == RelocationTrigger.MOVING_TARGET_DEFENSE:
