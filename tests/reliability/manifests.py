@@ -428,7 +428,9 @@ def _breaks(site: Site, value: Any) -> list[tuple[str, Any, str]]:
             if "maxItems" in s:
                 extra = s["maxItems"] + 1 - len(value)
                 out.append(("maxItems", value + [copy.deepcopy(value[-1])] * max(extra, 0), ""))
-            if s.get("x-kubernetes-list-type") in ("set", "map"):
+            # A duplicate that also overflows maxItems would break two rules at once.
+            room = len(value) < s.get("maxItems", len(value) + 1)
+            if s.get("x-kubernetes-list-type") in ("set", "map") and room:
                 out.append(("duplicate", [*value, copy.deepcopy(value[0])], f"[{len(value)}]"))
     elif kind == "object" and s.get("properties") and isinstance(value, dict):
         out.append(("unknownField", {**value, UNKNOWN_FIELD: 1}, f".{UNKNOWN_FIELD}"))

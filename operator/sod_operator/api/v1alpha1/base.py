@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar, cast
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from sod_operator.api.conditions import ConditionState
 
@@ -131,12 +132,24 @@ def with_cel_rules(*rules: CelRule) -> ConfigDict:
 
 H = TypeVar("H", bound=Hashable)
 
+DUPLICATE_ERROR = "duplicate"
+"""pydantic error type of a duplicate list item; its ctx `index` is the duplicate's position,
+so errors name `field[index]` as the apiserver does."""
+
+
+def _duplicate(what: str, first: int, index: int) -> PydanticCustomError:
+    return PydanticCustomError(
+        DUPLICATE_ERROR,
+        "duplicate {what} (items {first} and {index})",
+        {"what": what, "first": first, "index": index},
+    )
+
 
 def _unique_set(items: list[H]) -> list[H]:
     seen: dict[H, int] = {}
     for i, item in enumerate(items):
         if item in seen:
-            raise ValueError(f"duplicate value '{item}' (items {seen[item]} and {i})")
+            raise _duplicate(f"value '{item}'", seen[item], i)
         seen[item] = i
     return items
 
@@ -153,7 +166,7 @@ def unique_map(key: str) -> AfterValidator:
         for i, item in enumerate(items):
             value = getattr(item, key)
             if value in seen:
-                raise ValueError(f"duplicate {key} '{value}' (items {seen[value]} and {i})")
+                raise _duplicate(f"{key} '{value}'", seen[value], i)
             seen[value] = i
         return items
 

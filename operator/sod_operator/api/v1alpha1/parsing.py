@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from sod_operator.api.constants import API_VERSION, MAX_PROFILE_NAME, MAX_SECUREVM_NAME
+from sod_operator.api.v1alpha1.base import DUPLICATE_ERROR
 from sod_operator.api.v1alpha1.profile import PROFILE_NAME_MESSAGE, ServerSecurityProfileSpec
 from sod_operator.api.v1alpha1.securevm import SECUREVM_NAME_MESSAGE, SecureVMSpec
 from sod_operator.api.v1alpha1.security import SecurityPackageSpec
@@ -67,6 +68,8 @@ def first_error(err: ValidationError, prefix: str) -> ManifestError:
     msg = str(detail["msg"]).removeprefix("Value error, ")
     if detail["type"] == "enum" and "ctx" in detail:
         msg = f"{detail['input']!r} is not one of {detail['ctx'].get('expected', '')}"
+    elif detail["type"] == DUPLICATE_ERROR and "ctx" in detail:
+        return ManifestError(_path((*detail["loc"], detail["ctx"]["index"]), prefix), msg)
     elif detail["type"] == "missing":
         msg = "required field is missing"
     return ManifestError(_path(tuple(detail["loc"]), prefix), msg)
