@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import urllib3
+
 from sod_operator.adapters.kube import ApiError, Kube, resource_path
 
 log = logging.getLogger("sod.leader")
@@ -66,7 +68,21 @@ class LeaderElector:
         }
 
     def try_acquire_or_renew(self) -> bool:
-        """One attempt; True when we hold the Lease afterwards."""
+        """One attempt; True when we hold the Lease afterwards. An unreachable apiserver is a
+        failed attempt like any other (it used to kill the renewer thread, leaving the operator
+        acting without a Lease: found by the reliability suite restarting kube-apiserver)."""
+        try:
+            return self._try_acquire_or_renew()
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            log.warning(
+                "Lease %s/%s: the apiserver is unreachable: %s",
+                self.cfg.namespace,
+                self.cfg.name,
+                err,
+            )
+            return False
+
+    def _try_acquire_or_renew(self) -> bool:
         try:
             lease = self.kube.request("GET", self._path)
         except ApiError as err:
