@@ -89,6 +89,10 @@ def _utcnow() -> datetime:
 _CONTINUATIONS = frozenset({Kind.VM, Kind.VMI, Kind.MIGRATION})
 
 
+class _VMRejected(Exception):
+    """The apiserver refused the VM made from a SecureVM's template (recorded in the world)."""
+
+
 class Controller:
     def __init__(
         self,
@@ -482,6 +486,8 @@ class Controller:
             )
             if plan.requeue_after is not None:
                 self._schedule(key, plan.requeue_after)
+        except _VMRejected:
+            self._schedule(key, 0)  # re-plan at once: the status says why there is no VM
         except Exception as err:
             self.metrics.api_errors.labels(action=type(err).__name__).inc()
             log.warning(
@@ -539,6 +545,12 @@ class Controller:
             try:
                 body = await self.kube.create(KUBEVIRT, "virtualmachines", ns, action.body)
             except ApiError as err:
+                if err.status in (400, 422) and (svm := self.world.svms.get(key)) is not None:
+                    # KubeVirt's schema refused the template: no retry helps until the tenant
+                    # changes the SecureVM (a new generation). Say so in its status instead of
+                    # retrying every few seconds (found by the reliability suite's bad input).
+                    self.world.vm_rejections[key] = (svm.uid, svm.generation, err.message)
+                    raise _VMRejected from err
                 if not err.already_exists:
                     raise
                 return

@@ -72,6 +72,8 @@ class Reason(StrEnum):
     # VM reference
     VM_NOT_FOUND = "VirtualMachineNotFound"
     VM_CONFLICT = "VirtualMachineConflict"
+    VM_REJECTED = "VirtualMachineRejected"
+    """The apiserver refused the VirtualMachine made from `spec.template` (KubeVirt's schema)."""
     UNKNOWN = "Unknown"
     """Not evaluated yet (conditions are set on first visit, as Unknown)."""
 

@@ -121,6 +121,9 @@ class Observation:
     vmi: VMIView | None = None
     migrations: Sequence[MigrationView] = ()
     """Migrations of this VMI (ours and anyone else's)."""
+    vm_rejected: str | None = None
+    """Why the apiserver refused to create the VM from this generation's template, if it did
+    (retrying cannot help until the tenant changes the SecureVM)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -197,6 +197,15 @@ def _ensure_vm(ctx: _Ctx, desired: Json, eligible: list[str]) -> bool:
     assert spec is not None
     vm = obs.vm
     if spec.template is not None:
+        if vm is None and obs.vm_rejected:
+            cond.false(
+                ConditionType.READY,
+                Reason.VM_REJECTED,
+                f"the VirtualMachine made from spec.template was refused: {obs.vm_rejected}; "
+                "fix spec.template (a KubeVirt VirtualMachineSpec)",
+            )
+            _unknown_placement(ctx, Reason.VM_REJECTED, "no VirtualMachine")
+            return False
         if vm is None:
             ctx.plan.actions.append(CreateVM(vm_body(svm, spec.template, desired)))
             ctx.plan.events.append(

@@ -71,6 +71,8 @@ class World:
         self._svms_by_resolution: defaultdict[ResolutionKey, set[Key]] = defaultdict(set)
         self._resolved: dict[Key, _Resolved] = {}
         self._cache: dict[ResolutionKey, Resolution] = {}
+        self.vm_rejections: dict[Key, tuple[str, int, str]] = {}
+        """SecureVM → (uid, generation, the apiserver's message) of a refused VM create."""
         self.starved: set[Key] = set()
         """SecureVMs whose last plan found no compliant node: woken when a node gains trust."""
 
@@ -312,6 +314,7 @@ class World:
         if svm is None:
             return None
         vm_key = (key[0], svm.vm_name)
+        rejected = self.vm_rejections.get(key)
         return Observation(
             svm=svm,
             resolution=self.resolution(key),
@@ -320,6 +323,9 @@ class World:
             vm=self.vms.get(vm_key),
             vmi=self.vmis.get(vm_key),
             migrations=self.migrations_of(*vm_key),
+            vm_rejected=rejected[2]
+            if rejected and rejected[:2] == (svm.uid, svm.generation)
+            else None,
         )
 
     def keys_on_node(self, name: str) -> set[Key]:
