@@ -157,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     log = logging.getLogger("sod.main")
     stop_flag = threading.Event()
+    # Not `options.lost`: the controller sets that on every stop (it stops writing), so a clean
+    # SIGTERM exited 1 without releasing the Lease.
+    lease_lost = threading.Event()
     elector = None
     if not args.no_leader_election:
         elector = LeaderElector(
@@ -188,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(s, handler)
 
         def lost() -> None:
+            lease_lost.set()
             options.lost.set()  # stop writing now, before kopf winds down
             stop_flag.set()
 
@@ -202,13 +206,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             liveness_endpoint=liveness,
-            memo=kopf.Memo(options=options),
+            memo=kopf.Memo(options=options, stop_flag=stop_flag),
             stop_flag=stop_flag,
         )
     finally:
-        if elector is not None and not options.lost.is_set():
+        if elector is not None and not lease_lost.is_set():
             elector.release()
-    return 1 if options.lost.is_set() else 0
+    return 1 if lease_lost.is_set() else 0
 
 
 if __name__ == "__main__":

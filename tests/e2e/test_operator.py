@@ -409,6 +409,31 @@ def test_two_replicas_never_both_act(
         print(f"--- replica-a ---\n{first.log(3000)}\n--- replica-b ---\n{second.log(3000)}")
 
 
+def test_a_clean_shutdown_hands_the_lease_over(
+    kubeconfig: Path, namespace: str, tmp_path: Path, trust: Trust, tenant: Tenant
+):
+    """SIGTERM (what the kubelet sends on a rollout): exit 0 on its own, Lease released."""
+    trust.baseline({X: ("hyperwall",)})
+    first = OperatorProcess(kubeconfig, namespace, tmp_path / "a.log", "--identity", "replica-a")
+    second = OperatorProcess(kubeconfig, namespace, tmp_path / "b.log", "--identity", "replica-b")
+    lease_path = resource_path("coordination.k8s.io/v1", "leases", namespace, "sod-operator")
+    try:
+        first.start()
+        second.spawn()
+        wait_for(lambda: second.log(), lambda t: "waiting for Lease" in t, "replica-b to wait", 30)
+        # stop() escalates to SIGKILL after 20 s; a -9 here means the process hung on SIGTERM.
+        assert first.stop() == 0, first.log()
+        holder = tenant.kube.api.get(lease_path)["spec"].get("holderIdentity")
+        assert holder in ("", "replica-b"), holder
+        tenant.create("vm-b", VM_B)
+        tenant.wait_ready_on("vm-b")
+        assert tenant.kube.api.get(lease_path)["spec"]["holderIdentity"] == "replica-b"
+    finally:
+        first.stop()
+        second.stop()
+        print(f"--- replica-a ---\n{first.log(3000)}\n--- replica-b ---\n{second.log(3000)}")
+
+
 def test_new_profile_makes_an_unsatisfiable_request_placeable(
     kube_api: KubeApi, trust: Trust, operator: OperatorProcess, tenant: Tenant
 ):
