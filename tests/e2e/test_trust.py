@@ -34,6 +34,7 @@ from sod_operator.sandbox.trust import TrustBed, TrustConfig, token_kubeconfig
 from sod_operator.verifier import rbac
 
 from tests.e2e.harness import wait_for
+from tests.reliability.figures import record
 from tests.unit.attestation.golden import GOLDEN_PCRS
 
 NATT = "sod.dev/v1alpha1"
@@ -320,6 +321,12 @@ def test_a_silent_agent_is_revoked_when_its_evidence_goes_stale(
     )
     assert "node-agent started" in bed.heal_node(node)
     wait_verified(kube_api, node)
+    record(
+        "6",
+        "a silent agent (evidence left to go stale)",
+        1,
+        "revoked: EvidenceStale, trust labels removed",
+    )
 
 
 def test_restarting_the_verifier_and_an_agent_loses_and_duplicates_nothing(
@@ -365,6 +372,12 @@ def test_forged_signature(
     _write_spec(attacker, node, spec, current)
     wait_rejected(kube_api, node, HYPERWALL, R.QUOTE_SIGNATURE_INVALID)
     assert _verified_labels(kube_api, node) == set()
+    record(
+        "6",
+        "forged quote signature (one bit flipped)",
+        1,
+        "rejected: QuoteSignatureInvalid, labels removed",
+    )
 
 
 def test_a_different_ak(
@@ -377,6 +390,12 @@ def test_a_different_ak(
     att = wait_rejected(kube_api, node, TPM, R.AK_NOT_ENROLLED)
     assert att["status"]["enrollment"]["state"] == "Enrolled"  # the pinned AK did not change
     assert _verified_labels(kube_api, node) == set()
+    record(
+        "6",
+        "quote by a different AK than the enrolled one",
+        1,
+        "rejected: AkNotEnrolled, the pinned AK unchanged, labels removed",
+    )
 
 
 def test_a_replayed_nonce(
@@ -397,6 +416,12 @@ def test_a_replayed_nonce(
     att = wait_rejected(kube_api, node, HYPERWALL, R.NONCE_MISMATCH)
     assert _verdict(att, TPM) == ("Rejected", R.NONCE_MISMATCH)
     assert _verified_labels(kube_api, node) == set()
+    record(
+        "6",
+        "replayed evidence (genuine, answering an older nonce)",
+        1,
+        "rejected: NonceMismatch, labels removed",
+    )
 
 
 def test_a_tampered_pcr_value(
@@ -413,6 +438,12 @@ def test_a_tampered_pcr_value(
     _write_spec(attacker, node, spec, current)
     wait_rejected(kube_api, node, HYPERWALL, R.PCR_DIGEST_MISMATCH)
     assert _verified_labels(kube_api, node) == set()
+    record(
+        "6",
+        "PCR value replaced by the golden one after quoting",
+        1,
+        "rejected: PcrDigestMismatch, labels removed",
+    )
 
 
 def test_altered_claims(
@@ -427,6 +458,12 @@ def test_altered_claims(
         counter["value"] = 0  # hide the violation after the TPM signed the quote
     _write_spec(attacker, node, spec, current)
     wait_rejected(kube_api, node, HYPERWALL, R.QUALIFYING_DATA_MISMATCH)
+    record(
+        "6",
+        "runtime claims altered after quoting (violations hidden)",
+        1,
+        "rejected: QualifyingDataMismatch",
+    )
 
 
 # --------------------------------------------------------------------------- the apiserver's rules
@@ -452,6 +489,12 @@ def test_an_agent_cannot_write_another_nodes_attestation(bed: TrustBed) -> None:
             },
         )
     )
+    record(
+        "5",
+        "node-agent writes another node's NodeAttestation (patch, create)",
+        2,
+        "refused 403 by the admission policy (own node only)",
+    )
 
 
 def test_an_agent_cannot_label_its_node(bed: TrustBed) -> None:
@@ -461,6 +504,12 @@ def test_an_agent_cannot_label_its_node(bed: TrustBed) -> None:
         lambda: agent.merge_patch(resource_path("v1", "nodes", name="hyperwall-1"), patch)
     )
     assert 'cannot patch resource "nodes"' in err.message
+    record(
+        "5",
+        "node-agent labels its own node with a trust label",
+        1,
+        "refused 403 (RBAC: no patch on nodes)",
+    )
 
 
 def test_an_agent_cannot_write_the_verdict_or_delete_evidence(bed: TrustBed) -> None:
@@ -471,6 +520,7 @@ def test_an_agent_cannot_write_the_verdict_or_delete_evidence(bed: TrustBed) -> 
     err = _forbidden(lambda: agent.request("PUT", path + "/status", body=own))
     assert "nodeattestations/status" in err.message
     _forbidden(lambda: agent.delete(path))
+    record("5", "node-agent writes its verdict (/status) or deletes its evidence", 2, "refused 403")
 
 
 def test_an_agent_token_without_a_node_binding_is_refused(
@@ -488,6 +538,7 @@ def test_an_agent_token_without_a_node_binding_is_refused(
     # No resourceVersion precondition: the live agent's writes must not turn this into a 409.
     err = _forbidden(lambda: agent.merge_patch(path, {"spec": {"claims": {"cpuFlags": []}}}))
     assert "carries no node name" in err.message
+    record("5", "node-agent token not bound to a node", 1, "refused 403: carries no node name")
 
 
 RBAC = "rbac.authorization.k8s.io/v1"
@@ -565,6 +616,12 @@ def test_tenants_cannot_read_or_write_attestations(
     _forbidden(lambda: tenant.create(collection, body))
     _forbidden(lambda: tenant.merge_patch(collection + "/hyperwall-1", {"spec": {}}))
     kube_api.delete(resource_path(RBAC, "clusterrolebindings", name=f"e2e-{namespace}-viewer-view"))
+    record(
+        "5",
+        "tenant (admin/edit/view, cluster view) reads or writes NodeAttestations",
+        6,
+        "refused 403",
+    )
 
 
 def test_only_the_verifier_sets_trust_labels(
@@ -598,6 +655,12 @@ def test_only_the_verifier_sets_trust_labels(
         resource_path(RBAC, "clusterrolebindings", name=f"e2e-{ns}-node-labeler-e2e-node-labeler")
     )
     kube_api.delete(resource_path(RBAC, "clusterroles", name="e2e-node-labeler"))
+    record(
+        "5",
+        "an identity allowed to patch nodes sets a trust label; the verifier changes other fields",
+        3,
+        "refused 403 by the admission policies",
+    )
 
 
 def _can_get(api: KubeApi, path: str) -> bool:

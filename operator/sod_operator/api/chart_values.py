@@ -308,6 +308,9 @@ class Verifier(_Workload):
     resync_seconds: Annotated[float, Field(ge=1, le=86400)] = 60
     """resyncSeconds is the time between two full resyncs of the verifier's caches
     (`--resync`)."""
+    workers: Annotated[int, Field(ge=1, le=64)] = 4
+    """workers is how many nodes the verifier reconciles at once (`--workers`); a reconcile
+    mostly waits on its status write, so a few overlap those round trips."""
     liveness_probe: Probe = Field(default_factory=lambda: Probe(initial_delay_seconds=10))
     """livenessProbe (`/healthz` on the metrics port: the worker and watches are alive) restarts a
     verifier that stopped."""

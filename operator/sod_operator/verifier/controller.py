@@ -28,7 +28,11 @@ from pydantic import ValidationError
 
 from sod_operator.api.constants import API_VERSION, PROFILE_LABEL_PREFIX
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
-from sod_operator.api.v1alpha1.nodeattestation import EnrollmentState, NodeAttestation
+from sod_operator.api.v1alpha1.nodeattestation import (
+    EnrollmentState,
+    NodeAttestation,
+    NodeAttestationStatus,
+)
 from sod_operator.attestation import labels, monitor
 from sod_operator.attestation.ekcert import BundleError, CaBundle
 from sod_operator.attestation.enroll import Entropy
@@ -44,11 +48,18 @@ def utcnow() -> datetime:
 
 
 class WorkQueue:
-    """Keys to reconcile, each at most once in the queue, at its earliest due time."""
+    """Keys to reconcile, each at most once in the queue, at its earliest due time.
+
+    A key handed out by `get` is *processing* until `done`: it is never handed to a second
+    worker meanwhile (client-go's workqueue contract), and an `add` for it waits until `done`.
+    """
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, str]] = []
         self._due: dict[str, float] = {}
+        self._processing: set[str] = set()
+        self._deferred: dict[str, float] = {}
+        """Processing keys added again: pushed at their due time when done."""
         self._seq = 0
         self._cond = threading.Condition()
         self._closed = False
@@ -56,15 +67,22 @@ class WorkQueue:
     def add(self, key: str, delay: float = 0.0) -> None:
         due = time.monotonic() + max(delay, 0.0)
         with self._cond:
-            if key in self._due and self._due[key] <= due:
+            if key in self._processing:
+                if due < self._deferred.get(key, float("inf")):
+                    self._deferred[key] = due
                 return
-            self._due[key] = due
-            self._seq += 1
-            heapq.heappush(self._heap, (due, self._seq, key))
-            self._cond.notify()
+            self._push(key, due)
+
+    def _push(self, key: str, due: float) -> None:
+        if key in self._due and self._due[key] <= due:
+            return
+        self._due[key] = due
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, key))
+        self._cond.notify()
 
     def get(self, timeout: float) -> str | None:
-        """The next due key, or None after `timeout` (or when closed)."""
+        """The next due key (processing until `done`), or None after `timeout` or when closed."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while not self._closed:
@@ -74,12 +92,20 @@ class WorkQueue:
                 if self._heap and self._heap[0][0] <= now:
                     _, _, key = heapq.heappop(self._heap)
                     del self._due[key]
+                    self._processing.add(key)
                     return key
                 wake = min(deadline, self._heap[0][0] if self._heap else deadline)
                 if now >= deadline:
                     return None
                 self._cond.wait(max(wake - now, 0.001))
             return None
+
+    def done(self, key: str) -> None:
+        with self._cond:
+            self._processing.discard(key)
+            due = self._deferred.pop(key, None)
+            if due is not None:
+                self._push(key, due)
 
     def close(self) -> None:
         with self._cond:
@@ -88,7 +114,7 @@ class WorkQueue:
 
     def __len__(self) -> int:
         with self._cond:
-            return len(self._due)
+            return len(self._due) + len(self._deferred)
 
 
 class BundleSource:
@@ -168,6 +194,9 @@ class VerifierConfig:
     ready_max_age_seconds: int = 120
     resync_seconds: float = 60.0
     bundle_check_seconds: float = 5.0
+    workers: int = 4
+    """Nodes reconciled at once. Each reconcile mostly waits on the apiserver (a status PUT), so
+    a few threads overlap those round trips; one node is never reconciled by two at once."""
 
 
 class Verifier:
@@ -190,6 +219,9 @@ class Verifier:
         self.stop_event = threading.Event()
         self.heartbeat = time.monotonic()
         self._threads: list[threading.Thread] = []
+        # Two nodes presenting one EK must be judged one after the other, or both could enroll
+        # it: a reconcile holds the stripe of its EK fingerprint until its status is cached.
+        self._ek_locks = tuple(threading.Lock() for _ in range(64))
 
     # -- lifecycle
 
@@ -209,9 +241,15 @@ class Verifier:
             )
             t.start()
             self._threads.append(t)
-        worker = threading.Thread(target=self._work, name="verifier-worker", daemon=True)
-        worker.start()
-        self._threads.append(worker)
+        workers = [
+            threading.Thread(target=self._work, name=f"verifier-worker-{i}", daemon=True)
+            for i in range(max(self.config.workers, 1))
+        ]
+        housekeeping = threading.Thread(target=self._housekeep, name="verifier-housekeeping")
+        housekeeping.daemon = True
+        for t in (*workers, housekeeping):
+            t.start()
+            self._threads.append(t)
         return self
 
     def stop(self) -> None:
@@ -289,17 +327,22 @@ class Verifier:
 
     # -- the worker
 
-    def _work(self) -> None:
+    def _housekeep(self) -> None:
+        """The CA bundle's reload check and the periodic resync (every node enqueued)."""
         last_resync = last_bundle = time.monotonic()
-        while not self.stop_event.is_set():
-            self.heartbeat = time.monotonic()
-            if self.heartbeat - last_bundle >= self.config.bundle_check_seconds:
-                last_bundle = self.heartbeat
+        while not self.stop_event.wait(min(self.config.bundle_check_seconds, 1.0)):
+            now = time.monotonic()
+            if now - last_bundle >= self.config.bundle_check_seconds:
+                last_bundle = now
                 if self.bundle.reload_if_changed():
                     self.enqueue_all()
-            if self.heartbeat - last_resync >= self.config.resync_seconds:
-                last_resync = self.heartbeat
+            if now - last_resync >= self.config.resync_seconds:
+                last_resync = now
                 self.enqueue_all()
+
+    def _work(self) -> None:
+        while not self.stop_event.is_set():
+            self.heartbeat = time.monotonic()
             if not self.synced():
                 self.stop_event.wait(0.05)
                 continue
@@ -312,6 +355,8 @@ class Verifier:
                 log.exception("reconcile of %s failed; retrying", key)
                 self.metrics.api_errors.labels("reconcile").inc()
                 delay = 2.0
+            finally:
+                self.queue.done(key)
             if delay is not None:
                 self.queue.add(key, delay)
 
@@ -343,16 +388,29 @@ class Verifier:
             log.warning("profile %s: spec.attestation invalid, never verified: %s", name, err)
             return None
 
-    def _ek_enrolled_by(self, name: str, att: NodeAttestation) -> str | None:
+    @staticmethod
+    def _ek_fingerprint(att: NodeAttestation) -> str | None:
         if att.spec.tpm is None:
             return None
         try:
-            fp = hashlib.sha256(base64.b64decode(att.spec.tpm.ek_certificate)).hexdigest()
+            return hashlib.sha256(base64.b64decode(att.spec.tpm.ek_certificate)).hexdigest()
         except (binascii.Error, ValueError):
             return None
+
+    def _ek_enrolled_by(self, name: str, fingerprint: str | None) -> str | None:
+        if fingerprint is None:
+            return None
         with self.caches.lock:
-            owner = self.caches.enrolled_eks.get(fp)
+            owner = self.caches.enrolled_eks.get(fingerprint)
         return owner if owner is not None and owner != name else None
+
+    @contextmanager
+    def _ek_serialised(self, fingerprint: str | None) -> Iterator[None]:
+        if fingerprint is None:
+            yield
+            return
+        with self._ek_locks[int(fingerprint[:8], 16) % len(self._ek_locks)]:
+            yield
 
     def reconcile(self, name: str) -> float | None:
         """One node: returns when to look again (seconds), or None."""
@@ -368,37 +426,30 @@ class Verifier:
         except ValidationError as err:
             log.warning("NodeAttestation %s does not parse, treated as no evidence: %s", name, err)
             att = NodeAttestation.from_object({**obj, "spec": {}})
-        now = self.clock()
-        started = time.perf_counter()
-        out = monitor.step(
-            monitor.StepInput(
-                attestation=att,
-                node=monitor.NodeView(node.labels) if node is not None else None,
-                policies=self.policies(),
-                now=now,
-                ek_enrolled_by=self._ek_enrolled_by(name, att),
-            ),
-            monitor.Settings(
-                bundle=self.bundle.bundle, ready_max_age_seconds=self.config.ready_max_age_seconds
-            ),
-            self.entropy,
-        )
-        self.metrics.step_seconds.observe(time.perf_counter() - started)
-        if out.status_changed:
-            status = out.status.model_dump(mode="json", by_alias=True, exclude_none=True)
-            try:
-                with self._api("status"):
-                    written = self.io.replace_status(name, att.resource_version, status)
-            except Conflict:
-                self.metrics.conflicts.inc()
-                fresh = self.io.get_attestation(name)
-                with self.caches.lock:
-                    self.caches.put_attestation(name, fresh)
-                return 0.0
-            with self.caches.lock:
-                if _rv(written) >= _rv(self.caches.attestations.get(name, {})):
-                    self.caches.put_attestation(name, written)
-            obj = written
+        fingerprint = self._ek_fingerprint(att)
+        with self._ek_serialised(fingerprint):
+            now = self.clock()
+            started = time.perf_counter()
+            out = monitor.step(
+                monitor.StepInput(
+                    attestation=att,
+                    node=monitor.NodeView(node.labels) if node is not None else None,
+                    policies=self.policies(),
+                    now=now,
+                    ek_enrolled_by=self._ek_enrolled_by(name, fingerprint),
+                ),
+                monitor.Settings(
+                    bundle=self.bundle.bundle,
+                    ready_max_age_seconds=self.config.ready_max_age_seconds,
+                ),
+                self.entropy,
+            )
+            self.metrics.step_seconds.observe(time.perf_counter() - started)
+            if out.status_changed:
+                written = self._write_status(name, att, out.status)
+                if written is None:
+                    return 0.0  # a conflict: redo the step on what is there now
+                obj = written
         if out.new_evidence:
             self.metrics.evidence.labels(str(out.evidence_reason)).inc()
             record = out.status.evidence
@@ -415,6 +466,25 @@ class Verifier:
             return None
         # A little after the deadline, so the step sees it passed.
         return out.requeue_after.total_seconds() + 0.05
+
+    def _write_status(
+        self, name: str, att: NodeAttestation, status: NodeAttestationStatus
+    ) -> Obj | None:
+        """PUT the status on the version the step read; None (fresh object cached) on conflict."""
+        body = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        try:
+            with self._api("status"):
+                written = self.io.replace_status(name, att.resource_version, body)
+        except Conflict:
+            self.metrics.conflicts.inc()
+            fresh = self.io.get_attestation(name)
+            with self.caches.lock:
+                self.caches.put_attestation(name, fresh)
+            return None
+        with self.caches.lock:
+            if _rv(written) >= _rv(self.caches.attestations.get(name, {})):
+                self.caches.put_attestation(name, written)
+        return written
 
     def _apply_labels(self, name: str, node: NodeInfo, patch: dict[str, str | None]) -> None:
         if not patch:

@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         "policy (otherwise the longest profile freshnessSeconds decides)",
     )
     run.add_argument("--resync", type=float, default=60.0, help="seconds between full resyncs")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=VerifierConfig.workers,
+        help="nodes reconciled at once (each waits mostly on its status write)",
+    )
     run.add_argument("--log-level", default=env("SOD_LOG_LEVEL", "INFO"))
     man = sub.add_parser("manifests", help="print the RBAC and admission policies as YAML")
     man.add_argument("--namespace", default=rbac.DEFAULT_NAMESPACE)
@@ -117,7 +123,11 @@ def run(args: argparse.Namespace) -> int:
     verifier = Verifier(
         KubeIO(api_client(args.kubeconfig)),
         bundle,
-        VerifierConfig(ready_max_age_seconds=args.ready_max_age, resync_seconds=args.resync),
+        VerifierConfig(
+            ready_max_age_seconds=args.ready_max_age,
+            resync_seconds=args.resync,
+            workers=max(args.workers, 1),
+        ),
     )
     server = serve(verifier, args.metrics_address, args.metrics_port) if args.metrics_port else None
 

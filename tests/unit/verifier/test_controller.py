@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,59 @@ def test_queue_keeps_each_key_once_at_its_earliest_time() -> None:
     assert sorted([q.get(1), q.get(1)]) == ["a", "b"]  # type: ignore[type-var]
     assert q.get(0.05) is None
     assert len(q) == 0
+
+
+def test_a_key_being_processed_is_not_handed_out_again_until_done() -> None:
+    q = WorkQueue()
+    q.add("a")
+    assert q.get(1) == "a"
+    q.add("a")  # an event for it while a worker holds it
+    assert q.get(0.05) is None  # a second worker must not take it
+    assert len(q) == 1
+    q.done("a")
+    assert q.get(1) == "a"
+    q.done("a")
+    assert q.get(0.05) is None
+    assert len(q) == 0
+
+
+def test_a_re_add_during_processing_keeps_the_earliest_due_time() -> None:
+    q = WorkQueue()
+    q.add("a")
+    assert q.get(1) == "a"
+    q.add("a", 60)
+    q.add("a", 0)
+    q.done("a")
+    assert q.get(1) == "a"
+
+
+def test_two_nodes_with_one_ek_finishing_enrollment_at_once_enroll_it_once(
+    tmp_path: Path,
+) -> None:
+    s = step("enrolled")  # the answer to the credential-activation challenge
+    v, io = _verifier(tmp_path, s.now)
+    real = io.replace_status
+
+    def slow_write(name: str, resource_version: str, status: Obj) -> Obj:
+        time.sleep(0.2)  # both steps would run before either write lands, without the lock
+        return real(name, resource_version, status)
+
+    io.replace_status = slow_write  # type: ignore[method-assign]
+    for name in ("node-1", "node-2"):
+        v._on_node("ADDED", {"metadata": {"name": name, "uid": name, "labels": {}}})
+        v._on_attestation("ADDED", _obj(name, s))
+    workers = [threading.Thread(target=v.reconcile, args=(n,)) for n in ("node-1", "node-2")]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    enrolled = {
+        n for n, st in io.statuses if (st.get("enrollment") or {}).get("state") == "Enrolled"
+    }
+    assert len(enrolled) == 1, io.statuses
+    (loser,) = {"node-1", "node-2"} - enrolled
+    last = [st for n, st in io.statuses if n == loser][-1]
+    assert {c["type"]: c["reason"] for c in last["conditions"]}["Enrolled"] == "EkAlreadyEnrolled"
 
 
 def test_a_reconcile_writes_status_labels_and_events_then_nothing(tmp_path: Path) -> None:
