@@ -15,6 +15,7 @@ the previous one. The agent therefore:
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, replace
 
 from sod_operator.api.v1alpha1.nodeattestation import (
@@ -81,6 +82,8 @@ class Plan:
     """(Re)write the TPM identity even without a new quote: the object does not exist yet,
     or its spec lost the TPM evidence."""
     wait_seconds: float
+    """Until the next round at the latest; a status change (the watch) or the claims poll
+    starts one earlier. `math.inf`: nothing is due, only a change starts the next round."""
     why: str
 
     @property
@@ -114,7 +117,9 @@ def plan(
     if fresh is None:
         if activate:
             return Plan(None, True, False, interval, "answering the enrollment challenge")
-        return Plan(None, False, False, interval, "waiting for a new nonce")
+        # Not `interval`: with `--interval 0` that re-read the claims in a busy loop (seen in
+        # the benchmarks); a new nonce arrives as a status change and wakes the agent.
+        return Plan(None, False, False, math.inf, "waiting for a new nonce")
     if activate or state.answered_at is None:
         return Plan(fresh, activate, False, interval, "first answer")
     if claims_hex != state.answered_claims:

@@ -8,6 +8,7 @@ state file. Not covered: TPM calls (tests/node_agent) and publishing (tests/e2e)
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -66,6 +67,13 @@ def test_an_answered_nonce_is_never_answered_again() -> None:
     state = AgentState().answered(N1, "c", 0)
     p = plan(True, True, _status(N1), state, "other-claims", 100, 10)
     assert not p.publish
+
+
+def test_without_a_new_nonce_nothing_is_due_even_with_interval_zero() -> None:
+    state = AgentState().answered(N1, "c", 0)
+    p = plan(True, True, _status(N1), state, "c", 100, 0)
+    assert not p.publish
+    assert p.wait_seconds == math.inf  # the agent waits for the watch or its claims poll
 
 
 def test_a_new_nonce_waits_for_the_interval() -> None:
