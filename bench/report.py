@@ -256,6 +256,17 @@ def _section(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def _duration_line(docs: list[dict[str, Any]]) -> str:
+    total = sum(float(d.get("duration_s") or 0) for d in docs)
+    starts = sorted(str(d.get("started")) for d in docs if d.get("started"))
+    quick = any(d.get("quick") for d in docs)
+    span = f"started {starts[0]} to {starts[-1]}" if starts else "no run recorded"
+    return (
+        f"The benchmarks above took {total / 60:.1f} min together "
+        f"({'quick' if quick else 'full'} runs, {span}), without the set-up of `make bench`."
+    )
+
+
 def render(docs: list[dict[str, Any]]) -> str:
     lines = [
         "# Benchmarks",
@@ -270,6 +281,8 @@ def render(docs: list[dict[str, Any]]) -> str:
         "## Summary",
         "",
         *_summary(docs),
+        "",
+        _duration_line(docs),
         "",
         "## Method",
         "",

@@ -174,6 +174,7 @@ class KubeApi:
                 return
             self._watches.add(resp)
         buf = b""
+        complete = False
         try:
             for chunk in resp.stream(16384, decode_content=True):
                 buf += chunk
@@ -181,11 +182,16 @@ class KubeApi:
                     line, buf = buf.split(b"\n", 1)
                     if line.strip():
                         yield json.loads(line)
+            complete = True
         except (urllib3.exceptions.HTTPError, OSError, ValueError):
             return  # closed under us (close_watches) or the connection dropped: caller re-lists
         finally:
             with self._lock:
                 self._watches.discard(resp)
+            if not complete:
+                # Aborted (close_watches, an error, or the caller stopped reading): unread chunk
+                # bytes would be taken for the next response on a pooled connection.
+                resp.close()
             resp.release_conn()
 
     def close_watches(self) -> None:
