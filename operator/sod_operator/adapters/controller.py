@@ -8,8 +8,7 @@
   `policy.fleet.plan_batch` (slots across VMs) and executes each plan in its own task. One
   SecureVM is never executed twice concurrently; keys marked meanwhile are re-planned after.
 * A plan is executed as: status first (it records a migration's name before the migration
-  exists), then actions in order, then Events (fire-and-forget); a plan that only patches
-  the VM writes status and patches together (`Plan.status_first`). 409 AlreadyExists on create
+  exists), then actions in order, then Events (fire-and-forget). 409 AlreadyExists on create
   is success: the deterministic name proves it is ours.
 * Everything is level-triggered: on restart the world is rebuilt from the watches' initial
   listings (kopf's indexes hold the handlers back until every kind is listed), every SecureVM
@@ -451,24 +450,9 @@ class Controller:
             view = self.world.svms.get(key)
             if view is None:
                 return
-            if plan.status == view.status:
-                await self._run_actions(key, plan)
-            elif plan.status_first:
-                if not await self._write_status(key, plan):
-                    return
-                await self._run_actions(key, plan)
-            else:
-                # Only VM patches (e.g. the affinity of a raised request): status and patches
-                # go out together, one round trip less on the way to the migration.
-                written, acted = await asyncio.gather(
-                    self._write_status(key, plan), self._run_actions(key, plan),
-                    return_exceptions=True,
-                )  # fmt: skip
-                for outcome in (acted, written):
-                    if isinstance(outcome, BaseException):
-                        raise outcome
-                if not written:
-                    return
+            if plan.status != view.status and not await self._write_status(key, plan):
+                return
+            await self._run_actions(key, plan)
             for ev in plan.events:
                 self.events.post(ns, name, view.uid, str(ev.type), ev.reason, ev.message)
             self._record_signals(key, plan)

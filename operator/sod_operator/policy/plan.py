@@ -208,13 +208,7 @@ class Signal:
 
 @dataclass
 class Plan:
-    """What to do for one SecureVM: `status` (when changed) and `actions`.
-
-    The status is written before the actions (it records a migration's name before the
-    migration exists, a restart before the instance is deleted), except when the actions only
-    patch an existing VM (the affinity of a raised request, a label): what those do is
-    re-derived from the observed VM after a crash, so the two go out together.
-    """
+    """What to do for one SecureVM: write `status` first (when changed), then `actions`."""
 
     key: tuple[str, str]
     status: SecureVMStatus
@@ -227,10 +221,6 @@ class Plan:
     @property
     def creates_migration(self) -> bool:
         return any(isinstance(a, CreateMigration) for a in self.actions)
-
-    @property
-    def status_first(self) -> bool:
-        return not all(isinstance(a, PatchVM) for a in self.actions)
 
     def requeue(self, seconds: float) -> None:
         seconds = max(0.0, seconds)

@@ -14,8 +14,7 @@
 * moving target defense: a jittered periodic move, only while the VM is compliant.
 
 The plan is a status to write FIRST (it records a migration's name before the migration
-exists, so a restarted operator re-creates the same name and gets 409) and then actions
-(a plan that only patches the VM writes both at once: `Plan.status_first`). A
+exists, so a restarted operator re-creates the same name and gets 409) and then actions. A
 migration needs a slot from the fleet planner (`policy.fleet`): without one the plan carries
 a `SlotRequest` instead of the migration.
 """
