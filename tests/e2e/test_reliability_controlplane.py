@@ -38,7 +38,7 @@ from sod_operator.api.constants import profile_label
 from sod_operator.sandbox.kubeapi import ApiError, JsonObj, KubeApi, resource_path
 from sod_operator.sandbox.kubevirt_sim import SimConfig
 from sod_operator.sandbox.nodes import parse_nodes
-from sod_operator.sandbox.trust import TrustBed, TrustConfig
+from sod_operator.sandbox.trust import TrustBed
 
 from tests.e2e.harness import condition, vm_manifest, wait_for
 from tests.e2e.operator_run import OperatorProcess, install_catalog
@@ -94,11 +94,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivateBed, 
         bed.start()
         api = bed.cluster.api()
         install_catalog(api)
-        trust = TrustBed(bed.cluster, TrustConfig(agent_interval=1.0, verifier_resync=5.0))
-        trust.install()
-        for node in bed.cluster.nodes:
-            trust.start_node(node)
-        trust.start_verifier()
+        trust = bed.start_trust_monitor()
         wait_for(lambda: verified(api), lambda v: v == set(NODES), "every node verified", 90)
         api.create(
             resource_path("v1", "namespaces"),

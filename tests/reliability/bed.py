@@ -24,6 +24,7 @@ from typing import Any
 from sod_operator.sandbox.cluster import LocalCluster
 from sod_operator.sandbox.kubevirt_sim import SimConfig
 from sod_operator.sandbox.nodes import NodeSpec
+from sod_operator.sandbox.trust import TrustBed, TrustConfig
 
 from tests.e2e.harness import SimulatorInThread
 
@@ -73,6 +74,16 @@ class PrivateBed:
         self.cluster.on_stop(self.sim.stop)
         self.sim.start()
         return self
+
+    def start_trust_monitor(self) -> TrustBed:
+        """The real trust monitor on every node (swtpm + node-agent) and the verifier: agents
+        answer a nonce at most once a second, the verifier resyncs every 5 s."""
+        trust = TrustBed(self.cluster, TrustConfig(agent_interval=1.0, verifier_resync=5.0))
+        trust.install()
+        for node in self.cluster.nodes:
+            trust.start_node(node)
+        trust.start_verifier()
+        return trust
 
     def stop(self) -> None:
         self.cluster.stop(remove_state=False)
