@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         VerifierConfig(
             ready_max_age_seconds=args.ready_max_age,
             resync_seconds=args.resync,
-            workers=max(args.workers, 1),
+            workers=args.workers,
         ),
     )
     server = serve(verifier, args.metrics_address, args.metrics_port) if args.metrics_port else None
