@@ -97,3 +97,26 @@ def test_profile_name_must_fit_a_node_label():
     assert err.value.field_path == "metadata.name"
     body["metadata"]["name"] = "p" * MAX_PROFILE_NAME
     parse_object(body)
+
+
+def test_a_duplicate_runtime_counter_is_named_at_its_index():
+    # As the apiserver does for a list-type map (found by the sodctl fuzz: it said
+    # `spec.attestation` before).
+    body = {
+        "apiVersion": "sod.dev/v1alpha1",
+        "kind": "ServerSecurityProfile",
+        "metadata": {"name": "dup"},
+        "spec": {
+            "scope": "FullVM",
+            "protections": [],
+            "attestation": {
+                "runtime": [
+                    {"counter": "violations", "max": 0},
+                    {"counter": "violations", "max": 1},
+                ]
+            },
+        },
+    }
+    with pytest.raises(ManifestError, match="violations") as err:
+        parse_object(body)
+    assert err.value.field_path == "spec.attestation.runtime[1]"

@@ -154,16 +154,9 @@ class AttestationPolicy(ApiModel):
     runtime: Annotated[
         list[RuntimeCounterLimit],
         Field(max_length=16, json_schema_extra=_map("counter")),
+        unique_map("counter"),
     ] = []
     """Runtime counters and their upper bounds (e.g. `memoryViolations` at most 0)."""
     freshness_seconds: Annotated[int, Field(ge=5, le=86_400)] = 60
     """Evidence older than this revokes the profile on the node (fail closed). The age is
     measured from when the verifier issued the nonce the evidence answers."""
-
-    @model_validator(mode="after")
-    def _unique_counters(self) -> AttestationPolicy:
-        names = [r.counter for r in self.runtime]
-        for name in names:
-            if names.count(name) > 1:
-                raise ValueError(f"runtime: counter {name!r} appears more than once")
-        return self
