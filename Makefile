@@ -14,11 +14,12 @@ all: test
 deps:
 	@tools/install-system-deps.sh
 
-$(STAMP): pyproject.toml | deps
+$(STAMP): pyproject.toml testbed/pyproject.toml | deps
 	@echo "[venv] creating $(VENV) and installing the project (tpm2-pytss compiles once, ~30 s)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q -e '.[dev]'
+	@# The test bed (testbed/) is a separate distribution: a developer's venv has it, the images do not.
+	@$(BIN)/pip install -q -e '.[dev]' -e testbed
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -33,7 +34,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 crds: venv
-	$(BIN)/python -m sod_operator.api.crdgen --write
+	$(BIN)/python -m sod_codegen.crdgen --write
 
 # Everything CI runs: lint, the unit tiers, then the e2e tier on the real local control plane.
 test: venv testbed

@@ -34,7 +34,7 @@ AGENT_MODULES = (
     "sod_node_agent.evidence",
     "sod_node_agent.facts",
     "sod_operator.attestation.monitor",
-    "sod_operator.sandbox.swtpm",
+    "sod_testbed.swtpm",
 )
 VERIFIER_MODULES = ("sod_operator.verifier.main", "sod_operator.verifier.controller")
 TPM2_TOOLS = ("tpm2_createprimary", "tpm2_readpublic", "tpm2_quote", "tpm2_checkquote")
@@ -52,7 +52,7 @@ def missing() -> str | None:
 
 def _policies() -> dict[str, Any]:
     from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
-    from sod_operator.sandbox.swtpm import SANDBOX_GOLDEN_PCRS
+    from sod_testbed.swtpm import SANDBOX_GOLDEN_PCRS
 
     golden = [{"index": i, "values": [v]} for i, v in SANDBOX_GOLDEN_PCRS.items()]
     return {
@@ -78,7 +78,7 @@ class SimulatedNode:
         from sod_operator.api.v1alpha1.nodeattestation import NodeAttestation
         from sod_operator.attestation import monitor
         from sod_operator.attestation.ekcert import CaBundle
-        from sod_operator.sandbox import swtpm
+        from sod_testbed import swtpm
 
         swtpm.manufacture(directory / name, ca)
         self.tpm = swtpm.Swtpm(directory / name)
@@ -155,7 +155,7 @@ def _cli_round(tcti: str, workdir: Path) -> tuple[float, float]:
 
 
 def _latency(result: Result, workdir: Path, trials: int, base_trials: int) -> None:
-    from sod_operator.sandbox import swtpm
+    from sod_testbed import swtpm
 
     ca = swtpm.LocalCa(workdir / "ca")
     node = SimulatedNode(workdir, ca, "node-0")
@@ -300,7 +300,7 @@ no policy), and its agent side creates the same ECC P-256 AK.
                 )
     result.method += f"""
 **Verifier throughput.** A sandbox with N = 8, then 32 kwok nodes and the sandbox's trust
-monitor (`sod_operator.sandbox.trust`): per node a swtpm and a `sod-node-agent` process with a
+monitor (`sod_testbed.trust`): per node a swtpm and a `sod-node-agent` process with a
 ServiceAccount token bound to its Node, one `sod-verifier run` process with its own
 ServiceAccount, and the trust monitor's RBAC and admission policies, as in a cluster.
 Once every node is verified for `{ARCHITECTURE}`, each of {bursts} bursts holds
@@ -320,7 +320,7 @@ its latency above).
 
 
 def _generations(api: Any) -> dict[str, tuple[int, list[str]]]:
-    from sod_operator.sandbox.kubeapi import resource_path
+    from sod_testbed.kubeapi import resource_path
 
     items = api.list(resource_path("sod.dev/v1alpha1", "nodeattestations")).get("items", [])
     out = {}
@@ -333,7 +333,7 @@ def _generations(api: Any) -> dict[str, tuple[int, list[str]]]:
 
 def _pending(api: Any) -> dict[str, tuple[int, int]]:
     """name -> (metadata.generation, status.evidence.observedGeneration)."""
-    from sod_operator.sandbox.kubeapi import resource_path
+    from sod_testbed.kubeapi import resource_path
 
     items = api.list(resource_path("sod.dev/v1alpha1", "nodeattestations")).get("items", [])
     return {
@@ -353,10 +353,10 @@ def _throughput(
 
     With `hold_agents` the agents are paused while the verifier drains (in a cluster they run on
     other machines); otherwise they answer the new nonces meanwhile, on the same two cores."""
-    from sod_operator.sandbox.kubeapi import resource_path
-    from sod_operator.sandbox.kubevirt_sim import SimConfig
-    from sod_operator.sandbox.nodes import parse_nodes
-    from sod_operator.sandbox.trust import TrustBed, TrustConfig
+    from sod_testbed.kubeapi import resource_path
+    from sod_testbed.kubevirt_sim import SimConfig
+    from sod_testbed.nodes import parse_nodes
+    from sod_testbed.trust import TrustBed, TrustConfig
 
     from bench import testbed
 

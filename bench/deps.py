@@ -31,9 +31,9 @@ def missing_binaries(binaries: Iterable[str]) -> list[str]:
 
 def testbed_missing() -> str | None:
     """Why the local control plane cannot start, or None when its binaries are built."""
-    if missing_modules(["sod_operator.sandbox.binaries"]):
-        return "sod_operator.sandbox.binaries is not there yet"
-    from sod_operator.sandbox.binaries import MissingBinaries, find_binaries
+    if missing_modules(["sod_testbed.binaries"]):
+        return "sod_testbed.binaries is not there yet"
+    from sod_testbed.binaries import MissingBinaries, find_binaries
 
     try:
         find_binaries()

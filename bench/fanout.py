@@ -61,7 +61,7 @@ def incident(
     bed: Any, run: int, count: int, hyperwall: list[str], timeout: float, phase: float = 0.0
 ) -> dict[str, Any]:
     """One incident: `count` SecureVMs on hyperwall[0], which is then revoked."""
-    from sod_operator.sandbox.kubeapi import resource_path
+    from sod_testbed.kubeapi import resource_path
 
     loaded, others = hyperwall[0], hyperwall[1:]
     for node in others:
@@ -149,9 +149,9 @@ def _wait_gone(bed: Any, namespace: str, timeout: float) -> None:
 
 
 def run(quick: bool = False) -> Result:
-    from sod_operator.sandbox.kubevirt_sim import SimConfig
-    from sod_operator.sandbox.migration_model import GIB, MigrationModel, plan_precopy
-    from sod_operator.sandbox.nodes import parse_nodes
+    from sod_testbed.kubevirt_sim import SimConfig
+    from sod_testbed.migration_model import GIB, MigrationModel, plan_precopy
+    from sod_testbed.nodes import parse_nodes
 
     count = 20 if quick else 50
     runs = 1 if quick else 2

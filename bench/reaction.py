@@ -22,8 +22,8 @@ REQUIRED = (
     "sod_operator.handlers",
     "sod_operator.main",
     "sod_operator.adapters.kube",
-    "sod_operator.sandbox.cluster",
-    "sod_operator.sandbox.kubevirt_sim",
+    "sod_testbed.cluster",
+    "sod_testbed.kubevirt_sim",
 )
 PAPER_SECONDS = 2.33
 """The paper's OpenStack prototype: the time it added to trigger a migration (Section VI)."""
@@ -127,8 +127,8 @@ def raise_trials(
 
 
 def run(quick: bool = False) -> Result:
-    from sod_operator.sandbox.kubevirt_sim import SimConfig
-    from sod_operator.sandbox.nodes import parse_nodes
+    from sod_testbed.kubevirt_sim import SimConfig
+    from sod_testbed.nodes import parse_nodes
 
     trials = 12 if quick else 50
     base_trials = 3 if quick else 6

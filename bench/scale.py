@@ -51,7 +51,7 @@ def missing() -> str | None:
 
 
 def _nodes() -> list[Any]:
-    from sod_operator.sandbox.nodes import NodeSpec
+    from sod_testbed.nodes import NodeSpec
 
     out = [NodeSpec(name=f"hyperwall-{i}", architecture="hyperwall", pods="300") for i in range(80)]
     out += [
@@ -87,7 +87,7 @@ def _svm_state(obj: dict[str, Any]) -> tuple[str | None, str | None]:
 
 def _create(bed: Any, namespace: str, start: int, stop: int) -> float:
     """Create SecureVMs start..stop-1 with 4 client threads; returns seconds."""
-    from sod_operator.sandbox.kubeapi import KubeApi
+    from sod_testbed.kubeapi import KubeApi
 
     apis = [KubeApi(bed.cluster.kubeconfig) for _ in range(4)]
 
@@ -137,7 +137,7 @@ def _world(bed: Any) -> tuple[Any, dict[Any, list[dict[str, Any]]]]:
     from sod_operator.adapters.events import EventRecorder
     from sod_operator.adapters.metrics import Metrics
     from sod_operator.policy.settings import RelocationSettings
-    from sod_operator.sandbox.kubeapi import resource_path
+    from sod_testbed.kubeapi import resource_path
 
     controller = Controller(
         None,  # type: ignore[arg-type]  # observe() never talks to the API
@@ -291,8 +291,8 @@ def _probe_trials(
 
 
 def run(quick: bool = False) -> Result:
-    from sod_operator.sandbox.kubeapi import resource_path
-    from sod_operator.sandbox.kubevirt_sim import SimConfig
+    from sod_testbed.kubeapi import resource_path
+    from sod_testbed.kubevirt_sim import SimConfig
 
     sizes = QUICK_SIZES if quick else SIZES
     budget = QUICK_BUDGET_S if quick else BUDGET_S

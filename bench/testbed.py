@@ -60,7 +60,7 @@ class ObjectWatch:
         keep_history: bool = False,
         reduce: Callable[[Json], Any] | None = None,
     ) -> None:
-        from sod_operator.sandbox.kubeapi import KubeApi
+        from sod_testbed.kubeapi import KubeApi
 
         # A client of its own: stopping a watch closes its stream, and that connection must
         # never go back into a pool other requests use.
@@ -139,7 +139,7 @@ class ObjectWatch:
 
 def migration_watch(kubeconfig: Path, keep_history: bool = False) -> ObjectWatch:
     """Every VirtualMachineInstanceMigration, cluster-wide."""
-    from sod_operator.sandbox.kubeapi import resource_path
+    from sod_testbed.kubeapi import resource_path
 
     return ObjectWatch(
         kubeconfig, resource_path(KUBEVIRT, "virtualmachineinstancemigrations"), keep_history
@@ -171,7 +171,7 @@ class Bed:
     # ---- catalog and nodes -------------------------------------------------------------
 
     def install_catalog(self) -> None:
-        from sod_operator.sandbox.kubeapi import resource_path
+        from sod_testbed.kubeapi import resource_path
 
         for directory, plural in (
             (workload.PROFILES_DIR, "serversecurityprofiles"),
@@ -186,7 +186,7 @@ class Bed:
     def set_verified(self, node: str, profiles: Sequence[str], verified: bool = True) -> None:
         """Write (or remove) the verifier's verdict labels on `node`."""
         from sod_operator.api.constants import VERIFIED, profile_label
-        from sod_operator.sandbox.kubeapi import resource_path
+        from sod_testbed.kubeapi import resource_path
 
         labels = {profile_label(p): (VERIFIED if verified else None) for p in profiles}
         self.api.merge_patch(
@@ -194,7 +194,7 @@ class Bed:
         )
 
     def node_labels(self, node: str) -> dict[str, str]:
-        from sod_operator.sandbox.kubeapi import resource_path
+        from sod_testbed.kubeapi import resource_path
 
         obj = self.api.get(resource_path("v1", "nodes", name=node))
         return dict(obj["metadata"].get("labels") or {})
@@ -202,7 +202,7 @@ class Bed:
     # ---- namespaces and SecureVMs ------------------------------------------------------
 
     def namespace(self, name: str) -> str:
-        from sod_operator.sandbox.kubeapi import resource_path
+        from sod_testbed.kubeapi import resource_path
 
         self.api.create(
             resource_path("v1", "namespaces"),
@@ -213,7 +213,7 @@ class Bed:
 
     def delete_namespace(self, name: str, timeout: float = 120.0) -> None:
         """Delete a namespace and wait until its VMIs are gone (they hold node capacity)."""
-        from sod_operator.sandbox.kubeapi import resource_path
+        from sod_testbed.kubeapi import resource_path
 
         self.api.delete(resource_path("v1", "namespaces", name=name))
         deadline = time.monotonic() + timeout
@@ -223,7 +223,7 @@ class Bed:
             time.sleep(0.2)
 
     def securevm_path(self, namespace: str, name: str | None = None) -> str:
-        from sod_operator.sandbox.kubeapi import resource_path
+        from sod_testbed.kubeapi import resource_path
 
         return resource_path(SOD, "securevms", namespace=namespace, name=name)
 
@@ -245,7 +245,7 @@ class Bed:
         return dict((api or self.api).create(self.securevm_path(namespace), body))
 
     def vmi(self, namespace: str, name: str) -> Json | None:
-        from sod_operator.sandbox.kubeapi import resource_path
+        from sod_testbed.kubeapi import resource_path
 
         found: Json | None = self.api.get_or_none(
             resource_path(KUBEVIRT, "virtualmachineinstances", namespace=namespace, name=name)
@@ -253,7 +253,7 @@ class Bed:
         return found
 
     def vmis(self, namespace: str | None = None) -> list[Json]:
-        from sod_operator.sandbox.kubeapi import resource_path
+        from sod_testbed.kubeapi import resource_path
 
         return list(
             self.api.list(
@@ -362,8 +362,8 @@ def vm_template(name: str, memory: str = "1Gi", affinity: Json | None = None) ->
 @contextmanager
 def sandbox(nodes: Sequence[Any], sim_config: Any, name: str) -> Iterator[Bed]:
     """Start the control plane with `nodes`, the simulator and the catalog; stop it after."""
-    from sod_operator.sandbox.cluster import LocalCluster
-    from sod_operator.sandbox.kubevirt_sim import KubeVirtSimulator
+    from sod_testbed.cluster import LocalCluster
+    from sod_testbed.kubevirt_sim import KubeVirtSimulator
 
     state = Path(tempfile.mkdtemp(prefix=f"sod-bench-{name}-"))
     cluster = LocalCluster(state, nodes, start_timeout=180.0)

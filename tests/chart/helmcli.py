@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from sod_operator.sandbox.binaries import cache_dir, read_versions
+from sod_testbed.binaries import cache_dir, read_versions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "sod-operator"

@@ -580,7 +580,7 @@ def test_operator_args_parse_with_sod_operator(helm: Helm, values: Path | None):
 
 
 def test_relocation_defaults_are_the_operators():
-    from sod_operator.api.chart_values import Relocation
+    from sod_codegen.chart_values import Relocation
     from sod_operator.policy.settings import RelocationSettings
 
     ours = Relocation().model_dump()

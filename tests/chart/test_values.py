@@ -1,4 +1,4 @@
-"""The chart's values model (`sod_operator.api.chart_values`) and the two files generated from it.
+"""The chart's values model (`sod_codegen.chart_values`) and the two files generated from it.
 
 Covers: every value is documented with a comment starting with its key; `values.yaml` holds exactly
 the model's defaults; `values.schema.json` rejects unknown keys everywhere except where Kubernetes
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
-from sod_operator.api.chart_values import ChartValues
+from sod_codegen.chart_values import ChartValues
 
 from tests.chart.helmcli import CHART, values_files
 

@@ -13,7 +13,7 @@
 * On failure, the tail of every component log (and the simulator's) is attached to the report.
 
 Other e2e modules (operator, trust monitor) reuse these; per-node services can be added by
-extending `E2E_NODE_SERVICES` (see `sod_operator.sandbox.cluster` for the extension points).
+extending `E2E_NODE_SERVICES` (see `sod_testbed.cluster` for the extension points).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sod_operator.sandbox.binaries import MissingBinaries, find_binaries
-from sod_operator.sandbox.cluster import LocalCluster, NodeService, SandboxError, tail_logs
-from sod_operator.sandbox.kubeapi import KubeApi, resource_path
-from sod_operator.sandbox.kubevirt_sim import SimConfig
-from sod_operator.sandbox.nodes import NodeSpec, parse_nodes
+from sod_testbed.binaries import MissingBinaries, find_binaries
+from sod_testbed.cluster import LocalCluster, NodeService, SandboxError, tail_logs
+from sod_testbed.kubeapi import KubeApi, resource_path
+from sod_testbed.kubevirt_sim import SimConfig
+from sod_testbed.nodes import NodeSpec, parse_nodes
 
 from tests.e2e.harness import Kube, SimulatorInThread
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from sod_operator.api.constants import SIMULATED_ARCHITECTURE_LABEL
-from sod_operator.sandbox.cluster import LocalCluster
-from sod_operator.sandbox.kubeapi import JsonObj, KubeApi, resource_path
-from sod_operator.sandbox.kubevirt_sim import KubeVirtSimulator, SimConfig
+from sod_testbed.cluster import LocalCluster
+from sod_testbed.kubeapi import JsonObj, KubeApi, resource_path
+from sod_testbed.kubevirt_sim import KubeVirtSimulator, SimConfig
 
 KUBEVIRT = "kubevirt.io/v1"
 T = TypeVar("T")

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 from sod_operator.api.constants import PROFILE_LABEL_PREFIX, VERIFIED, profile_label
-from sod_operator.sandbox.kubeapi import ApiError, KubeApi, resource_path
+from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
 
 ROOT = Path(__file__).resolve().parents[2]
 SOD = "sod.dev/v1alpha1"

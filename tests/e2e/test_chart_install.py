@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 import yaml
-from sod_operator.sandbox.cluster import LocalCluster
-from sod_operator.sandbox.kubeapi import ApiError, KubeApi, resource_path
+from sod_testbed.cluster import LocalCluster
+from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
 
 from tests.chart.helmcli import (
     CHART,

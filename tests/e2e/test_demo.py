@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 from sod_operator.api.constants import profile_label
-from sod_operator.sandbox.binaries import find_binaries
-from sod_operator.sandbox.kubeapi import KubeApi, resource_path
-from sod_operator.sandbox.processes import ProcessRecord
+from sod_testbed.binaries import find_binaries
+from sod_testbed.kubeapi import KubeApi, resource_path
+from sod_testbed.processes import ProcessRecord
 
 SOD = "sod.dev/v1alpha1"
 NS = "sod-demo"

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from sod_operator.api.constants import profile_label
-from sod_operator.sandbox.kubeapi import KubeApi, resource_path
+from sod_testbed.kubeapi import KubeApi, resource_path
 
 from tests.e2e.harness import Kube, condition, wait_for
 from tests.e2e.operator_run import (

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import yaml
 from sod_operator.api.constants import profile_label
-from sod_operator.sandbox.cluster import LocalCluster
-from sod_operator.sandbox.kubeapi import KubeApi, resource_path
-from sod_operator.sandbox.trust import TrustBed, TrustConfig
 from sod_operator.verifier import rbac
+from sod_testbed.cluster import LocalCluster
+from sod_testbed.kubeapi import KubeApi, resource_path
+from sod_testbed.trust import TrustBed, TrustConfig
 
 from tests.e2e.harness import Kube, condition, wait_for
 from tests.e2e.operator_run import ROOT, SOD, OperatorProcess, securevm

@@ -26,10 +26,10 @@ from collections.abc import Iterator
 
 import pytest
 from sod_operator.api.constants import profile_label
-from sod_operator.sandbox.kubeapi import JsonObj, KubeApi, resource_path
-from sod_operator.sandbox.kubevirt_sim import SimConfig
-from sod_operator.sandbox.nodes import parse_nodes
-from sod_operator.sandbox.trust import TrustBed
+from sod_testbed.kubeapi import JsonObj, KubeApi, resource_path
+from sod_testbed.kubevirt_sim import SimConfig
+from sod_testbed.nodes import parse_nodes
+from sod_testbed.trust import TrustBed
 
 from tests.e2e.harness import wait_for
 from tests.e2e.operator_run import install_catalog

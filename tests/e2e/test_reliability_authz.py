@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sod_operator.sandbox.kubeapi import ApiError, JsonObj, KubeApi, resource_path
-from sod_operator.sandbox.kubevirt_sim import SimConfig
-from sod_operator.sandbox.nodes import parse_nodes
-from sod_operator.sandbox.trust import token_kubeconfig
 from sod_operator.verifier import rbac as verifier_rbac
+from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
+from sod_testbed.kubevirt_sim import SimConfig
+from sod_testbed.nodes import parse_nodes
+from sod_testbed.trust import token_kubeconfig
 
 from tests.chart.helmcli import VALUES_DIR, Helm, find_helm, parse_rendered
 from tests.e2e.harness import condition, vm_manifest, wait_for

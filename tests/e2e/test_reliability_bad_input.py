@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from sod_operator.api.v1alpha1.parsing import ManifestError, parse_object
-from sod_operator.sandbox.kubeapi import ApiError, JsonObj, KubeApi, resource_path
+from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
 
 from tests.e2e.harness import condition, wait_for
 from tests.e2e.operator_run import OperatorProcess, delete_quietly

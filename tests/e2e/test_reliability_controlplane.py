@@ -35,10 +35,10 @@ from typing import Any
 
 import pytest
 from sod_operator.api.constants import profile_label
-from sod_operator.sandbox.kubeapi import ApiError, JsonObj, KubeApi, resource_path
-from sod_operator.sandbox.kubevirt_sim import SimConfig
-from sod_operator.sandbox.nodes import parse_nodes
-from sod_operator.sandbox.trust import TrustBed
+from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
+from sod_testbed.kubevirt_sim import SimConfig
+from sod_testbed.nodes import parse_nodes
+from sod_testbed.trust import TrustBed
 
 from tests.e2e.harness import condition, vm_manifest, wait_for
 from tests.e2e.operator_run import OperatorProcess, install_catalog

@@ -38,9 +38,9 @@ from typing import Any
 
 import pytest
 from sod_operator.api.constants import SECUREVM_LABEL, profile_label
-from sod_operator.sandbox.kubeapi import ApiError, JsonObj, KubeApi, resource_path
-from sod_operator.sandbox.kubevirt_sim import SimConfig
-from sod_operator.sandbox.nodes import parse_nodes
+from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
+from sod_testbed.kubevirt_sim import SimConfig
+from sod_testbed.nodes import parse_nodes
 
 from tests.e2e.harness import condition, vm_manifest, wait_for
 from tests.e2e.operator_run import OperatorProcess, install_catalog

@@ -19,15 +19,15 @@ from sod_operator.api.constants import (
 )
 from sod_operator.api.v1alpha1.security import option_conflict_message
 from sod_operator.api.vocabulary import SecurityOption
-from sod_operator.sandbox.binaries import read_versions
-from sod_operator.sandbox.cluster import LocalCluster, write_kubeconfig
-from sod_operator.sandbox.kubeapi import ApiError, KubeApi, resource_path
-from sod_operator.sandbox.kubevirt_sim import (
+from sod_testbed.binaries import read_versions
+from sod_testbed.cluster import LocalCluster, write_kubeconfig
+from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
+from sod_testbed.kubevirt_sim import (
     FORCE_MIGRATION_FAILURE_ANNOTATION,
     HOLD_MIGRATION_ANNOTATION,
     UNSCHEDULABLE_TIMEOUT_ANNOTATION,
 )
-from sod_operator.sandbox.pki import issue_client
+from sod_testbed.pki import issue_client
 
 from tests.e2e.harness import (
     Kube,

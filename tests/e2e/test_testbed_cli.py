@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sod_operator.sandbox.binaries import find_binaries
-from sod_operator.sandbox.processes import ProcessRecord
+from sod_testbed.binaries import find_binaries
+from sod_testbed.processes import ProcessRecord
 
 
 def _sodctl(state_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

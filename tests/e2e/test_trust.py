@@ -28,10 +28,10 @@ from sod_node_agent.evidence import produce
 from sod_operator.api.constants import profile_label
 from sod_operator.api.v1alpha1.nodeattestation import AttestationReason as R
 from sod_operator.api.v1alpha1.nodeattestation import NodeAttestation
-from sod_operator.sandbox.cluster import LocalCluster
-from sod_operator.sandbox.kubeapi import ApiError, JsonObj, KubeApi, resource_path
-from sod_operator.sandbox.trust import TrustBed, TrustConfig, token_kubeconfig
 from sod_operator.verifier import rbac
+from sod_testbed.cluster import LocalCluster
+from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
+from sod_testbed.trust import TrustBed, TrustConfig, token_kubeconfig
 
 from tests.e2e.harness import wait_for
 from tests.reliability.figures import record

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sod_operator.sandbox import swtpm
+from sod_testbed import swtpm
 
 os.environ.setdefault("TSS2_LOG", "all+none")  # ESYS logs expected misses as errors
 

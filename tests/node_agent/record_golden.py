@@ -28,7 +28,7 @@ from sod_node_agent.evidence import produce
 from sod_operator.api.v1alpha1.nodeattestation import NodeAttestation, NodeAttestationStatus
 from sod_operator.attestation import monitor
 from sod_operator.attestation.ekcert import CaBundle
-from sod_operator.sandbox import swtpm
+from sod_testbed import swtpm
 
 from tests.unit.attestation.golden import GOLDEN_PCRS, SeededEntropy, policies
 

@@ -23,7 +23,7 @@ from sod_operator.api.v1alpha1.nodeattestation import NodeAttestation, NodeAttes
 from sod_operator.attestation import ekcert, monitor
 from sod_operator.attestation import tpm as structs
 from sod_operator.attestation.ekcert import CaBundle
-from sod_operator.sandbox import swtpm
+from sod_testbed import swtpm
 from tpm2_pytss import TSS2_Exception
 
 from tests.unit.attestation.golden import policies

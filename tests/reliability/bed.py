@@ -21,10 +21,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sod_operator.sandbox.cluster import LocalCluster
-from sod_operator.sandbox.kubevirt_sim import SimConfig
-from sod_operator.sandbox.nodes import NodeSpec
-from sod_operator.sandbox.trust import TrustBed, TrustConfig
+from sod_testbed.cluster import LocalCluster
+from sod_testbed.kubevirt_sim import SimConfig
+from sod_testbed.nodes import NodeSpec
+from sod_testbed.trust import TrustBed, TrustConfig
 
 from tests.e2e.harness import SimulatorInThread
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from sod_operator.api import crdgen
+from sod_codegen import crdgen
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -19,11 +19,9 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.mark.parametrize("target", crdgen.TARGETS, ids=lambda t: t.path)
 def test_generated_file_is_committed(target: crdgen.Target):
     path = ROOT / target.path
-    assert path.exists(), (
-        f"{target.path} is missing: run `python -m sod_operator.api.crdgen --write`"
-    )
+    assert path.exists(), f"{target.path} is missing: run `python -m sod_codegen.crdgen --write`"
     assert path.read_text() == target.render(), (
-        f"{target.path} is stale: run `python -m sod_operator.api.crdgen --write`"
+        f"{target.path} is stale: run `python -m sod_codegen.crdgen --write`"
     )
 
 

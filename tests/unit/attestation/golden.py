@@ -10,7 +10,7 @@ import hashlib
 
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
 
-# PCRs 0, 4 and 7 after the sandbox's simulated boot (sod_operator.sandbox.swtpm.BOOT_LOG),
+# PCRs 0, 4 and 7 after the sandbox's simulated boot (sod_testbed.swtpm.BOOT_LOG),
 # spelled out so this module needs no TPM code; test_golden checks they agree.
 GOLDEN_PCRS: dict[int, str] = {
     0: "33051ab2b620c46a78bb8b8fd1de492b2561d0c84223f248a878a99dc2bbc4e3",

@@ -181,7 +181,7 @@ def test_example_profiles_carry_the_sandbox_golden_values() -> None:
 
     import yaml
     from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
-    from sod_operator.sandbox.swtpm import SANDBOX_GOLDEN_PCRS
+    from sod_testbed.swtpm import SANDBOX_GOLDEN_PCRS
 
     from tests.unit.attestation.golden import GOLDEN_PCRS
 

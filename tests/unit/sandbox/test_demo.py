@@ -10,8 +10,8 @@ import io
 
 import pytest
 from sod_operator.api.constants import profile_label
-from sod_operator.sandbox import demo
-from sod_operator.sandbox.nodes import PLAIN, NodeSpec, parse_nodes
+from sod_testbed import demo
+from sod_testbed.nodes import PLAIN, NodeSpec, parse_nodes
 
 NODES = parse_nodes(demo.DEFAULT_NODES)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from sod_operator.sandbox.migration_model import GIB, MigrationModel, parse_quantity, plan_precopy
+from sod_testbed.migration_model import GIB, MigrationModel, parse_quantity, plan_precopy
 
 
 def test_defaults_reproduce_table_v_for_a_loaded_1gib_guest() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from sod_operator.api.constants import SIMULATED_ARCHITECTURE_LABEL
-from sod_operator.sandbox.nodes import NodeSpecError, apply_labels, parse_nodes
+from sod_testbed.nodes import NodeSpecError, apply_labels, parse_nodes
 
 
 def test_nodes_are_named_after_their_architecture() -> None:

@@ -1,6 +1,6 @@
 """Shared pieces of the `sod.dev/v1alpha1` models: the model base and `Condition`.
 
-Models are the single source of truth for the CRD schemas (see `sod_operator.api.crdgen`):
+Models are the single source of truth for the CRD schemas (see `sod_codegen.crdgen`):
 field docstrings become `description`s for `kubectl explain`, and every string, list and
 number is bounded so CEL rules fit the apiserver's cost budget.
 """

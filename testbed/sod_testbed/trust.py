@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from sod_operator.sandbox import swtpm
-from sod_operator.sandbox.cluster import LocalCluster, SandboxError, free_ports
-from sod_operator.sandbox.kubeapi import ApiError, KubeApi, resource_path
-from sod_operator.sandbox.nodes import PLAIN, NodeSpec
 from sod_operator.verifier import rbac
+
+from sod_testbed import swtpm
+from sod_testbed.cluster import LocalCluster, SandboxError, free_ports
+from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
+from sod_testbed.nodes import PLAIN, NodeSpec
 
 log = logging.getLogger("sod.sandbox.trust")
 

@@ -45,16 +45,16 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import yaml
-
 from sod_operator.api.conditions import ConditionType
 from sod_operator.api.constants import API_VERSION, profile_label
-from sod_operator.sandbox.binaries import REPO_ROOT, MissingBinaries, find_binaries
-from sod_operator.sandbox.cluster import LocalCluster, SandboxError, free_ports
-from sod_operator.sandbox.kubeapi import ApiError, KubeApi, resource_path
-from sod_operator.sandbox.nodes import PLAIN, NodeSpec, parse_nodes
-from sod_operator.sandbox.processes import tail_file
-from sod_operator.sandbox.trust import VIOLATIONS_COUNTER, TrustBed
-from sod_operator.sandbox.trust import attach as attach_trust
+
+from sod_testbed.binaries import REPO_ROOT, MissingBinaries, find_binaries
+from sod_testbed.cluster import LocalCluster, SandboxError, free_ports
+from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
+from sod_testbed.nodes import PLAIN, NodeSpec, parse_nodes
+from sod_testbed.processes import tail_file
+from sod_testbed.trust import VIOLATIONS_COUNTER, TrustBed
+from sod_testbed.trust import attach as attach_trust
 
 Json = dict[str, Any]
 T = TypeVar("T")

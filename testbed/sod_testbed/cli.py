@@ -8,7 +8,7 @@ sodctl sandbox down
 and installs the example profiles and packages; it returns once everything is ready and leaves
 the processes running (state in $SOD_SANDBOX_DIR, default ~/.local/state/sod-operator/sandbox).
 `up` on a running sandbox only reports it. `down` stops every process `up` started and removes
-the state directory. `demo` runs the paper's story in it (sod_operator.sandbox.demo).
+the state directory. `demo` runs the paper's story in it (sod_testbed.demo).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 import yaml
-
-from sod_operator.cli import trust as trust_cli
 from sod_operator.cli.errors import UsageError
-from sod_operator.sandbox import demo as demo_story
-from sod_operator.sandbox.binaries import REPO_ROOT, MissingBinaries, find_binaries
-from sod_operator.sandbox.cluster import (
+
+from sod_testbed import cli_trust as trust_cli
+from sod_testbed import demo as demo_story
+from sod_testbed.binaries import REPO_ROOT, MissingBinaries, find_binaries
+from sod_testbed.cluster import (
     AlreadyRunning,
     ClusterService,
     LocalCluster,
@@ -34,9 +34,9 @@ from sod_operator.sandbox.cluster import (
     SandboxError,
     default_state_dir,
 )
-from sod_operator.sandbox.kubeapi import ApiError, resource_path
-from sod_operator.sandbox.kubevirt_sim import SimConfig
-from sod_operator.sandbox.nodes import NodeSpecError, apply_labels, parse_nodes
+from sod_testbed.kubeapi import ApiError, resource_path
+from sod_testbed.kubevirt_sim import SimConfig
+from sod_testbed.nodes import NodeSpecError, apply_labels, parse_nodes
 
 DEFAULT_NODES = "hyperwall=2,datasafe=1,plain=1"
 SIMULATOR = "kubevirt-sim"
@@ -286,7 +286,7 @@ def start_simulator_process(cluster: LocalCluster, config: SimConfig) -> None:
     argv = [
         sys.executable,
         "-m",
-        "sod_operator.sandbox.kubevirt_sim",
+        "sod_testbed.kubevirt_sim",
         f"--kubeconfig={cluster.kubeconfig}",
         *config.argv(),
     ]

@@ -20,16 +20,17 @@ from typing import Any
 
 from sod_operator.api.constants import PROFILE_LABEL_PREFIX
 from sod_operator.cli.errors import UsageError
-from sod_operator.sandbox.cluster import (
+
+from sod_testbed.cluster import (
     ClusterService,
     LocalCluster,
     NodeService,
     SandboxError,
     default_state_dir,
 )
-from sod_operator.sandbox.kubeapi import KubeApi, resource_path
-from sod_operator.sandbox.nodes import NodeSpec
-from sod_operator.sandbox.trust import HOW, TrustBed, TrustConfig, attach
+from sod_testbed.kubeapi import KubeApi, resource_path
+from sod_testbed.nodes import NodeSpec
+from sod_testbed.trust import HOW, TrustBed, TrustConfig, attach
 
 NATT = "sod.dev/v1alpha1"
 ENROLL_TIMEOUT = 90.0

@@ -1,6 +1,6 @@
 """The KubeVirt simulator: plays virt-controller and virt-handler against a real apiserver.
 
-Runs as a process (`python -m sod_operator.sandbox.kubevirt_sim --kubeconfig ...`, what
+Runs as a process (`python -m sod_testbed.kubevirt_sim --kubeconfig ...`, what
 `sodctl sandbox up` starts) or in a thread (`KubeVirtSimulator(...).start()`, what the e2e
 harness does). It only reads and writes API objects: VirtualMachine, VirtualMachineInstance,
 VirtualMachineInstanceMigration (KubeVirt's real CRDs), virt-launcher Pods (placed by the real
@@ -88,14 +88,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sod_operator.sandbox.kubeapi import ApiError, JsonObj, KubeApi, resource_path
-from sod_operator.sandbox.migration_model import (
+from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
+from sod_testbed.migration_model import (
     MigrationModel,
     PrecopyPlan,
     parse_quantity,
     plan_precopy,
 )
-from sod_operator.sandbox.nodes import KUBEVIRT_SCHEDULABLE_LABEL
+from sod_testbed.nodes import KUBEVIRT_SCHEDULABLE_LABEL
 
 log = logging.getLogger("sod.kubevirt_sim")
 
@@ -1482,7 +1482,7 @@ def _strip_probe(value: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sod_operator.sandbox.kubevirt_sim",
+        prog="python -m sod_testbed.kubevirt_sim",
         description="Simulate KubeVirt's virt-controller and virt-handler against a cluster.",
     )
     d = SimConfig()

@@ -19,7 +19,6 @@ from typing import Any
 
 import urllib3
 from kubernetes import config as kube_config
-
 from sod_operator.api.rest import resource_path as resource_path  # re-exported
 
 JsonObj = dict[str, Any]

@@ -60,11 +60,11 @@ from typing import Any
 
 import yaml
 
-from sod_operator.sandbox.binaries import REPO_ROOT, Binaries, find_binaries
-from sod_operator.sandbox.kubeapi import ApiError, KubeApi, resource_path
-from sod_operator.sandbox.nodes import NodeSpec
-from sod_operator.sandbox.pki import CertPair, Pki, create_pki, load_pki
-from sod_operator.sandbox.processes import ManagedProcess, ProcessRecord, tail_file
+from sod_testbed.binaries import REPO_ROOT, Binaries, find_binaries
+from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
+from sod_testbed.nodes import NodeSpec
+from sod_testbed.pki import CertPair, Pki, create_pki, load_pki
+from sod_testbed.processes import ManagedProcess, ProcessRecord, tail_file
 
 log = logging.getLogger("sod.sandbox")
 
