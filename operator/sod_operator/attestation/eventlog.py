@@ -181,7 +181,8 @@ class EventLog:
                 if not ev.extends:
                     continue
                 start = bytes(size - 1) + bytes([self.startup_locality if ev.pcr == 0 else 0])
-                pcrs[ev.pcr] = hashlib.new(algo, pcrs.get(ev.pcr, start) + ev.digests[bank]).digest()
+                old = pcrs.get(ev.pcr, start)
+                pcrs[ev.pcr] = hashlib.new(algo, old + ev.digests[bank]).digest()
             out[bank] = dict(sorted(pcrs.items()))
         return out
 
