@@ -85,15 +85,8 @@ _IMAGE_EVENTS = {_EFI + 0x3, _EFI + 0x4, _EFI + 0x5}
 _TEXT_EVENTS = {0x5, 0xD, _EFI + 0x7}  # EV_ACTION, EV_IPL, EV_EFI_ACTION: printable strings
 _SPEC_ID = b"Spec ID Event03\x00"
 _STARTUP_LOCALITY = b"StartupLocality\x00"
-_EFI_GLOBAL_VARIABLE = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
-_EFI_IMAGE_SECURITY_DATABASE = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")
-SECURE_BOOT_VARIABLES = {
-    (_EFI_GLOBAL_VARIABLE, "SecureBoot"),
-    (_EFI_GLOBAL_VARIABLE, "PK"),
-    (_EFI_GLOBAL_VARIABLE, "KEK"),
-    (_EFI_IMAGE_SECURITY_DATABASE, "db"),
-    (_EFI_IMAGE_SECURITY_DATABASE, "dbx"),
-}
+EFI_GLOBAL_VARIABLE = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
+EFI_IMAGE_SECURITY_DATABASE = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")
 
 
 class EventLogError(ValueError):
@@ -175,16 +168,21 @@ class EventLog:
         out: dict[str, dict[int, bytes]] = {}
         for bank in self.banks:
             algo = _hashlib_name(bank)
-            size = self.digest_sizes[bank]
             pcrs: dict[int, bytes] = {}
             for ev in self.events:
                 if not ev.extends:
                     continue
-                start = bytes(size - 1) + bytes([self.startup_locality if ev.pcr == 0 else 0])
-                old = pcrs.get(ev.pcr, start)
+                old = pcrs.get(ev.pcr) or self.reset_value(bank, ev.pcr)
                 pcrs[ev.pcr] = hashlib.new(algo, old + ev.digests[bank]).digest()
             out[bank] = dict(sorted(pcrs.items()))
         return out
+
+    def reset_value(self, bank: str, pcr: int) -> bytes:
+        """A PCR's value before any event: 0, PCR 0 the startup locality, 17-22 all ones."""
+        size = self.digest_sizes[bank]
+        if 17 <= pcr <= 22:
+            return b"\xff" * size
+        return bytes(size - 1) + bytes([self.startup_locality if pcr == 0 else 0])
 
     def extending(self, pcr: int) -> list[Event]:
         return [e for e in self.events if e.extends and e.pcr == pcr]
@@ -364,21 +362,28 @@ def image_path(data: bytes) -> str:
     return "".join(parts)
 
 
-def secure_boot_state(log: EventLog) -> bool | None:
-    """The `SecureBoot` variable's value as measured in PCR 7 (None: not measured)."""
+def secure_boot_event(log: EventLog) -> Event | None:
+    """The EV_EFI_VARIABLE_DRIVER_CONFIG event measuring `SecureBoot` into PCR 7, if any."""
     for ev in log.extending(7):
         var = ev.variable
         if (
             ev.type == _EFI + 0x1
             and var is not None
-            and var.guid == _EFI_GLOBAL_VARIABLE
+            and var.guid == EFI_GLOBAL_VARIABLE
             and var.name == "SecureBoot"
         ):
-            return var.data not in (b"", b"\x00")
+            return ev
     return None
 
 
-def measures_its_data(ev: Event, log: EventLog) -> str | None:
+def secure_boot_state(log: EventLog) -> bool | None:
+    """The `SecureBoot` variable's value as measured in PCR 7 (None: not measured)."""
+    ev = secure_boot_event(log)
+    var = ev.variable if ev is not None else None
+    return None if var is None else var.data not in (b"", b"\x00")
+
+
+def measures_its_data(ev: Event) -> str | None:
     """None when every digest of `ev` is the hash of its event data, else the failing bank.
 
     True by specification for EV_EFI_VARIABLE_DRIVER_CONFIG and EV_SEPARATOR: checking it
@@ -415,3 +420,72 @@ def _event_json(ev: Event) -> dict[str, object]:
     else:
         doc["data"] = ev.data.hex()
     return doc
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What firmware measures: `payload` is hashed (per bank) and extended, `data` is logged.
+
+    For most events the payload is the event data itself; for a boot application it is the
+    image (the log then holds its load event, e.g. its device path)."""
+
+    pcr: int
+    type: int
+    data: bytes
+    payload: bytes | None = None
+
+    def digest(self, bank: str) -> bytes:
+        body = self.data if self.payload is None else self.payload
+        return hashlib.new(_hashlib_name(bank), body).digest()
+
+
+_ALG_IDS = {name: alg for alg, (name, _) in ALGORITHMS.items()}
+
+
+def write_crypto_agile(measurements: list[Measurement], banks: tuple[str, ...]) -> bytes:
+    """A TCG2 crypto-agile log (Spec ID event first) of `measurements`, in order."""
+    spec = bytearray(_SPEC_ID)
+    spec += struct.pack("<IBBBBI", 0, 0, 2, 0, 2, len(banks))  # class, 2.0 errata 0, UINT64
+    for bank in banks:
+        spec += struct.pack("<HH", _ALG_IDS[bank], hashlib.new(_hashlib_name(bank)).digest_size)
+    spec += b"\x00"  # no vendor info
+    out = bytearray(struct.pack("<II", 0, EV_NO_ACTION) + bytes(20))
+    out += struct.pack("<I", len(spec)) + spec
+    for m in measurements:
+        out += struct.pack("<III", m.pcr, m.type, len(banks))
+        for bank in banks:
+            out += struct.pack("<H", _ALG_IDS[bank]) + m.digest(bank)
+        out += struct.pack("<I", len(m.data)) + m.data
+    return bytes(out)
+
+
+def serialize(log: EventLog) -> bytes:
+    """The log in its own binary format (`parse(serialize(log)) == log`)."""
+    out = bytearray()
+    for ev in log.events:
+        out += struct.pack("<II", ev.pcr, ev.type)
+        if not log.crypto_agile or ev is log.events[0]:  # a TCG_PCClientPCREvent record
+            out += ev.digests["sha1"]
+        else:
+            out += struct.pack("<I", len(ev.digests))
+            for bank, digest in ev.digests.items():
+                out += struct.pack("<H", _ALG_IDS[bank]) + digest
+        out += struct.pack("<I", len(ev.data)) + ev.data
+    return bytes(out)
+
+
+def variable_data(guid: uuid.UUID, name: str, value: bytes) -> bytes:
+    """A `UEFI_VARIABLE_DATA` structure (the data of EV_EFI_VARIABLE_* events)."""
+    encoded = name.encode("utf-16-le")
+    return guid.bytes_le + struct.pack("<QQ", len(name), len(value)) + encoded + value
+
+
+def image_load_data(path: str, length: int) -> bytes:
+    """A `UEFI_IMAGE_LOAD_EVENT` whose device path is one file-path node and the end node."""
+    text = (path + "\x00").encode("utf-16-le")
+    node = struct.pack("<BBH", 0x04, 0x04, 4 + len(text)) + text
+    dp = node + struct.pack("<BBH", 0x7F, 0xFF, 4)
+    return struct.pack("<QQQQ", 0, length, 0, len(dp)) + dp

@@ -12,8 +12,10 @@ reason and a message; `recoverable=False` when validation stopped early):
    that nonce and the claims; the reported PCRs are exactly the quoted selection and hash to
    the quote's PCR digest.
 3. `evaluate_profile` — freshness (age measured from the nonce's issue time), declared
-   architecture, PCR bank, required PCRs present and equal to golden values, CPU flags,
-   module parameters, runtime counter thresholds. All failed checks are reported together.
+   architecture, PCR bank, required PCRs present and equal to golden values, the boot event
+   log replayed against the quote and checked against the measured-boot reference state
+   (`measuredboot`), CPU flags, module parameters, runtime counter thresholds. All failed
+   checks are reported together.
 
 `verify` runs all three for every profile. Trust is never derived from the node's own clock,
 labels or status: only from the TPM signature, the verifier's nonce and the verifier's `now`.
@@ -41,8 +43,9 @@ from sod_operator.api.v1alpha1.nodeattestation import (
     TpmEvidence,
     qualifying_data,
 )
-from sod_operator.attestation import ekcert, tpm
+from sod_operator.attestation import ekcert, measuredboot, tpm
 from sod_operator.attestation.ekcert import CaBundle
+from sod_operator.attestation.eventlog import EventLog, EventLogError
 
 R = AttestationReason
 
@@ -186,6 +189,9 @@ class VerifiedQuote:
     claims: Claims
     challenge: Challenge
     info: tpm.QuoteInfo
+    event_log: EventLog | str | None = None
+    """The boot event log sent with the quote (str: why it is unusable; None: none sent).
+    Not yet checked against the quote: `measuredboot.evaluate` does that per profile."""
 
     @property
     def evidence_time(self) -> datetime:
@@ -262,8 +268,23 @@ def check_quote(
             "they were changed after the TPM signed the quote",
         )
     return VerifiedQuote(
-        bank=quote.pcr_bank, pcrs=values, claims=claims, challenge=challenge, info=info
+        bank=quote.pcr_bank,
+        pcrs=values,
+        claims=claims,
+        challenge=challenge,
+        info=info,
+        event_log=_event_log(quote.event_log),
     )
+
+
+def _event_log(encoded: str | None) -> EventLog | str | None:
+    """Parsed once per quote; a bad log only fails profiles with a measured-boot policy."""
+    if encoded is None:
+        return None
+    try:
+        return measuredboot.decode(encoded)
+    except EventLogError as err:
+        return str(err)
 
 
 # --------------------------------------------------------------------------- profiles
@@ -364,6 +385,13 @@ def _policy_findings(policy: AttestationPolicy, evidence: VerifiedQuote) -> list
                             "an unexpected measurement",
                         )
                     )
+    if policy.measured_boot is not None:
+        out.extend(
+            Finding(reason, message)
+            for reason, message in measuredboot.evaluate(
+                policy.measured_boot, evidence.bank, evidence.pcrs, evidence.event_log
+            )
+        )
     flags = set(claims.cpu_flags)
     missing = [f for f in policy.cpu_flags if f not in flags]
     if missing:

@@ -112,7 +112,7 @@ def test_secure_boot_state_as_measured(name: str, enabled: bool) -> None:
     log = eventlog.parse((DATA / name).read_bytes())
     assert eventlog.secure_boot_state(log) is enabled
     sb = next(e for e in log.extending(7) if (v := e.variable) and v.name == "SecureBoot")
-    assert eventlog.measures_its_data(sb, log) is None
+    assert eventlog.measures_its_data(sb) is None
 
 
 def test_ubuntu_boot_chain_names_shim_grub_and_the_kernel() -> None:

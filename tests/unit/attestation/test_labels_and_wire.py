@@ -75,6 +75,8 @@ def test_reasons_are_pinned() -> None:
         "PcrDigestMismatch", "EvidenceStale", "NoAttestationPolicy", "ArchitectureMismatch",
         "PcrBankMismatch", "PcrNotQuoted", "PcrValueMismatch", "CpuFlagMissing",
         "ModuleParameterMismatch", "RuntimeCounterMissing", "RuntimeThresholdExceeded",
+        "EventLogMissing", "EventLogMalformed", "EventLogMismatch", "EventNotAllowed",
+        "SecureBootDisabled",
     }  # fmt: skip
     assert {c.value for c in AttestationConditionType} == {"Ready", "Enrolled"}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from sod_operator.api.v1alpha1.base import UNIQUE_SET, ApiModel, unique_map
 
@@ -110,6 +110,102 @@ class TpmPolicy(ApiModel):
         return self
 
 
+EventTypeName = Annotated[
+    str,
+    Field(
+        min_length=4,
+        max_length=48,
+        pattern=r"^(EV_[A-Z0-9_]+|0x[0-9a-f]{8})$",
+    ),
+]
+VariableName = Annotated[
+    str,
+    Field(
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]*$",
+    ),
+]
+
+
+class EventReference(ApiModel):
+    """The digests one kind of boot event may have: one entry of a reference state."""
+
+    pcr: PcrIndex
+    """The PCR the event is extended into."""
+    event_type: EventTypeName
+    """The TCG event type as `tpm2_eventlog` names it (`0x` and 8 hex digits for an unnamed
+    one), e.g. `EV_EFI_BOOT_SERVICES_APPLICATION` (boot loader, kernel),
+    `EV_IPL` (grub's commands and files), `EV_EFI_VARIABLE_DRIVER_CONFIG` (Secure Boot state,
+    PK, KEK, db, dbx), `EV_SEPARATOR`, `EV_EFI_ACTION`."""
+    variable: VariableName = ""
+    """For `EV_EFI_VARIABLE_*` events: the variable (`SecureBoot`, `PK`, `KEK`, `db`, `dbx`,
+    `BootOrder`, …) this entry is for. Empty: every event of the type in this PCR that no
+    variable-specific entry names."""
+    digests: Annotated[
+        list[HexDigest],
+        Field(min_length=1, max_length=256, json_schema_extra=_SET),
+        UNIQUE_SET,
+    ]
+    """Accepted digests (lower-case hex, in the policy's bank). More than one: several boot
+    loaders, kernels or dbx versions are accepted at once (a rollout)."""
+
+
+def _unique_references(items: list[EventReference]) -> list[EventReference]:
+    seen: dict[tuple[int, str, str], int] = {}
+    for i, ref in enumerate(items):
+        key = (ref.pcr, ref.event_type, ref.variable)
+        if key in seen:
+            raise ValueError(
+                f"references[{i}]: PCR {ref.pcr} {ref.event_type} {ref.variable!r} "
+                f"duplicates references[{seen[key]}]"
+            )
+        seen[key] = i
+    return items
+
+
+class MeasuredBootPolicy(ApiModel):
+    """A reference state for the node's boot event log (made by `sodctl reference-state`).
+
+    The verifier replays the node's TCG event log in `pcrBank` and refuses it unless it
+    reproduces the quoted value of every PCR in `pcrs` (and of every other quoted PCR it
+    extends). Then every event extended into one of `pcrs` must match a reference — same PCR,
+    event type and (for UEFI variables) variable — whose digests include the event's digest:
+    an event without one (a new boot component, an unknown boot loader or kernel, a changed
+    db/dbx) revokes the profile with a reason naming the event. Which events occur and how
+    often is not constrained beyond that: a replayed log cannot hide an event, and an unknown
+    one cannot pass.
+    """
+
+    pcr_bank: PcrBank = PcrBank.SHA256
+    """The bank the log is evaluated in; the quote must be over the same bank."""
+    pcrs: Annotated[
+        list[PcrIndex], Field(min_length=1, max_length=24, json_schema_extra=_SET), UNIQUE_SET
+    ]
+    """The PCRs whose every event must match a reference (e.g. 0, 2, 4 and 7: firmware,
+    option ROMs, boot loaders and kernel, Secure Boot). The quote must cover them."""
+    require_secure_boot: bool = False
+    """The log must show the `SecureBoot` variable measured as enabled in PCR 7 (PCR 7 is then
+    checked against the quote too)."""
+    references: Annotated[
+        list[EventReference],
+        Field(max_length=128, json_schema_extra=_map("pcr", "eventType", "variable")),
+        AfterValidator(_unique_references),
+    ] = []
+    """The allowed events."""
+
+    @model_validator(mode="after")
+    def _check(self) -> MeasuredBootPolicy:
+        size = PCR_DIGEST_SIZE[self.pcr_bank] * 2
+        for i, ref in enumerate(self.references):
+            for j, value in enumerate(ref.digests):
+                if len(value) != size:
+                    raise ValueError(
+                        f"references[{i}].digests[{j}]: must be {size} hex digits "
+                        f"(a {self.pcr_bank} digest), got {len(value)}"
+                    )
+        return self
+
+
 class ModuleParameterRequirement(ApiModel):
     """A kernel module parameter the node must report with a given value."""
 
@@ -140,7 +236,11 @@ class AttestationPolicy(ApiModel):
     architecture: FactName | None = None
     """The architecture the node's evidence must declare (e.g. `hyperwall`). Unset: any."""
     tpm: TpmPolicy | None = None
-    """Golden PCR values. Unset: the quote must be valid, but no PCR value is checked."""
+    """Golden final PCR values. Unset: the quote must be valid, but no PCR value is checked."""
+    measured_boot: MeasuredBootPolicy | None = None
+    """A measured-boot policy over the node's boot event log (each event checked against a
+    reference state), which survives firmware and kernel updates that golden final values
+    do not. Unset: the event log is not required."""
     cpu_flags: Annotated[
         list[FactName], Field(max_length=32, json_schema_extra=_SET), UNIQUE_SET
     ] = []

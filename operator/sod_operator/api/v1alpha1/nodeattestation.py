@@ -41,6 +41,10 @@ from sod_operator.api.v1alpha1.base import (
     ShortText,
 )
 
+MAX_EVENT_LOG_BASE64: Final = 512 * 1024
+"""Bound of `spec.tpm.quote.eventLog` (384 KiB of gzip). Real logs are 15-75 KiB; their
+digests do not compress, so base64 of gzip is about 85% of the log: the object (and its etcd
+write, at most 1.5 MiB) stays well inside the limits, whatever the firmware."""
 NONCE_BYTES: Final = 32
 """Size of a verifier nonce (TPM2B_DATA holds at most 64 bytes)."""
 QUALIFYING_DATA_DOMAIN: Final = b"sod.dev/v1alpha1 NodeAttestation quote\x00"
@@ -132,6 +136,10 @@ class Quote(ApiModel):
     """The PCR bank that was quoted."""
     pcrs: Annotated[list[PcrValue], Field(max_length=24, json_schema_extra=_map("index"))]
     """The values of every quoted PCR; the verifier recomputes the quote's PCR digest."""
+    event_log: Annotated[Base64, Field(max_length=MAX_EVENT_LOG_BASE64)] | None = None
+    """The boot event log (binary TCG format, as in
+    /sys/kernel/security/tpm0/binary_bios_measurements), gzip-compressed, base64. Unsigned:
+    the verifier trusts it only as far as its replay reproduces the quoted PCRs."""
 
 
 class CredentialActivation(ApiModel):
@@ -225,6 +233,12 @@ class AttestationReason(StrEnum):
     MODULE_PARAMETER_MISMATCH = "ModuleParameterMismatch"
     RUNTIME_COUNTER_MISSING = "RuntimeCounterMissing"
     RUNTIME_THRESHOLD_EXCEEDED = "RuntimeThresholdExceeded"
+    # Measured boot (the boot event log against the profile's reference state)
+    EVENT_LOG_MISSING = "EventLogMissing"
+    EVENT_LOG_MALFORMED = "EventLogMalformed"
+    EVENT_LOG_MISMATCH = "EventLogMismatch"
+    EVENT_NOT_ALLOWED = "EventNotAllowed"
+    SECURE_BOOT_DISABLED = "SecureBootDisabled"
 
 
 class Challenge(ApiModel):
