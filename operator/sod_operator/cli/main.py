@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sod_operator.cli import offline
+from sod_operator.cli import eventlog, offline
 from sod_operator.cli.errors import UsageError
 
 EXIT_USAGE = 2
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     offline.register(sub)
+    eventlog.register(sub)
     _register_optional(sub)
     return parser
 
