@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sod_operator.api.v1alpha1.attestation_policy import PcrBank
 from sod_operator.api.v1alpha1.nodeattestation import (
+    MAX_EVENT_LOG_BASE64,
     AgentInfo,
     Claims,
     CredentialActivation,
@@ -22,6 +25,7 @@ from sod_operator.api.v1alpha1.nodeattestation import (
     PcrValue,
     Quote,
     TpmEvidence,
+    encode_event_log,
     qualifying_data,
 )
 
@@ -33,6 +37,29 @@ log = logging.getLogger(__name__)
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def _encoded(raw: bytes | None) -> str | None:
+    # Read after the quote: firmware logs are complete once the OS runs, so it is the quoted
+    # boot's log (the verifier refuses it otherwise).
+    if raw is None:
+        return None
+    encoded = encode_event_log(raw)
+    if len(encoded) > MAX_EVENT_LOG_BASE64:
+        log.error("the boot event log (%d bytes) is too large to send; sending none", len(raw))
+        return None
+    return encoded
+
+
+def read_event_log(path: Path | None) -> bytes | None:
+    """The boot event log at `path` (None: not configured, or unreadable: logged)."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        log.warning("cannot read the boot event log %s: %s", path, err)
+        return None
 
 
 @dataclass(frozen=True)
@@ -49,6 +76,7 @@ def produce(
     previous: NodeAttestationSpec | None,
     quote_nonce: str | None,
     activate: bool,
+    event_log: Callable[[], bytes | None] = lambda: None,
 ) -> Produced:
     """The evidence to publish: identity, claims, activation answer and (new or kept) quote."""
     identity = tpm.identity()
@@ -78,6 +106,7 @@ def produce(
             signature=_b64(result.signature),
             pcr_bank=PcrBank(selection.bank),
             pcrs=[PcrValue(index=i, value=v.hex()) for i, v in sorted(result.pcrs.items())],
+            event_log=_encoded(event_log()),
         )
     elif previous is not None and previous.tpm is not None:
         quote = previous.tpm.quote

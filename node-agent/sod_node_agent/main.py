@@ -2,12 +2,14 @@
 
     sod-node-agent --node NODE --tcti device:/dev/tpmrm0 [--pcrs sha256:0-7] [--interval 10]
                    [--simulated-state FILE | --architecture NAME] [--kubeconfig FILE]
+                   [--event-log /sys/kernel/security/tpm0/binary_bios_measurements]
 
 Loop: watch the node's NodeAttestation; when the verifier issued a nonce (or an enrollment
 challenge), collect the claims, quote over `qualifying_data(nonce, claims)` and replace the
 spec. Errors are logged and retried; the agent never exits on a transient failure, and it
 never judges its own evidence. Settings can come from the environment as well (NODE_NAME,
-SOD_TCTI, SOD_PCRS, SOD_INTERVAL_SECONDS, SOD_SIMULATED_STATE) for a DaemonSet.
+SOD_TCTI, SOD_PCRS, SOD_INTERVAL_SECONDS, SOD_SIMULATED_STATE, SOD_EVENT_LOG) for a DaemonSet.
+Each quote carries the boot event log (`--event-log`; `--event-log ''` sends none).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from types import FrameType
 from sod_operator.api.v1alpha1.nodeattestation import NodeAttestationStatus, claims_digest
 
 from sod_node_agent import facts, tpm
-from sod_node_agent.evidence import produce
+from sod_node_agent.evidence import produce, read_event_log
 from sod_node_agent.publish import Publisher, api_client
 from sod_node_agent.schedule import AgentState, blob_id, plan
 
 log = logging.getLogger("sod_node_agent")
 ERROR_BACKOFF_SECONDS = 2.0
+DEFAULT_EVENT_LOG = "/sys/kernel/security/tpm0/binary_bios_measurements"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="an architecture this node declares by configuration",
     )
     p.add_argument(
+        "--event-log",
+        default=env("SOD_EVENT_LOG", DEFAULT_EVENT_LOG),
+        help="the binary TCG boot event log sent with each quote ('' for none)",
+    )
+    p.add_argument(
         "--kubeconfig",
         default=env("KUBECONFIG"),
         help="kubeconfig of the agent's identity (default: in-cluster)",
@@ -92,6 +100,7 @@ class Agent:
             simulated=args.simulated_state,
             architecture=args.architecture,
         )
+        self.event_log = Path(args.event_log) if args.event_log else None
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -139,6 +148,7 @@ class Agent:
                 obj.spec if obj is not None else None,
                 decision.quote_nonce,
                 decision.activate,
+                lambda: read_event_log(self.event_log),
             )
         tpm_ms = (time.perf_counter() - started) * 1000
         self.publisher.write(produced.spec, obj)

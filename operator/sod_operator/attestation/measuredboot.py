@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -23,7 +22,7 @@ from sod_operator.api.v1alpha1.attestation_policy import (
     MeasuredBootPolicy,
     PcrBank,
 )
-from sod_operator.api.v1alpha1.nodeattestation import AttestationReason
+from sod_operator.api.v1alpha1.nodeattestation import AttestationReason, encode_event_log
 from sod_operator.attestation import eventlog
 from sod_operator.attestation.eventlog import Event, EventLog, EventLogError
 
@@ -59,8 +58,8 @@ def decode(event_log: str) -> EventLog:
 
 
 def encode(raw: bytes) -> str:
-    """What the node-agent sends: base64 of gzip (mtime 0, so equal logs encode equally)."""
-    return base64.b64encode(gzip.compress(raw, compresslevel=9, mtime=0)).decode()
+    """What the node-agent sends (defined with the wire protocol in the API)."""
+    return encode_event_log(raw)
 
 
 def evaluate(

@@ -56,8 +56,7 @@ from sod_operator.attestation.verify import (
     VerifiedQuote,
     check_enrolled,
     check_identity,
-    check_quote,
-    evaluate_profile,
+    verify,
 )
 
 R = AttestationReason
@@ -158,6 +157,7 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
     # 1. Identity and enrollment.
     enrollment: Enrollment | None = old.enrollment
     identity: Identity | None = None
+    checked: Identity | Failure | None = None
     failure: Failure | None
     if att.spec.tpm is None:
         failure = Failure.of(R.NO_EVIDENCE, "spec.tpm is missing: the node sent no TPM evidence")
@@ -213,18 +213,19 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
     ):
         challenge = _new_challenge(now, entropy)
 
-    # 3. Evidence-level verdict (re-run every step: cheap, and a CA bundle change applies).
-    evidence: VerifiedQuote | Failure
-    if failure is not None:
-        evidence = failure
-    elif identity is None or att.spec.tpm is None or record is None:
-        evidence = Failure.of(R.NO_QUOTE, "the node has not sent a quote yet", recoverable=True)
-    else:
-        evidence = check_quote(att.spec.tpm, att.spec.claims, identity.ak, record.challenge)
-    if inp.node is None and isinstance(evidence, VerifiedQuote):
-        evidence = Failure.of(
-            R.NODE_NOT_FOUND, f"there is no Node named {att.name!r} to carry the verdict"
-        )
+    # 3. The verification pipeline (re-run every step: cheap, and a CA bundle change applies).
+    verification = verify(
+        att.spec,
+        enrollment,
+        record.challenge if record is not None else None,
+        inp.policies,
+        settings.bundle,
+        now,
+        identity=checked,
+        enrollment_failure=failure,
+        missing_node=att.name if inp.node is None else None,
+    )
+    evidence = verification.evidence
     if new_evidence and isinstance(evidence, Failure):
         events.append(
             Event(
@@ -235,7 +236,7 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
         )
 
     # 4. Per-profile verdicts.
-    decisions = [evaluate_profile(n, p, evidence, now) for n, p in sorted(inp.policies.items())]
+    decisions = list(verification.decisions)
     verdicts, transitions = _verdicts(old.verdicts, decisions, now)
     by_profile = {d.profile: d for d in decisions}
     for t in transitions:

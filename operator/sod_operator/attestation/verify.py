@@ -447,14 +447,23 @@ def check_evidence(
     challenge: Challenge | None,
     bundle: CaBundle,
     now: datetime,
+    *,
+    identity: Identity | Failure | None = None,
+    enrollment_failure: Failure | None = None,
 ) -> VerifiedQuote | Failure:
-    """Identity, enrollment and quote checks of `spec` (everything but the profile policies)."""
+    """Stages 1 and 2: identity, enrollment and quote checks of `spec` (all but the profiles).
+
+    The verifier passes what its enrollment step already found (`identity`, and the
+    `enrollment_failure` that takes precedence while the node is not enrolled); the checks
+    themselves are these, in this order, for tests and the verifier alike.
+    """
     if spec.tpm is None:
         return Failure.of(R.NO_EVIDENCE, "spec.tpm is missing: the node sent no TPM evidence")
-    identity = check_identity(spec.tpm, bundle, now)
+    if identity is None:
+        identity = check_identity(spec.tpm, bundle, now)
     if isinstance(identity, Failure):
         return identity
-    failure = check_enrolled(identity, enrollment)
+    failure = enrollment_failure or check_enrolled(identity, enrollment)
     if failure is not None:
         return failure
     return check_quote(spec.tpm, spec.claims, identity.ak, challenge)
@@ -467,13 +476,31 @@ def verify(
     policies: Mapping[str, AttestationPolicy | None],
     bundle: CaBundle,
     now: datetime,
+    *,
+    identity: Identity | Failure | None = None,
+    enrollment_failure: Failure | None = None,
+    missing_node: str | None = None,
 ) -> Verification:
-    """Verify a node's evidence against every profile's attestation policy.
+    """The verification pipeline: every stage, then every profile's attestation policy.
 
     `challenge` is the nonce that was current when this evidence arrived (replay protection:
     a quote answering any other nonce is rejected); `enrollment` is the node's AK↔EK binding.
+    `monitor.step` runs exactly this function (with its enrollment results and, when there
+    is no Node object to carry a verdict, `missing_node`): there is no second composition.
     """
-    evidence = check_evidence(spec, enrollment, challenge, bundle, now)
+    evidence = check_evidence(
+        spec,
+        enrollment,
+        challenge,
+        bundle,
+        now,
+        identity=identity,
+        enrollment_failure=enrollment_failure,
+    )
+    if missing_node is not None and isinstance(evidence, VerifiedQuote):
+        evidence = Failure.of(
+            R.NODE_NOT_FOUND, f"there is no Node named {missing_node!r} to carry the verdict"
+        )
     decisions = tuple(
         evaluate_profile(name, policy, evidence, now) for name, policy in sorted(policies.items())
     )

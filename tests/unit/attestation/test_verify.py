@@ -340,3 +340,32 @@ def test_status_models_round_trip(good: Step) -> None:
     out = run(good.attestation(), good.now)
     again = NodeAttestationStatus.model_validate(out.status.model_dump(mode="json", by_alias=True))
     assert again == out.status
+
+
+# --------------------------------------------------------------------------- one pipeline
+
+
+@pytest.mark.parametrize("name", ["identity", "enrolled", "good", "violation", "pcrExtended"])
+def test_the_verifier_step_runs_the_verify_pipeline_once(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """`monitor.step` (what the verifier runs) composes no stage itself: it calls `verify`,
+    the function these tests exercise, exactly once, and reports what it returned."""
+    from sod_operator.attestation import verify as verify_module
+
+    calls: list[verify_module.Verification] = []
+
+    def spy(*args: object, **kwargs: object) -> verify_module.Verification:
+        result = verify_module.verify(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append(result)
+        return result
+
+    monkeypatch.setattr(monitor, "verify", spy)
+    s = step(name)
+    out = run(s.attestation(), s.now)
+    [result] = calls
+    assert [(v.profile, v.reason) for v in out.status.verdicts] == [
+        (d.profile, d.reason) for d in result.decisions
+    ]
+    assert not hasattr(monitor, "check_quote")
+    assert not hasattr(monitor, "evaluate_profile")

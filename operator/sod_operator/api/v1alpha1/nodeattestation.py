@@ -14,6 +14,8 @@ non-TPM claims (architecture, CPU flags, counters) to the TPM-signed, nonce-fres
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 import json
 from datetime import datetime
@@ -385,3 +387,10 @@ def claims_digest(claims: Claims) -> bytes:
 def qualifying_data(nonce: bytes, claims: Claims) -> bytes:
     """The `qualifyingData` of TPM2_Quote: binds the verifier's nonce and the claims (32 bytes)."""
     return hashlib.sha256(QUALIFYING_DATA_DOMAIN + nonce + claims_digest(claims)).digest()
+
+
+def encode_event_log(raw: bytes) -> str:
+    """`spec.tpm.quote.eventLog` of a binary TCG event log: base64 of gzip (mtime 0, so the
+    same log always encodes the same). The verifier decodes it with a bound on the inflated
+    size (`sod_operator.attestation.measuredboot.decode`)."""
+    return base64.b64encode(gzip.compress(raw, compresslevel=9, mtime=0)).decode()
