@@ -2,6 +2,7 @@
 
     sodctl sandbox break hyperwall-1 --how violation   # memory violations above the threshold
     sodctl sandbox break hyperwall-1 --how pcr         # an unexpected measurement in PCR 4
+    sodctl sandbox break hyperwall-1 --how bootloader  # an unexpected boot component, logged
     sodctl sandbox break datasafe-1 --how silence      # the node-agent stops; evidence goes stale
     sodctl sandbox heal hyperwall-1                    # undo all three (a PCR needs a reboot)
 
@@ -40,7 +41,7 @@ def register_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser
     """Add `break` and `heal` to `sodctl sandbox`."""
     brk = actions.add_parser(
         "break",
-        help="make a node's attestation fail (violation, pcr or silence)",
+        help="make a node's attestation fail (violation, pcr, bootloader or silence)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

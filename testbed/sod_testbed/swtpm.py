@@ -7,8 +7,11 @@
   0x01c00002) and only the SHA-256 PCR bank active.
 * `Swtpm` — `swtpm socket` on a Unix socket (no ports to race for), stopped by its own pid.
 * `simulated_boot` — plays firmware: extends the sandbox's boot log into PCRs 0, 4 and 7
-  after a (re)start, so quotes show stable, known values; `SANDBOX_GOLDEN_PCRS` are those
-  values, as a profile's `spec.attestation.tpm.pcrs` lists them.
+  after a (re)start, so quotes show stable, known values, and writes the TCG2 crypto-agile
+  event log of exactly those measurements (what the kernel exposes as
+  /sys/kernel/security/tpm0/binary_bios_measurements on a real node); `SANDBOX_GOLDEN_PCRS`
+  are the values, as a profile's `spec.attestation.tpm.pcrs` lists them. `measure` is the
+  firmware loading one more component: extended and logged.
 
 swtpm is for tests and demos only (Keylime: "DO NOT USE Keylime in production with a TPM
 emulator!"); nothing here weakens a verifier check. Facts and pitfalls: notes/tpm.md.
@@ -24,6 +27,14 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from sod_operator.attestation.eventlog import EVENT_TYPE_CODES as EV
+from sod_operator.attestation.eventlog import (
+    Measurement,
+    image_load_data,
+    write_crypto_agile,
+    write_event,
+)
 
 EK_CERT_NV_INDEX = 0x01C00002
 EK_HANDLE = 0x81010001
@@ -44,13 +55,33 @@ def require_binaries() -> None:
 
 # --------------------------------------------------------------------------- the boot log
 
-BOOT_LOG: tuple[tuple[int, bytes], ...] = (
-    (0, b"sod-sandbox firmware 1.0 (simulated UEFI)"),
-    (4, b"sod-sandbox boot loader 1.0"),
-    (4, b"sod-sandbox kernel 6.1.0 + initrd"),
-    (7, b"secure boot: enabled, db=sod-sandbox-platform-key"),
+LOG_BANKS = ("sha256",)  # the only bank `manufacture` leaves active
+
+
+def _application(path: str, image: bytes) -> Measurement:
+    """A boot application: its image is measured, its load event (device path) logged."""
+    return Measurement(
+        4, EV["EV_EFI_BOOT_SERVICES_APPLICATION"], image_load_data(path, len(image)), image
+    )
+
+
+BOOT_LOG: tuple[Measurement, ...] = (
+    Measurement(0, EV["EV_S_CRTM_VERSION"], b"sod-sandbox firmware 1.0 (simulated UEFI)"),
+    _application("\\EFI\\sod\\loader.efi", b"sod-sandbox boot loader 1.0"),
+    _application("\\EFI\\sod\\vmlinuz", b"sod-sandbox kernel 6.1.0 + initrd"),
+    # A text event, not the SecureBoot variable, so PCR 7 keeps the value the recorded
+    # golden evidence (tests/unit/attestation/data/golden.json) was quoted with.
+    Measurement(7, EV["EV_EFI_ACTION"], b"secure boot: enabled, db=sod-sandbox-platform-key"),
 )
-"""What the sandbox's simulated firmware measures at every boot: (PCR, event)."""
+"""What the sandbox's simulated firmware measures at every boot, with TCG event types."""
+UNEXPECTED_BOOT_COMPONENT = _application(
+    "\\EFI\\sod\\bootkit.efi", b"sod-sandbox unexpected boot component: bootkit 0.1"
+)
+"""What `sodctl sandbox break NODE --how bootloader` makes the firmware load."""
+
+
+def _payload(m: Measurement) -> bytes:
+    return m.data if m.payload is None else m.payload
 
 
 def replay(events: Iterable[tuple[int, bytes]], size: int = 32) -> dict[int, bytes]:
@@ -62,7 +93,9 @@ def replay(events: Iterable[tuple[int, bytes]], size: int = 32) -> dict[int, byt
     return pcrs
 
 
-SANDBOX_GOLDEN_PCRS: dict[int, str] = {i: v.hex() for i, v in sorted(replay(BOOT_LOG).items())}
+SANDBOX_GOLDEN_PCRS: dict[int, str] = {
+    i: v.hex() for i, v in sorted(replay((m.pcr, _payload(m)) for m in BOOT_LOG).items())
+}
 """Golden SHA-256 values of PCRs 0, 4 and 7 on a sandbox node booted with `BOOT_LOG`."""
 
 
@@ -234,6 +267,17 @@ def extend(tcti: str, events: Sequence[tuple[int, bytes]]) -> None:
             ectx.pcr_extend(getattr(ESYS_TR, f"PCR{index}"), values)
 
 
-def simulated_boot(tcti: str) -> None:
-    """Measure the sandbox boot log (run right after swtpm (re)started: PCRs are reset)."""
-    extend(tcti, BOOT_LOG)
+def simulated_boot(tcti: str, event_log: Path | None = None) -> None:
+    """Measure the sandbox boot log (run right after swtpm (re)started: PCRs are reset) and
+    write its TCG2 event log to `event_log`, as firmware hands it to the kernel."""
+    if event_log is not None:
+        event_log.parent.mkdir(parents=True, exist_ok=True)
+        event_log.write_bytes(write_crypto_agile(list(BOOT_LOG), LOG_BANKS))
+    extend(tcti, [(m.pcr, _payload(m)) for m in BOOT_LOG])
+
+
+def measure(tcti: str, m: Measurement, event_log: Path) -> None:
+    """The firmware measures one more component: logged, then extended."""
+    with event_log.open("ab") as f:
+        f.write(write_event(m, LOG_BANKS))
+    extend(tcti, [(m.pcr, _payload(m))])

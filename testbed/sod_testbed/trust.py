@@ -7,15 +7,18 @@ exactly as in a cluster, so the apiserver itself enforces who may write what:
 * `install()` applies `sod_operator.verifier.rbac.manifests()` (ServiceAccounts, ClusterRoles,
   ValidatingAdmissionPolicies) and configures a local EK CA (`swtpm.LocalCa`);
 * `start_node(node)` manufactures the node's TPM (EK certificate from that CA), runs swtpm,
-  plays the simulated firmware (`swtpm.BOOT_LOG` into PCRs 0, 4, 7), writes the
+  plays the simulated firmware (`swtpm.BOOT_LOG` into PCRs 0, 4, 7, and its TCG2 event log
+  next to the TPM state, which the agent sends with each quote), writes the
   simulated-architecture state (the node's architecture, `memoryViolations: 0`; `plain`
   declares none), and runs `sod-node-agent` with a ServiceAccount token **bound to the Node
   object** (so its user info carries `authentication.kubernetes.io/node-name`);
 * `start_verifier()` runs `sod-verifier` with the verifier ServiceAccount's token (the only
   identity allowed to patch Nodes) and the CA bundle;
 * `break_node(node, how)`: `violation` (the simulated source reports memory violations),
-  `pcr` (an unexpected measurement extended into PCR 4), `silence` (the agent is stopped);
-  `heal_node(node)` undoes all three (a PCR can only be reset by a reboot: swtpm restarts,
+  `pcr` (an unexpected measurement extended into PCR 4, not logged), `bootloader` (the
+  firmware loads an unexpected boot component: extended into PCR 4 and logged, so a
+  measured-boot policy names the event), `silence` (the agent is stopped);
+  `heal_node(node)` undoes all four (a PCR can only be reset by a reboot: swtpm restarts,
   the firmware measures the boot log again; the AK is deterministic, so enrollment holds).
 
 State lives under `<sandbox state dir>/trust/`; processes are supervised by the cluster
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sod_operator.attestation.eventlog import image_path
 from sod_operator.verifier import rbac
 
 from sod_testbed import swtpm
@@ -50,7 +54,7 @@ VIOLATIONS_COUNTER = "memoryViolations"
 BREAK_VIOLATIONS = 7
 UNEXPECTED_MEASUREMENT = (4, b"unexpected kernel module: sod-sandbox-rootkit.ko")
 TOKEN_SECONDS = 30 * 24 * 3600
-HOW = ("violation", "pcr", "silence")
+HOW = ("violation", "pcr", "bootloader", "silence")
 UNIX_SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 # Host facts a simulated node of these architectures reports besides its architecture claim
 # (what /proc/cpuinfo and /sys/module show on a real SEV-SNP or TDX host).
@@ -142,6 +146,10 @@ class TrustBed:
 
     def swtpm_for(self, node: str) -> swtpm.Swtpm:
         return swtpm.Swtpm(self.tpm_state(node), self.dir / "tpm" / node / "swtpm.sock")
+
+    def event_log(self, node: str) -> Path:
+        """The node's boot event log (its binary_bios_measurements)."""
+        return self.dir / "tpm" / node / "binary_bios_measurements"
 
     def sim_state(self, node: str) -> Path:
         return self.dir / "sim" / f"{node}.json"
@@ -246,7 +254,7 @@ class TrustBed:
             raise SandboxError(
                 f"swtpm of {node} did not start: {err}; log {proc.log_path}"
             ) from err
-        swtpm.simulated_boot(sw.tcti)
+        swtpm.simulated_boot(sw.tcti, self.event_log(node))
 
     def start_agent(self, node: str) -> None:
         argv = [
@@ -263,6 +271,8 @@ class TrustBed:
             str(self.config.agent_interval),
             "--simulated-state",
             str(self.sim_state(node)),
+            "--event-log",
+            str(self.event_log(node)),
             "--kubeconfig",
             str(self.kubeconfig_for(f"agent-{node}")),
         ]
@@ -369,6 +379,13 @@ class TrustBed:
             swtpm.extend(self.swtpm_for(node).tcti, [UNEXPECTED_MEASUREMENT])
             return (
                 f"{node}: extended an unexpected measurement into PCR {UNEXPECTED_MEASUREMENT[0]}"
+            )
+        if how == "bootloader":
+            component = swtpm.UNEXPECTED_BOOT_COMPONENT
+            swtpm.measure(self.swtpm_for(node).tcti, component, self.event_log(node))
+            return (
+                f"{node}: the firmware loaded an unexpected boot component "
+                f"{image_path(component.data)} (PCR {component.pcr}, in the event log)"
             )
         if how == "silence":
             self.stop_agent(node)

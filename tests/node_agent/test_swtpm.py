@@ -13,14 +13,16 @@ import os
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sod_node_agent import facts
 from sod_node_agent import tpm as agent_tpm
-from sod_node_agent.evidence import produce
+from sod_node_agent.evidence import produce, read_event_log
+from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
 from sod_operator.api.v1alpha1.nodeattestation import AttestationReason as R
 from sod_operator.api.v1alpha1.nodeattestation import NodeAttestation, NodeAttestationStatus
-from sod_operator.attestation import ekcert, monitor
+from sod_operator.attestation import ekcert, eventlog, measuredboot, monitor
 from sod_operator.attestation import tpm as structs
 from sod_operator.attestation.ekcert import CaBundle
 from sod_testbed import swtpm
@@ -68,7 +70,12 @@ def test_activation_fails_for_a_credential_made_for_another_name(tpm: swtpm.Swtp
 
 
 def _life(
-    tcti: str, ca: swtpm.LocalCa, sim: facts.FactSources, rounds: int = 3
+    tcti: str,
+    ca: swtpm.LocalCa,
+    sim: facts.FactSources,
+    rounds: int = 3,
+    event_log: Path | None = None,
+    pols: dict[str, AttestationPolicy | None] | None = None,
 ) -> tuple[NodeAttestation, list[monitor.StepOutput], list[float]]:
     """Enroll and run `rounds` quote rounds through the real agent and the pure verifier."""
     settings = monitor.Settings(bundle=_bundle(ca))
@@ -90,10 +97,12 @@ def _life(
                 att.spec if att.spec.tpm else None,
                 nonce,
                 activate,
+                lambda: read_event_log(event_log),
             ).spec
         att = att.model_copy(update={"spec": spec, "generation": att.generation + 1})
+        step_policies = policies() if pols is None else pols
         out = monitor.step(
-            monitor.StepInput(att, monitor.NodeView({}), policies(), now + timedelta(seconds=i)),
+            monitor.StepInput(att, monitor.NodeView({}), step_policies, now + timedelta(seconds=i)),
             settings,
             os.urandom,
         )
@@ -128,6 +137,32 @@ def test_an_extended_pcr_is_an_unexpected_measurement(
     reasons = {v.profile: v.reason for v in att.status.verdicts}
     assert reasons["hyperwall"] == R.PCR_VALUE_MISMATCH
     assert "PCR 7" in next(v.message for v in att.status.verdicts if v.profile == "hyperwall")
+
+
+def test_measured_boot_from_the_simulated_firmwares_event_log(
+    tpm: swtpm.Swtpm, local_ca: swtpm.LocalCa, tmp_path: Path
+) -> None:
+    """The real agent sends the log the simulated firmware wrote; the verifier replays it
+    against the swtpm quote, then judges its events against a reference state made from it."""
+    log_path = tmp_path / "binary_bios_measurements"
+    tpm.restart()
+    swtpm.simulated_boot(tpm.tcti, log_path)
+    reference = measuredboot.reference_state([eventlog.parse(log_path.read_bytes())], [0, 4, 7])
+    pols: dict[str, AttestationPolicy | None] = {"boot": AttestationPolicy(measured_boot=reference)}
+    sources = facts.FactSources()
+
+    def boot_verdict() -> tuple[str, str]:
+        att, _, _ = _life(tpm.tcti, local_ca, sources, 1, log_path, pols)
+        [v] = att.status.verdicts
+        return v.reason, v.message
+
+    assert boot_verdict()[0] == R.VERIFIED
+    swtpm.measure(tpm.tcti, swtpm.UNEXPECTED_BOOT_COMPONENT, log_path)  # logged: named
+    reason, message = boot_verdict()
+    assert reason == R.EVENT_NOT_ALLOWED
+    assert "event #5 (PCR 4 EV_EFI_BOOT_SERVICES_APPLICATION '\\EFI\\sod\\bootkit.efi')" in message
+    swtpm.extend(tpm.tcti, [(4, b"not logged")])  # hidden from the log: the replay fails
+    assert boot_verdict()[0] == R.EVENT_LOG_MISMATCH
 
 
 def test_a_reboot_resets_pcrs_and_keeps_the_ak(tpm: swtpm.Swtpm) -> None:

@@ -146,12 +146,17 @@ class Event:
         if var is not None:
             what += f" {var.name}"
         elif self.text is not None:
-            what += f" {self.text[:60]!r}"
+            what += f" {_quoted(self.text[:60])}"
         elif self.type in _IMAGE_EVENTS:
             path = image_path(self.data)
             if path:
-                what += f" {path[:80]!r}"
+                what += f" {_quoted(path[:80])}"
         return f"event #{self.number} (PCR {self.pcr} {what})"
+
+
+def _quoted(text: str) -> str:
+    """In quotes, on one line, printable (a path or text as the firmware logged it)."""
+    return "'" + "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text) + "'"
 
 
 @dataclass(frozen=True)
@@ -455,11 +460,16 @@ def write_crypto_agile(measurements: list[Measurement], banks: tuple[str, ...]) 
     out = bytearray(struct.pack("<II", 0, EV_NO_ACTION) + bytes(20))
     out += struct.pack("<I", len(spec)) + spec
     for m in measurements:
-        out += struct.pack("<III", m.pcr, m.type, len(banks))
-        for bank in banks:
-            out += struct.pack("<H", _ALG_IDS[bank]) + m.digest(bank)
-        out += struct.pack("<I", len(m.data)) + m.data
+        out += write_event(m, banks)
     return bytes(out)
+
+
+def write_event(m: Measurement, banks: tuple[str, ...]) -> bytes:
+    """One `TCG_PCR_EVENT2` record (to append to a crypto-agile log with these banks)."""
+    out = bytearray(struct.pack("<III", m.pcr, m.type, len(banks)))
+    for bank in banks:
+        out += struct.pack("<H", _ALG_IDS[bank]) + m.digest(bank)
+    return bytes(out + struct.pack("<I", len(m.data)) + m.data)
 
 
 def serialize(log: EventLog) -> bytes:

@@ -80,8 +80,7 @@ def test_unknown_boot_loader_digest_names_the_event(ubuntu, policy) -> None:
     [(reason, message)] = measuredboot.evaluate(policy, PcrBank.SHA256, quote_of(evil), evil)
     assert reason == R.EVENT_NOT_ALLOWED
     assert (
-        "event #27 (PCR 4 EV_EFI_BOOT_SERVICES_APPLICATION '\\\\EFI\\\\ubuntu\\\\grubx64.efi')"
-        in message
+        "event #27 (PCR 4 EV_EFI_BOOT_SERVICES_APPLICATION '\\EFI\\ubuntu\\grubx64.efi')" in message
     )
 
 
@@ -97,8 +96,7 @@ def test_an_extra_boot_component_names_the_event(ubuntu, policy) -> None:
     [(reason, message)] = measuredboot.evaluate(policy, PcrBank.SHA256, quote_of(evil), evil)
     assert reason == R.EVENT_NOT_ALLOWED
     assert (
-        "event #28 (PCR 4 EV_EFI_BOOT_SERVICES_APPLICATION '\\\\EFI\\\\evil\\\\bootkit.efi')"
-        in message
+        "event #28 (PCR 4 EV_EFI_BOOT_SERVICES_APPLICATION '\\EFI\\evil\\bootkit.efi')" in message
     )
 
 
