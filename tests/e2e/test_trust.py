@@ -15,6 +15,7 @@ Not covered: the operator reacting to labels (its own e2e module).
 from __future__ import annotations
 
 import base64
+import json
 import re
 import statistics
 import urllib.request
@@ -28,7 +29,10 @@ from sod_node_agent.evidence import produce
 from sod_operator.api.constants import profile_label
 from sod_operator.api.v1alpha1.nodeattestation import AttestationReason as R
 from sod_operator.api.v1alpha1.nodeattestation import NodeAttestation
+from sod_operator.attestation import eventlog, measuredboot
+from sod_operator.cli.main import main as sodctl
 from sod_operator.verifier import rbac
+from sod_testbed import swtpm
 from sod_testbed.cluster import LocalCluster
 from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
 from sod_testbed.trust import TrustBed, TrustConfig, token_kubeconfig
@@ -39,6 +43,7 @@ from tests.unit.attestation.golden import GOLDEN_PCRS
 
 NATT = "sod.dev/v1alpha1"
 HYPERWALL, DATASAFE, TPM = "e2e-hyperwall", "e2e-datasafe", "e2e-tpm"
+BOOT = "e2e-measured-boot"
 FRESHNESS = 10
 WAIT = 45.0
 NODES = ("hyperwall-1", "hyperwall-2", "datasafe-1", "plain-1", "plain-2")
@@ -53,6 +58,9 @@ def _profile(name: str, attestation: JsonObj) -> JsonObj:
     }
 
 
+BOOT_REFERENCE = measuredboot.reference_state(
+    [eventlog.parse(eventlog.write_crypto_agile(list(swtpm.BOOT_LOG), swtpm.LOG_BANKS))], [0, 4, 7]
+).model_dump(mode="json", by_alias=True)
 GOLDEN = {
     "pcrBank": "SHA256",
     "pcrs": [{"index": i, "values": [v]} for i, v in GOLDEN_PCRS.items()],
@@ -69,13 +77,16 @@ PROFILES = [
     ),
     _profile(DATASAFE, {"architecture": "datasafe", "tpm": GOLDEN, "freshnessSeconds": FRESHNESS}),
     _profile(TPM, {"tpm": GOLDEN, "freshnessSeconds": FRESHNESS}),
+    # The reference state of the sandbox firmware's event log (what `sodctl reference-state`
+    # makes from any node's log; test_measured_boot_* checks that).
+    _profile(BOOT, {"measuredBoot": BOOT_REFERENCE, "freshnessSeconds": FRESHNESS}),
 ]
 EXPECTED = {
-    "hyperwall-1": {HYPERWALL, TPM},
-    "hyperwall-2": {HYPERWALL, TPM},
-    "datasafe-1": {DATASAFE, TPM},
-    "plain-1": {TPM},
-    "plain-2": {TPM},
+    "hyperwall-1": {HYPERWALL, TPM, BOOT},
+    "hyperwall-2": {HYPERWALL, TPM, BOOT},
+    "datasafe-1": {DATASAFE, TPM, BOOT},
+    "plain-1": {TPM, BOOT},
+    "plain-2": {TPM, BOOT},
 }
 
 
@@ -303,6 +314,37 @@ def test_unexpected_measurement_revokes_until_a_reboot(
     message = next(v["message"] for v in att["status"]["verdicts"] if v["profile"] == HYPERWALL)
     assert "PCR 4" in message
     wait_rejected(kube_api, node, TPM, R.PCR_VALUE_MISMATCH)
+    # Extended but not logged: the event log no longer reproduces the quote.
+    wait_rejected(kube_api, node, BOOT, R.EVENT_LOG_MISMATCH)
+    assert "rebooted (swtpm restarted, boot log measured again)" in bed.heal_node(node)
+    wait_verified(kube_api, node)
+
+
+def test_measured_boot_reference_state_is_what_sodctl_makes_from_a_nodes_log(
+    bed: TrustBed, kube_api: KubeApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = "plain-1"
+    wait_verified(kube_api, node)
+    argv = ["reference-state", str(bed.event_log(node)), "--pcrs", "0,4,7", "-o", "json"]
+    assert sodctl(argv) == 0
+    assert json.loads(capsys.readouterr().out) == {"measuredBoot": BOOT_REFERENCE}
+
+
+def test_an_unexpected_boot_component_is_named_until_a_reboot(
+    bed: TrustBed, kube_api: KubeApi, broken: Callable[[str, str], None]
+) -> None:
+    node = "plain-2"
+    broken(node, "bootloader")
+    att = wait_rejected(kube_api, node, BOOT, R.EVENT_NOT_ALLOWED)
+    message = next(v["message"] for v in att["status"]["verdicts"] if v["profile"] == BOOT)
+    assert "event #5 (PCR 4 EV_EFI_BOOT_SERVICES_APPLICATION '\\EFI\\sod\\bootkit.efi')" in message
+    assert _verdict(att, TPM) == ("Rejected", R.PCR_VALUE_MISMATCH)  # golden values agree
+    wait_for(  # the Node's Event says why, naming the event
+        lambda: _events(kube_api, node, "Node", "ProfileRevoked"),
+        lambda events: any("bootkit.efi" in e["message"] for e in events),
+        f"{node}: a ProfileRevoked Event naming bootkit.efi",
+        WAIT,
+    )
     assert "rebooted (swtpm restarted, boot log measured again)" in bed.heal_node(node)
     wait_verified(kube_api, node)
 
