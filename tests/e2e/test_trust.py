@@ -27,6 +27,7 @@ from sod_node_agent import facts
 from sod_node_agent import tpm as agent_tpm
 from sod_node_agent.evidence import produce
 from sod_operator.api.constants import profile_label
+from sod_operator.api.v1alpha1.attestation_policy import MeasuredBootPolicy
 from sod_operator.api.v1alpha1.nodeattestation import AttestationReason as R
 from sod_operator.api.v1alpha1.nodeattestation import NodeAttestation
 from sod_operator.attestation import eventlog, measuredboot
@@ -327,7 +328,10 @@ def test_measured_boot_reference_state_is_what_sodctl_makes_from_a_nodes_log(
     wait_verified(kube_api, node)
     argv = ["reference-state", str(bed.event_log(node)), "--pcrs", "0,4,7", "-o", "json"]
     assert sodctl(argv) == 0
-    assert json.loads(capsys.readouterr().out) == {"measuredBoot": BOOT_REFERENCE}
+    made = json.loads(capsys.readouterr().out)["measuredBoot"]
+    assert MeasuredBootPolicy.model_validate(made) == MeasuredBootPolicy.model_validate(
+        BOOT_REFERENCE
+    )
 
 
 def test_an_unexpected_boot_component_is_named_until_a_reboot(

@@ -84,6 +84,9 @@ def cmd_reference_state(args: argparse.Namespace) -> int:
     except (measuredboot.ReferenceStateError, ValueError) as err:
         raise UsageError(f"{', '.join(map(str, args.files))}: {err}") from None
     doc = {"measuredBoot": policy.model_dump(mode="json", by_alias=True)}
+    for ref in doc["measuredBoot"]["references"]:
+        if not ref["variable"]:
+            del ref["variable"]  # the default: not a UEFI variable event
     if args.output == "json":
         print(json.dumps(doc, indent=2))
     else:

@@ -183,7 +183,8 @@ def test_example_profiles_carry_the_sandbox_golden_values() -> None:
 
     import yaml
     from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
-    from sod_testbed.swtpm import SANDBOX_GOLDEN_PCRS
+    from sod_operator.attestation import eventlog, measuredboot
+    from sod_testbed.swtpm import BOOT_LOG, LOG_BANKS, SANDBOX_GOLDEN_PCRS
 
     from tests.unit.attestation.golden import GOLDEN_PCRS
 
@@ -197,3 +198,6 @@ def test_example_profiles_carry_the_sandbox_golden_values() -> None:
         assert {p.index: p.values for p in policy.tpm.pcrs} == {
             i: [v] for i, v in GOLDEN_PCRS.items()
         }, path
+        if policy.measured_boot is not None:  # the reference state of the firmware's log
+            log = eventlog.parse(eventlog.write_crypto_agile(list(BOOT_LOG), LOG_BANKS))
+            assert policy.measured_boot == measuredboot.reference_state([log], [0, 4, 7]), path
