@@ -20,27 +20,284 @@
   NodeRestriction already stops kubelets; this stops every other identity with `nodes/patch`.
 * **tenants**: nothing is aggregated into `view`/`edit`/`admin`, and NodeAttestations are
   cluster-scoped, so a namespace RoleBinding can never grant them.
+
+This module is the one place these roles and policies are written. Two renderings read it:
+`manifests()` (concrete names; printed by `sod-verifier manifests`, applied by the test bed) and
+the Helm chart's templates, which `python -m sod_codegen.crdgen --write` generates from the same
+`Role`s and `Policy`s with Helm placeholders for the names (the drift test keeps them current).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from sod_operator.api.constants import GROUP, NODE_LABEL_PREFIX
 
-VERIFIER_SA = "sod-verifier"
-AGENT_SA = "sod-node-agent"
+FULLNAME = "sod"  # the chart rendered with fullnameOverride=sod names its objects like these
+VERIFIER_SA = f"{FULLNAME}-verifier"
+AGENT_SA = f"{FULLNAME}-node-agent"
 DEFAULT_NAMESPACE = "sod-system"
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 PART_OF = {"app.kubernetes.io/part-of": "sod-operator"}
+RBAC_GROUP = "rbac.authorization.k8s.io"
 
 Manifest = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Rule:
+    """One PolicyRule and why it is granted (the chart shows `why` as a comment above it)."""
+
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    why: str = ""
+    resource_names: tuple[str, ...] = ()
+
+    def manifest(self) -> Manifest:
+        out: Manifest = {"apiGroups": list(self.api_groups), "resources": list(self.resources)}
+        if self.resource_names:
+            out["resourceNames"] = list(self.resource_names)
+        out["verbs"] = list(self.verbs)
+        return out
+
+
+@dataclass(frozen=True)
+class Role:
+    """The ClusterRole of one component, bound to that component's ServiceAccount."""
+
+    component: str
+    why: str
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A ValidatingAdmissionPolicy about one component's identity, bound with `Deny`.
+
+    `spec` builds the spec from that component's service-account user name, so the chart can
+    pass a Helm placeholder where `manifests()` passes `system:serviceaccount:<ns>:<name>`.
+    """
+
+    suffix: str  # the name is `<component's name>-<suffix>`, or `<release>-<suffix>`
+    component: str
+    why: str
+    spec: Callable[[str], Manifest]
+    release_wide: bool = False  # named after the release: it is about everyone, not a component
+
+    def manifest_spec(self, user: str) -> Manifest:
+        return {"failurePolicy": "Fail", **self.spec(user)}
+
+
+READ = ("get", "list", "watch")
+
+VERIFIER_ROLE = Role(
+    "verifier",
+    why=(
+        "The verifier is the ONLY identity of the chart that may write nodes: it labels the "
+        "nodes whose evidence it verified and removes the labels when trust is lost (fail "
+        "closed); the policy <fullname>-verifier-labels-only confines those writes to the trust "
+        "labels. It writes the verdict into NodeAttestation status but never touches the "
+        "evidence (spec) the agents write."
+    ),
+    rules=(
+        Rule((GROUP,), ("nodeattestations",), READ),
+        Rule((GROUP,), ("nodeattestations/status",), ("get", "update", "patch")),
+        Rule(
+            (GROUP,),
+            ("serversecurityprofiles",),
+            READ,
+            why="Each profile's attestation policy (golden PCRs, accepted AKs, freshness).",
+        ),
+        Rule(("",), ("nodes",), (*READ, "patch")),
+        Rule(("",), ("events",), ("create", "patch")),
+    ),
+)
+
+AGENT_ROLE = Role(
+    "node-agent",
+    why=(
+        "The node-agent only produces evidence: it creates and updates the NodeAttestation of "
+        "its own node (the ValidatingAdmissionPolicy <fullname>-node-agent-own-node enforces "
+        '"its own"). No delete (admission cannot confine deletes), no status (the verdict is '
+        "the verifier's), no nodes. list/watch serve the agent's watch of its own object (a "
+        "metadata.name field selector); RBAC cannot narrow them to the node's name, so an agent "
+        "can read other nodes' evidence, which holds only public data (quotes, public keys, "
+        "claims) and which it still cannot write."
+    ),
+    rules=(Rule((GROUP,), ("nodeattestations",), (*READ, "create", "update", "patch")),),
+)
+
+ROLES = (VERIFIER_ROLE, AGENT_ROLE)
+
+
+def _own_node(agent: str) -> Manifest:
+    return {
+        "matchConstraints": {
+            "resourceRules": [
+                {"apiGroups": [GROUP], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
+                 "resources": ["nodeattestations", "nodeattestations/status"]}
+            ]
+        },
+        "matchConditions": [
+            {"name": "is-node-agent", "expression": f"request.userInfo.username == '{agent}'"}
+        ],
+        "variables": [
+            {"name": "nodeName",
+             "expression": f"'{NODE_NAME_EXTRA}' in request.userInfo.extra ? "
+                           f"request.userInfo.extra['{NODE_NAME_EXTRA}'][0] : ''"},
+        ],
+        "validations": [
+            {
+                "expression": "variables.nodeName != ''",
+                "message": "the node-agent's token carries no node name: use a token bound "
+                           "to its Pod or Node, not a long-lived or unbound token",
+                "reason": "Forbidden",
+            },
+            {
+                "expression": "variables.nodeName == '' || "
+                              "object.metadata.name == variables.nodeName",
+                "messageExpression": "'a node-agent may write only the NodeAttestation of "
+                                     "its own node: this agent is bound to node ' + "
+                                     "variables.nodeName + ' and may not write "
+                                     "NodeAttestation ' + object.metadata.name",
+                "reason": "Forbidden",
+            },
+            {
+                # A finalizer would let an agent block an administrator's delete (re-enrollment).
+                "expression": "!has(object.metadata.finalizers) || "
+                              "size(object.metadata.finalizers) == 0",
+                "message": "a node-agent may not set finalizers on its NodeAttestation",
+                "reason": "Forbidden",
+            },
+        ],
+    }  # fmt: skip
+
+
+def _labels_only(verifier: str) -> Manifest:
+    prefix = NODE_LABEL_PREFIX
+    return {
+        "matchConstraints": {
+            "resourceRules": [
+                {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                 "resources": ["nodes"]}
+            ]
+        },
+        "matchConditions": [
+            {"name": "is-verifier", "expression": f"request.userInfo.username == '{verifier}'"}
+        ],
+        "variables": [
+            {"name": "new", "expression": "object.metadata.?labels.orValue({})"},
+            {"name": "old", "expression": "oldObject.metadata.?labels.orValue({})"},
+        ],
+        "validations": [
+            {
+                "expression": f"variables.new.all(k, k.startsWith('{prefix}') || "
+                              "(k in variables.old && variables.old[k] == variables.new[k])) "
+                              f"&& variables.old.all(k, k.startsWith('{prefix}') || "
+                              "k in variables.new)",
+                "message": f"the verifier may change only labels under '{prefix}'",
+                "reason": "Forbidden",
+            },
+            {
+                "expression": "object.spec == oldObject.spec && "
+                              "object.metadata.?annotations.orValue({}) == "
+                              "oldObject.metadata.?annotations.orValue({})",
+                "message": "the verifier may not change a node's spec or annotations",
+                "reason": "Forbidden",
+            },
+        ],
+    }  # fmt: skip
+
+
+def _trust_labels(verifier: str) -> Manifest:
+    prefix = NODE_LABEL_PREFIX
+    return {
+        "matchConstraints": {
+            "resourceRules": [
+                {"apiGroups": [""], "apiVersions": ["v1"],
+                 "operations": ["CREATE", "UPDATE"], "resources": ["nodes"]}
+            ]
+        },
+        "matchConditions": [
+            {"name": "not-the-verifier",
+             "expression": f"request.userInfo.username != '{verifier}'"},
+            {"name": "not-break-glass",
+             "expression": "!('system:masters' in request.userInfo.groups)"},
+        ],
+        "variables": [
+            {"name": "new", "expression": "object.metadata.?labels.orValue({})"},
+            {"name": "old",
+             "expression": "request.operation == 'UPDATE' ? "
+                           "oldObject.metadata.?labels.orValue({}) : {}"},
+        ],
+        "validations": [
+            {
+                "expression": f"variables.new.all(k, !k.startsWith('{prefix}') || "
+                              "(k in variables.old && variables.old[k] == variables.new[k])) "
+                              f"&& variables.old.all(k, !k.startsWith('{prefix}') || "
+                              "k in variables.new)",
+                "messageExpression": f"'only the verifier may set or remove labels under "
+                                     f"{prefix} (trust labels come from attestation); "
+                                     "rejected for ' + request.userInfo.username",
+                "reason": "Forbidden",
+            },
+        ],
+    }  # fmt: skip
+
+
+OWN_NODE = Policy(
+    "own-node",
+    "node-agent",
+    why=(
+        "Confines each node-agent to the NodeAttestation named like the node its pod runs on. "
+        "The node name comes from the agent's bound service-account token (the kubelet mounts "
+        "a token bound to the pod, and the apiserver adds the pod's node to the token's user "
+        "info), so a compromised node cannot claim another node's name. Deletes cannot be "
+        "confined by admission; the agent's role has no delete verb. Pattern: "
+        "kubernetes/kubernetes test/e2e/auth/e2edata/per_node_validatingadmissionpolicy.yaml."
+    ),
+    spec=_own_node,
+)
+LABELS_ONLY = Policy(
+    "labels-only",
+    "verifier",
+    why=(
+        "The verifier may patch nodes, but only their trust labels: a compromised verifier "
+        "cannot taint, cordon, annotate or relabel nodes otherwise."
+    ),
+    spec=_labels_only,
+)
+TRUST_LABELS = Policy(
+    "trust-labels-verifier-only",
+    "verifier",
+    why=(
+        "Nobody but the verifier may set or remove trust labels (cluster admins in "
+        "system:masters keep a break-glass). NodeRestriction already stops kubelets; this stops "
+        "every other identity that can patch nodes."
+    ),
+    spec=_trust_labels,
+    release_wide=True,
+)
+
+POLICIES = (OWN_NODE, LABELS_ONLY, TRUST_LABELS)
+
+
 def sa_username(namespace: str, name: str) -> str:
     return f"system:serviceaccount:{namespace}:{name}"
+
+
+def component_name(component: str) -> str:
+    return f"{FULLNAME}-{component}"
+
+
+def policy_name(policy: Policy) -> str:
+    base = FULLNAME if policy.release_wide else component_name(policy.component)
+    return f"{base}-{policy.suffix}"
 
 
 def _meta(name: str, component: str, namespace: str | None = None) -> dict[str, Any]:
@@ -53,195 +310,46 @@ def _meta(name: str, component: str, namespace: str | None = None) -> dict[str, 
     return meta
 
 
-def _binding(name: str, component: str, namespace: str, sa: str) -> Manifest:
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": _meta(name, component),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
-    }
+def role_manifests(role: Role, namespace: str = DEFAULT_NAMESPACE) -> list[Manifest]:
+    """The ServiceAccount, ClusterRole and ClusterRoleBinding of `role`'s component."""
+    name, component = component_name(role.component), role.component
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": _meta(name, component, namespace)},
+        {"apiVersion": f"{RBAC_GROUP}/v1", "kind": "ClusterRole",
+         "metadata": _meta(name, component), "rules": [r.manifest() for r in role.rules]},
+        {"apiVersion": f"{RBAC_GROUP}/v1", "kind": "ClusterRoleBinding",
+         "metadata": _meta(name, component),
+         "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
+    ]  # fmt: skip
 
 
 def verifier_manifests(namespace: str = DEFAULT_NAMESPACE) -> list[Manifest]:
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": _meta(VERIFIER_SA, "verifier", namespace)},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": _meta(VERIFIER_SA, "verifier"),
-            "rules": [
-                {"apiGroups": [GROUP], "resources": ["nodeattestations"],
-                 "verbs": ["get", "list", "watch"]},
-                {"apiGroups": [GROUP], "resources": ["nodeattestations/status"],
-                 "verbs": ["get", "update", "patch"]},
-                {"apiGroups": [GROUP], "resources": ["serversecurityprofiles"],
-                 "verbs": ["get", "list", "watch"]},
-                {"apiGroups": [""], "resources": ["nodes"],
-                 "verbs": ["get", "list", "watch", "patch"]},
-                {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
-            ],
-        },
-        _binding(VERIFIER_SA, "verifier", namespace, VERIFIER_SA),
-    ]  # fmt: skip
+    return role_manifests(VERIFIER_ROLE, namespace)
 
 
 def agent_manifests(namespace: str = DEFAULT_NAMESPACE) -> list[Manifest]:
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": _meta(AGENT_SA, "node-agent", namespace)},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": _meta(AGENT_SA, "node-agent"),
-            "rules": [
-                {"apiGroups": [GROUP], "resources": ["nodeattestations"],
-                 "verbs": ["get", "list", "watch", "create", "update", "patch"]},
-            ],
-        },
-        _binding(AGENT_SA, "node-agent", namespace, AGENT_SA),
-    ]  # fmt: skip
+    return role_manifests(AGENT_ROLE, namespace)
 
 
-def _policy(name: str, component: str, spec: dict[str, Any]) -> list[Manifest]:
-    return [
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicy",
-            "metadata": _meta(name, component),
-            "spec": {"failurePolicy": "Fail", **spec},
-        },
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicyBinding",
-            "metadata": _meta(name, component),
-            "spec": {"policyName": name, "validationActions": ["Deny"]},
-        },
-    ]
+def policy_binding_spec(name: str) -> Manifest:
+    return {"policyName": name, "validationActions": ["Deny"]}
 
 
 def policy_manifests(namespace: str = DEFAULT_NAMESPACE) -> list[Manifest]:
-    agent = sa_username(namespace, AGENT_SA)
-    verifier = sa_username(namespace, VERIFIER_SA)
-    prefix = NODE_LABEL_PREFIX
-    own_node = _policy(
-        f"{AGENT_SA}-own-node",
-        "node-agent",
-        {
-            "matchConstraints": {
-                "resourceRules": [
-                    {"apiGroups": [GROUP], "apiVersions": ["*"],
-                     "operations": ["CREATE", "UPDATE"],
-                     "resources": ["nodeattestations", "nodeattestations/status"]}
-                ]
-            },
-            "matchConditions": [
-                {"name": "is-node-agent", "expression": f"request.userInfo.username == '{agent}'"}
-            ],
-            "variables": [
-                {"name": "nodeName",
-                 "expression": f"'{NODE_NAME_EXTRA}' in request.userInfo.extra ? "
-                               f"request.userInfo.extra['{NODE_NAME_EXTRA}'][0] : ''"},
-            ],
-            "validations": [
-                {
-                    "expression": "variables.nodeName != ''",
-                    "message": "the node-agent's token carries no node name: use a token bound "
-                               "to its Pod or Node, not a long-lived or unbound token",
-                    "reason": "Forbidden",
-                },
-                {
-                    "expression": "variables.nodeName == '' || "
-                                  "object.metadata.name == variables.nodeName",
-                    "messageExpression": "'a node-agent may write only the NodeAttestation of "
-                                         "its own node: this agent is bound to node ' + "
-                                         "variables.nodeName + ' and may not write "
-                                         "NodeAttestation ' + object.metadata.name",
-                    "reason": "Forbidden",
-                },
-                {
-                    "expression": "!has(object.metadata.finalizers) || "
-                                  "size(object.metadata.finalizers) == 0",
-                    "message": "a node-agent may not set finalizers on its NodeAttestation",
-                    "reason": "Forbidden",
-                },
-            ],
-        },
-    )  # fmt: skip
-    labels_only = _policy(
-        f"{VERIFIER_SA}-labels-only",
-        "verifier",
-        {
-            "matchConstraints": {
-                "resourceRules": [
-                    {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
-                     "resources": ["nodes"]}
-                ]
-            },
-            "matchConditions": [
-                {"name": "is-verifier", "expression": f"request.userInfo.username == '{verifier}'"}
-            ],
-            "variables": [
-                {"name": "new", "expression": "object.metadata.?labels.orValue({})"},
-                {"name": "old", "expression": "oldObject.metadata.?labels.orValue({})"},
-            ],
-            "validations": [
-                {
-                    "expression": f"variables.new.all(k, k.startsWith('{prefix}') || "
-                                  "(k in variables.old && variables.old[k] == variables.new[k])) "
-                                  f"&& variables.old.all(k, k.startsWith('{prefix}') || "
-                                  "k in variables.new)",
-                    "message": f"the verifier may change only labels under '{prefix}'",
-                    "reason": "Forbidden",
-                },
-                {
-                    "expression": "object.spec == oldObject.spec && "
-                                  "object.metadata.?annotations.orValue({}) == "
-                                  "oldObject.metadata.?annotations.orValue({})",
-                    "message": "the verifier may not change a node's spec or annotations",
-                    "reason": "Forbidden",
-                },
-            ],
-        },
-    )  # fmt: skip
-    verifier_only = _policy(
-        "sod-trust-labels-verifier-only",
-        "verifier",
-        {
-            "matchConstraints": {
-                "resourceRules": [
-                    {"apiGroups": [""], "apiVersions": ["v1"],
-                     "operations": ["CREATE", "UPDATE"], "resources": ["nodes"]}
-                ]
-            },
-            "matchConditions": [
-                {"name": "not-the-verifier",
-                 "expression": f"request.userInfo.username != '{verifier}'"},
-                {"name": "not-break-glass",
-                 "expression": "!('system:masters' in request.userInfo.groups)"},
-            ],
-            "variables": [
-                {"name": "new", "expression": "object.metadata.?labels.orValue({})"},
-                {"name": "old",
-                 "expression": "request.operation == 'UPDATE' ? "
-                               "oldObject.metadata.?labels.orValue({}) : {}"},
-            ],
-            "validations": [
-                {
-                    "expression": f"variables.new.all(k, !k.startsWith('{prefix}') || "
-                                  "(k in variables.old && variables.old[k] == variables.new[k])) "
-                                  f"&& variables.old.all(k, !k.startsWith('{prefix}') || "
-                                  "k in variables.new)",
-                    "messageExpression": f"'only the verifier may set or remove labels under "
-                                         f"{prefix} (trust labels come from attestation); "
-                                         "rejected for ' + request.userInfo.username",
-                    "reason": "Forbidden",
-                },
-            ],
-        },
-    )  # fmt: skip
-    return own_node + labels_only + verifier_only
+    out: list[Manifest] = []
+    for p in POLICIES:
+        name, user = policy_name(p), sa_username(namespace, component_name(p.component))
+        out += [
+            {"apiVersion": "admissionregistration.k8s.io/v1",
+             "kind": "ValidatingAdmissionPolicy",
+             "metadata": _meta(name, p.component), "spec": p.manifest_spec(user)},
+            {"apiVersion": "admissionregistration.k8s.io/v1",
+             "kind": "ValidatingAdmissionPolicyBinding",
+             "metadata": _meta(name, p.component), "spec": policy_binding_spec(name)},
+        ]  # fmt: skip
+    return out
 
 
 def manifests(namespace: str = DEFAULT_NAMESPACE) -> list[Manifest]:
