@@ -1,6 +1,6 @@
 """Generate the CRD manifests from the pydantic models (the single source of truth).
 
-    python -m sod_codegen.crdgen --write   # rewrite crds/ and the chart's CRD templates
+    python -m sod_codegen.crdgen --write   # rewrite crds/ and the chart's generated templates
     python -m sod_codegen.crdgen --check   # exit 1 when a committed file is stale
 
 pydantic's JSON Schema is not a structural schema: the walker below inlines `$ref`s, drops
@@ -35,7 +35,7 @@ from sod_operator.api.v1alpha1.securevm import (
     SecureVMStatus,
 )
 
-from sod_codegen import chart_values
+from sod_codegen import chart_values, rbac
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = (
@@ -372,6 +372,8 @@ def _targets() -> list[Target]:
         Target("charts/sod-operator/values.schema.json", chart_values.render_values_schema),
         Target("charts/sod-operator/values.yaml", chart_values.render_values_yaml),
     ]
+    # The chart's RBAC and admission policies (sod_codegen.rbac, from sod_operator.verifier.rbac).
+    out += [Target(path, render) for path, render in rbac.TEMPLATES.items()]
     return out
 
 

@@ -145,11 +145,6 @@ failureThreshold: {{ .probe.failureThreshold }}
 {{- end -}}
 {{- end -}}
 
-{{/* The prefix of the node trust labels only the verifier writes (api/constants.py NODE_LABEL_PREFIX). */}}
-{{- define "sod-operator.trustLabelPrefix" -}}
-sod.node-restriction.kubernetes.io/
-{{- end -}}
-
 {{/* The ConfigMap holding the verifier's EK CA bundle (key ek-ca-bundle.pem). */}}
 {{- define "sod-operator.ekCaBundleConfigMap" -}}
 {{- default (printf "%s-ek-ca-bundle" (include "sod-operator.fullname" .)) .Values.verifier.ekCaBundle.configMapName -}}

@@ -259,7 +259,8 @@ OWN_NODE = Policy(
         "a token bound to the pod, and the apiserver adds the pod's node to the token's user "
         "info), so a compromised node cannot claim another node's name. Deletes cannot be "
         "confined by admission; the agent's role has no delete verb. Pattern: "
-        "kubernetes/kubernetes test/e2e/auth/e2edata/per_node_validatingadmissionpolicy.yaml."
+        "kubernetes/kubernetes test/e2e/auth/e2edata/per_node_validatingadmissionpolicy.yaml. "
+        "No finalizers: one would let an agent block an administrator's delete (re-enrollment)."
     ),
     spec=_own_node,
 )
