@@ -255,6 +255,8 @@ _Dumper.add_representer(list, _represent_list)
 def _helm(text: str) -> str:
     for token, action in TOKENS.items():
         text = text.replace(token, action)
+    if "@@" in text:  # a token nobody maps would reach the cluster as a literal name
+        raise ValueError(f"unknown placeholder in generated template:\n{text}")
     return text
 
 
