@@ -345,9 +345,8 @@ def _subjects(binding: Binding) -> list[str]:
     ]
 
 
-def render_binding(role: ChartRole) -> str:
-    assert role.binding is not None
-    binding, kind = role.binding, "Role" if role.namespaced else "ClusterRole"
+def render_binding(role: ChartRole, binding: Binding) -> str:
+    kind = "Role" if role.namespaced else "ClusterRole"
     name = NAME + role.suffix
     why = f"Binds the {kind} of the same name."
     lines = _document(
@@ -402,7 +401,7 @@ def _templates() -> dict[str, Callable[[], str]]:
         out[f"{TEMPLATES_DIR}/{role.file}"] = lambda r=role: render_role(r)  # type: ignore[misc]
         if role.binding is not None:
             out[f"{TEMPLATES_DIR}/{role.binding.file}"] = (
-                lambda r=role: render_binding(r)  # type: ignore[misc]
+                lambda r=role, b=role.binding: render_binding(r, b)  # type: ignore[misc]
             )
     for policy in rbac.POLICIES:
         file = POLICY_FILES[policy.suffix]
