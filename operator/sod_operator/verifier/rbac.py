@@ -105,6 +105,7 @@ VERIFIER_ROLE = Role(
         "evidence (spec) the agents write."
     ),
     rules=(
+        Rule(("",), ("nodes",), (*READ, "patch")),
         Rule((GROUP,), ("nodeattestations",), READ),
         Rule((GROUP,), ("nodeattestations/status",), ("get", "update", "patch")),
         Rule(
@@ -113,7 +114,6 @@ VERIFIER_ROLE = Role(
             READ,
             why="Each profile's attestation policy (golden PCRs, accepted AKs, freshness).",
         ),
-        Rule(("",), ("nodes",), (*READ, "patch")),
         Rule(("",), ("events",), ("create", "patch")),
     ),
 )
@@ -129,7 +129,7 @@ AGENT_ROLE = Role(
         "can read other nodes' evidence, which holds only public data (quotes, public keys, "
         "claims) and which it still cannot write."
     ),
-    rules=(Rule((GROUP,), ("nodeattestations",), (*READ, "create", "update", "patch")),),
+    rules=(Rule((GROUP,), ("nodeattestations",), (*READ, "create", "patch", "update")),),
 )
 
 ROLES = (VERIFIER_ROLE, AGENT_ROLE)
