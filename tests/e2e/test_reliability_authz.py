@@ -497,7 +497,16 @@ def test_the_operator_needs_exactly_its_role(
     revoked = {nodes["mover"], nodes["confidential"]}
     keep = [n for n in (X, Y, Z) if n not in revoked]
     trust.baseline({n: ("hyperwall",) for n in keep})
-    _ready(admin, TEAM_A, "mover")
+    # Ready alone may still be the pre-revocation status; wait for the move itself.
+    wait_for(
+        lambda: _svm(admin, TEAM_A, "mover"),
+        lambda o: (
+            (condition(o, "Ready") or {}).get("status") == "True"
+            and o.get("status", {}).get("nodeName") in keep
+        ),
+        f"SecureVM {TEAM_A}/mover Ready on one of {keep}",
+        60,
+    )
     _ready(admin, TEAM_A, "confidential")
     assert _svm(admin, TEAM_A, "mover")["status"]["nodeName"] in keep
     # Fail-closed Stop: no compliant node left for a VM whose deadline passes.
