@@ -1,6 +1,7 @@
 """`sod-node-agent`: one per node; produces attestation evidence into its NodeAttestation.
 
     sod-node-agent --node NODE --tcti device:/dev/tpmrm0 [--pcrs sha256:0-7] [--interval 10]
+                   [--ek-type auto|rsa|ecc]
                    [--simulated-state FILE | --architecture NAME] [--kubeconfig FILE]
                    [--event-log /sys/kernel/security/tpm0/binary_bios_measurements]
 
@@ -8,8 +9,8 @@ Loop: watch the node's NodeAttestation; when the verifier issued a nonce (or an 
 challenge), collect the claims, quote over `qualifying_data(nonce, claims)` and replace the
 spec. Errors are logged and retried; the agent never exits on a transient failure, and it
 never judges its own evidence. Settings can come from the environment as well (NODE_NAME,
-SOD_TCTI, SOD_PCRS, SOD_INTERVAL_SECONDS, SOD_SIMULATED_STATE, SOD_EVENT_LOG) for a DaemonSet.
-Each quote carries the boot event log (`--event-log`; `--event-log ''` sends none).
+SOD_TCTI, SOD_EK_TYPE, SOD_PCRS, SOD_INTERVAL_SECONDS, SOD_SIMULATED_STATE, SOD_EVENT_LOG) for a
+DaemonSet. Each quote carries the boot event log (`--event-log`; `--event-log ''` sends none).
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--tcti",
         default=env("SOD_TCTI", "device:/dev/tpmrm0"),
         help="TPM connection, e.g. device:/dev/tpmrm0 or swtpm:path=SOCKET",
+    )
+    p.add_argument(
+        "--ek-type",
+        choices=tpm.EK_TYPES,
+        default=env("SOD_EK_TYPE", "auto"),
+        help="endorsement key: rsa (NV 0x01c00002), ecc (P-256, NV 0x01c0000a), or auto: the "
+        "one the TPM has a certificate for, RSA when it has both",
     )
     p.add_argument(
         "--pcrs",
@@ -139,7 +147,7 @@ class Agent:
         if not decision.publish:
             return state, decision.wait_seconds
         started = time.perf_counter()
-        with tpm.session(self.args.tcti) as session:
+        with tpm.session(self.args.tcti, ek_type=self.args.ek_type) as session:
             produced = produce(
                 session,
                 claims,

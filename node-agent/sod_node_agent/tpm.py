@@ -8,8 +8,12 @@ slots, so a crashed agent's leftovers are flushed once at start-up (`flush_lefto
 * AK: a primary ECC P-256 ECDSA-SHA256 restricted signing key in the endorsement hierarchy.
   Deterministic (same seed + template = same key), so it survives restarts and reboots
   without storing anything, and its quotes carry meaningful reset/restart counters.
-* EK: the persistent RSA-2048 EK at 0x81010001 when present, else derived from the TCG
-  `EK-RSA2048` template; its certificate comes from NV index 0x01c00002.
+* EK: RSA-2048 (certificate in NV index 0x01c00002, persistent at 0x81010001) or ECC NIST
+  P-256 (certificate in NV 0x01c0000a, persistent at 0x81010002), chosen by `ek_type`:
+  `auto` takes the one whose certificate the TPM has, RSA when it has both (so an agent
+  upgrade never changes an enrolled node's EK). The persistent EK is used when present, else
+  the EK is derived from the TCG template (`EK-RSA2048` / `EK-ECC256`, low range L-1/L-2,
+  policy A), the same key the certificate is for.
 * Quotes: PCRs are read before and after the quote and the round is retried if they moved,
   so the reported values are the quoted ones.
 """
@@ -41,8 +45,23 @@ from tpm2_pytss import (
 from tpm2_pytss.TCTILdr import TCTILdr
 from tpm2_pytss.utils import NVReadEK, create_ek_template
 
-EK_PERSISTENT_HANDLE = 0x81010001
-EK_CERT_NV_INDEX = 0x01C00002
+
+@dataclass(frozen=True)
+class EkKind:
+    """Where a TCG low-range EK of one algorithm lives (TCG EK Credential Profile 2.x §2.2.1)."""
+
+    name: str
+    cert_index: int
+    persistent_handle: int
+    template: str
+    key_type: TPM2_ALG
+
+
+EK_KINDS: dict[str, EkKind] = {
+    "rsa": EkKind("rsa", 0x01C00002, 0x81010001, "EK-RSA2048", TPM2_ALG.RSA),
+    "ecc": EkKind("ecc", 0x01C0000A, 0x81010002, "EK-ECC256", TPM2_ALG.ECC),
+}
+EK_TYPES = ("auto", *EK_KINDS)
 TPM_CC_FLUSH_CONTEXT = 0x00000165
 TPM_ST_NO_SESSIONS = 0x8001
 PCR_READ_MAX = 8  # TPM2_PCR_Read returns at most 8 digests per call
@@ -133,12 +152,36 @@ def flush_leftovers(tcti: str) -> int:
         raw.close()
 
 
+def _has_nv_index(ectx: ESAPI, index: int) -> bool:
+    try:
+        handle = ectx.tr_from_tpmpublic(TPM2_HANDLE(index))
+    except TSS2_Exception:
+        return False
+    ectx.tr_close(handle)  # an ESYS resource, not a TPM object: nothing to flush
+    return True
+
+
+def choose_ek(ectx: ESAPI, ek_type: str) -> EkKind:
+    """The EK to use: `rsa`/`ecc` as asked, or for `auto` the one the TPM has a certificate
+    for (RSA when both: an already enrolled node keeps its EK)."""
+    if ek_type in EK_KINDS:
+        return EK_KINDS[ek_type]
+    if ek_type != "auto":
+        raise ValueError(f"EK type {ek_type!r}: expected one of {', '.join(EK_TYPES)}")
+    for kind in EK_KINDS.values():
+        if _has_nv_index(ectx, kind.cert_index):
+            return kind
+    indices = ", ".join(f"0x{k.cert_index:08x} ({k.name})" for k in EK_KINDS.values())
+    raise TpmError(f"no EK certificate in NV indices {indices}: the TPM must be provisioned")
+
+
 class TpmSession:
     """An ESAPI context with the AK loaded; flushes what it created on close."""
 
-    def __init__(self, ectx: ESAPI, ak_unique: bytes = b"") -> None:
+    def __init__(self, ectx: ESAPI, ak_unique: bytes = b"", ek_type: str = "auto") -> None:
         self._ectx = ectx
         self._created: list[Any] = []
+        self.ek_kind = choose_ek(ectx, ek_type)
         template = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256:null", objectAttributes=AK_ATTRIBUTES)
         if ak_unique:
             # A different `unique` gives a different (still deterministic) primary key.
@@ -152,13 +195,20 @@ class TpmSession:
             raise
 
     def _load_ek(self) -> Any:
+        kind = self.ek_kind
         try:
-            return self._ectx.tr_from_tpmpublic(TPM2_HANDLE(EK_PERSISTENT_HANDLE))
+            persistent = self._ectx.tr_from_tpmpublic(TPM2_HANDLE(kind.persistent_handle))
         except TSS2_Exception:
-            _, template = create_ek_template("EK-RSA2048", NVReadEK(self._ectx))
-            ek, *_ = self._ectx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
-            self._created.append(ek)
-            return ek
+            persistent = None
+        if persistent is not None:
+            public, _, _ = self._ectx.read_public(persistent)
+            if public.publicArea.type == kind.key_type:
+                return persistent
+            self._ectx.tr_close(persistent)  # another key type sits there: derive ours
+        _, template = create_ek_template(kind.template, NVReadEK(self._ectx))
+        ek, *_ = self._ectx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
+        self._created.append(ek)
+        return ek
 
     def close(self) -> None:
         for handle in reversed(self._created):
@@ -169,10 +219,11 @@ class TpmSession:
 
     def identity(self) -> Identity:
         try:
-            cert = NVReadEK(self._ectx)(EK_CERT_NV_INDEX)
+            cert = NVReadEK(self._ectx)(self.ek_kind.cert_index)
         except Exception as err:  # tpm2-pytss 3.0's NoSuchIndex.__str__ itself fails
             raise TpmError(
-                f"no EK certificate in NV index 0x{EK_CERT_NV_INDEX:08x} "
+                f"no {self.ek_kind.name.upper()} EK certificate in NV index "
+                f"0x{self.ek_kind.cert_index:08x} "
                 f"({type(err).__name__}): the TPM must be provisioned with one"
             ) from None
         ek_public, _, _ = self._ectx.read_public(self._ek)
@@ -241,14 +292,15 @@ def _selected(sel: Any) -> list[int]:
 
 
 @contextmanager
-def session(tcti: str, ak_unique: bytes = b"") -> Iterator[TpmSession]:
-    """Connect to the TPM at `tcti` (e.g. `swtpm:path=/run/swtpm.sock`, `device:/dev/tpmrm0`)."""
+def session(tcti: str, ak_unique: bytes = b"", ek_type: str = "auto") -> Iterator[TpmSession]:
+    """Connect to the TPM at `tcti` (e.g. `swtpm:path=/run/swtpm.sock`, `device:/dev/tpmrm0`)
+    and use the EK `ek_type` (`auto`, `rsa`, `ecc`)."""
     try:
         ectx = ESAPI(tcti)
     except TSS2_Exception as err:
         raise TpmError(f"cannot connect to the TPM at {tcti!r}: {err}") from err
     try:
-        tpm = TpmSession(ectx, ak_unique)
+        tpm = TpmSession(ectx, ak_unique, ek_type)
         try:
             yield tpm
         finally:

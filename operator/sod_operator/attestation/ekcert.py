@@ -22,7 +22,8 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 MAX_CHAIN = 6
 _MEMO_LIMIT = 100_000  # one entry per node and chain link; bounded for safety
@@ -146,9 +147,35 @@ def fingerprint(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def same_rsa_key(cert: x509.Certificate, key: object) -> bool:
-    """Whether the certificate's public key is the RSA key `key`."""
+def _kind(key: object) -> str:
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA-{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ECC {key.curve.name}"
+    return type(key).__name__
+
+
+def _spki(key: object) -> bytes | None:
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        return None
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def key_mismatch(cert: x509.Certificate, key: object) -> str | None:
+    """Why the certificate's public key is not `key` (None: it is), naming both key types.
+
+    An EK public of the other algorithm than the certificate's (an ECC EK presented with
+    the RSA EK certificate, or the reverse) is reported as such, not as a bare mismatch.
+    """
     cert_key = cert.public_key()
-    if not isinstance(cert_key, rsa.RSAPublicKey) or not isinstance(key, rsa.RSAPublicKey):
-        return False
-    return cert_key.public_numbers() == key.public_numbers()
+    spki = _spki(key)
+    if spki is not None and spki == _spki(cert_key):
+        return None
+    if _kind(cert_key) != _kind(key):
+        return f"the certificate holds an {_kind(cert_key)} key, the EK public is {_kind(key)}"
+    return f"both are {_kind(key)} keys, but different ones"
+
+
+def same_key(cert: x509.Certificate, key: object) -> bool:
+    """Whether the certificate's public key is `key` (RSA or ECC)."""
+    return key_mismatch(cert, key) is None

@@ -1,6 +1,7 @@
 """Enrollment: binding a node's attestation key to its certified endorsement key.
 
-The verifier makes a credential for the AK's Name and encrypts it to the EK (MakeCredential).
+The verifier makes a credential for the AK's Name and encrypts it to the EK (MakeCredential:
+RSA-OAEP for an RSA EK, ECDH + KDFe for an ECC P-256 EK).
 Only the TPM that holds the EK's private key *and* has an object with that Name loaded can
 recover it (ActivateCredential), so a correct answer proves the AK lives in the certified TPM.
 The verifier keeps no secret: status carries the blob and the SHA-256 of the credential.
@@ -57,8 +58,8 @@ def _matches(enrollment: Enrollment, identity: Identity) -> bool:
 def challenge(identity: Identity, now: datetime, entropy: Entropy) -> Enrollment:
     """A fresh MakeCredential challenge for `identity`'s AK, encrypted to its EK."""
     credential = entropy(CREDENTIAL_BYTES)
-    seed = entropy(tpm.digest_size(identity.ek.name_alg))
-    made = tpm.make_credential(identity.ek, identity.ak.name, credential, seed)
+    randomness = entropy(tpm.randomness_size(identity.ek))
+    made = tpm.make_credential(identity.ek, identity.ak.name, credential, randomness)
     return Enrollment(
         state=EnrollmentState.CHALLENGED,
         ek_certificate_sha256=identity.ek_certificate_sha256,

@@ -2,9 +2,10 @@
 
 Pure: standard library + `cryptography` only (no tpm2-pytss on the verifier side). Covers
 TPM2B_PUBLIC / TPMT_PUBLIC (RSA and ECC keys), object Names, TPMS_ATTEST of a quote,
-TPMT_SIGNATURE (RSASSA, RSAPSS, ECDSA), KDFa and MakeCredential for RSA endorsement keys.
-Layouts follow the TPM 2.0 Library specification, Part 2 (structures) and Part 1 §11.4.10
-(KDFa), §24 (credential protection). Anything malformed raises `TpmFormatError` with what
+TPMT_SIGNATURE (RSASSA, RSAPSS, ECDSA), KDFa, KDFe and MakeCredential for RSA and ECC
+(NIST P-256) endorsement keys. Layouts follow the TPM 2.0 Library specification, Part 2
+(structures) and Part 1 §11.4.10 (KDFa, KDFe), §24 (credential protection), Annex B.10 / C.6
+(RSA-OAEP and ECDH secret sharing). Anything malformed raises `TpmFormatError` with what
 was wrong and where; the caller turns it into a rejection reason.
 """
 
@@ -93,6 +94,9 @@ _CURVES: Final[dict[int, type[ec.EllipticCurve]]] = {
     0x0004: ec.SECP384R1,
     0x0005: ec.SECP521R1,
 }
+EK_CURVES: Final = frozenset({ec.SECP256R1.name})
+"""Curves of ECC EKs this verifier encrypts credentials to: the TCG low-range L-2 template
+(NIST P-256, AES-128-CFB, SHA-256, policy A) the node-agent derives and uses."""
 _SCHEMES_WITH_HASH: Final = {Alg.RSASSA, Alg.RSAPSS, Alg.ECDSA, Alg.OAEP, Alg.ECDH, Alg.ECSCHNORR}
 
 
@@ -282,6 +286,14 @@ def ak_problem(ak: PublicArea) -> str | None:
     return None
 
 
+def key_kind(key: PublicArea) -> str:
+    """A short human name of the key type, e.g. `RSA-2048` or `ECC secp256r1`."""
+    pub = key.public_key
+    if isinstance(pub, rsa.RSAPublicKey):
+        return f"RSA-{pub.key_size}"
+    return f"ECC {pub.curve.name}"
+
+
 def ek_problem(ek: PublicArea) -> str | None:
     """Why `ek` cannot receive a credential from this verifier (None: fine)."""
     missing = EK_REQUIRED & ~ek.attributes
@@ -289,8 +301,9 @@ def ek_problem(ek: PublicArea) -> str | None:
         return f"attributes 0x{int(ek.attributes):08x} lack {missing!r}"
     if ek.attributes & ObjectAttributes.SIGN_ENCRYPT:
         return f"attributes 0x{int(ek.attributes):08x} include sign"
-    if ek.type != Alg.RSA:
-        return "only RSA endorsement keys are supported (ECC needs ECDH + KDFe)"
+    pub = ek.public_key
+    if isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name not in EK_CURVES:
+        return f"ECC curve {pub.curve.name} is not supported for EKs (NIST P-256 is)"
     if ek.symmetric is None or ek.symmetric[0] != Alg.AES or ek.symmetric[2] != Alg.CFB:
         return f"symmetric definition {ek.symmetric!r} is not AES-CFB"
     return None
@@ -448,6 +461,21 @@ def kdfa(
     return out[: (bits + 7) // 8]
 
 
+def kdfe(hash_alg: int, z: bytes, label: bytes, party_u: bytes, party_v: bytes, bits: int) -> bytes:
+    """KDFe (SP 800-56A concatenation KDF), TPM 2.0 Part 1 §11.4.10.3.
+
+    H(counter ‖ Z ‖ label ‖ 0x00 ‖ PartyUInfo ‖ PartyVInfo), counter from 1, concatenated
+    until `bits` are produced.
+    """
+    out = b""
+    counter = 0
+    while len(out) * 8 < bits:
+        counter += 1
+        block = struct.pack(">I", counter) + z + label + b"\x00" + party_u + party_v
+        out += digest(hash_alg, block)
+    return out[: (bits + 7) // 8]
+
+
 @dataclass(frozen=True)
 class CredentialChallenge:
     """What TPM2_ActivateCredential needs: TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET contents."""
@@ -456,29 +484,86 @@ class CredentialChallenge:
     encrypted_secret: bytes
 
 
+def randomness_size(ek: PublicArea) -> int:
+    """How many random bytes `make_credential` needs for `ek`.
+
+    RSA: the seed itself (the nameAlg's digest size). ECC: an ephemeral private scalar, drawn
+    with 64 extra bits so reducing it modulo the curve order has no usable bias (FIPS 186-5
+    A.4.1).
+    """
+    pub = ek.public_key
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        return (pub.curve.key_size + 7) // 8 + 8
+    return digest_size(ek.name_alg)
+
+
+def _coordinate(value: int, curve: ec.EllipticCurve) -> bytes:
+    return value.to_bytes((curve.key_size + 7) // 8, "big")
+
+
+def _ecdh_seed(
+    ek: PublicArea, pub: ec.EllipticCurvePublicKey, randomness: bytes
+) -> tuple[bytes, bytes]:
+    """(seed, TPMS_ECC_POINT of the ephemeral key): ECDH secret sharing, Part 1 Annex C.6.4.
+
+    The TPM recomputes Z = x(d_EK · Q_e) and the same seed = KDFe(nameAlg, Z, "IDENTITY",
+    x(Q_e), x(Q_EK)); only the holder of the EK private key can.
+    """
+    curve = pub.curve
+    order = _ORDERS[curve.name]
+    scalar = int.from_bytes(randomness, "big") % (order - 1) + 1
+    ephemeral = ec.derive_private_key(scalar, curve)
+    z = ephemeral.exchange(ec.ECDH(), pub)  # the x coordinate, fixed length
+    q_e = ephemeral.public_key().public_numbers()
+    q_ek = pub.public_numbers()
+    e_x, e_y = _coordinate(q_e.x, curve), _coordinate(q_e.y, curve)
+    seed = kdfe(
+        ek.name_alg,
+        z,
+        b"IDENTITY",
+        e_x,
+        _coordinate(q_ek.x, curve),
+        digest_size(ek.name_alg) * 8,
+    )
+    point = struct.pack(">H", len(e_x)) + e_x + struct.pack(">H", len(e_y)) + e_y
+    return seed, point
+
+
+_ORDERS: Final[dict[str, int]] = {
+    ec.SECP256R1.name: 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+}
+
+
+def _seed_and_secret(ek: PublicArea, randomness: bytes) -> tuple[bytes, bytes]:
+    """The credential seed and how it travels to the TPM (RSA-OAEP or an ECDH point)."""
+    pub = ek.public_key
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        return _ecdh_seed(ek, pub, randomness)
+    hash_cls = HASHES[ek.name_alg]
+    oaep = padding.OAEP(mgf=padding.MGF1(hash_cls()), algorithm=hash_cls(), label=b"IDENTITY\x00")
+    return randomness, pub.encrypt(randomness, oaep)
+
+
 def make_credential(
-    ek: PublicArea, object_name: bytes, credential: bytes, seed: bytes
+    ek: PublicArea, object_name: bytes, credential: bytes, randomness: bytes
 ) -> CredentialChallenge:
-    """TPM2_MakeCredential in software for an RSA EK (TPM 2.0 Part 1 §24, Part 3 §12.6).
+    """TPM2_MakeCredential in software for an RSA or ECC EK (TPM 2.0 Part 1 §24, Part 3 §12.6).
 
     Only the TPM holding the EK's private key, with an object named `object_name` loaded,
-    recovers `credential`. `seed` is fresh randomness of the EK nameAlg's digest size.
+    recovers `credential`. `randomness` is fresh, `randomness_size(ek)` bytes: the seed
+    (RSA) or the ephemeral ECDH key (ECC).
     """
     problem = ek_problem(ek)
     if problem is not None:
         raise TpmFormatError(f"EK: {problem}")
-    if not isinstance(ek.public_key, rsa.RSAPublicKey) or ek.symmetric is None:
-        raise TpmFormatError("EK: not an RSA storage key")
+    if ek.symmetric is None:
+        raise TpmFormatError("EK: not a storage key")
     size = digest_size(ek.name_alg)
-    if len(seed) != size:
-        raise ValueError(f"seed must be {size} bytes")
+    if len(randomness) != randomness_size(ek):
+        raise ValueError(f"randomness must be {randomness_size(ek)} bytes")
     if not 0 < len(credential) <= size:
         raise ValueError(f"credential must be 1..{size} bytes")
-    hash_cls = HASHES[ek.name_alg]
-    secret = ek.public_key.encrypt(
-        seed,
-        padding.OAEP(mgf=padding.MGF1(hash_cls()), algorithm=hash_cls(), label=b"IDENTITY\x00"),
-    )
+    seed, secret = _seed_and_secret(ek, randomness)
     sym_key = kdfa(ek.name_alg, seed, b"STORAGE", object_name, b"", ek.symmetric[1])
     encryptor = Cipher(algorithms.AES(sym_key), CFB(b"\x00" * 16)).encryptor()
     enc_identity = (

@@ -138,10 +138,11 @@ def check_identity(evidence: TpmEvidence, bundle: CaBundle, now: datetime) -> Id
         ak = tpm.parse_tpm2b_public(ak_bytes, "spec.tpm.akPublic")
     except tpm.TpmFormatError as err:
         return Failure.of(R.MALFORMED_EVIDENCE, str(err))
-    if not ekcert.same_rsa_key(cert, ek.public_key):
+    mismatch = ekcert.key_mismatch(cert, ek.public_key)
+    if mismatch is not None:
         return Failure.of(
             R.EK_PUBLIC_MISMATCH,
-            "spec.tpm.ekPublic is not the key certified by spec.tpm.ekCertificate",
+            f"spec.tpm.ekPublic is not the key certified by spec.tpm.ekCertificate: {mismatch}",
         )
     problem = tpm.ek_problem(ek)
     if problem is not None:
