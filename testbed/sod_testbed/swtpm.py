@@ -4,7 +4,9 @@
   RSA-3072 root and an intermediate that signs every TPM's EK certificate. Its `bundle_pem()`
   is what the verifier trusts (`--ek-ca-bundle`).
 * `manufacture` — `swtpm_setup` with EK (RSA-2048 at 0x81010001, certificate in NV
-  0x01c00002) and only the SHA-256 PCR bank active.
+  0x01c00002) and only the SHA-256 PCR bank active; with `ek="ecc"`/`"both"` also the TCG
+  P-256 EK (0x81010002, certificate in NV 0x01c0000a), which swtpm_setup 0.7 does not make
+  (its ECC EK is P-384): `provision_ecc_ek`.
 * `Swtpm` — `swtpm socket` on a Unix socket (no ports to race for), stopped by its own pid.
 * `simulated_boot` — plays firmware: extends the sandbox's boot log into PCRs 0, 4 and 7
   after a (re)start, so quotes show stable, known values, and writes the TCG2 crypto-agile
@@ -23,10 +25,12 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sod_operator.attestation.eventlog import EVENT_TYPE_CODES as EV
 from sod_operator.attestation.eventlog import (
@@ -38,6 +42,10 @@ from sod_operator.attestation.eventlog import (
 
 EK_CERT_NV_INDEX = 0x01C00002
 EK_HANDLE = 0x81010001
+EK_TYPES = ("rsa", "ecc", "both")
+ECC_EK_CERT_NV_INDEX = 0x01C0000A
+ECC_EK_HANDLE = 0x81010002
+NV_CHUNK = 512  # below every TPM's TPM2_PT_NV_BUFFER_MAX (libtpms: 1024)
 
 
 class SwtpmError(RuntimeError):
@@ -157,8 +165,14 @@ class LocalCa:
         return self.root_cert.read_bytes() + self.issuer_cert.read_bytes()
 
 
-def manufacture(state_dir: Path, ca: LocalCa) -> None:
-    """Create a TPM 2.0 state with an RSA EK and an EK certificate issued by `ca`."""
+def manufacture(state_dir: Path, ca: LocalCa, ek: str = "rsa") -> None:
+    """Create a TPM 2.0 state with EKs and EK certificates issued by `ca`.
+
+    `ek`: `rsa` (RSA-2048 EK, certificate in NV 0x01c00002), `ecc` (an ECC-only TPM: P-256
+    EK, certificate in NV 0x01c0000a) or `both`.
+    """
+    if ek not in EK_TYPES:
+        raise SwtpmError(f"EK type {ek!r}: expected one of {', '.join(EK_TYPES)}")
     require_binaries()
     ca.write_config()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +191,89 @@ def manufacture(state_dir: Path, ca: LocalCa) -> None:
     if result.returncode != 0:
         detail = log.read_text()[-2000:] if log.exists() else result.stderr.decode()[-2000:]
         raise SwtpmError(f"swtpm_setup failed for {state_dir} (rc {result.returncode}): {detail}")
+    if ek != "rsa":
+        provision_ecc_ek(state_dir, ca, keep_rsa=ek == "both")
+
+
+def provision_ecc_ek(state_dir: Path, ca: LocalCa, keep_rsa: bool) -> None:
+    """Give a manufactured TPM the TCG low-range ECC P-256 EK and its certificate.
+
+    swtpm_setup 0.7 makes an RSA-2048 and a P-384 EK only; most TPMs and tools expect the
+    P-256 one. As a TPM vendor would: derive the EK from the L-2 template, persist it at
+    0x81010002, have the local CA certify it (swtpm_localca, as swtpm_setup does for its own
+    EKs) and store the DER certificate in NV 0x01c0000a (platform-written, write-locked).
+    Without `keep_rsa` the RSA EK and its certificate are removed: an ECC-only TPM.
+    """
+    from tpm2_pytss import ESAPI, ESYS_TR, TPM2_HANDLE
+    from tpm2_pytss.utils import NVReadEK, create_ek_template
+
+    with tempfile.TemporaryDirectory(prefix="sod-swtpm-") as tmp:
+        sw = Swtpm(state_dir, Path(tmp) / "s.sock")  # short path: Unix socket length limit
+        sw.start()
+        try:
+            with ESAPI(sw.tcti) as ectx:
+                _, template = create_ek_template("EK-ECC256", NVReadEK(ectx))
+                ek, public, *_ = ectx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
+                ectx.evict_control(ESYS_TR.OWNER, ek, TPM2_HANDLE(ECC_EK_HANDLE))
+                ectx.flush_context(ek)
+                unique = public.publicArea.unique.ecc
+                cert = _certify_ecc_ek(ca, bytes(unique.x), bytes(unique.y), Path(tmp))
+                _write_ek_cert(ectx, ECC_EK_CERT_NV_INDEX, cert)
+                if not keep_rsa:
+                    _remove_rsa_ek(ectx)
+        finally:
+            sw.stop()
+
+
+def _certify_ecc_ek(ca: LocalCa, x: bytes, y: bytes, tmp: Path) -> bytes:
+    out = tmp / "certs"
+    out.mkdir()
+    cmd = [
+        "swtpm_localca", "--type", "ek", "--ek", f"x={x.hex()},y={y.hex()},id=secp256r1",
+        "--dir", str(out), "--tpm2", "--tpm-spec-family", "2.0", "--tpm-spec-level", "0",
+        "--tpm-spec-revision", "164", "--tpm-manufacturer", "id:00001014",
+        "--tpm-model", "swtpm", "--tpm-version", "id:20191023",
+        "--configfile", str(ca.conf_dir / "swtpm-localca.conf"),
+        "--optsfile", str(ca.conf_dir / "swtpm-localca.options"),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    cert = out / "ek.cert"
+    if result.returncode != 0 or not cert.exists():
+        raise SwtpmError(f"swtpm_localca could not certify the ECC EK: {result.stderr[-2000:]}")
+    return cert.read_bytes()
+
+
+def _write_ek_cert(ectx: Any, index: int, cert: bytes) -> None:
+    """NV-define `index` with the attributes swtpm_setup gives its EK certificates, write, lock."""
+    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2B_NV_PUBLIC, TPMA_NV, TPMS_NV_PUBLIC
+
+    attributes = (
+        TPMA_NV.PLATFORMCREATE
+        | TPMA_NV.PPWRITE
+        | TPMA_NV.WRITEDEFINE
+        | TPMA_NV.PPREAD
+        | TPMA_NV.OWNERREAD
+        | TPMA_NV.AUTHREAD
+        | TPMA_NV.NO_DA
+    )
+    public = TPM2B_NV_PUBLIC(
+        nvPublic=TPMS_NV_PUBLIC(
+            nvIndex=index, nameAlg=TPM2_ALG.SHA256, attributes=attributes, dataSize=len(cert)
+        )
+    )
+    nv = ectx.nv_define_space(None, public, auth_handle=ESYS_TR.PLATFORM)
+    for offset in range(0, len(cert), NV_CHUNK):
+        ectx.nv_write(nv, cert[offset : offset + NV_CHUNK], offset, auth_handle=ESYS_TR.PLATFORM)
+    ectx.nv_write_lock(nv, auth_handle=ESYS_TR.PLATFORM)
+
+
+def _remove_rsa_ek(ectx: Any) -> None:
+    from tpm2_pytss import ESYS_TR, TPM2_HANDLE
+
+    nv = ectx.tr_from_tpmpublic(TPM2_HANDLE(EK_CERT_NV_INDEX))
+    ectx.nv_undefine_space(nv, auth_handle=ESYS_TR.PLATFORM)
+    ek = ectx.tr_from_tpmpublic(TPM2_HANDLE(EK_HANDLE))
+    ectx.evict_control(ESYS_TR.OWNER, ek, TPM2_HANDLE(EK_HANDLE))
 
 
 # --------------------------------------------------------------------------- running

@@ -10,15 +10,27 @@ through the pure verifier: enrolled, quotes verified, the certificate chained to
 
 from __future__ import annotations
 
+import base64
 import os
+import shutil
 import struct
 import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from sod_node_agent import facts
+from sod_node_agent import tpm as agent_tpm
+from sod_operator.api.v1alpha1.nodeattestation import AttestationReason as R
+from sod_operator.attestation import ekcert
 from sod_operator.attestation import tpm as structs
+from sod_operator.attestation.ekcert import CaBundle
+from sod_testbed import swtpm
+from tpm2_pytss import ESAPI, ESYS_TR, TPM2_HANDLE
 
+from tests.node_agent.test_swtpm import _life
 from tests.unit.attestation import tpm_build
 
 MAGIC = 0xBADCC0DE  # tpm2-tools' credential file header
@@ -62,3 +74,113 @@ def test_tpm2_tools_and_the_verifier_make_the_same_kind_of_ecc_credential(tmp_pa
     )
     with pytest.raises(tpm_build.ActivationError):
         tpm_build.activate(ek_key, b"\x00\x0b" + bytes(32), blob, secret)
+
+
+# --------------------------------------------------------------------------- on swtpm
+
+
+@pytest.fixture(scope="module")
+def ecc_manufactured(tmp_path_factory: pytest.TempPathFactory, local_ca: swtpm.LocalCa) -> Path:
+    state = tmp_path_factory.mktemp("ecc") / "state"
+    swtpm.manufacture(state, local_ca, ek="ecc")
+    return state
+
+
+@pytest.fixture(scope="module")
+def both_manufactured(tmp_path_factory: pytest.TempPathFactory, local_ca: swtpm.LocalCa) -> Path:
+    state = tmp_path_factory.mktemp("both") / "state"
+    swtpm.manufacture(state, local_ca, ek="both")
+    return state
+
+
+def _running(tmp_path: Path, manufactured: Path) -> Iterator[swtpm.Swtpm]:
+    state = tmp_path / "tpm"
+    shutil.copytree(manufactured, state)
+    sw = swtpm.Swtpm(state)
+    sw.start()
+    swtpm.simulated_boot(sw.tcti)
+    yield sw
+    sw.stop()
+
+
+@pytest.fixture
+def ecc_tpm(tmp_path: Path, ecc_manufactured: Path) -> Iterator[swtpm.Swtpm]:
+    yield from _running(tmp_path, ecc_manufactured)
+
+
+@pytest.fixture
+def both_tpm(tmp_path: Path, both_manufactured: Path) -> Iterator[swtpm.Swtpm]:
+    yield from _running(tmp_path, both_manufactured)
+
+
+def _certified_ek_kind(ident: agent_tpm.Identity) -> str:
+    ek = structs.parse_tpm2b_public(ident.ek_public)
+    cert = ekcert.parse_certificate(ident.ek_certificate)
+    assert ekcert.key_mismatch(cert, ek.public_key) is None
+    return structs.key_kind(ek)
+
+
+def test_an_ecc_only_tpm_gives_its_p256_ek_and_certificate(
+    ecc_tpm: swtpm.Swtpm, local_ca: swtpm.LocalCa
+) -> None:
+    with agent_tpm.session(ecc_tpm.tcti) as s:
+        assert s.ek_kind.name == "ecc"
+        ident = s.identity()
+    cert = ekcert.parse_certificate(ident.ek_certificate)
+    bundle = CaBundle.from_pem(local_ca.bundle_pem())
+    assert ekcert.chain_problem(cert, bundle, datetime.now(UTC)) is None
+    ek = structs.parse_tpm2b_public(ident.ek_public)
+    assert structs.key_kind(ek) == "ECC secp256r1"
+    assert ekcert.key_mismatch(cert, ek.public_key) is None
+    assert structs.ek_problem(ek) is None
+    missing = "no RSA EK certificate in NV index 0x01c00002"
+    with (
+        pytest.raises(agent_tpm.TpmError, match=missing),
+        agent_tpm.session(ecc_tpm.tcti, ek_type="rsa") as s,
+    ):
+        s.identity()
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "derived"])
+def test_the_tpm_activates_the_verifiers_ecc_credential(
+    ecc_tpm: swtpm.Swtpm, persistent: bool
+) -> None:
+    if not persistent:  # a TPM whose EK is not persistent: derived from the L-2 template
+        with ESAPI(ecc_tpm.tcti) as ectx:
+            handle = ectx.tr_from_tpmpublic(TPM2_HANDLE(swtpm.ECC_EK_HANDLE))
+            ectx.evict_control(ESYS_TR.OWNER, handle, TPM2_HANDLE(swtpm.ECC_EK_HANDLE))
+    with agent_tpm.session(ecc_tpm.tcti) as s:
+        ident = s.identity()
+        ek = structs.parse_tpm2b_public(ident.ek_public)
+        ak = structs.parse_tpm2b_public(ident.ak_public)
+        cert = ekcert.parse_certificate(ident.ek_certificate)
+        assert ekcert.key_mismatch(cert, ek.public_key) is None
+        randomness = os.urandom(structs.randomness_size(ek))
+        made = structs.make_credential(ek, ak.name, b"c" * 32, randomness)
+        assert s.activate(made.credential_blob, made.encrypted_secret) == b"c" * 32
+        other = structs.make_credential(ek, b"\x00\x0b" + bytes(32), b"c" * 32, randomness)
+        with pytest.raises(agent_tpm.TpmError, match="ActivateCredential failed"):
+            s.activate(other.credential_blob, other.encrypted_secret)
+
+
+def test_auto_prefers_rsa_when_the_tpm_has_both(both_tpm: swtpm.Swtpm) -> None:
+    with agent_tpm.session(both_tpm.tcti) as s:
+        assert _certified_ek_kind(s.identity()) == "RSA-2048"
+    with agent_tpm.session(both_tpm.tcti, ek_type="ecc") as s:
+        assert _certified_ek_kind(s.identity()) == "ECC secp256r1"
+
+
+def test_an_ecc_ek_node_enrolls_and_stays_verified(
+    ecc_tpm: swtpm.Swtpm, local_ca: swtpm.LocalCa, tmp_path: Path
+) -> None:
+    sim_path = tmp_path / "sim.json"
+    facts.SimulatedState("hyperwall", {"memoryViolations": 0}).write(sim_path)
+    att, outs, _ = _life(ecc_tpm.tcti, local_ca, facts.FactSources(simulated=sim_path))
+    assert [o.evidence_reason for o in outs] == [R.AWAITING_ACTIVATION] + [R.VERIFIED] * 3
+    assert att.status.verified_profiles == ["hyperwall", "tpm"]
+    assert att.spec.tpm is not None
+    ek = structs.parse_tpm2b_public(base64.b64decode(att.spec.tpm.ek_public))
+    assert structs.key_kind(ek) == "ECC secp256r1"
+    assert structs.parse_signature(base64.b64decode(att.spec.tpm.quote.signature)).alg == (  # type: ignore[union-attr]
+        structs.Alg.ECDSA
+    )
