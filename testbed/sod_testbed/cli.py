@@ -63,8 +63,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument(
         "--nodes",
         default=DEFAULT_NODES,
-        help=f"ARCH=COUNT,... fake nodes named ARCH-1..N (default {DEFAULT_NODES}); "
-        "ARCH is a profile name or 'plain'",
+        help=f"ARCH=COUNT[:ecc],... fake nodes named ARCH-1..N (default {DEFAULT_NODES}); "
+        "ARCH is a profile name or 'plain'; ':ecc' gives them an ECC (P-256 EK) TPM",
     )
     up.add_argument(
         "--label",

@@ -426,7 +426,7 @@ class LocalCluster:
             return None
         cluster.ports = {k: int(v) for k, v in state.get("ports", {}).items()}
         cluster.nodes = [
-            NodeSpec(n["name"], n["architecture"], n.get("labels", {}))
+            NodeSpec(n["name"], n["architecture"], n.get("labels", {}), tpm=n.get("tpm", "rsa"))
             for n in state.get("nodes", [])
         ]
         for data in state["processes"]:
@@ -593,7 +593,12 @@ class LocalCluster:
             "kubeconfig": str(self.kubeconfig),
             "ports": self.ports,
             "nodes": [
-                {"name": n.name, "architecture": n.architecture, "labels": dict(n.labels)}
+                {
+                    "name": n.name,
+                    "architecture": n.architecture,
+                    "labels": dict(n.labels),
+                    "tpm": n.tpm,
+                }
                 for n in self.nodes
             ],
             "processes": [p.record.to_json() for p in self.processes.values()],

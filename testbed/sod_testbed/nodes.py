@@ -1,21 +1,23 @@
-"""The sandbox's fake nodes: parsing `--nodes ARCH=N,...` and the kwok Node objects.
+"""The sandbox's fake nodes: parsing `--nodes ARCH=N[:TPM],...` and the kwok Node objects.
 
 A node named `<arch>-<i>` carries `sod.dev/simulated-architecture=<arch>` (a profile name, or
 `plain` for a node with no security architecture), the labels KubeVirt's virt-handler puts on a
 schedulable node (`kubevirt.io/schedulable=true`) and kwok's annotation `kwok.x-k8s.io/node=fake`
-so kwok plays its kubelet (heartbeats, leases, pod status).
+so kwok plays its kubelet (heartbeats, leases, pod status). `:ecc` after a count gives those
+nodes an ECC-only TPM (P-256 EK) instead of the default RSA one (`swtpm.manufacture`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sod_operator.api.constants import SIMULATED_ARCHITECTURE_LABEL
 
 PLAIN = "plain"
+TPM_TYPES = ("rsa", "ecc")
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_ANNOTATION_VALUE = "fake"
 KUBEVIRT_SCHEDULABLE_LABEL = "kubevirt.io/schedulable"
@@ -40,6 +42,8 @@ class NodeSpec:
     cpu: str = "32"
     memory: str = "256Gi"
     pods: str = "110"
+    tpm: str = "rsa"
+    """The EK of the node's swtpm: `rsa` or `ecc` (P-256)."""
 
     def all_labels(self) -> dict[str, str]:
         labels = {
@@ -81,13 +85,22 @@ class NodeSpec:
 
 
 def parse_nodes(arg: str) -> list[NodeSpec]:
-    """`hyperwall=2,datasafe=1,plain=1` -> hyperwall-1, hyperwall-2, datasafe-1, plain-1."""
+    """`hyperwall=2,datasafe=1,plain=1` -> hyperwall-1, hyperwall-2, datasafe-1, plain-1.
+
+    `plain=1:ecc` (or `plain:ecc`): those nodes get an ECC TPM.
+    """
     specs: list[NodeSpec] = []
     seen: set[str] = set()
     for item in (part.strip() for part in arg.split(",")):
         if not item:
             continue
-        arch, sep, count_text = item.partition("=")
+        body, colon, tpm = item.partition(":")
+        tpm = tpm.strip() if colon else "rsa"
+        if tpm not in TPM_TYPES:
+            raise NodeSpecError(
+                f"--nodes: {item!r}: the TPM after ':' must be one of {', '.join(TPM_TYPES)}"
+            )
+        arch, sep, count_text = body.partition("=")
         arch = arch.strip()
         if not sep:
             count_text = "1"
@@ -109,7 +122,9 @@ def parse_nodes(arg: str) -> list[NodeSpec]:
                 f"--nodes: {arch!r} is listed twice; give one count per architecture"
             )
         seen.add(arch)
-        specs += [NodeSpec(name=f"{arch}-{i}", architecture=arch) for i in range(1, count + 1)]
+        specs += [
+            NodeSpec(name=f"{arch}-{i}", architecture=arch, tpm=tpm) for i in range(1, count + 1)
+        ]
     if not specs:
         raise NodeSpecError("--nodes: give at least one node, e.g. --nodes plain=3")
     return specs
@@ -130,6 +145,4 @@ def apply_labels(specs: Sequence[NodeSpec], label_args: Sequence[str]) -> list[N
         if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
             raise NodeSpecError(f"--label: {key}={value!r} is not a valid Kubernetes label")
         by_name[node][key] = value
-    return [
-        NodeSpec(s.name, s.architecture, by_name[s.name], s.cpu, s.memory, s.pods) for s in specs
-    ]
+    return [replace(s, labels=by_name[s.name]) for s in specs]

@@ -6,12 +6,13 @@ exactly as in a cluster, so the apiserver itself enforces who may write what:
 
 * `install()` applies `sod_operator.verifier.rbac.manifests()` (ServiceAccounts, ClusterRoles,
   ValidatingAdmissionPolicies) and configures a local EK CA (`swtpm.LocalCa`);
-* `start_node(node)` manufactures the node's TPM (EK certificate from that CA), runs swtpm,
-  plays the simulated firmware (`swtpm.BOOT_LOG` into PCRs 0, 4, 7, and its TCG2 event log
-  next to the TPM state, which the agent sends with each quote), writes the
-  simulated-architecture state (the node's architecture, `memoryViolations: 0`; `plain`
-  declares none), and runs `sod-node-agent` with a ServiceAccount token **bound to the Node
-  object** (so its user info carries `authentication.kubernetes.io/node-name`);
+* `start_node(node)` manufactures the node's TPM (an RSA EK, or for `node.tpm == "ecc"` an
+  ECC P-256 one; certificate from that CA), runs swtpm, plays the simulated firmware
+  (`swtpm.BOOT_LOG` into PCRs 0, 4, 7, and its TCG2 event log next to the TPM state, which
+  the agent sends with each quote), writes the simulated-architecture state (the node's
+  architecture, `memoryViolations: 0`; `plain` declares none), and runs `sod-node-agent`
+  with a ServiceAccount token **bound to the Node object** (so its user info carries
+  `authentication.kubernetes.io/node-name`);
 * `start_verifier()` runs `sod-verifier` with the verifier ServiceAccount's token (the only
   identity allowed to patch Nodes) and the CA bundle;
 * `break_node(node, how)`: `violation` (the simulated source reports memory violations),
@@ -224,7 +225,7 @@ class TrustBed:
         self.install()
         state = self.tpm_state(node.name)
         if not state.exists():
-            swtpm.manufacture(state, self.ca)
+            swtpm.manufacture(state, self.ca, ek=node.tpm)
         self.start_swtpm(node.name)
         architecture = None if node.architecture == PLAIN else node.architecture
         counters = {VIOLATIONS_COUNTER: 0} if architecture else {}

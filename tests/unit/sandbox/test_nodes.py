@@ -1,6 +1,7 @@
-"""`--nodes ARCH=N,...` and `--label NODE:KEY=VALUE` parsing for the sandbox's fake nodes.
+"""`--nodes ARCH=N[:TPM],...` and `--label NODE:KEY=VALUE` parsing for the sandbox's fake nodes.
 
-Covers: naming, the architecture label, kwok's annotation, every rejection message.
+Covers: naming, the architecture label, kwok's annotation, the TPM variant, every rejection
+message.
 """
 
 from __future__ import annotations
@@ -23,9 +24,22 @@ def test_a_bare_architecture_means_one_node() -> None:
     assert [s.name for s in parse_nodes("tdx")] == ["tdx-1"]
 
 
+def test_ecc_after_the_count_gives_those_nodes_an_ecc_tpm() -> None:
+    specs = parse_nodes("plain=2,hyperwall=1:ecc,tdx:ecc,datasafe=1:rsa")
+    assert [(s.name, s.tpm) for s in specs] == [
+        ("plain-1", "rsa"),
+        ("plain-2", "rsa"),
+        ("hyperwall-1", "ecc"),
+        ("tdx-1", "ecc"),
+        ("datasafe-1", "rsa"),
+    ]
+    assert apply_labels(specs, ["hyperwall-1:zone=a"])[2].tpm == "ecc"
+
+
 @pytest.mark.parametrize(
     ("arg", "message"),
     [
+        ("plain=1:dsa", "the TPM after ':' must be one of rsa, ecc"),
         ("Hyper=1", "'Hyper' is not an architecture name"),
         ("plain=x", "the count after '=' must be a whole number"),
         ("plain=0", "the count must be between 1 and 200"),
