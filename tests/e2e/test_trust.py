@@ -1,7 +1,8 @@
 """The trust monitor on the real local control plane, with a real swtpm and agent per node.
 
 Covers, through the real apiserver (RBAC, ValidatingAdmissionPolicy, /status subresource):
-nodes enroll and get `profile.<name>=verified` labels only from the verifier; a node going
+nodes enroll and get `profile.<name>=verified` labels only from the verifier, an ECC-EK
+node too (and its evidence refused with an RSA EK certificate claimed for it); a node going
 verified → revoked → verified for a memory violation, an unexpected PCR measurement (healed
 by a reboot) and a silent agent (stale evidence); a compromised agent's forged signature,
 different AK, replayed nonce and tampered PCR value each rejected with its reason and the
@@ -20,6 +21,7 @@ import re
 import statistics
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -30,12 +32,15 @@ from sod_operator.api.constants import profile_label
 from sod_operator.api.v1alpha1.attestation_policy import MeasuredBootPolicy
 from sod_operator.api.v1alpha1.nodeattestation import AttestationReason as R
 from sod_operator.api.v1alpha1.nodeattestation import NodeAttestation
-from sod_operator.attestation import eventlog, measuredboot
+from sod_operator.attestation import ekcert, eventlog, measuredboot
+from sod_operator.attestation import tpm as tpm_structs
+from sod_operator.attestation.ekcert import CaBundle
 from sod_operator.cli.main import main as sodctl
 from sod_operator.verifier import rbac
 from sod_testbed import swtpm
 from sod_testbed.cluster import LocalCluster
 from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
+from sod_testbed.nodes import PLAIN, NodeSpec
 from sod_testbed.trust import TrustBed, TrustConfig, token_kubeconfig
 
 from tests.e2e.harness import wait_for
@@ -88,6 +93,7 @@ EXPECTED = {
     "datasafe-1": {DATASAFE, TPM, BOOT},
     "plain-1": {TPM, BOOT},
     "plain-2": {TPM, BOOT},
+    "plain-ecc-1": {TPM, BOOT},  # created by the `ecc_node` fixture for its tests only
 }
 
 
@@ -288,6 +294,60 @@ def test_every_node_is_enrolled_and_labelled_by_attestation(
     assert _verdict(_natt(kube_api, "plain-1"), HYPERWALL) == ("Rejected", R.ARCHITECTURE_MISMATCH)
     assert HYPERWALL not in _verified_labels(kube_api, "datasafe-1")
     assert _events(kube_api, "hyperwall-1", "Node", "ProfileVerified")
+
+
+ECC_NODE = "plain-ecc-1"
+
+
+@pytest.fixture
+def ecc_node(bed: TrustBed, sandbox: LocalCluster, kube_api: KubeApi) -> Iterator[str]:
+    """One more node whose swtpm has only an ECC P-256 EK (`--nodes plain=1:ecc`)."""
+    spec = NodeSpec(name=ECC_NODE, architecture=PLAIN, tpm="ecc")
+    sandbox.create_nodes([spec])
+    try:
+        bed.start_node(spec)
+        yield ECC_NODE
+    finally:
+        for name in (f"agent-{ECC_NODE}", f"swtpm-{ECC_NODE}"):
+            proc = sandbox.processes.pop(name, None)
+            if proc is not None:
+                proc.stop()
+        kube_api.delete(resource_path(NATT, "nodeattestations", name=ECC_NODE))
+        kube_api.delete(resource_path("v1", "nodes", name=ECC_NODE))
+        sandbox.nodes.remove(spec)
+
+
+def test_an_ecc_ek_node_enrolls_and_verifies(
+    bed: TrustBed, kube_api: KubeApi, ecc_node: str
+) -> None:
+    wait_verified(kube_api, ecc_node)
+    att = _natt(kube_api, ecc_node)
+    assert att["status"]["enrollment"]["state"] == "Enrolled"
+    tpm_spec = att["spec"]["tpm"]
+    ek = tpm_structs.parse_tpm2b_public(base64.b64decode(tpm_spec["ekPublic"]))
+    assert tpm_structs.key_kind(ek) == "ECC secp256r1"
+    # The certificate the agent read from NV 0x01c0000a chains to the verifier's CA bundle.
+    cert = ekcert.parse_certificate(base64.b64decode(tpm_spec["ekCertificate"]))
+    bundle = CaBundle.from_pem(bed.ca.bundle_pem())
+    assert ekcert.chain_problem(cert, bundle, datetime.now(UTC)) is None
+    assert ekcert.key_mismatch(cert, ek.public_key) is None
+    signature = tpm_structs.parse_signature(base64.b64decode(tpm_spec["quote"]["signature"]))
+    assert signature.alg == tpm_structs.Alg.ECDSA
+
+
+def test_an_rsa_ek_certificate_with_the_ecc_ek_is_refused(
+    bed: TrustBed, kube_api: KubeApi, ecc_node: str, compromised: Callable[[str], KubeApi]
+) -> None:
+    """A compromised ECC node claims a genuine RSA EK certificate (another node's) as its own."""
+    wait_verified(kube_api, ecc_node, {TPM})
+    attacker = compromised(ecc_node)
+    current = _natt(kube_api, ecc_node)
+    spec = _evidence(bed, ecc_node, current)
+    spec["tpm"]["ekCertificate"] = _natt(kube_api, "plain-1")["spec"]["tpm"]["ekCertificate"]
+    _write_spec(attacker, ecc_node, spec, current)
+    att = wait_rejected(kube_api, ecc_node, TPM, R.EK_PUBLIC_MISMATCH)
+    message = next(v["message"] for v in att["status"]["verdicts"] if v["profile"] == TPM)
+    assert "the certificate holds an RSA-2048 key, the EK public is ECC secp256r1" in message
 
 
 # ------------------------------------------------------------- verified → revoked → verified
