@@ -299,9 +299,13 @@ def test_every_node_is_enrolled_and_labelled_by_attestation(
 ECC_NODE = "plain-ecc-1"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ecc_node(bed: TrustBed, sandbox: LocalCluster, kube_api: KubeApi) -> Iterator[str]:
-    """One more node whose swtpm has only an ECC P-256 EK (`--nodes plain=1:ecc`)."""
+    """One more node whose swtpm has only an ECC P-256 EK (`--nodes plain=1:ecc`).
+
+    Module-scoped: the agent's token is bound to the Node object, so a node deleted and
+    created again under the same name would need a new agent identity.
+    """
     spec = NodeSpec(name=ECC_NODE, architecture=PLAIN, tpm="ecc")
     sandbox.create_nodes([spec])
     try:
