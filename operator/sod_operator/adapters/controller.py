@@ -226,10 +226,12 @@ class Controller:
             return self.world.apply_securevm(key, None)
         view = securevm_from_body(body)
         old = self.world.svms.get(key)
-        self.world.apply_securevm(key, view)
+        affected = self.world.apply_securevm(key, view)
         if old is not None and old.generation == view.generation and old.status == view.status:
-            return set()  # metadata-only change, or the echo of our own status write
-        return {key}
+            # Metadata-only change, or the echo of our own status write: only other claimants
+            # of the VM whose owner changed (none, normally).
+            return affected - {key}
+        return affected
 
     @staticmethod
     def _parse_profile(body: Mapping[str, Any]) -> ServerSecurityProfileSpec | None:

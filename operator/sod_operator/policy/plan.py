@@ -33,6 +33,7 @@ from sod_operator.policy.observed import (
     MigrationView,
     VMIView,
     VMView,
+    parse_time,
 )
 from sod_operator.policy.placement import NodeView, term_matches
 
@@ -55,6 +56,8 @@ class SecureVMView:
     spec: SecureVMSpec | None
     status: SecureVMStatus
     spec_error: str = ""
+    created: datetime | None = None
+    """metadata.creationTimestamp: which of several SecureVMs claiming one VM owns it."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -124,6 +127,9 @@ class Observation:
     vm_rejected: str | None = None
     """Why the apiserver refused to create the VM from this generation's template, if it did
     (retrying cannot help until the tenant changes the SecureVM)."""
+    vm_owner: str | None = None
+    """Another SecureVM that owns this SecureVM's VM (`World.owner_of`): this one only reports
+    VirtualMachineConflict and never acts on the VM."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,6 +334,7 @@ def securevm_from_body(body: Mapping[str, Any]) -> SecureVMView:
         spec=spec,
         status=status,
         spec_error=error,
+        created=parse_time(meta.get("creationTimestamp")),
     )
 
 

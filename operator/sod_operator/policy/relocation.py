@@ -196,6 +196,9 @@ def _ensure_vm(ctx: _Ctx, desired: Json, eligible: list[str]) -> bool:
     spec = svm.spec
     assert spec is not None
     vm = obs.vm
+    if obs.vm_owner is not None:
+        _conflict(ctx, f"VirtualMachine {svm.vm_name} is managed by SecureVM {obs.vm_owner}")
+        return False
     if spec.template is not None:
         if vm is None and obs.vm_rejected:
             cond.false(
@@ -222,7 +225,7 @@ def _ensure_vm(ctx: _Ctx, desired: Json, eligible: list[str]) -> bool:
                 f"VirtualMachine {vm.name} exists and is not owned by this SecureVM: rename the "
                 "SecureVM, or adopt the VM with `spec.vmRef`"
             )
-            cond.false(ConditionType.READY, Reason.VM_CONFLICT, msg)
+            _conflict(ctx, msg)
             return False
         if vm.template_hash != template_hash(spec.template):
             # The tenant edited the template: re-apply it (KubeVirt decides what needs a restart).
@@ -247,11 +250,7 @@ def _ensure_vm(ctx: _Ctx, desired: Json, eligible: list[str]) -> bool:
         return False
     owner = vm.securevm
     if owner is not None and owner != svm.name:
-        cond.false(
-            ConditionType.READY,
-            Reason.VM_CONFLICT,
-            f"VirtualMachine {vm.name} is already managed by SecureVM {owner}",
-        )
+        _conflict(ctx, f"VirtualMachine {vm.name} is already managed by SecureVM {owner}")
         return False
     if owner is None:
         ctx.plan.actions.append(
@@ -261,6 +260,14 @@ def _ensure_vm(ctx: _Ctx, desired: Json, eligible: list[str]) -> bool:
             Event(EventType.NORMAL, EventReason.VM_ADOPTED, f"adopted VirtualMachine {vm.name}")
         )
     return True
+
+
+def _conflict(ctx: _Ctx, message: str) -> None:
+    """Another SecureVM manages the VM: say so, and claim nothing about where it runs (no
+    stale NODE/PROFILE columns, Compliant Unknown)."""
+    ctx.cond.false(ConditionType.READY, Reason.VM_CONFLICT, message)
+    _unknown_placement(ctx, Reason.VM_CONFLICT, message)
+    ctx.status.non_compliant_since = None
 
 
 def _unknown_placement(ctx: _Ctx, reason: str, message: str) -> None:

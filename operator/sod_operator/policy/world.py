@@ -11,6 +11,19 @@ SecureVMs whose plan may change because of it:
 * a package changes → the SecureVMs naming it;
 * a VM, VMI or migration changes → the SecureVM that manages it.
 
+One VM, one owner: every SecureVM naming a VM (its own name for `spec.template`, or
+`spec.vmRef.name`) is a *claimant*, and all are kept (`_claimants`). Exactly one owns the VM
+(`owner_of`), decided in this order, so that no later claim can take over what a SecureVM
+already manages:
+
+1. the claimant the VM names in an ownerReference (a VM the operator made from a template);
+2. the claimant the VM names in its `sod.dev/securevm` label (a VM the operator adopted);
+3. otherwise the oldest claimant whose spec parses (`metadata.creationTimestamp`, then uid).
+
+The others report VirtualMachineConflict and never act on the VM; removing any claimant never
+drops the owner (before, one entry per VM name was kept and the last claimant overwrote it:
+a second SecureVM naming the VM silenced the first, issue 19).
+
 Pure data structures (no I/O); the clock is passed in where it matters.
 """
 
@@ -19,7 +32,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
 from sod_operator.api.v1alpha1.securevm import RelocationTrigger
@@ -65,7 +78,8 @@ class World:
         self._migrations_by_vmi: defaultdict[Key, set[str]] = defaultdict(set)
         self.active_migrations: set[Key] = set()
         """Migrations not yet Succeeded or Failed (what counts against KubeVirt's limits)."""
-        self._svm_by_vm: dict[Key, Key] = {}
+        self._claimants: defaultdict[Key, set[Key]] = defaultdict(set)
+        """VM → every SecureVM naming it (see `owner_of`)."""
         self._svms_on_node: defaultdict[str, set[Key]] = defaultdict(set)
         self._svms_by_package: defaultdict[str, set[Key]] = defaultdict(set)
         self._svms_by_resolution: defaultdict[ResolutionKey, set[Key]] = defaultdict(set)
@@ -145,22 +159,29 @@ class World:
     # ---------------------------------------------------------------- SecureVMs
 
     def apply_securevm(self, key: Key, view: SecureVMView | None) -> set[Key]:
+        """Returns `key` (unless deleted) plus the other claimants of its VM(s) when the owner
+        changed: the new owner acts, the old one reports the conflict."""
         old = self.svms.get(key)
+        vms = {(key[0], v.vm_name) for v in (old, view) if v is not None}
+        owners = {vm: self.owner_of(*vm) for vm in vms}
         if old is not None:
             self._unindex_svm(key, old)
         if view is None:
             self.svms.pop(key, None)
             self.starved.discard(key)
-            return set()
-        self.svms[key] = view
-        self._svm_by_vm[(key[0], view.vm_name)] = key
-        vmi = self.vmis.get((key[0], view.vm_name))
-        if vmi is not None and vmi.node_name:
-            self._svms_on_node[vmi.node_name].add(key)
-        if view.spec is not None and view.spec.security.package:
-            self._svms_by_package[view.spec.security.package].add(key)
-        self._resolve(key)
-        return {key}
+        else:
+            self.svms[key] = view
+            self._claimants[(key[0], view.vm_name)].add(key)
+            for node in self._vmi_nodes(key[0], view.vm_name):
+                self._svms_on_node[node].add(key)
+            if view.spec is not None and view.spec.security.package:
+                self._svms_by_package[view.spec.security.package].add(key)
+            self._resolve(key)
+        affected = {key} if view is not None else set()
+        for vm, before in owners.items():
+            if self.owner_of(*vm) != before:
+                affected |= self._claimants.get(vm, set())
+        return affected
 
     def update_status(self, key: Key, view: SecureVMView) -> None:
         """Our own status write: same spec, new status (indexes unchanged)."""
@@ -168,10 +189,14 @@ class World:
             self.svms[key] = view
 
     def _unindex_svm(self, key: Key, old: SecureVMView) -> None:
-        self._svm_by_vm.pop((key[0], old.vm_name), None)
-        vmi = self.vmis.get((key[0], old.vm_name))
-        if vmi is not None and vmi.node_name:
-            self._svms_on_node[vmi.node_name].discard(key)
+        vm = (key[0], old.vm_name)
+        claimants = self._claimants.get(vm)
+        if claimants is not None:
+            claimants.discard(key)
+            if not claimants:
+                del self._claimants[vm]
+        for node in self._vmi_nodes(*vm):
+            self._svms_on_node[node].discard(key)
         if old.spec is not None and old.spec.security.package:
             self._svms_by_package[old.spec.security.package].discard(key)
         resolved = self._resolved.pop(key, None)
@@ -217,20 +242,36 @@ class World:
 
     # ---------------------------------------------------------------- KubeVirt objects
 
+    def owner_of(self, namespace: str, vm_name: str) -> Key | None:
+        """The one SecureVM that manages the VM (rules in the module docstring)."""
+        claimants = self._claimants.get((namespace, vm_name))
+        if not claimants:
+            return None
+        views = [self.svms[k] for k in claimants]
+        return choose_owner(views, self.vms.get((namespace, vm_name))).key
+
     def securevm_for_vm(self, namespace: str, vm_name: str) -> Key | None:
-        return self._svm_by_vm.get((namespace, vm_name))
+        return self.owner_of(namespace, vm_name)
+
+    def _owner_set(self, vm: Key) -> set[Key]:
+        owner = self.owner_of(*vm)
+        return {owner} if owner else set()
+
+    def _vmi_nodes(self, namespace: str, vm_name: str) -> set[str]:
+        vmi = self.vmis.get((namespace, vm_name))
+        return {vmi.node_name} if vmi is not None and vmi.node_name else set()
 
     def apply_vm(self, key: Key, view: VMView | None) -> set[Key]:
+        """Every claimant: the VM's ownerReferences and label decide which one owns it."""
         if view is None:
             self.vms.pop(key, None)
         else:
             self.vms[key] = view
-        svm = self._svm_by_vm.get(key)
-        return {svm} if svm else set()
+        return set(self._claimants.get(key, set()))
 
     def apply_vmi(self, key: Key, view: VMIView | None) -> set[Key]:
         old = self.vmis.get(key)
-        svm = self._svm_by_vm.get(key)
+        claimants = self._claimants.get(key, set())
         old_node = old.node_name if old else None
         new_node = view.node_name if view else None
         if old_node != new_node:
@@ -238,17 +279,15 @@ class World:
                 self.load[old_node] -= 1
                 if self.load[old_node] <= 0:
                     del self.load[old_node]
-                if svm:
-                    self._svms_on_node[old_node].discard(svm)
+                self._svms_on_node[old_node].difference_update(claimants)
             if new_node:
                 self.load[new_node] += 1
-                if svm:
-                    self._svms_on_node[new_node].add(svm)
+                self._svms_on_node[new_node].update(claimants)
         if view is None:
             self.vmis.pop(key, None)
         else:
             self.vmis[key] = view
-        return {svm} if svm else set()
+        return self._owner_set(key)
 
     def apply_migration(self, key: Key, view: MigrationView | None) -> set[Key]:
         old = self.migrations.get(key)
@@ -264,8 +303,7 @@ class World:
                 self.active_migrations.discard(key)
             else:
                 self.active_migrations.add(key)
-        svm = self._svm_by_vm.get((key[0], vmi_name))
-        return {svm} if svm else set()
+        return self._owner_set((key[0], vmi_name))
 
     def migrations_of(self, namespace: str, vmi_name: str) -> list[MigrationView]:
         names = self._migrations_by_vmi.get((namespace, vmi_name), set())
@@ -315,6 +353,7 @@ class World:
             return None
         vm_key = (key[0], svm.vm_name)
         rejected = self.vm_rejections.get(key)
+        owner = self.owner_of(*vm_key)
         return Observation(
             svm=svm,
             resolution=self.resolution(key),
@@ -326,6 +365,7 @@ class World:
             vm_rejected=rejected[2]
             if rejected and rejected[:2] == (svm.uid, svm.generation)
             else None,
+            vm_owner=owner[1] if owner is not None and owner != key else None,
         )
 
     def keys_on_node(self, name: str) -> set[Key]:
@@ -333,6 +373,24 @@ class World:
 
     def all_keys(self) -> Iterable[Key]:
         return list(self.svms)
+
+
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
+def choose_owner(claimants: Iterable[SecureVMView], vm: VMView | None) -> SecureVMView:
+    """The owner among SecureVMs claiming one VM: named by the VM's ownerReferences, else by
+    its label, else the oldest with a valid spec (then by uid): the same answer on every
+    replica and after every restart."""
+    views = list(claimants)
+    if vm is not None:
+        for view in views:
+            if view.uid and view.uid in vm.owner_uids:
+                return view
+        for view in views:
+            if vm.securevm == view.name:
+                return view
+    return min(views, key=lambda v: (v.spec is None, v.created or _LATEST, v.uid, v.name))
 
 
 def _fingerprint(res: Resolution, catalog: Iterable[ProfileCapabilities]) -> tuple[object, ...]:
