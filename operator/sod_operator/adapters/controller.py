@@ -56,6 +56,7 @@ from sod_operator.policy.plan import (
     securevm_from_body,
     status_body,
 )
+from sod_operator.policy.resync import correction
 from sod_operator.policy.settings import RelocationSettings
 from sod_operator.policy.world import Key, World
 
@@ -133,6 +134,9 @@ class Controller:
         self._profile_dirty: set[str] = set()
         self._profile_generation: dict[str, int] = {}
         self._profile_written: dict[str, tuple[int, int]] = {}
+        self._resync_only: set[Key] = set()
+        """Keys marked by the periodic re-check and by nothing else since: what their plan
+        corrects is counted (`policy.resync`)."""
         metrics.bind(self.world, lambda: len(self.world.active_migrations))
 
     @property
@@ -261,6 +265,8 @@ class Controller:
         t = time.monotonic()
         queue = self._urgent if urgent and self.ready.is_set() else self._background
         added = False
+        keys = list(keys)
+        self._resync_only.difference_update(keys)
         for key in keys:
             if key not in self._urgent and key not in self._background:
                 queue[key] = t
@@ -342,7 +348,10 @@ class Controller:
         # Level-triggered safety net: every SecureVM is re-planned now and then (background).
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
-            self.mark(self.world.all_keys(), urgent=False)
+            keys = [k for k in self.world.all_keys() if k not in self._urgent]
+            fresh = [k for k in keys if k not in self._background]
+            self.mark(keys, urgent=False)
+            self._resync_only.update(fresh)
 
     async def _profile_status_loop(self, period: float = 1.0) -> None:
         """`ServerSecurityProfile.status.verifiedNodes`, off the hot path and at most once a
@@ -389,12 +398,21 @@ class Controller:
         self._waiting = (self._waiting - set(observations)) | set(result.waiting)
         self.metrics.planning.observe(time.perf_counter() - started)
         for key, plan in result.plans.items():
+            self._count_correction(key, plan, observations[key])
             self._note_starved(key, plan)
             self._executing.add(key)
             self._dispatch(key, plan, observations[key])
             task = asyncio.get_running_loop().create_task(self._execute(key, plan))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _count_correction(self, key: Key, plan: Plan, obs: Any) -> None:
+        if key in self._resync_only:
+            self._resync_only.discard(key)
+            what = correction(obs.svm.status, plan)
+            if what is not None:
+                self.metrics.resync_corrections.labels(what=what).inc()
+                log.warning("%s/%s: the periodic re-check corrected %s", *key, what)
 
     def _dispatch(self, key: Key, plan: Plan, obs: Any) -> None:
         # A granted migration is in flight from the grant on: a batch planned while its
