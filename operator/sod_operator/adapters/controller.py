@@ -42,6 +42,7 @@ from sod_operator.api.v1alpha1.security import SecurityPackageSpec
 from sod_operator.policy.fleet import InFlight, plan_batch
 from sod_operator.policy.observed import (
     TRIGGER_LABEL,
+    launcher_pod_from_body,
     migration_from_body,
     vm_from_body,
     vmi_from_body,
@@ -73,6 +74,8 @@ class Kind(StrEnum):
     VM = "VirtualMachine"
     VMI = "VirtualMachineInstance"
     MIGRATION = "VirtualMachineInstanceMigration"
+    POD = "Pod"
+    """virt-launcher pods only: where the scheduler bound each VMI (issue 19)."""
 
 
 def _rv(body: Mapping[str, Any]) -> int | None:
@@ -87,7 +90,7 @@ def _utcnow() -> datetime:
 
 
 # What still wakes the planner in `periodic_only` mode: KubeVirt continuing a relocation.
-_CONTINUATIONS = frozenset({Kind.VM, Kind.VMI, Kind.MIGRATION})
+_CONTINUATIONS = frozenset({Kind.VM, Kind.VMI, Kind.MIGRATION, Kind.POD})
 
 
 class _VMRejected(Exception):
@@ -201,6 +204,9 @@ class Controller:
             affected = w.apply_vm((ns, name), None if deleted else vm_from_body(body))
         elif kind is Kind.VMI:
             affected = w.apply_vmi((ns, name), None if deleted else vmi_from_body(body))
+        elif kind is Kind.POD:
+            pod = None if deleted else launcher_pod_from_body(body)
+            affected = w.apply_launcher_pod((ns, name), pod)
         else:
             was_active = (ns, name) in w.active_migrations
             affected = w.apply_migration((ns, name), None if deleted else migration_from_body(body))

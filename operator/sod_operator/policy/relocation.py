@@ -491,7 +491,8 @@ def _running(
         (p for p in res.satisfying if node is not None and p in node.verified),
         key=lambda p: (costs.get(p, 1), p),
     )
-    profile = on_node[0] if on_node else None
+    # A disputed placement (status vs KubeVirt's label vs launcher pods) is never Compliant.
+    profile = on_node[0] if on_node and not vmi.node_conflict else None
     previous_profile, previous_node = st.node_profile, st.node_name
     st.node_name, st.node_profile = node_name, profile
     _finish_restart(ctx)
@@ -525,7 +526,9 @@ def _running(
 
     # ---- relocation mode
     prev = find_condition(svm.status, ConditionType.COMPLIANT)
-    if st.non_compliant_since is not None and prev is not None and prev.reason in _REASON_TRIGGER:
+    if vmi.node_conflict:
+        trigger = RelocationTrigger.NODE_NOT_COMPLIANT
+    elif st.non_compliant_since is not None and prev is not None and prev.reason in _REASON_TRIGGER:
         trigger = _REASON_TRIGGER[prev.reason]
     elif previous_profile and previous_node == node_name and node is not None:
         if previous_profile not in node.verified:
@@ -545,6 +548,8 @@ def _running(
         if node is not None
         else f"node {node_name} is gone"
     )
+    if vmi.node_conflict:
+        what = f"where the VM runs is disputed: {vmi.node_conflict}"
     cond.false(ConditionType.COMPLIANT, _TRIGGER_REASON[trigger], what)
     cond.false(ConditionType.READY, _TRIGGER_REASON[trigger], what)
     cond.false(ConditionType.PENDING, Reason.PLACED, f"runs on {node_name}")

@@ -9,7 +9,12 @@ SecureVMs whose plan may change because of it:
 * a profile is added, changed or deleted → only the SecureVMs whose request's satisfying set or
   cost preferences change (evaluated once per distinct request, not per SecureVM);
 * a package changes → the SecureVMs naming it;
-* a VM, VMI or migration changes → the SecureVM that manages it.
+* a VM, VMI, migration or virt-launcher pod changes → the SecureVM that manages it.
+
+Where a VM runs is never taken from the VMI's `status.nodeName` alone (a tenant can write it):
+`observation` confirms it against KubeVirt's `kubevirt.io/nodeName` label and the nodes the
+scheduler bound the VMI's launcher pods to (`observed.confirm_placement`), and the node index
+holds every node any of them names, so a revocation on any of them wakes the SecureVM.
 
 One VM, one owner: every SecureVM naming a VM (its own name for `spec.template`, or
 `spec.vmRef.name`) is a *claimant*, and all are kept (`_claimants`). Exactly one owns the VM
@@ -40,7 +45,13 @@ from sod_operator.api.v1alpha1.security import SecurityPackageSpec
 from sod_operator.policy.evaluation import Resolution, evaluate, request_key
 from sod_operator.policy.fleet import InFlight
 from sod_operator.policy.matching import ProfileCapabilities
-from sod_operator.policy.observed import MigrationView, VMIView, VMView
+from sod_operator.policy.observed import (
+    LauncherPod,
+    MigrationView,
+    VMIView,
+    VMView,
+    confirm_placement,
+)
 from sod_operator.policy.placement import NodeView, cost_preferences
 from sod_operator.policy.plan import NodeSnapshot, Observation, SecureVMView
 from sod_operator.policy.request import RequestError, SecurityRequest, resolve_request
@@ -80,6 +91,14 @@ class World:
         """Migrations not yet Succeeded or Failed (what counts against KubeVirt's limits)."""
         self._claimants: defaultdict[Key, set[Key]] = defaultdict(set)
         """VM → every SecureVM naming it (see `owner_of`)."""
+        self.launchers: dict[Key, LauncherPod] = {}
+        """Active virt-launcher pods bound to a node, by (namespace, pod name)."""
+        self._launchers_by_vmi: defaultdict[Key, set[str]] = defaultdict(set)
+        """(namespace, VMI uid) → its active launcher pods' names."""
+        self._vmi_by_uid: dict[Key, str] = {}
+        """(namespace, VMI uid) → VMI name."""
+        self._indexed_nodes: dict[Key, set[str]] = {}
+        """VM → the nodes `_svms_on_node` lists its claimants under."""
         self._svms_on_node: defaultdict[str, set[Key]] = defaultdict(set)
         self._svms_by_package: defaultdict[str, set[Key]] = defaultdict(set)
         self._svms_by_resolution: defaultdict[ResolutionKey, set[Key]] = defaultdict(set)
@@ -172,8 +191,7 @@ class World:
         else:
             self.svms[key] = view
             self._claimants[(key[0], view.vm_name)].add(key)
-            for node in self._vmi_nodes(key[0], view.vm_name):
-                self._svms_on_node[node].add(key)
+            self._reindex_nodes((key[0], view.vm_name))
             if view.spec is not None and view.spec.security.package:
                 self._svms_by_package[view.spec.security.package].add(key)
             self._resolve(key)
@@ -195,7 +213,7 @@ class World:
             claimants.discard(key)
             if not claimants:
                 del self._claimants[vm]
-        for node in self._vmi_nodes(*vm):
+        for node in self._indexed_nodes.get(vm, set()):
             self._svms_on_node[node].discard(key)
         if old.spec is not None and old.spec.security.package:
             self._svms_by_package[old.spec.security.package].discard(key)
@@ -258,8 +276,53 @@ class World:
         return {owner} if owner else set()
 
     def _vmi_nodes(self, namespace: str, vm_name: str) -> set[str]:
+        """Every node the VMI's label, status or launcher pods name."""
         vmi = self.vmis.get((namespace, vm_name))
-        return {vmi.node_name} if vmi is not None and vmi.node_name else set()
+        if vmi is None:
+            return set()
+        nodes = {n for n in (vmi.node_name, vmi.reported_node) if n}
+        return nodes | self._pod_nodes(namespace, vmi.uid)
+
+    def _pod_nodes(self, namespace: str, vmi_uid: str) -> set[str]:
+        names = self._launchers_by_vmi.get((namespace, vmi_uid), set())
+        return {self.launchers[(namespace, n)].node_name for n in names}
+
+    def _reindex_nodes(self, vm: Key) -> None:
+        """Keep `_svms_on_node` in step with the nodes the VMI names."""
+        claimants = self._claimants.get(vm, set())
+        old = self._indexed_nodes.pop(vm, set())
+        new = self._vmi_nodes(*vm)
+        for node in old - new:
+            self._svms_on_node[node].difference_update(claimants)
+        for node in new:
+            self._svms_on_node[node].update(claimants)
+        if new:
+            self._indexed_nodes[vm] = new
+
+    def placed_vmi(self, vm: Key) -> VMIView | None:
+        """The VMI with its node confirmed by KubeVirt's label and its launcher pods."""
+        vmi = self.vmis.get(vm)
+        if vmi is None:
+            return None
+        return confirm_placement(vmi, frozenset(self._pod_nodes(vm[0], vmi.uid)))
+
+    def apply_launcher_pod(self, key: Key, view: LauncherPod | None) -> set[Key]:
+        """A pod was added, changed or deleted; only launcher pods bound to a node are kept."""
+        old = self.launchers.pop(key, None)
+        if old is not None:
+            self._launchers_by_vmi[(key[0], old.vmi_uid)].discard(key[1])
+        if view is not None and view.active and view.node_name:
+            self.launchers[key] = view
+            self._launchers_by_vmi[(key[0], view.vmi_uid)].add(key[1])
+        affected: set[Key] = set()
+        for uid in {v.vmi_uid for v in (old, view) if v is not None}:
+            if not self._launchers_by_vmi.get((key[0], uid)):
+                self._launchers_by_vmi.pop((key[0], uid), None)
+            name = self._vmi_by_uid.get((key[0], uid))
+            if name is not None:
+                self._reindex_nodes((key[0], name))
+                affected |= self._owner_set((key[0], name))
+        return affected
 
     def apply_vm(self, key: Key, view: VMView | None) -> set[Key]:
         """Every claimant: the VM's ownerReferences and label decide which one owns it."""
@@ -271,7 +334,6 @@ class World:
 
     def apply_vmi(self, key: Key, view: VMIView | None) -> set[Key]:
         old = self.vmis.get(key)
-        claimants = self._claimants.get(key, set())
         old_node = old.node_name if old else None
         new_node = view.node_name if view else None
         if old_node != new_node:
@@ -279,14 +341,16 @@ class World:
                 self.load[old_node] -= 1
                 if self.load[old_node] <= 0:
                     del self.load[old_node]
-                self._svms_on_node[old_node].difference_update(claimants)
             if new_node:
                 self.load[new_node] += 1
-                self._svms_on_node[new_node].update(claimants)
+        if old is not None:
+            self._vmi_by_uid.pop((key[0], old.uid), None)
         if view is None:
             self.vmis.pop(key, None)
         else:
             self.vmis[key] = view
+            self._vmi_by_uid[(key[0], view.uid)] = key[1]
+        self._reindex_nodes(key)
         return self._owner_set(key)
 
     def apply_migration(self, key: Key, view: MigrationView | None) -> set[Key]:
@@ -360,7 +424,7 @@ class World:
             catalog=self.profiles,
             nodes=snapshot or self.snapshot(),
             vm=self.vms.get(vm_key),
-            vmi=self.vmis.get(vm_key),
+            vmi=self.placed_vmi(vm_key),
             migrations=self.migrations_of(*vm_key),
             vm_rejected=rejected[2]
             if rejected and rejected[:2] == (svm.uid, svm.generation)

@@ -126,6 +126,7 @@ def vmi(name: str, node_name: str, rv: int = 1, affinity: Json | None = None) ->
             "namespace": NS,
             "uid": f"vmi-{name}",
             "resourceVersion": str(rv),
+            "labels": {"kubevirt.io/nodeName": node_name},
         },
         "spec": {"affinity": affinity or {}},
         "status": {"phase": "Running", "nodeName": node_name},
@@ -178,6 +179,16 @@ def converge(c: Controller, kube: FakeKube, count: int) -> None:
         )
         affinity = created["spec"]["template"]["spec"]["affinity"]
         c.observe(Kind.VMI, vmi(f"vm{i}", "hw-1", affinity=affinity))
+        c.observe(Kind.POD, launcher(f"vm{i}", "hw-1"))
+
+
+def launcher(name: str, node_name: str) -> Json:
+    labels = {"kubevirt.io": "virt-launcher", "kubevirt.io/created-by": f"vmi-{name}"}
+    return {
+        "metadata": {"name": f"virt-launcher-{name}", "namespace": NS, "labels": labels},
+        "spec": {"nodeName": node_name},
+        "status": {"phase": "Running"},
+    }
 
 
 def test_nothing_is_planned_before_every_kind_is_listed(controller: Controller, kube: FakeKube):
