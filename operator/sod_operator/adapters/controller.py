@@ -175,7 +175,8 @@ class Controller:
             spec = body.get("spec") or {}
             labels = None if deleted else dict(meta.get("labels") or {})
             before = w.nodes[name].verified if name in w.nodes else frozenset()
-            affected = w.apply_node(name, labels, not spec.get("unschedulable"), now)
+            schedulable = not spec.get("unschedulable")
+            affected = w.apply_node(name, labels, schedulable, now, spec.get("taints") or ())
             after = w.nodes[name].verified if name in w.nodes else frozenset()
             self._profile_dirty |= before ^ after
             if not self.react_to_nodes:

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sod_operator.api.constants import ANNOTATION_PREFIX, SECUREVM_LABEL
+from sod_operator.policy.placement import NO_CONSTRAINTS, LauncherConstraints
 
 Json = dict[str, Any]
 
@@ -74,6 +75,8 @@ class VMView:
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     resource_version: str = ""
+    launcher: LauncherConstraints = NO_CONSTRAINTS
+    """The template's nodeSelector and tolerations: where its launcher pod can go at all."""
 
     @property
     def securevm(self) -> str | None:
@@ -100,7 +103,8 @@ def vm_from_body(body: Mapping[str, Any]) -> VMView:
     if not isinstance(run_strategy, str):
         # The deprecated `spec.running` boolean maps onto the two strategies it stood for.
         run_strategy = "Always" if spec.get("running") else "Halted"
-    affinity = _dict(_dict(_dict(spec.get("template")).get("spec")).get("affinity")) or None
+    vmi_spec = _dict(_dict(spec.get("template")).get("spec"))
+    affinity = _dict(vmi_spec.get("affinity")) or None
     restart = _condition(status, "RestartRequired")
     return VMView(
         namespace=str(meta.get("namespace", "")),
@@ -115,6 +119,7 @@ def vm_from_body(body: Mapping[str, Any]) -> VMView:
         labels=_str_map(meta.get("labels")),
         annotations=_str_map(meta.get("annotations")),
         resource_version=str(meta.get("resourceVersion", "")),
+        launcher=LauncherConstraints.from_vmi_spec(vmi_spec),
     )
 
 

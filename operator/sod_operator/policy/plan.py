@@ -35,7 +35,12 @@ from sod_operator.policy.observed import (
     VMView,
     parse_time,
 )
-from sod_operator.policy.placement import NodeView, term_matches
+from sod_operator.policy.placement import (
+    NO_CONSTRAINTS,
+    LauncherConstraints,
+    NodeView,
+    term_matches,
+)
 
 Json = dict[str, Any]
 _MAX_NAME = 63
@@ -86,13 +91,20 @@ class NodeSnapshot:
         default_factory=dict, compare=False, repr=False
     )
 
-    def eligible(self, satisfying: Sequence[str], tenant_terms: Sequence[Json]) -> list[str]:
-        """Schedulable nodes with a verified satisfying profile that the tenant's terms admit.
+    def eligible(
+        self,
+        satisfying: Sequence[str],
+        tenant_terms: Sequence[Json],
+        launcher: LauncherConstraints = NO_CONSTRAINTS,
+    ) -> list[str]:
+        """Schedulable nodes with a verified satisfying profile that the tenant's terms and the
+        launcher pod's other constraints (`LauncherConstraints`) admit.
 
         Work is proportional to the satisfying profiles' nodes, never to the whole cluster.
         """
         cache_key = tuple(satisfying)
-        if not tenant_terms and cache_key in self._eligible:
+        cacheable = not tenant_terms and launcher.plain
+        if cacheable and cache_key in self._eligible:
             return list(self._eligible[cache_key])
         names: set[str] = set()
         for profile in satisfying:
@@ -100,13 +112,13 @@ class NodeSnapshot:
         out = []
         for name in names:
             node = self.nodes.get(name)
-            if node is None or not node.schedulable:
+            if node is None or not node.schedulable or not launcher.admits(node):
                 continue
             if tenant_terms and not any(term_matches(t, node.labels, name) for t in tenant_terms):
                 continue
             out.append(name)
         out.sort()
-        if not tenant_terms:
+        if cacheable:
             # One snapshot serves one planning batch: VMs with the same request share the answer.
             self._eligible[cache_key] = tuple(out)
         return out

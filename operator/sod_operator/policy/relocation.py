@@ -37,8 +37,13 @@ from sod_operator.api.v1alpha1.securevm import (
     SecureVMStatus,
 )
 from sod_operator.policy.moving_target import next_move_time
-from sod_operator.policy.observed import STOPPED_ANNOTATION, TEMPLATE_HASH_ANNOTATION, MigrationView
-from sod_operator.policy.placement import desired_affinity, tenant_affinity
+from sod_operator.policy.observed import (
+    STOPPED_ANNOTATION,
+    TEMPLATE_HASH_ANNOTATION,
+    MigrationView,
+    VMView,
+)
+from sod_operator.policy.placement import LauncherConstraints, desired_affinity, tenant_affinity
 from sod_operator.policy.plan import (
     CreateMigration,
     CreateVM,
@@ -159,7 +164,7 @@ def _decide(ctx: _Ctx, slot_granted: bool) -> None:
         .get("requiredDuringSchedulingIgnoredDuringExecution", {})
         .get("nodeSelectorTerms", [])
     )
-    eligible = obs.nodes.eligible(res.satisfying, tenant_terms)
+    eligible = obs.nodes.eligible(res.satisfying, tenant_terms, _launcher(spec, vm))
     st.eligible_nodes = len(eligible)
 
     if not _ensure_vm(ctx, desired, eligible):
@@ -188,6 +193,14 @@ def _decide(ctx: _Ctx, slot_granted: bool) -> None:
         return
 
     _running(ctx, eligible, desired, affinity_current, migrating, slot_granted)
+
+
+def _launcher(spec: SecureVMSpec, vm: VMView | None) -> LauncherConstraints:
+    """The template's nodeSelector and tolerations (ours, or the adopted VM's)."""
+    if spec.template is not None:
+        vmi_spec = (spec.template.get("template") or {}).get("spec")
+        return LauncherConstraints.from_vmi_spec(vmi_spec)
+    return vm.launcher if vm is not None else LauncherConstraints()
 
 
 def _ensure_vm(ctx: _Ctx, desired: Json, eligible: list[str]) -> bool:

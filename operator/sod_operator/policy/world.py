@@ -52,7 +52,7 @@ from sod_operator.policy.observed import (
     VMView,
     confirm_placement,
 )
-from sod_operator.policy.placement import NodeView, cost_preferences
+from sod_operator.policy.placement import NodeView, blocking_taints, cost_preferences
 from sod_operator.policy.plan import NodeSnapshot, Observation, SecureVMView
 from sod_operator.policy.request import RequestError, SecurityRequest, resolve_request
 
@@ -112,7 +112,12 @@ class World:
     # ---------------------------------------------------------------- nodes
 
     def apply_node(
-        self, name: str, labels: dict[str, str] | None, schedulable: bool, now: datetime
+        self,
+        name: str,
+        labels: dict[str, str] | None,
+        schedulable: bool,
+        now: datetime,
+        taints: Iterable[dict[str, object]] = (),
     ) -> set[Key]:
         """A node was added, changed (`labels` set) or deleted (`labels` None)."""
         old = self.nodes.get(name)
@@ -121,7 +126,7 @@ class World:
             self.nodes.pop(name, None)
             after: frozenset[str] = frozenset()
         else:
-            node = NodeView(name, dict(labels), schedulable)
+            node = NodeView(name, dict(labels), schedulable, blocking_taints(taints))
             self.nodes[name] = node
             after = node.verified
         lost, gained = before - after, after - before
@@ -132,9 +137,13 @@ class World:
         if lost:
             self.revoked_at[name] = now
         affected: set[Key] = set()
-        if lost or gained or (old is not None and old.schedulable != schedulable):
+        new = self.nodes.get(name)
+        placeable_changed = old is not None and (
+            old.schedulable != schedulable or (new is not None and old.taints != new.taints)
+        )
+        if lost or gained or placeable_changed:
             affected |= self._svms_on_node.get(name, set())
-        if gained or (old is not None and not old.schedulable and schedulable):
+        if gained or placeable_changed:
             affected |= self.starved
         return affected
 
