@@ -175,7 +175,10 @@ def _decide(ctx: _Ctx, slot_granted: bool) -> None:
     migrating = bool(in_flight) or (vmi is not None and vmi.migrating)
 
     affinity_current = same_affinity(vm.template_affinity, desired)
-    if not affinity_current and not migrating:
+    # Also during a migration: KubeVirt accepts the VM patch and only defers copying the
+    # template to the VMI until the migration ends, so a tenant's edit made meanwhile is
+    # reverted before it can take effect (issue 19; before, it waited for the migration).
+    if not affinity_current:
         ctx.plan.actions.append(
             PatchVM(vm.name, {"spec": {"template": {"spec": {"affinity": desired}}}})
         )
