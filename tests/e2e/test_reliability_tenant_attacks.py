@@ -263,6 +263,7 @@ def test_a_conflicting_securevm_never_silences_the_owner(
             _state(o, "Compliant")[0] == "True"
             and (_vmi(admin, "web") or {}).get("metadata", {}).get("uid") not in (None, old_uid)
             and (o.get("status") or {}).get("nodeName") in (HW1, HW2)
+            and _vmi_node(admin, "web") == (o.get("status") or {}).get("nodeName")
         ),
         "web Compliant again on a new instance on a HyperWall node",
     )
