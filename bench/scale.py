@@ -153,10 +153,12 @@ def _world(bed: Any) -> tuple[Any, dict[Any, list[dict[str, Any]]]]:
         (Kind.VMI, resource_path(testbed.KUBEVIRT, "virtualmachineinstances")),
         (Kind.MIGRATION, resource_path(testbed.KUBEVIRT, "virtualmachineinstancemigrations")),
         (Kind.SECUREVM, resource_path("sod.dev/v1alpha1", "securevms")),
+        (Kind.POD, resource_path("v1", "pods")),  # virt-launcher pods: where each VMI runs
     ]
     fleet: dict[Any, list[dict[str, Any]]] = {}
     for kind, path in kinds:
-        for obj in bed.api.list(path).get("items", []):
+        selector = "kubevirt.io=virt-launcher" if kind is Kind.POD else None
+        for obj in bed.api.list(path, selector).get("items", []):
             controller.observe(kind, obj)
             if obj["metadata"].get("namespace") == "fleet":
                 fleet.setdefault(kind, []).append(obj)
@@ -164,8 +166,8 @@ def _world(bed: Any) -> tuple[Any, dict[Any, list[dict[str, Any]]]]:
 
 
 def _grow(controller: Any, fleet: dict[Any, list[dict[str, Any]]], total: int) -> None:
-    """Add copies of the fleet (each SecureVM with its VM and VMI, on the same nodes) until
-    the operator's world holds `total` SecureVMs, through the same `observe` path."""
+    """Add copies of the fleet (each SecureVM with its VM, VMI and launcher pods, on the same
+    nodes) until the operator's world holds `total` SecureVMs, through the same `observe` path."""
     import copy
     import uuid
 
@@ -175,6 +177,9 @@ def _grow(controller: Any, fleet: dict[Any, list[dict[str, Any]]], total: int) -
     vms = {o["metadata"]["name"]: o for o in fleet.get(Kind.VM, [])}
     vmis = {o["metadata"]["name"]: o for o in fleet.get(Kind.VMI, [])}
     svms = [o for o in fleet.get(Kind.SECUREVM, []) if o["metadata"]["name"] in vmis]
+    pods: dict[str, list[dict[str, Any]]] = {}
+    for pod in fleet.get(Kind.POD, []):
+        pods.setdefault(pod["metadata"]["labels"].get("kubevirt.io/created-by", ""), []).append(pod)
     copy_no = 0
     while len(controller.world.svms) < total:
         copy_no += 1
@@ -200,6 +205,11 @@ def _grow(controller: Any, fleet: dict[Any, list[dict[str, Any]]], total: int) -
                     ref.update(name=new, uid=v2["metadata"]["uid"])
             controller.observe(Kind.VM, v2)
             controller.observe(Kind.VMI, i2)
+            for pod in pods.get(vmis[name]["metadata"]["uid"], []):
+                p2 = copy.deepcopy(pod)
+                p2["metadata"].update(name=f"{pod['metadata']['name']}-c{copy_no}")
+                p2["metadata"]["labels"]["kubevirt.io/created-by"] = i2["metadata"]["uid"]
+                controller.observe(Kind.POD, p2)
             controller.observe(Kind.SECUREVM, s2)
 
 

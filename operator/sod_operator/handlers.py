@@ -149,3 +149,19 @@ async def index_migrations(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(*KUBEVIRT, "virtualmachineinstancemigrations")
 async def event_migrations(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     _react(memo, Kind.MIGRATION, body, type)
+
+
+# ---- virt-launcher pods: the node the scheduler bound each VMI to (a VMI's status.nodeName is
+# tenant-writable, issue 19). kopf filters labels client-side: it watches every pod.
+
+LAUNCHER = {"kubevirt.io": "virt-launcher"}
+
+
+@kopf.index("", "v1", "pods", labels=LAUNCHER)
+async def index_launcher_pods(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _observe(memo, Kind.POD, body)
+
+
+@kopf.on.event("", "v1", "pods", labels=LAUNCHER)
+async def event_launcher_pods(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _react(memo, Kind.POD, body, type)

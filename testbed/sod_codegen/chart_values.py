@@ -226,7 +226,7 @@ class Relocation(_Values):
     as a migration target while another compliant node exists (anti-flapping)."""
     mtd_budget: Annotated[int, Field(ge=0, le=1000)] = 1
     """mtdBudget is how many moving-target-defense migrations may run at once, cluster-wide."""
-    resync_seconds: Annotated[float, Field(ge=1, le=86400)] = 600
+    resync_seconds: Annotated[float, Field(ge=1, le=86400)] = 60
     """resyncSeconds is the longest time between two plans of one SecureVM (a level-triggered
     safety net; changes are acted on at once)."""
 

@@ -350,6 +350,7 @@ def test_operator_role_is_the_briefs(helm: Helm):
           for v in ("get", "list", "watch")),
         ("sod.dev", "serversecurityprofiles/status", "patch"),
         *(("", "nodes", v) for v in ("get", "list", "watch")),
+        *(("", "pods", v) for v in ("get", "list", "watch")),  # virt-launcher pods (issue 19)
         *(("kubevirt.io", "virtualmachines", v)
           for v in ("get", "list", "watch", "create", "patch")),
         *(("kubevirt.io", "virtualmachineinstances", v)

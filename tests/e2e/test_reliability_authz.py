@@ -403,6 +403,7 @@ _grant("kubevirt.io", "virtualmachines", "patch", "affinity, adoption label, fai
 _grant("kubevirt.io", "virtualmachineinstances", "get list watch", "where each VM runs")
 _grant("kubevirt.io", "virtualmachineinstances", "delete",
        "restart relocation; re-rendering an instance that was never scheduled")  # fmt: skip
+_grant("", "pods", "get list watch", "virt-launcher pods: the node each VMI was bound to")
 _grant("kubevirt.io", "virtualmachineinstancemigrations", "get list watch", "migration state")
 _grant("kubevirt.io", "virtualmachineinstancemigrations", "create", "relocation")
 _grant("apiextensions.k8s.io", "customresourcedefinitions", "get list watch",

@@ -6,8 +6,10 @@ simulator at a fast time scale, an unschedulable target failing after 3 s) and o
 
 * **injected failures**: 10 VMs evacuated while KubeVirt's own failure-injection annotation
   makes every first attempt fail; each retry must land on another node than the failed target;
-* **a target that never schedules**: the only compliant target is tainted `NoSchedule` (the
-  operator sees a verified node, the scheduler never places the target pod); KubeVirt fails the
+* **a target that never schedules**: the only compliant target first is tainted `NoSchedule`
+  (the operator knows the launcher pod does not tolerate it: no migration, NoCompliantNode),
+  then instead lacks `kubevirt.io/schedulable=true` (KubeVirt's own node selector, which the
+  operator does not model: the scheduler never places the target pod); KubeVirt fails the
   migration, the fail-closed `Alert` fires at its deadline, and the VM moves as soon as a
   usable node gains trust;
 * **the target revoked mid-migration**: the migration is held in flight while its target loses
@@ -130,6 +132,13 @@ class World:
             resource_path("v1", "nodes", name=node), {"spec": {"taints": [TAINT] if on else None}}
         )
 
+    def kubevirt_schedulable(self, node: str, on: bool) -> None:
+        """virt-handler's `kubevirt.io/schedulable` label, which every launcher pod selects."""
+        labels = {"kubevirt.io/schedulable": "true" if on else "false"}
+        self.api.merge_patch(
+            resource_path("v1", "nodes", name=node), {"metadata": {"labels": labels}}
+        )
+
     def close(self) -> None:
         self.operator.stop()
         self.api.delete(resource_path("v1", "namespaces", name=self.ns))
@@ -198,7 +207,19 @@ def test_a_target_that_never_schedules(world: Any):
     w.ready_on("stuck", (H1,))
     w.taint(H2, True)
     try:
-        w.trust(H2)  # H1 revoked; the only compliant node never takes a pod
+        w.trust(H2)  # H1 revoked; the only compliant node does not take this VM's pods
+        wait_for(
+            lambda: w.svm("stuck"),
+            lambda o: (condition(o, "Relocating") or {}).get("reason") == "NoCompliantNode",
+            "NoCompliantNode: the only compliant node's taint is not tolerated",
+        )
+        time.sleep(2)  # more events must not create a migration either
+        tainted_migrations = len(w.migrations("stuck"))
+        assert tainted_migrations == 0, (
+            "a migration to a node whose taint the pod does not tolerate"
+        )
+        w.kubevirt_schedulable(H2, False)
+        w.taint(H2, False)
         alerted = wait_for(
             lambda: w.svm("stuck"),
             lambda o: (condition(o, "Ready") or {}).get("reason") == "FailClosedDeadlineExceeded",
@@ -217,14 +238,18 @@ def test_a_target_that_never_schedules(world: Any):
         done = w.svm("stuck")
     finally:
         w.taint(H2, False)
+        w.kubevirt_schedulable(H2, True)
     vmims = w.migrations("stuck")
     failed = [m for m in vmims if m["status"].get("phase") == "Failed"]
     record(
         "3",
-        "a target that never schedules (only compliant node tainted NoSchedule)",
+        "a target that never schedules (only compliant node tainted NoSchedule, then without "
+        "kubevirt.io/schedulable)",
         1,
+        "tainted: NoCompliantNode, no migration; without KubeVirt's label (not modelled): "
         f"{len(failed)} doomed migration(s) failed by KubeVirt; fail-closed Alert fired; "
         f"moved to {node} once it gained trust",
+        migrations_while_tainted=tainted_migrations,
         migrations=[(m["metadata"]["name"], m["status"].get("phase")) for m in vmims],
         alert_message=condition(alerted, "Ready")["message"],
         seconds_node_verified_to_compliant=round(

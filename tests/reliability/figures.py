@@ -71,6 +71,7 @@ ITEMS = {
     "4": "Bad input",
     "5": "Authorization",
     "6": "Attestation attacks",
+    "7": "Tenant attacks on VM ownership and placement",
 }
 BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"
 _PLAIN = ("time", "commit", "item", "experiment", "trials", "outcome")

@@ -42,6 +42,7 @@ from sod_operator.api.v1alpha1.security import SecurityPackageSpec
 from sod_operator.policy.fleet import InFlight, plan_batch
 from sod_operator.policy.observed import (
     TRIGGER_LABEL,
+    launcher_pod_from_body,
     migration_from_body,
     vm_from_body,
     vmi_from_body,
@@ -56,6 +57,7 @@ from sod_operator.policy.plan import (
     securevm_from_body,
     status_body,
 )
+from sod_operator.policy.resync import correction
 from sod_operator.policy.settings import RelocationSettings
 from sod_operator.policy.world import Key, World
 
@@ -72,6 +74,8 @@ class Kind(StrEnum):
     VM = "VirtualMachine"
     VMI = "VirtualMachineInstance"
     MIGRATION = "VirtualMachineInstanceMigration"
+    POD = "Pod"
+    """virt-launcher pods only: where the scheduler bound each VMI (issue 19)."""
 
 
 def _rv(body: Mapping[str, Any]) -> int | None:
@@ -86,7 +90,7 @@ def _utcnow() -> datetime:
 
 
 # What still wakes the planner in `periodic_only` mode: KubeVirt continuing a relocation.
-_CONTINUATIONS = frozenset({Kind.VM, Kind.VMI, Kind.MIGRATION})
+_CONTINUATIONS = frozenset({Kind.VM, Kind.VMI, Kind.MIGRATION, Kind.POD})
 
 
 class _VMRejected(Exception):
@@ -133,6 +137,9 @@ class Controller:
         self._profile_dirty: set[str] = set()
         self._profile_generation: dict[str, int] = {}
         self._profile_written: dict[str, tuple[int, int]] = {}
+        self._resync_only: set[Key] = set()
+        """Keys marked by the periodic re-check and by nothing else since: what their plan
+        corrects is counted (`policy.resync`)."""
         metrics.bind(self.world, lambda: len(self.world.active_migrations))
 
     @property
@@ -168,7 +175,8 @@ class Controller:
             spec = body.get("spec") or {}
             labels = None if deleted else dict(meta.get("labels") or {})
             before = w.nodes[name].verified if name in w.nodes else frozenset()
-            affected = w.apply_node(name, labels, not spec.get("unschedulable"), now)
+            schedulable = not spec.get("unschedulable")
+            affected = w.apply_node(name, labels, schedulable, now, spec.get("taints") or ())
             after = w.nodes[name].verified if name in w.nodes else frozenset()
             self._profile_dirty |= before ^ after
             if not self.react_to_nodes:
@@ -197,6 +205,9 @@ class Controller:
             affected = w.apply_vm((ns, name), None if deleted else vm_from_body(body))
         elif kind is Kind.VMI:
             affected = w.apply_vmi((ns, name), None if deleted else vmi_from_body(body))
+        elif kind is Kind.POD:
+            pod = None if deleted else launcher_pod_from_body(body)
+            affected = w.apply_launcher_pod((ns, name), pod)
         else:
             was_active = (ns, name) in w.active_migrations
             affected = w.apply_migration((ns, name), None if deleted else migration_from_body(body))
@@ -226,10 +237,12 @@ class Controller:
             return self.world.apply_securevm(key, None)
         view = securevm_from_body(body)
         old = self.world.svms.get(key)
-        self.world.apply_securevm(key, view)
+        affected = self.world.apply_securevm(key, view)
         if old is not None and old.generation == view.generation and old.status == view.status:
-            return set()  # metadata-only change, or the echo of our own status write
-        return {key}
+            # Metadata-only change, or the echo of our own status write: only other claimants
+            # of the VM whose owner changed (none, normally).
+            return affected - {key}
+        return affected
 
     @staticmethod
     def _parse_profile(body: Mapping[str, Any]) -> ServerSecurityProfileSpec | None:
@@ -259,6 +272,8 @@ class Controller:
         t = time.monotonic()
         queue = self._urgent if urgent and self.ready.is_set() else self._background
         added = False
+        keys = list(keys)
+        self._resync_only.difference_update(keys)
         for key in keys:
             if key not in self._urgent and key not in self._background:
                 queue[key] = t
@@ -340,7 +355,10 @@ class Controller:
         # Level-triggered safety net: every SecureVM is re-planned now and then (background).
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
-            self.mark(self.world.all_keys(), urgent=False)
+            keys = [k for k in self.world.all_keys() if k not in self._urgent]
+            fresh = [k for k in keys if k not in self._background]
+            self.mark(keys, urgent=False)
+            self._resync_only.update(fresh)
 
     async def _profile_status_loop(self, period: float = 1.0) -> None:
         """`ServerSecurityProfile.status.verifiedNodes`, off the hot path and at most once a
@@ -387,12 +405,21 @@ class Controller:
         self._waiting = (self._waiting - set(observations)) | set(result.waiting)
         self.metrics.planning.observe(time.perf_counter() - started)
         for key, plan in result.plans.items():
+            self._count_correction(key, plan, observations[key])
             self._note_starved(key, plan)
             self._executing.add(key)
             self._dispatch(key, plan, observations[key])
             task = asyncio.get_running_loop().create_task(self._execute(key, plan))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _count_correction(self, key: Key, plan: Plan, obs: Any) -> None:
+        if key in self._resync_only:
+            self._resync_only.discard(key)
+            what = correction(obs.svm.status, plan)
+            if what is not None:
+                self.metrics.resync_corrections.labels(what=what).inc()
+                log.warning("%s/%s: the periodic re-check corrected %s", *key, what)
 
     def _dispatch(self, key: Key, plan: Plan, obs: Any) -> None:
         # A granted migration is in flight from the grant on: a batch planned while its

@@ -17,6 +17,8 @@ time from the in-memory world, so the hot path only increments counters and hist
 |   |   | node, by the verified profile that justified it |
 | `sod_planning_seconds` | histogram | — one planning batch |
 | `sod_api_errors_total` | counter | `action` |
+| `sod_resync_corrections_total` | counter | `what` (`actions`, `claim`) — what the periodic |
+|   |   | full re-check found that no event had (`policy.resync`) |
 """
 
 from __future__ import annotations
@@ -152,6 +154,12 @@ class Metrics:
             registry=r,
         )
         self.api_errors = PromCounter("sod_api_errors", "Failed API writes", ["action"], registry=r)
+        self.resync_corrections = PromCounter(
+            "sod_resync_corrections",
+            "Re-plans of the periodic full re-check that acted or changed a SecureVM's claim",
+            ["what"],
+            registry=r,
+        )
         self.protected = ProtectedTime()
         self._world: World | None = None
         self._in_flight: Callable[[], int] = lambda: 0

@@ -22,6 +22,7 @@ from sod_operator.cli.errors import UsageError
 from sod_operator.policy.evaluation import resolve
 from sod_operator.policy.explain import Explanation, explain, tenant_terms
 from sod_operator.policy.matching import ProfileCapabilities
+from sod_operator.policy.observed import vmi_from_body
 from sod_operator.policy.placement import NodeView
 from sod_operator.policy.plan import securevm_from_body
 
@@ -99,7 +100,8 @@ def gather(kube: Kube, namespace: str, name: str) -> tuple[Json, Explanation]:
                 ((obj.get("spec") or {}).get("template") or {}).get("spec", {}).get("affinity")
             )
         else:
-            vm_node = (obj.get("status") or {}).get("nodeName")
+            # KubeVirt's reserved label, not status.nodeName (tenant-writable, issue 19).
+            vm_node = vmi_from_body(obj).node_name
     if view.spec.template is not None:
         affinity = (view.spec.template.get("template") or {}).get("spec", {}).get("affinity")
     nodes = [

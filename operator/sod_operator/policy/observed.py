@@ -8,11 +8,12 @@ are read; see `../shared/notes/kubevirt.md` §1.1-1.3 for their meaning.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sod_operator.api.constants import ANNOTATION_PREFIX, SECUREVM_LABEL
+from sod_operator.policy.placement import NO_CONSTRAINTS, LauncherConstraints
 
 Json = dict[str, Any]
 
@@ -23,7 +24,15 @@ TEMPLATE_HASH_ANNOTATION = f"{ANNOTATION_PREFIX}template-hash"
 STOPPED_ANNOTATION = f"{ANNOTATION_PREFIX}fail-closed-stopped"
 """Annotation on a VM stopped by the fail-closed policy: the run strategy to restore."""
 
+NODE_NAME_LABEL = "kubevirt.io/nodeName"
+"""KubeVirt's reserved label on a VMI: the node it runs on (virt-api refuses it to others)."""
+LAUNCHER_LABEL = "kubevirt.io"
+LAUNCHER_VALUE = "virt-launcher"
+CREATED_BY_LABEL = "kubevirt.io/created-by"
+"""On a virt-launcher pod: the uid of the VMI it runs."""
+
 FINAL_MIGRATION_PHASES = frozenset({"Succeeded", "Failed"})
+FINAL_POD_PHASES = frozenset({"Succeeded", "Failed"})
 RUNNING_VMI_PHASES = frozenset({"Running"})
 
 
@@ -66,6 +75,8 @@ class VMView:
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     resource_version: str = ""
+    launcher: LauncherConstraints = NO_CONSTRAINTS
+    """The template's nodeSelector and tolerations: where its launcher pod can go at all."""
 
     @property
     def securevm(self) -> str | None:
@@ -92,7 +103,8 @@ def vm_from_body(body: Mapping[str, Any]) -> VMView:
     if not isinstance(run_strategy, str):
         # The deprecated `spec.running` boolean maps onto the two strategies it stood for.
         run_strategy = "Always" if spec.get("running") else "Halted"
-    affinity = _dict(_dict(_dict(spec.get("template")).get("spec")).get("affinity")) or None
+    vmi_spec = _dict(_dict(spec.get("template")).get("spec"))
+    affinity = _dict(vmi_spec.get("affinity")) or None
     restart = _condition(status, "RestartRequired")
     return VMView(
         namespace=str(meta.get("namespace", "")),
@@ -107,6 +119,7 @@ def vm_from_body(body: Mapping[str, Any]) -> VMView:
         labels=_str_map(meta.get("labels")),
         annotations=_str_map(meta.get("annotations")),
         resource_version=str(meta.get("resourceVersion", "")),
+        launcher=LauncherConstraints.from_vmi_spec(vmi_spec),
     )
 
 
@@ -153,6 +166,8 @@ class VMIView:
     uid: str = ""
     phase: str = ""
     node_name: str | None = None
+    """Where the VM runs, from what a tenant cannot write: KubeVirt's `kubevirt.io/nodeName`
+    label, confirmed by the launcher pods (`confirm_placement`)."""
     affinity: Json | None = None
     live_migratable: bool | None = None
     """False when KubeVirt says the VMI cannot be live-migrated; None when it has not said."""
@@ -160,6 +175,11 @@ class VMIView:
     not_migratable_message: str = ""
     migration: MigrationState | None = None
     evacuation_node: str | None = None
+    reported_node: str | None = None
+    """`status.nodeName`: VMIs have no status subresource, so KubeVirt's `edit` role lets the
+    tenant write it (issue 19). Compared, never believed."""
+    node_conflict: str = ""
+    """Why the sources of `node_name` disagree (empty when they agree): never Compliant."""
 
     @property
     def running(self) -> bool:
@@ -188,7 +208,8 @@ def vmi_from_body(body: Mapping[str, Any]) -> VMIView:
         name=str(meta.get("name", "")),
         uid=str(meta.get("uid", "")),
         phase=str(status.get("phase", "")),
-        node_name=str(status["nodeName"]) if status.get("nodeName") else None,
+        node_name=_str_map(meta.get("labels")).get(NODE_NAME_LABEL) or None,
+        reported_node=str(status["nodeName"]) if status.get("nodeName") else None,
         affinity=_dict(spec.get("affinity")) or None,
         live_migratable=live,
         not_migratable_reason=str((lm or {}).get("reason", "")) if live is False else "",
@@ -198,6 +219,70 @@ def vmi_from_body(body: Mapping[str, Any]) -> VMIView:
         if status.get("evacuationNodeName")
         else None,
     )
+
+
+@dataclass(frozen=True)
+class LauncherPod:
+    """A virt-launcher pod: which VMI (by uid) it runs, on which node the scheduler bound it."""
+
+    namespace: str
+    name: str
+    vmi_uid: str
+    node_name: str
+    active: bool
+    """Not Succeeded/Failed (a migration's source pod turns Succeeded once the target runs)."""
+
+
+def launcher_pod_from_body(body: Mapping[str, Any]) -> LauncherPod | None:
+    """A launcher pod, or None for any other pod (or one not bound to a node yet)."""
+    meta, spec, status = (
+        _dict(body.get("metadata")),
+        _dict(body.get("spec")),
+        _dict(body.get("status")),
+    )
+    labels = _str_map(meta.get("labels"))
+    if labels.get(LAUNCHER_LABEL) != LAUNCHER_VALUE or not labels.get(CREATED_BY_LABEL):
+        return None
+    return LauncherPod(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        vmi_uid=labels[CREATED_BY_LABEL],
+        node_name=str(spec.get("nodeName") or ""),
+        active=str(status.get("phase", "")) not in FINAL_POD_PHASES,
+    )
+
+
+def confirm_placement(vmi: VMIView, pod_nodes: frozenset[str]) -> VMIView:
+    """The VMI with `node_name` from what a tenant cannot write, and any disagreement named.
+
+    `pod_nodes`: nodes of the VMI's active launcher pods. The label must name one of them (a
+    second pod is a migration's source or target) and `status.nodeName` must equal the label.
+    Until a launcher pod is seen the VMI counts as not yet scheduled (a watch race must not
+    look like a lie). On disagreement the node is the label's when a pod confirms it, else the
+    only pod's: the VMI is never Compliant while `node_conflict` is set.
+    """
+    label, reported = vmi.node_name, vmi.reported_node
+    if label is None and reported is None:
+        return vmi
+    if not pod_nodes:
+        return replace(vmi, node_name=None)
+    problems = []
+    if reported != label:
+        problems.append(
+            f"status.nodeName says {reported or '(none)'} but KubeVirt's "
+            f"{NODE_NAME_LABEL} label says {label or '(none)'}"
+        )
+    if label not in pod_nodes:
+        problems.append(
+            f"the {NODE_NAME_LABEL} label says {label or '(none)'} but the launcher pod runs on "
+            f"{', '.join(sorted(pod_nodes))}"
+        )
+    if not problems:
+        return vmi
+    node = (
+        label if label in pod_nodes else (next(iter(pod_nodes)) if len(pod_nodes) == 1 else label)
+    )
+    return replace(vmi, node_name=node, node_conflict="; ".join(problems))
 
 
 @dataclass(frozen=True)

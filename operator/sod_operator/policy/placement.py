@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -201,12 +201,74 @@ class NodeView:
     name: str
     labels: Mapping[str, str]
     schedulable: bool = True
+    taints: tuple[Json, ...] = ()
+    """`spec.taints` with effect NoSchedule or NoExecute: a pod must tolerate them."""
 
     @cached_property
     def verified(self) -> frozenset[str]:
         # Cached: planning asks this per candidate node, and a node's labels never change in
         # place (a label event builds a new NodeView).
         return verified_profiles(self.labels)
+
+
+_BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+# Kubernetes' DefaultTolerationSeconds admission gives every pod these (NoExecute, 300 s).
+_DEFAULT_TOLERATIONS: tuple[Json, ...] = (
+    {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"},
+    {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
+)
+
+
+def blocking_taints(taints: Iterable[Json]) -> tuple[Json, ...]:
+    """The taints the scheduler filters on (PreferNoSchedule only scores)."""
+    return tuple(t for t in taints if isinstance(t, dict) and t.get("effect") in _BLOCKING_EFFECTS)
+
+
+def tolerates(toleration: Json, taint: Json) -> bool:
+    """Kubernetes' `Toleration.ToleratesTaint`."""
+    effect = toleration.get("effect") or ""
+    if effect and effect != taint.get("effect"):
+        return False
+    key = toleration.get("key") or ""
+    if key and key != taint.get("key"):
+        return False
+    if (toleration.get("operator") or "Equal") == "Exists":
+        return True
+    return bool(key) and (toleration.get("value") or "") == (taint.get("value") or "")
+
+
+@dataclass(frozen=True)
+class LauncherConstraints:
+    """What the scheduler applies to the VM's launcher pod beyond the required affinity: the
+    template's `nodeSelector`, and its `tolerations` against the nodes' taints. A node that
+    fails them is no target (a migration there would only leave a Pending pod, issue 19)."""
+
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Json, ...] = ()
+
+    @classmethod
+    def from_vmi_spec(cls, spec: Mapping[str, Any] | None) -> LauncherConstraints:
+        spec = spec or {}
+        selector = spec.get("nodeSelector") or {}
+        tolerations = spec.get("tolerations") or []
+        return cls(
+            {str(k): str(v) for k, v in selector.items()} if isinstance(selector, dict) else {},
+            tuple(t for t in tolerations if isinstance(t, dict)),
+        )
+
+    @property
+    def plain(self) -> bool:
+        """No selector and no tolerations: the answer depends on the nodes alone (cacheable)."""
+        return not self.node_selector and not self.tolerations
+
+    def admits(self, node: NodeView) -> bool:
+        if any(node.labels.get(k) != v for k, v in self.node_selector.items()):
+            return False
+        allowed = (*self.tolerations, *_DEFAULT_TOLERATIONS)
+        return all(any(tolerates(t, taint) for t in allowed) for taint in node.taints)
+
+
+NO_CONSTRAINTS = LauncherConstraints()
 
 
 def justifying_profile(
@@ -220,13 +282,16 @@ def justifying_profile(
 
 
 def eligible_nodes(
-    nodes: Iterable[NodeView], satisfying: Sequence[str], tenant_terms: Sequence[Json] = ()
+    nodes: Iterable[NodeView],
+    satisfying: Sequence[str],
+    tenant_terms: Sequence[Json] = (),
+    launcher: LauncherConstraints = NO_CONSTRAINTS,
 ) -> list[str]:
     """Schedulable nodes with a verified satisfying profile that the tenant's terms admit."""
     wanted = frozenset(satisfying)
     out = []
     for node in nodes:
-        if not node.schedulable or not (node.verified & wanted):
+        if not node.schedulable or not (node.verified & wanted) or not launcher.admits(node):
             continue
         if tenant_terms and not any(term_matches(t, node.labels, node.name) for t in tenant_terms):
             continue

@@ -33,8 +33,14 @@ from sod_operator.policy.observed import (
     MigrationView,
     VMIView,
     VMView,
+    parse_time,
 )
-from sod_operator.policy.placement import NodeView, term_matches
+from sod_operator.policy.placement import (
+    NO_CONSTRAINTS,
+    LauncherConstraints,
+    NodeView,
+    term_matches,
+)
 
 Json = dict[str, Any]
 _MAX_NAME = 63
@@ -55,6 +61,8 @@ class SecureVMView:
     spec: SecureVMSpec | None
     status: SecureVMStatus
     spec_error: str = ""
+    created: datetime | None = None
+    """metadata.creationTimestamp: which of several SecureVMs claiming one VM owns it."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -83,13 +91,20 @@ class NodeSnapshot:
         default_factory=dict, compare=False, repr=False
     )
 
-    def eligible(self, satisfying: Sequence[str], tenant_terms: Sequence[Json]) -> list[str]:
-        """Schedulable nodes with a verified satisfying profile that the tenant's terms admit.
+    def eligible(
+        self,
+        satisfying: Sequence[str],
+        tenant_terms: Sequence[Json],
+        launcher: LauncherConstraints = NO_CONSTRAINTS,
+    ) -> list[str]:
+        """Schedulable nodes with a verified satisfying profile that the tenant's terms and the
+        launcher pod's other constraints (`LauncherConstraints`) admit.
 
         Work is proportional to the satisfying profiles' nodes, never to the whole cluster.
         """
         cache_key = tuple(satisfying)
-        if not tenant_terms and cache_key in self._eligible:
+        cacheable = not tenant_terms and launcher.plain
+        if cacheable and cache_key in self._eligible:
             return list(self._eligible[cache_key])
         names: set[str] = set()
         for profile in satisfying:
@@ -97,13 +112,13 @@ class NodeSnapshot:
         out = []
         for name in names:
             node = self.nodes.get(name)
-            if node is None or not node.schedulable:
+            if node is None or not node.schedulable or not launcher.admits(node):
                 continue
             if tenant_terms and not any(term_matches(t, node.labels, name) for t in tenant_terms):
                 continue
             out.append(name)
         out.sort()
-        if not tenant_terms:
+        if cacheable:
             # One snapshot serves one planning batch: VMs with the same request share the answer.
             self._eligible[cache_key] = tuple(out)
         return out
@@ -124,6 +139,9 @@ class Observation:
     vm_rejected: str | None = None
     """Why the apiserver refused to create the VM from this generation's template, if it did
     (retrying cannot help until the tenant changes the SecureVM)."""
+    vm_owner: str | None = None
+    """Another SecureVM that owns this SecureVM's VM (`World.owner_of`): this one only reports
+    VirtualMachineConflict and never acts on the VM."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,6 +346,7 @@ def securevm_from_body(body: Mapping[str, Any]) -> SecureVMView:
         spec=spec,
         status=status,
         spec_error=error,
+        created=parse_time(meta.get("creationTimestamp")),
     )
 
 

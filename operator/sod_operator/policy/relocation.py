@@ -37,8 +37,13 @@ from sod_operator.api.v1alpha1.securevm import (
     SecureVMStatus,
 )
 from sod_operator.policy.moving_target import next_move_time
-from sod_operator.policy.observed import STOPPED_ANNOTATION, TEMPLATE_HASH_ANNOTATION, MigrationView
-from sod_operator.policy.placement import desired_affinity, tenant_affinity
+from sod_operator.policy.observed import (
+    STOPPED_ANNOTATION,
+    TEMPLATE_HASH_ANNOTATION,
+    MigrationView,
+    VMView,
+)
+from sod_operator.policy.placement import LauncherConstraints, desired_affinity, tenant_affinity
 from sod_operator.policy.plan import (
     CreateMigration,
     CreateVM,
@@ -159,7 +164,7 @@ def _decide(ctx: _Ctx, slot_granted: bool) -> None:
         .get("requiredDuringSchedulingIgnoredDuringExecution", {})
         .get("nodeSelectorTerms", [])
     )
-    eligible = obs.nodes.eligible(res.satisfying, tenant_terms)
+    eligible = obs.nodes.eligible(res.satisfying, tenant_terms, _launcher(spec, vm))
     st.eligible_nodes = len(eligible)
 
     if not _ensure_vm(ctx, desired, eligible):
@@ -170,7 +175,10 @@ def _decide(ctx: _Ctx, slot_granted: bool) -> None:
     migrating = bool(in_flight) or (vmi is not None and vmi.migrating)
 
     affinity_current = same_affinity(vm.template_affinity, desired)
-    if not affinity_current and not migrating:
+    # Also during a migration: KubeVirt accepts the VM patch and only defers copying the
+    # template to the VMI until the migration ends, so a tenant's edit made meanwhile is
+    # reverted before it can take effect (issue 19; before, it waited for the migration).
+    if not affinity_current:
         ctx.plan.actions.append(
             PatchVM(vm.name, {"spec": {"template": {"spec": {"affinity": desired}}}})
         )
@@ -190,12 +198,23 @@ def _decide(ctx: _Ctx, slot_granted: bool) -> None:
     _running(ctx, eligible, desired, affinity_current, migrating, slot_granted)
 
 
+def _launcher(spec: SecureVMSpec, vm: VMView | None) -> LauncherConstraints:
+    """The template's nodeSelector and tolerations (ours, or the adopted VM's)."""
+    if spec.template is not None:
+        vmi_spec = (spec.template.get("template") or {}).get("spec")
+        return LauncherConstraints.from_vmi_spec(vmi_spec)
+    return vm.launcher if vm is not None else LauncherConstraints()
+
+
 def _ensure_vm(ctx: _Ctx, desired: Json, eligible: list[str]) -> bool:
     """Create or adopt the VM; False when there is nothing (more) to decide this time."""
     obs, cond, svm = ctx.obs, ctx.cond, ctx.svm
     spec = svm.spec
     assert spec is not None
     vm = obs.vm
+    if obs.vm_owner is not None:
+        _conflict(ctx, f"VirtualMachine {svm.vm_name} is managed by SecureVM {obs.vm_owner}")
+        return False
     if spec.template is not None:
         if vm is None and obs.vm_rejected:
             cond.false(
@@ -222,7 +241,7 @@ def _ensure_vm(ctx: _Ctx, desired: Json, eligible: list[str]) -> bool:
                 f"VirtualMachine {vm.name} exists and is not owned by this SecureVM: rename the "
                 "SecureVM, or adopt the VM with `spec.vmRef`"
             )
-            cond.false(ConditionType.READY, Reason.VM_CONFLICT, msg)
+            _conflict(ctx, msg)
             return False
         if vm.template_hash != template_hash(spec.template):
             # The tenant edited the template: re-apply it (KubeVirt decides what needs a restart).
@@ -247,11 +266,7 @@ def _ensure_vm(ctx: _Ctx, desired: Json, eligible: list[str]) -> bool:
         return False
     owner = vm.securevm
     if owner is not None and owner != svm.name:
-        cond.false(
-            ConditionType.READY,
-            Reason.VM_CONFLICT,
-            f"VirtualMachine {vm.name} is already managed by SecureVM {owner}",
-        )
+        _conflict(ctx, f"VirtualMachine {vm.name} is already managed by SecureVM {owner}")
         return False
     if owner is None:
         ctx.plan.actions.append(
@@ -261,6 +276,14 @@ def _ensure_vm(ctx: _Ctx, desired: Json, eligible: list[str]) -> bool:
             Event(EventType.NORMAL, EventReason.VM_ADOPTED, f"adopted VirtualMachine {vm.name}")
         )
     return True
+
+
+def _conflict(ctx: _Ctx, message: str) -> None:
+    """Another SecureVM manages the VM: say so, and claim nothing about where it runs (no
+    stale NODE/PROFILE columns, Compliant Unknown)."""
+    ctx.cond.false(ConditionType.READY, Reason.VM_CONFLICT, message)
+    _unknown_placement(ctx, Reason.VM_CONFLICT, message)
+    ctx.status.non_compliant_since = None
 
 
 def _unknown_placement(ctx: _Ctx, reason: str, message: str) -> None:
@@ -484,7 +507,8 @@ def _running(
         (p for p in res.satisfying if node is not None and p in node.verified),
         key=lambda p: (costs.get(p, 1), p),
     )
-    profile = on_node[0] if on_node else None
+    # A disputed placement (status vs KubeVirt's label vs launcher pods) is never Compliant.
+    profile = on_node[0] if on_node and not vmi.node_conflict else None
     previous_profile, previous_node = st.node_profile, st.node_name
     st.node_name, st.node_profile = node_name, profile
     _finish_restart(ctx)
@@ -518,7 +542,9 @@ def _running(
 
     # ---- relocation mode
     prev = find_condition(svm.status, ConditionType.COMPLIANT)
-    if st.non_compliant_since is not None and prev is not None and prev.reason in _REASON_TRIGGER:
+    if vmi.node_conflict:
+        trigger = RelocationTrigger.NODE_NOT_COMPLIANT
+    elif st.non_compliant_since is not None and prev is not None and prev.reason in _REASON_TRIGGER:
         trigger = _REASON_TRIGGER[prev.reason]
     elif previous_profile and previous_node == node_name and node is not None:
         if previous_profile not in node.verified:
@@ -538,6 +564,8 @@ def _running(
         if node is not None
         else f"node {node_name} is gone"
     )
+    if vmi.node_conflict:
+        what = f"where the VM runs is disputed: {vmi.node_conflict}"
     cond.false(ConditionType.COMPLIANT, _TRIGGER_REASON[trigger], what)
     cond.false(ConditionType.READY, _TRIGGER_REASON[trigger], what)
     cond.false(ConditionType.PENDING, Reason.PLACED, f"runs on {node_name}")

@@ -27,8 +27,9 @@ class RelocationSettings:
     """When a due moving-target move cannot run (no slot, no other node), look again after this."""
     history_limit: int = 10
     """Relocation records kept in `status.history` (the schema allows 16)."""
-    resync_seconds: float = 600.0
-    """Every SecureVM is re-planned at least this often (level-triggered safety net)."""
+    resync_seconds: float = 60.0
+    """Every SecureVM is re-planned at least this often (level-triggered safety net): bounds
+    how long a missed event leaves a claim wrong; why 60 s: `policy.resync`."""
     periodic_only: bool = False
     """A baseline for `make bench`, never for production: changes of nodes, profiles, packages
     and SecureVMs are acted on only by the pass every `resync_seconds` (a descheduler-style

@@ -126,6 +126,7 @@ def vmi(name: str, node_name: str, rv: int = 1, affinity: Json | None = None) ->
             "namespace": NS,
             "uid": f"vmi-{name}",
             "resourceVersion": str(rv),
+            "labels": {"kubevirt.io/nodeName": node_name},
         },
         "spec": {"affinity": affinity or {}},
         "status": {"phase": "Running", "nodeName": node_name},
@@ -178,6 +179,16 @@ def converge(c: Controller, kube: FakeKube, count: int) -> None:
         )
         affinity = created["spec"]["template"]["spec"]["affinity"]
         c.observe(Kind.VMI, vmi(f"vm{i}", "hw-1", affinity=affinity))
+        c.observe(Kind.POD, launcher(f"vm{i}", "hw-1"))
+
+
+def launcher(name: str, node_name: str) -> Json:
+    labels = {"kubevirt.io": "virt-launcher", "kubevirt.io/created-by": f"vmi-{name}"}
+    return {
+        "metadata": {"name": f"virt-launcher-{name}", "namespace": NS, "labels": labels},
+        "spec": {"nodeName": node_name},
+        "status": {"phase": "Running"},
+    }
 
 
 def test_nothing_is_planned_before_every_kind_is_listed(controller: Controller, kube: FakeKube):
@@ -278,6 +289,36 @@ def test_lost_leadership_stops_all_writes(kube: FakeKube):
         c.set_ready()
         await settle(c)
         assert kube.calls == []
+        task.cancel()
+
+    loop.run_until_complete(go())
+    loop.close()
+
+
+def test_the_periodic_recheck_corrects_a_missed_event_and_counts_it(kube: FakeKube):
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    metrics = Metrics()
+    c = Controller(kube, RelocationSettings(resync_seconds=0.1), metrics, EventRecorder(kube, "t"))  # type: ignore[arg-type]
+
+    def corrections(what: str) -> float:
+        value = metrics.registry.get_sample_value("sod_resync_corrections_total", {"what": what})
+        return value or 0.0
+
+    async def go() -> None:
+        task = asyncio.get_running_loop().create_task(c.run())
+        deploy(c, kube, 1)
+        c.set_ready()
+        await settle(c)
+        converge(c, kube, 1)
+        await asyncio.sleep(0.3)  # a few passes over a converged world correct nothing
+        assert corrections("actions") == corrections("claim") == 0
+        kube.calls.clear()
+        # A revocation the watch never delivered: folded into the world, nobody marked.
+        c.world.apply_node("hw-1", node("hw-1")["metadata"]["labels"], True, c.clock())
+        await asyncio.sleep(0.3)
+        assert corrections("actions") >= 1
+        assert ("status", "securevms", "vm0") in kube.calls
         task.cancel()
 
     loop.run_until_complete(go())

@@ -19,6 +19,7 @@ from sod_operator.api.v1alpha1.parsing import parse_model
 from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
 from sod_operator.api.v1alpha1.securevm import SecureVMSpec, SecureVMStatus
 from sod_operator.policy.observed import (
+    LauncherPod,
     MigrationState,
     MigrationView,
     VMIView,
@@ -124,16 +125,26 @@ class Scenario:
     ) -> Scenario:
         svm = self.world.svms[(NS, name)]
         vm = self.world.vms[(NS, svm.vm_name)]
+        uid = kw.pop("uid", f"vmi-{name}-{node}")
         view = VMIView(
             NS,
             svm.vm_name,
-            uid=f"vmi-{name}-{node}",
+            uid=uid,
             phase="Running" if node else "Scheduling",
-            node_name=node,
+            node_name=kw.pop("label_node", node),
+            reported_node=node,
             affinity=affinity if affinity is not None else vm.template_affinity,
             **kw,
         )
         self.world.apply_vmi((NS, svm.vm_name), view)
+        if node:
+            self.launcher_pod(svm.vm_name, uid, node)
+        return self
+
+    def launcher_pod(self, vm: str, vmi_uid: str, node: str, *, active: bool = True) -> Scenario:
+        """The VMI's virt-launcher pod, bound to `node` (one per VMI and node)."""
+        pod = LauncherPod(NS, f"virt-launcher-{vm}-{node}", vmi_uid, node, active)
+        self.world.apply_launcher_pod((NS, pod.name), pod)
         return self
 
     def migration(

@@ -316,13 +316,22 @@ def test_profile_edit_that_drops_a_cell_is_a_profile_change():
     assert condition(plan, "Compliant")[1] == "ProfileChanged"
 
 
-def test_affinity_is_not_patched_during_a_migration():
+def test_during_a_migration_affinity_is_patched_but_no_migration_is_created():
     s = deployed(VM_A, node="nh-1")
     s.securevm("vm", VM_B, generation=2, status=s.world.svms[(NS, "vm")].status)
     s.vmi_for("vm", "nh-1", migration=MigrationState(migration_uid="x"))
     plan = s.plan("vm")
-    assert actions(plan, PatchVM) == []
+    assert len(actions(plan, PatchVM)) == 1  # KubeVirt copies it to the VMI after the migration
     assert actions(plan, CreateMigration) == []
+
+
+def test_a_tenants_affinity_edit_during_any_migration_is_reverted():
+    s = deployed(VM_A, node="nh-1")
+    desired = s.world.vms[(NS, "vm")].template_affinity
+    s.vm_for("vm", affinity={"nodeAffinity": {}})  # the tenant dropped the required terms
+    s.vmi_for("vm", "nh-1", affinity=desired, migration=MigrationState(migration_uid="theirs"))
+    (patch,) = actions(s.plan("vm"), PatchVM)
+    assert patch.patch["spec"]["template"]["spec"]["affinity"] == desired
 
 
 def test_non_migratable_vm_is_flagged_unless_restart_is_allowed():
