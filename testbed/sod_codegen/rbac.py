@@ -109,6 +109,9 @@ OPERATOR_ROLE = ChartRole(
         Rule(("kubevirt.io",), ("virtualmachineinstances",), (*READ, "delete"), why=(
             "Restart relocation (confidential VMs, where allowed) and re-rendering an instance "
             "that was never scheduled both delete the VMI; the VM controller recreates it.")),
+        Rule(("",), ("pods",), READ, why=(
+            "Where each VM runs: the node the scheduler bound its virt-launcher pod to (a VMI's "
+            "status.nodeName is tenant-writable). Read only.")),
         Rule(("kubevirt.io",), ("virtualmachineinstancemigrations",), (*READ, "create"), why=(
             "Relocation: create migrations (the operator never cancels one).")),
         Rule(("apiextensions.k8s.io",), ("customresourcedefinitions",), READ, why=(
