@@ -2,7 +2,7 @@
 
 An in-memory `KubeIO` double records the writes (status, labels, Events) so each
 reconcile's effect is checked without an apiserver; the evidence is the recorded swtpm
-golden data. Covers: the delayed de-duplicating work queue; one reconcile writing status,
+golden data. Covers: one reconcile writing status,
 labels and Events, and a second one writing nothing; a 409 leading to a fresh read and no
 label change; a node without attestation losing our labels; the one-EK-one-node index;
 policies parsed once per profile version; the CA bundle reloaded when its file changes.
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from sod_operator.api.constants import profile_label
-from sod_operator.verifier.controller import BundleSource, NodeInfo, Verifier, WorkQueue
-from sod_operator.verifier.kube import Conflict
+from sod_operator.kube import ApiError
+from sod_operator.verifier.controller import BundleSource, NodeInfo, Verifier
 
 from tests.unit.attestation.conftest import GOLDEN, step
 from tests.unit.attestation.golden import SeededEntropy
@@ -43,7 +43,7 @@ class FakeIO:
     def replace_status(self, name: str, resource_version: str, status: Obj) -> Obj:
         if self.conflict_once:
             self.conflict_once = False
-            raise Conflict(name)
+            raise ApiError("PUT", name, 409, {"reason": "Conflict"})
         self.rv += 1
         self.statuses.append((name, status))
         obj = copy.deepcopy(self.objects[name])
@@ -90,41 +90,6 @@ def _verifier(tmp_path: Path, now: datetime) -> tuple[Verifier, FakeIO]:
 
     v._on_attestation = on_attestation  # type: ignore[method-assign]
     return v, io
-
-
-def test_queue_keeps_each_key_once_at_its_earliest_time() -> None:
-    q = WorkQueue()
-    q.add("a", 60)
-    q.add("a", 0)
-    q.add("b", 0)
-    q.add("b", 60)
-    assert sorted([q.get(1), q.get(1)]) == ["a", "b"]  # type: ignore[type-var]
-    assert q.get(0.05) is None
-    assert len(q) == 0
-
-
-def test_a_key_being_processed_is_not_handed_out_again_until_done() -> None:
-    q = WorkQueue()
-    q.add("a")
-    assert q.get(1) == "a"
-    q.add("a")  # an event for it while a worker holds it
-    assert q.get(0.05) is None  # a second worker must not take it
-    assert len(q) == 1
-    q.done("a")
-    assert q.get(1) == "a"
-    q.done("a")
-    assert q.get(0.05) is None
-    assert len(q) == 0
-
-
-def test_a_re_add_during_processing_keeps_the_earliest_due_time() -> None:
-    q = WorkQueue()
-    q.add("a")
-    assert q.get(1) == "a"
-    q.add("a", 60)
-    q.add("a", 0)
-    q.done("a")
-    assert q.get(1) == "a"
 
 
 def test_two_nodes_with_one_ek_finishing_enrollment_at_once_enroll_it_once(
