@@ -68,6 +68,8 @@ class Informer:
         self._indexed: dict[ObjectKey, dict[str, str]] = {}
         """Each cached key's value in each index (what to remove when it changes)."""
         self.thread = threading.Thread(target=self.run, name=f"informer {path}", daemon=True)
+        self.pause: Callable[[float], object] = self.stop_event.wait
+        """How the informer waits out a back-off (interrupted by `stop`)."""
 
     # -- lifecycle
 
@@ -158,7 +160,7 @@ class Informer:
         failures += 1
         delay = self.backoff.delay(failures)
         log.warning("informer %s: %s; listing again in %.1f s", self.path, err, delay)
-        self.stop_event.wait(delay)
+        self.pause(delay)
         return failures
 
     def _relist(self) -> str:
