@@ -15,6 +15,7 @@ The rate limiters are pure (`now` passed in); the queue reads a monotonic clock.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import threading
 import time
@@ -164,6 +165,11 @@ class WorkQueue(Generic[K]):
         del self._due[key]
         self._processing.add(key)
         return key
+
+    async def aget(self) -> K | None:
+        """`get` for an asyncio worker: waits in a thread, so the event loop runs on (a waiting
+        `aget` ends at `shutdown`, not at cancellation)."""
+        return await asyncio.to_thread(self.get)
 
     def done(self, key: K) -> None:
         with self._cond:

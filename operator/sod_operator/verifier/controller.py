@@ -267,20 +267,24 @@ class Verifier:
                 self.stop_event.wait(0.05)
                 continue
             key = self.queue.get(timeout=1.0)
-            if key is None:
-                continue
-            try:
-                delay = self.reconcile(key)
-            except Exception:
-                log.exception("reconcile of %s failed; retrying after a back-off", key)
-                self.metrics.api_errors.labels("reconcile").inc()
-                self.queue.done(key)
-                self.queue.add_rate_limited(key)
-                continue
-            self.queue.forget(key)
+            if key is not None:
+                self.process(key)
+
+    def process(self, key: str) -> None:
+        """Reconcile one key handed out by the queue: on success its back-off is forgotten and
+        it comes back at its next deadline; on failure it comes back after its back-off."""
+        try:
+            delay = self.reconcile(key)
+        except Exception:
+            log.exception("reconcile of %s failed; retrying after a back-off", key)
+            self.metrics.api_errors.labels("reconcile").inc()
             self.queue.done(key)
-            if delay is not None:
-                self.queue.add_after(key, delay)
+            self.queue.add_rate_limited(key)
+            return
+        self.queue.forget(key)
+        self.queue.done(key)
+        if delay is not None:
+            self.queue.add_after(key, delay)
 
     def policies(self) -> dict[str, AttestationPolicy | None]:
         """Every profile's attestation policy, parsed once per profile resourceVersion."""

@@ -4,7 +4,8 @@ An in-memory `KubeIO` double records the writes (status, labels, Events) so each
 reconcile's effect is checked without an apiserver; the evidence is the recorded swtpm
 golden data. Covers: one reconcile writing status,
 labels and Events, and a second one writing nothing; a 409 leading to a fresh read and no
-label change; a node without attestation losing our labels; the one-EK-one-node index;
+label change; a node without attestation losing our labels; a failed reconcile retried after
+a per-node back-off (the queue itself: tests/unit/kube); the one-EK-one-node index;
 policies parsed once per profile version; the CA bundle reloaded when its file changes.
 The real apiserver path is tests/e2e/test_trust.py.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sod_operator.api.constants import profile_label
-from sod_operator.kube import ApiError
+from sod_operator.kube import ApiError, Backoff, RateLimiter, WorkQueue
 from sod_operator.verifier.controller import BundleSource, NodeInfo, Verifier
 
 from tests.unit.attestation.conftest import GOLDEN, step
@@ -158,6 +159,30 @@ def test_a_node_without_attestation_loses_our_labels_only(tmp_path: Path) -> Non
     labels = {profile_label("tpm"): "verified", "kubernetes.io/os": "linux"}
     v.caches.nodes["lonely"] = NodeInfo(uid="x", labels=dict(labels))
     assert v.reconcile("lonely") is None
+    assert io.labels == [("lonely", {profile_label("tpm"): None})]
+
+
+def test_a_failed_reconcile_backs_off_per_node_and_a_success_forgets_it(tmp_path: Path) -> None:
+    v, io = _verifier(tmp_path, step("good").now)
+    v.caches.nodes["lonely"] = NodeInfo(uid="x", labels={profile_label("tpm"): "verified"})
+    down = ApiError.no_answer("PATCH", "/api/v1/nodes/lonely", ConnectionRefusedError())
+
+    def unreachable(node: str, labels: dict[str, str | None]) -> None:
+        raise down
+
+    io.patch_node_labels = unreachable  # type: ignore[method-assign]
+    v.queue = WorkQueue(RateLimiter(Backoff(base=60.0)))  # long enough never to come due here
+    for failures in (1, 2):
+        v.queue.add("lonely")
+        assert v.queue.get(1) == "lonely"
+        v.process("lonely")
+        assert v.queue.num_requeues("lonely") == failures
+        assert v.queue.get(timeout=0) is None  # not again at once: it waits out its back-off
+    del io.patch_node_labels  # the apiserver is back
+    v.queue.add("lonely")  # e.g. the resync, sooner than the back-off
+    assert v.queue.get(1) == "lonely"
+    v.process("lonely")
+    assert v.queue.num_requeues("lonely") == 0
     assert io.labels == [("lonely", {profile_label("tpm"): None})]
 
 
