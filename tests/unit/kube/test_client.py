@@ -9,6 +9,7 @@ No sleeping: the client's `sleep` is recorded instead. The real apiserver is the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sod_operator.kube import ApiError, InCluster, KubeClient, RetryPolicy
+from sod_operator.kube import KUBEVIRT, SOD, ApiError, AsyncKube, InCluster, KubeClient, RetryPolicy
 
 from tests.unit.kube.fakeapi import Answer, FakeApiserver, Request, tls_files
 
@@ -223,3 +224,30 @@ def test_no_answer_is_an_api_error(tmp_path: Path) -> None:
         kube.get(NODE)
     assert err.value.status == 0
     assert err.value.retryable
+
+
+def test_the_operators_async_face_addresses_resources_and_runs_off_the_loop(
+    api: FakeApiserver, tmp_path: Path
+) -> None:
+    kube = AsyncKube(client(api, tmp_path))
+
+    async def go() -> None:
+        api.answer = lambda r: Answer(body={"items": [{"metadata": {"name": "vm"}}, "junk"]})
+        assert await kube.list(KUBEVIRT, "virtualmachines", "t") == [{"metadata": {"name": "vm"}}]
+        api.answer = lambda r: Answer(404, {"reason": "NotFound"})
+        assert await kube.get(SOD, "securevms", "t", "gone") is None
+        await kube.delete(KUBEVIRT, "virtualmachineinstancemigrations", "t", "m", uid="u-1")
+        api.answer = lambda r: Answer(body={"status": {}})
+        await kube.replace_status("t", "svm", {"phase": "Placed"})
+
+    asyncio.run(go())
+    list_, get, delete, status = api.requests
+    assert list_.path == "/apis/kubevirt.io/v1/namespaces/t/virtualmachines"
+    assert get.path == "/apis/sod.dev/v1alpha1/namespaces/t/securevms/gone"
+    assert json.loads(delete.body)["preconditions"] == {"uid": "u-1"}
+    assert (status.method, status.path) == (
+        "PATCH", "/apis/sod.dev/v1alpha1/namespaces/t/securevms/svm/status",
+    )  # fmt: skip
+    assert json.loads(status.body) == [
+        {"op": "add", "path": "/status", "value": {"phase": "Placed"}}
+    ]
