@@ -21,7 +21,7 @@ TITLE = "Reaction latency"
 REQUIRED = (
     "sod_operator.handlers",
     "sod_operator.main",
-    "sod_operator.adapters.kube",
+    "sod_operator.kube",
     "sod_testbed.cluster",
     "sod_testbed.kubevirt_sim",
 )

@@ -134,8 +134,8 @@ def _world(bed: Any) -> tuple[Any, dict[Any, list[dict[str, Any]]]]:
     """The operator's Controller fed with a snapshot of the cluster (its own parsing path),
     and the fleet's SecureVM, VM and VMI bodies (to grow a synthetic world from)."""
     from sod_operator.adapters.controller import Controller, Kind
-    from sod_operator.adapters.events import EventRecorder
     from sod_operator.adapters.metrics import Metrics
+    from sod_operator.kube import EventRecorder
     from sod_operator.policy.settings import RelocationSettings
     from sod_testbed.kubeapi import resource_path
 

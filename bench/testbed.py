@@ -50,8 +50,9 @@ def process_usage(pid: int) -> tuple[float, int]:
 
 
 class ObjectWatch:
-    """Keeps the objects of one resource from a watch, and when each was first seen
-    (perf_counter); `history` keeps (time, key, object) of every event when asked to."""
+    """Keeps the objects of one resource from an informer (`sod_operator.kube.Informer`), and
+    when each was first seen (perf_counter); `history` keeps (time, key, object) of every
+    event after the first list when asked to."""
 
     def __init__(
         self,
@@ -60,6 +61,7 @@ class ObjectWatch:
         keep_history: bool = False,
         reduce: Callable[[Json], Any] | None = None,
     ) -> None:
+        from sod_operator.kube import Informer
         from sod_testbed.kubeapi import KubeApi
 
         # A client of its own: stopping a watch closes its stream, and that connection must
@@ -73,51 +75,35 @@ class ObjectWatch:
         self.seen: dict[tuple[str, str], float] = {}
         self.objects: dict[tuple[str, str], Json] = {}
         self.changed = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="vmim-watch", daemon=True)
+        self._listed = False
+        self._informer = Informer(
+            self.api, path, handler=self._on_event, transform=reduce, watch_timeout=240
+        )
 
     def start(self) -> ObjectWatch:
-        self._rv = self._list()
-        self._thread.start()
+        self._informer.start()
+        if not self._informer.wait_synced(120):
+            raise TimeoutError(f"could not list {self.path}")
+        with self.changed:  # the first list's objects are all in (handlers run before SYNCED)
+            self.changed.wait_for(lambda: self._listed, timeout=120)
         return self
 
-    def _list(self) -> str:
-        listing = self.api.list(self.path)
+    def _on_event(self, etype: str, obj: Json) -> None:
+        now = time.perf_counter()
         with self.changed:
-            for obj in listing.get("items", []):
-                key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
-                self.seen.setdefault(key, time.perf_counter())
+            if etype == "SYNCED":
+                self._listed = True
+                self.changed.notify_all()
+                return
+            key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+            self.seen.setdefault(key, now)
+            if self.keep_history and self._listed:
+                self.history.append((now, key, obj))
+            if etype == "DELETED":
+                self.objects.pop(key, None)
+            else:
                 self.objects[key] = self.reduce(obj) if self.reduce else obj
-        return str(listing["metadata"]["resourceVersion"])
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for event in self.api.watch(self.path, self._rv, timeout_seconds=240):
-                    now = time.perf_counter()
-                    obj = event.get("object") or {}
-                    if event.get("type") == "ERROR":
-                        self._rv = self._list()
-                        break
-                    self._rv = str(obj.get("metadata", {}).get("resourceVersion", self._rv))
-                    if event.get("type") == "BOOKMARK":
-                        continue
-                    key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
-                    with self.changed:
-                        self.seen.setdefault(key, now)
-                        if self.keep_history:
-                            self.history.append((now, key, obj))
-                        if event["type"] == "DELETED":
-                            self.objects.pop(key, None)
-                        else:
-                            self.objects[key] = self.reduce(obj) if self.reduce else obj
-                        self.changed.notify_all()
-            except Exception as err:  # the stream dropped: re-list and go on
-                if self._stop.is_set():
-                    return
-                logging.getLogger("bench").warning("watch %s: %s", self.path, err)
-                time.sleep(0.2)
-                self._rv = self._list()
+            self.changed.notify_all()
 
     def wait(self, predicate: Any, timeout: float, what: str) -> Any:
         """Wait until `predicate(self)` is truthy (evaluated under the lock); return it."""
@@ -133,7 +119,7 @@ class ObjectWatch:
                 self.changed.wait(min(left, 0.5))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._informer.stop()
         self.api.close_watches()
 
 

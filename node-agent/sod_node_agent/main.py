@@ -26,10 +26,11 @@ from pathlib import Path
 from types import FrameType
 
 from sod_operator.api.v1alpha1.nodeattestation import NodeAttestationStatus, claims_digest
+from sod_operator.kube import KubeClient
 
 from sod_node_agent import facts, tpm
 from sod_node_agent.evidence import produce, read_event_log
-from sod_node_agent.publish import Publisher, api_client
+from sod_node_agent.publish import Publisher
 from sod_node_agent.schedule import AgentState, blob_id, plan
 
 log = logging.getLogger("sod_node_agent")
@@ -192,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", err)
         return 2
     os.environ.setdefault("TSS2_LOG", "all+none")  # ESYS logs expected misses as errors
-    publisher = Publisher(api_client(args.kubeconfig), args.node)
+    publisher = Publisher(KubeClient(args.kubeconfig, user_agent="sod-node-agent"), args.node)
     agent = Agent(args, publisher)
 
     def _stop(signum: int, frame: FrameType | None) -> None:

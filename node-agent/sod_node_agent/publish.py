@@ -13,24 +13,16 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
 from sod_operator.api.constants import GROUP, VERSION
 from sod_operator.api.v1alpha1.nodeattestation import NodeAttestation, NodeAttestationSpec
+from sod_operator.kube import ApiError, Informer, KubeClient, resource_path
+from sod_operator.kube.informer import SYNCED
 
 log = logging.getLogger(__name__)
-# The official client is only partly typed; everything it returns is parsed into models here.
-_kube: Any = kubernetes
 PLURAL = "nodeattestations"
 KIND = "NodeAttestation"
-
-
-def api_client(kubeconfig: str | None) -> Any:
-    """An `ApiClient` from a kubeconfig file, else from the in-cluster service account."""
-    if kubeconfig:
-        return _kube.config.new_client_from_config(config_file=kubeconfig)
-    _kube.config.load_incluster_config()
-    return _kube.client.ApiClient()
+API_VERSION = f"{GROUP}/{VERSION}"
+WATCH_TIMEOUT_SECONDS = 60
 
 
 @dataclass
@@ -41,26 +33,28 @@ class Snapshot:
 
 
 class Publisher:
-    def __init__(self, api: Any, node: str) -> None:
-        self._api: Any = _kube.client.CustomObjectsApi(api)
+    def __init__(self, client: KubeClient, node: str) -> None:
+        self.client = client
         self.node = node
         self.changed = threading.Event()
         self._latest: Snapshot | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._path = resource_path(API_VERSION, PLURAL, name=node)
+        self._informer = Informer(
+            client,
+            resource_path(API_VERSION, PLURAL),
+            handler=self._on_event,
+            field_selector=f"metadata.name={node}",
+            stop=self._stop,
+            watch_timeout=WATCH_TIMEOUT_SECONDS,
+        )
 
     # -- reading
 
     def get(self) -> NodeAttestation | None:
-        try:
-            raw: dict[str, Any] = self._api.get_cluster_custom_object(
-                GROUP, VERSION, PLURAL, self.node
-            )
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-        return NodeAttestation.from_object(raw)
+        raw = self.client.get_or_none(self._path)
+        return None if raw is None else NodeAttestation.from_object(raw)
 
     def latest(self) -> NodeAttestation | None:
         with self._lock:
@@ -78,34 +72,19 @@ class Publisher:
         self.changed.set()
 
     def watch_forever(self) -> None:
-        """Keep `latest()` current and set `changed` on every event (run in a thread)."""
-        while not self._stop.is_set():
-            try:
-                w = _kube.watch.Watch()
-                for event in w.stream(
-                    self._api.list_cluster_custom_object,
-                    GROUP,
-                    VERSION,
-                    PLURAL,
-                    field_selector=f"metadata.name={self.node}",
-                    timeout_seconds=60,
-                ):
-                    if self._stop.is_set():
-                        w.stop()
-                        break
-                    obj = event["object"]
-                    if event["type"] == "DELETED":
-                        self._store(None)
-                    elif isinstance(obj, dict) and event["type"] in ("ADDED", "MODIFIED"):
-                        self._store(NodeAttestation.from_object(obj))
-            except Exception as err:  # the watch restarts; the main loop also polls
-                log.warning("watch of NodeAttestation %s failed: %s", self.node, err)
-                self._stop.wait(1.0)
-                with self._lock:
-                    self._latest = None  # force a fresh GET
+        """Keep `latest()` current and set `changed` on every event (run in a thread; the
+        informer lists again after any failure, and the main loop also polls)."""
+        self._informer.run()
+
+    def _on_event(self, etype: str, obj: dict[str, Any]) -> None:
+        if etype == "DELETED" or (etype == SYNCED and not obj["items"]):
+            self._store(None)
+        elif etype in ("ADDED", "MODIFIED"):
+            self._store(NodeAttestation.from_object(obj))
 
     def stop(self) -> None:
         self._stop.set()
+        self.client.close_watches()
         self.changed.set()
 
     # -- writing
@@ -114,39 +93,28 @@ class Publisher:
         """Create the object, or replace its spec; one retry on a write conflict."""
         body_spec = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
         for attempt in range(2):
-            if existing is None:
-                body: dict[str, Any] = {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": KIND,
-                    "metadata": {"name": self.node},
-                    "spec": body_spec,
-                }
-                try:
-                    raw = self._api.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
-                except ApiException as err:
-                    if err.status == 409 and attempt == 0:
-                        existing = self.get()
-                        continue
-                    raise
-            else:
-                body = {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": KIND,
-                    "metadata": {"name": self.node, "resourceVersion": existing.resource_version},
-                    "spec": body_spec,
-                }
-                try:
-                    raw = self._api.replace_cluster_custom_object(
-                        GROUP, VERSION, PLURAL, self.node, body
-                    )
-                except ApiException as err:
-                    if err.status == 409 and attempt == 0:
-                        existing = self.get()
-                        continue
-                    if err.status == 404 and attempt == 0:
-                        existing = None
-                        continue
-                    raise
+            metadata: dict[str, Any] = {"name": self.node}
+            if existing is not None:
+                metadata["resourceVersion"] = existing.resource_version
+            body = {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "metadata": metadata,
+                "spec": body_spec,
+            }
+            try:
+                if existing is None:
+                    raw = self.client.create(resource_path(API_VERSION, PLURAL), body)
+                else:
+                    raw = self.client.replace(self._path, body)
+            except ApiError as err:
+                if attempt == 0 and err.conflict:
+                    existing = self.get()  # created or changed meanwhile: build on what is there
+                    continue
+                if attempt == 0 and err.not_found and existing is not None:
+                    existing = None
+                    continue
+                raise
             obj = NodeAttestation.from_object(raw)
             self._store(obj)
             return obj

@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elector = None
     if not args.no_leader_election:
         elector = LeaderElector(
-            kube_for(options),
+            kube_for(options).client,
             LeaseConfig(
                 namespace=args.lease_namespace,
                 name=args.lease_name,

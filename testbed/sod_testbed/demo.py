@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import io
 import json
 import os
@@ -47,6 +48,7 @@ from typing import Any, TextIO, TypeVar
 import yaml
 from sod_operator.api.conditions import ConditionType
 from sod_operator.api.constants import API_VERSION, profile_label
+from sod_operator.kube import SYNCED, Informer
 
 from sod_testbed.binaries import REPO_ROOT, MissingBinaries, find_binaries
 from sod_testbed.cluster import LocalCluster, SandboxError, free_ports
@@ -348,64 +350,45 @@ class Observer:
         self.events: list[Seen] = []
         self.latest: dict[str, dict[str, Json]] = {kind: {} for kind in self.paths}
         self.changed = threading.Condition()
-        self._stop = threading.Event()
+        self._listed: set[str] = set()
         self._apis: list[KubeApi] = []
-        self._threads: list[threading.Thread] = []
+        self._informers: list[Informer] = []
 
     def start(self) -> Observer:
         for kind, path in self.paths.items():
             api = KubeApi(self.kubeconfig, user_agent="sodctl-demo")  # one stream per client
             self._apis.append(api)
-            rv = self._list(api, kind, path)
-            thread = threading.Thread(
-                target=self._run, args=(api, kind, path, rv), name=f"demo-{kind}", daemon=True
-            )
-            self._threads.append(thread)
-            thread.start()
+            handler = functools.partial(self._on_event, kind)
+            self._informers.append(Informer(api, path, handler=handler, watch_timeout=240).start())
+        with self.changed:  # every kind listed, as the story's first milestones need
+            self.changed.wait_for(lambda: self._listed >= set(self.paths), timeout=60)
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        for informer in self._informers:
+            informer.stop()
         for api in self._apis:
             api.close_watches()
-        for thread in self._threads:
-            thread.join(timeout=5)
+        for informer in self._informers:
+            informer.thread.join(timeout=5)
 
-    def _record(self, kind: str, etype: str, obj: Json, t: float) -> None:
+    def _on_event(self, kind: str, etype: str, obj: Json) -> None:
+        t = time.monotonic()
         with self.changed:
-            self.events.append(Seen(t, kind, etype, obj))
-            name = obj["metadata"]["name"]
-            if etype == "DELETED":
-                self.latest[kind].pop(name, None)
+            if etype == SYNCED:
+                self._listed.add(kind)
             else:
-                self.latest[kind][name] = obj
+                self._record(kind, etype if kind in self._listed else "LISTED", obj, t)
             self.changed.notify_all()
 
-    def _list(self, api: KubeApi, kind: str, path: str) -> str:
-        listing = api.list(path)
-        t = time.monotonic()
-        for obj in listing.get("items") or []:
-            self._record(kind, "LISTED", obj, t)
-        return str(listing["metadata"]["resourceVersion"])
-
-    def _run(self, api: KubeApi, kind: str, path: str, rv: str) -> None:
-        while not self._stop.is_set():
-            try:
-                for event in api.watch(path, rv, timeout_seconds=240):
-                    t = time.monotonic()
-                    obj = event.get("object") or {}
-                    if event.get("type") == "ERROR":  # 410 Gone: list again
-                        rv = self._list(api, kind, path)
-                        break
-                    rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
-                    if event.get("type") != "BOOKMARK":
-                        self._record(kind, str(event["type"]), obj, t)
-            except (ApiError, OSError, ValueError):
-                if self._stop.is_set():
-                    return
-                time.sleep(0.2)
-                with contextlib.suppress(ApiError, OSError, ValueError):
-                    rv = self._list(api, kind, path)
+    def _record(self, kind: str, etype: str, obj: Json, t: float) -> None:
+        """Keep one delivered object (called with `changed` held)."""
+        self.events.append(Seen(t, kind, etype, obj))
+        name = obj["metadata"]["name"]
+        if etype == "DELETED":
+            self.latest[kind].pop(name, None)
+        else:
+            self.latest[kind][name] = obj
 
     def first(self, kind: str, since: float, match: Callable[[Seen], bool]) -> Seen | None:
         """The first delivered object of `kind` at or after `since` that matches (call with

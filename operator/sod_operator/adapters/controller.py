@@ -31,14 +31,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sod_operator.adapters.events import EventRecorder
-from sod_operator.adapters.kube import KUBEVIRT, SOD, ApiError, Kube
 from sod_operator.adapters.metrics import Metrics
 from sod_operator.api.conditions import ConditionType, Reason
 from sod_operator.api.v1alpha1.parsing import ManifestError, parse_model
 from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
 from sod_operator.api.v1alpha1.securevm import RelocationTrigger
 from sod_operator.api.v1alpha1.security import SecurityPackageSpec
+from sod_operator.kube import KUBEVIRT, SOD, ApiError, EventRecorder
+from sod_operator.kube import AsyncKube as Kube
 from sod_operator.policy.fleet import InFlight, plan_batch
 from sod_operator.policy.observed import (
     TRIGGER_LABEL,

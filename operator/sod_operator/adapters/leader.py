@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import urllib3
-
-from sod_operator.adapters.kube import ApiError, Kube, resource_path
+from sod_operator.kube import ApiError, KubeClient, resource_path
 
 log = logging.getLogger("sod.leader")
 COORDINATION = "coordination.k8s.io/v1"
@@ -44,7 +42,7 @@ class LeaseConfig:
 
 
 class LeaderElector:
-    def __init__(self, kube: Kube, config: LeaseConfig):
+    def __init__(self, kube: KubeClient, config: LeaseConfig):
         self.kube = kube
         self.cfg = config
         self._observed: tuple[Any, ...] | None = None
@@ -73,7 +71,7 @@ class LeaderElector:
         acting without a Lease: found by the reliability suite restarting kube-apiserver)."""
         try:
             return self._try_acquire_or_renew()
-        except (urllib3.exceptions.HTTPError, OSError) as err:
+        except ApiError as err:
             log.warning(
                 "Lease %s/%s: the apiserver is unreachable: %s",
                 self.cfg.namespace,

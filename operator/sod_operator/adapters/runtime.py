@@ -14,10 +14,9 @@ from pathlib import Path
 import kopf
 
 from sod_operator.adapters.controller import Controller
-from sod_operator.adapters.events import EventRecorder
-from sod_operator.adapters.kube import Kube, load_api_client
 from sod_operator.adapters.metrics import Metrics
 from sod_operator.api.constants import FINALIZER, KOPF_PROGRESS_PREFIX
+from sod_operator.kube import AsyncKube, EventRecorder, KubeClient
 from sod_operator.policy.settings import RelocationSettings
 
 log = logging.getLogger("sod.runtime")
@@ -37,12 +36,13 @@ class Options:
     react_to_nodes: bool = True
     lost: threading.Event = field(default_factory=threading.Event)
     """Set when leadership is lost: the controller stops writing at once."""
-    kube: Kube | None = None
+    kube: AsyncKube | None = None
 
 
-def kube_for(options: Options) -> Kube:
+def kube_for(options: Options) -> AsyncKube:
     if options.kube is None:
-        options.kube = Kube(load_api_client(options.kubeconfig, options.context))
+        client = KubeClient(options.kubeconfig, context=options.context, user_agent="sod-operator")
+        options.kube = AsyncKube(client)
     return options.kube
 
 
@@ -82,7 +82,7 @@ def build_controller(options: Options) -> Controller:
         kube,
         options.relocation,
         metrics,
-        EventRecorder(kube, options.identity),
+        EventRecorder(kube.client, options.identity),
         chunk=options.chunk,
         stopped=options.lost,
         react_to_nodes=options.react_to_nodes,
@@ -91,21 +91,15 @@ def build_controller(options: Options) -> Controller:
 
 
 def connection_info(options: Options) -> kopf.ConnectionInfo:
-    """kopf's credentials from the same kubeconfig the operator's own client uses."""
-    conf = kube_for(options)._conf
-    header = conf.get_api_key_with_prefix("BearerToken") or conf.get_api_key_with_prefix(
-        "authorization"
-    )
-    scheme, token = None, None
-    if header:
-        parts = header.split(" ", 1)
-        scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+    """kopf's credentials from the same kubeconfig the operator's own client uses (fresh: kopf
+    logs in again on a 401, e.g. after the projected service-account token rotated)."""
+    creds = kube_for(options).client.credentials()
     return kopf.ConnectionInfo(
-        server=conf.host,
-        ca_path=conf.ssl_ca_cert,
-        insecure=not conf.verify_ssl,
-        scheme=scheme,
-        token=token,
-        certificate_path=conf.cert_file,
-        private_key_path=conf.key_file,
+        server=creds.server,
+        ca_path=creds.ca_path,
+        insecure=creds.insecure,
+        scheme=creds.scheme,
+        token=creds.token,
+        certificate_path=creds.cert_path,
+        private_key_path=creds.key_path,
     )

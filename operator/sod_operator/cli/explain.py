@@ -13,12 +13,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sod_operator.adapters.kube import KUBEVIRT, SOD, ApiError, Kube, load_api_client, resource_path
 from sod_operator.api.v1alpha1.parsing import ManifestError, parse_model
 from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
 from sod_operator.api.v1alpha1.security import SecurityPackageSpec
 from sod_operator.cli import render
 from sod_operator.cli.errors import UsageError
+from sod_operator.kube import KUBEVIRT, SOD, ApiError, KubeClient, resource_path
 from sod_operator.policy.evaluation import resolve
 from sod_operator.policy.explain import Explanation, explain, tenant_terms
 from sod_operator.policy.matching import ProfileCapabilities
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_explain)
 
 
-def _list(kube: Kube, api_version: str, plural: str) -> list[Json]:
+def _list(kube: KubeClient, api_version: str, plural: str) -> list[Json]:
     try:
         items = kube.request("GET", resource_path(api_version, plural)).get("items") or []
     except ApiError as err:
@@ -52,7 +52,7 @@ def _list(kube: Kube, api_version: str, plural: str) -> list[Json]:
     return [i for i in items if isinstance(i, dict)]
 
 
-def _catalog(kube: Kube) -> dict[str, ProfileCapabilities]:
+def _catalog(kube: KubeClient) -> dict[str, ProfileCapabilities]:
     out = {}
     for obj in _list(kube, SOD, "serversecurityprofiles"):
         name = obj["metadata"]["name"]
@@ -65,7 +65,7 @@ def _catalog(kube: Kube) -> dict[str, ProfileCapabilities]:
     return out
 
 
-def _packages(kube: Kube) -> dict[str, SecurityPackageSpec]:
+def _packages(kube: KubeClient) -> dict[str, SecurityPackageSpec]:
     out = {}
     for obj in _list(kube, SOD, "securitypackages"):
         try:
@@ -75,7 +75,7 @@ def _packages(kube: Kube) -> dict[str, SecurityPackageSpec]:
     return out
 
 
-def gather(kube: Kube, namespace: str, name: str) -> tuple[Json, Explanation]:
+def gather(kube: KubeClient, namespace: str, name: str) -> tuple[Json, Explanation]:
     try:
         body = kube.request("GET", resource_path(SOD, "securevms", namespace, name))
     except ApiError as err:
@@ -186,7 +186,7 @@ def as_json(body: Json, ex: Explanation) -> Json:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     try:
-        kube = Kube(load_api_client(args.kubeconfig, args.context), user_agent="sodctl")
+        kube = KubeClient(args.kubeconfig, context=args.context, user_agent="sodctl")
     except Exception as err:
         raise UsageError(f"cannot load a kubeconfig: {err}") from None
     body, ex = gather(kube, args.namespace, args.name)

@@ -3,8 +3,9 @@
 Level-triggered: watch events only say *which* node to look at; `reconcile(node)` reads the
 caches, runs `attestation.monitor.step` with the verifier's clock and randomness, and writes
 what differs (status with optimistic concurrency, our label keys, Events, metrics). A delayed
-work queue wakes a node again at its next deadline (an expiry, i.e. the freshness timer) and
-a periodic resync re-looks at everything, so a missed event or a restart loses nothing.
+work queue (`sod_operator.kube.WorkQueue`) wakes a node again at its next deadline (an expiry,
+i.e. the freshness timer), retries a failed reconcile after a per-node exponential back-off,
+and a periodic resync re-looks at everything, so a missed event or a restart loses nothing.
 A node without a NodeAttestation (or whose agent never enrolled) gets no trust labels.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import heapq
 import logging
 import os
 import threading
@@ -36,7 +36,8 @@ from sod_operator.api.v1alpha1.nodeattestation import (
 from sod_operator.attestation import labels, monitor
 from sod_operator.attestation.ekcert import BundleError, CaBundle
 from sod_operator.attestation.enroll import Entropy
-from sod_operator.verifier.kube import ATTESTATIONS, PROFILES, Conflict, KubeIO, Obj
+from sod_operator.kube import ApiError, Backoff, RateLimiter, WorkQueue, resource_version
+from sod_operator.verifier.kube import ATTESTATIONS, NODES, PROFILES, KubeIO, Obj
 from sod_operator.verifier.metrics import Metrics
 
 log = logging.getLogger("sod.verifier")
@@ -45,76 +46,6 @@ Clock = Callable[[], datetime]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class WorkQueue:
-    """Keys to reconcile, each at most once in the queue, at its earliest due time.
-
-    A key handed out by `get` is *processing* until `done`: it is never handed to a second
-    worker meanwhile (client-go's workqueue contract), and an `add` for it waits until `done`.
-    """
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, str]] = []
-        self._due: dict[str, float] = {}
-        self._processing: set[str] = set()
-        self._deferred: dict[str, float] = {}
-        """Processing keys added again: pushed at their due time when done."""
-        self._seq = 0
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def add(self, key: str, delay: float = 0.0) -> None:
-        due = time.monotonic() + max(delay, 0.0)
-        with self._cond:
-            if key in self._processing:
-                if due < self._deferred.get(key, float("inf")):
-                    self._deferred[key] = due
-                return
-            self._push(key, due)
-
-    def _push(self, key: str, due: float) -> None:
-        if key in self._due and self._due[key] <= due:
-            return
-        self._due[key] = due
-        self._seq += 1
-        heapq.heappush(self._heap, (due, self._seq, key))
-        self._cond.notify()
-
-    def get(self, timeout: float) -> str | None:
-        """The next due key (processing until `done`), or None after `timeout` or when closed."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not self._closed:
-                now = time.monotonic()
-                while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:
-                    heapq.heappop(self._heap)  # superseded by an earlier due time
-                if self._heap and self._heap[0][0] <= now:
-                    _, _, key = heapq.heappop(self._heap)
-                    del self._due[key]
-                    self._processing.add(key)
-                    return key
-                wake = min(deadline, self._heap[0][0] if self._heap else deadline)
-                if now >= deadline:
-                    return None
-                self._cond.wait(max(wake - now, 0.001))
-            return None
-
-    def done(self, key: str) -> None:
-        with self._cond:
-            self._processing.discard(key)
-            due = self._deferred.pop(key, None)
-            if due is not None:
-                self._push(key, due)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._due) + len(self._deferred)
 
 
 class BundleSource:
@@ -182,13 +113,6 @@ class Caches:
                 self.enrolled_eks.setdefault(fp, name)
 
 
-def _rv(obj: Obj) -> int:
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
-
-
 @dataclass(frozen=True)
 class VerifierConfig:
     ready_max_age_seconds: int = 120
@@ -197,6 +121,8 @@ class VerifierConfig:
     workers: int = 4
     """Nodes reconciled at once. Each reconcile mostly waits on the apiserver (a status PUT), so
     a few threads overlap those round trips; one node is never reconciled by two at once."""
+    retry: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=60.0))
+    """After a failed reconcile (the apiserver unreachable, say): 0.5 s, 1 s, 2 s … per node."""
 
 
 class Verifier:
@@ -214,7 +140,7 @@ class Verifier:
         self.clock = clock
         self.entropy: Entropy = entropy or os.urandom
         self.caches = Caches()
-        self.queue = WorkQueue()
+        self.queue: WorkQueue[str] = WorkQueue(RateLimiter(self.config.retry))
         self.metrics = Metrics(self._verified_counts)
         self.stop_event = threading.Event()
         self.heartbeat = time.monotonic()
@@ -226,21 +152,14 @@ class Verifier:
     # -- lifecycle
 
     def start(self) -> Verifier:
-        resources = self.io.resources()
         handlers = {
             ATTESTATIONS: self._on_attestation,
             PROFILES: self._on_profile,
-            "nodes": self._on_node,
+            NODES: self._on_node,
         }
-        for name, resource in resources.items():
-            t = threading.Thread(
-                target=self.io.watch,
-                args=(resource, handlers[name], self.stop_event),
-                name=f"watch-{name}",
-                daemon=True,
-            )
-            t.start()
-            self._threads.append(t)
+        for kind, handler in handlers.items():
+            informer = self.io.informer(kind, handler, self.stop_event).start()
+            self._threads.append(informer.thread)
         workers = [
             threading.Thread(target=self._work, name=f"verifier-worker-{i}", daemon=True)
             for i in range(max(self.config.workers, 1))
@@ -254,11 +173,12 @@ class Verifier:
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.queue.close()
+        self.queue.shutdown()
+        self.io.client.close_watches()
 
     def synced(self) -> bool:
         with self.caches.lock:
-            return self.caches.synced >= {ATTESTATIONS, PROFILES, "nodes"}
+            return self.caches.synced >= {ATTESTATIONS, PROFILES, NODES}
 
     def healthy(self) -> bool:
         return time.monotonic() - self.heartbeat < 30 and all(t.is_alive() for t in self._threads)
@@ -278,7 +198,7 @@ class Verifier:
             name = obj["metadata"]["name"]
             if kind == "DELETED":
                 c.put_attestation(name, None)
-            elif _rv(obj) >= _rv(c.attestations.get(name, {})):
+            elif resource_version(obj) >= resource_version(c.attestations.get(name, {})):
                 c.put_attestation(name, obj)
         self.queue.add(name)
 
@@ -303,7 +223,7 @@ class Verifier:
                 names = {i["metadata"]["name"] for i in obj["items"]}
                 for gone in set(c.nodes) - names:
                     del c.nodes[gone]
-                c.synced.add("nodes")
+                c.synced.add(NODES)
                 return
             meta = obj.get("metadata") or {}
             name = meta["name"]
@@ -347,18 +267,24 @@ class Verifier:
                 self.stop_event.wait(0.05)
                 continue
             key = self.queue.get(timeout=1.0)
-            if key is None:
-                continue
-            try:
-                delay = self.reconcile(key)
-            except Exception:
-                log.exception("reconcile of %s failed; retrying", key)
-                self.metrics.api_errors.labels("reconcile").inc()
-                delay = 2.0
-            finally:
-                self.queue.done(key)
-            if delay is not None:
-                self.queue.add(key, delay)
+            if key is not None:
+                self.process(key)
+
+    def process(self, key: str) -> None:
+        """Reconcile one key handed out by the queue: on success its back-off is forgotten and
+        it comes back at its next deadline; on failure it comes back after its back-off."""
+        try:
+            delay = self.reconcile(key)
+        except Exception:
+            log.exception("reconcile of %s failed; retrying after a back-off", key)
+            self.metrics.api_errors.labels("reconcile").inc()
+            self.queue.done(key)
+            self.queue.add_rate_limited(key)
+            return
+        self.queue.forget(key)
+        self.queue.done(key)
+        if delay is not None:
+            self.queue.add_after(key, delay)
 
     def policies(self) -> dict[str, AttestationPolicy | None]:
         """Every profile's attestation policy, parsed once per profile resourceVersion."""
@@ -475,14 +401,18 @@ class Verifier:
         try:
             with self._api("status"):
                 written = self.io.replace_status(name, att.resource_version, body)
-        except Conflict:
+        except ApiError as err:
+            if not err.conflict:
+                raise
             self.metrics.conflicts.inc()
             fresh = self.io.get_attestation(name)
             with self.caches.lock:
                 self.caches.put_attestation(name, fresh)
             return None
         with self.caches.lock:
-            if _rv(written) >= _rv(self.caches.attestations.get(name, {})):
+            if resource_version(written) >= resource_version(
+                self.caches.attestations.get(name, {})
+            ):
                 self.caches.put_attestation(name, written)
         return written
 
@@ -537,7 +467,9 @@ class Verifier:
     def _api(self, operation: str) -> Iterator[None]:
         try:
             yield
-        except Conflict:
+        except ApiError as err:
+            if not err.conflict:
+                self.metrics.api_errors.labels(operation).inc()
             raise
         except Exception:
             self.metrics.api_errors.labels(operation).inc()

@@ -23,9 +23,10 @@ from types import FrameType
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sod_operator.attestation.ekcert import BundleError
+from sod_operator.kube import KubeClient
 from sod_operator.verifier import rbac
 from sod_operator.verifier.controller import BundleSource, Verifier, VerifierConfig
-from sod_operator.verifier.kube import KubeIO, api_client
+from sod_operator.verifier.kube import KubeIO
 
 log = logging.getLogger("sod.verifier")
 
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     log.info("trusting EK CAs: %s", bundle.bundle.subjects)
     verifier = Verifier(
-        KubeIO(api_client(args.kubeconfig)),
+        KubeIO(KubeClient(args.kubeconfig, user_agent="sod-verifier")),
         bundle,
         VerifierConfig(
             ready_max_age_seconds=args.ready_max_age,

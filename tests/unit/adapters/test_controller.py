@@ -18,10 +18,9 @@ from typing import Any
 import pytest
 import yaml
 from sod_operator.adapters.controller import Controller, Kind
-from sod_operator.adapters.events import EventRecorder
-from sod_operator.adapters.kube import ApiError
 from sod_operator.adapters.metrics import Metrics
 from sod_operator.api.constants import VERIFIED, profile_label
+from sod_operator.kube import ApiError, EventRecorder
 from sod_operator.policy.settings import RelocationSettings
 
 from tests.unit.policy.scenario import ROOT, TEMPLATE

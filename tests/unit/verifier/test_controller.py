@@ -2,9 +2,10 @@
 
 An in-memory `KubeIO` double records the writes (status, labels, Events) so each
 reconcile's effect is checked without an apiserver; the evidence is the recorded swtpm
-golden data. Covers: the delayed de-duplicating work queue; one reconcile writing status,
+golden data. Covers: one reconcile writing status,
 labels and Events, and a second one writing nothing; a 409 leading to a fresh read and no
-label change; a node without attestation losing our labels; the one-EK-one-node index;
+label change; a node without attestation losing our labels; a failed reconcile retried after
+a per-node back-off (the queue itself: tests/unit/kube); the one-EK-one-node index;
 policies parsed once per profile version; the CA bundle reloaded when its file changes.
 The real apiserver path is tests/e2e/test_trust.py.
 """
@@ -20,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from sod_operator.api.constants import profile_label
-from sod_operator.verifier.controller import BundleSource, NodeInfo, Verifier, WorkQueue
-from sod_operator.verifier.kube import Conflict
+from sod_operator.kube import ApiError, Backoff, RateLimiter, WorkQueue
+from sod_operator.verifier.controller import BundleSource, NodeInfo, Verifier
 
 from tests.unit.attestation.conftest import GOLDEN, step
 from tests.unit.attestation.golden import SeededEntropy
@@ -43,7 +44,7 @@ class FakeIO:
     def replace_status(self, name: str, resource_version: str, status: Obj) -> Obj:
         if self.conflict_once:
             self.conflict_once = False
-            raise Conflict(name)
+            raise ApiError("PUT", name, 409, {"reason": "Conflict"})
         self.rv += 1
         self.statuses.append((name, status))
         obj = copy.deepcopy(self.objects[name])
@@ -90,41 +91,6 @@ def _verifier(tmp_path: Path, now: datetime) -> tuple[Verifier, FakeIO]:
 
     v._on_attestation = on_attestation  # type: ignore[method-assign]
     return v, io
-
-
-def test_queue_keeps_each_key_once_at_its_earliest_time() -> None:
-    q = WorkQueue()
-    q.add("a", 60)
-    q.add("a", 0)
-    q.add("b", 0)
-    q.add("b", 60)
-    assert sorted([q.get(1), q.get(1)]) == ["a", "b"]  # type: ignore[type-var]
-    assert q.get(0.05) is None
-    assert len(q) == 0
-
-
-def test_a_key_being_processed_is_not_handed_out_again_until_done() -> None:
-    q = WorkQueue()
-    q.add("a")
-    assert q.get(1) == "a"
-    q.add("a")  # an event for it while a worker holds it
-    assert q.get(0.05) is None  # a second worker must not take it
-    assert len(q) == 1
-    q.done("a")
-    assert q.get(1) == "a"
-    q.done("a")
-    assert q.get(0.05) is None
-    assert len(q) == 0
-
-
-def test_a_re_add_during_processing_keeps_the_earliest_due_time() -> None:
-    q = WorkQueue()
-    q.add("a")
-    assert q.get(1) == "a"
-    q.add("a", 60)
-    q.add("a", 0)
-    q.done("a")
-    assert q.get(1) == "a"
 
 
 def test_two_nodes_with_one_ek_finishing_enrollment_at_once_enroll_it_once(
@@ -193,6 +159,30 @@ def test_a_node_without_attestation_loses_our_labels_only(tmp_path: Path) -> Non
     labels = {profile_label("tpm"): "verified", "kubernetes.io/os": "linux"}
     v.caches.nodes["lonely"] = NodeInfo(uid="x", labels=dict(labels))
     assert v.reconcile("lonely") is None
+    assert io.labels == [("lonely", {profile_label("tpm"): None})]
+
+
+def test_a_failed_reconcile_backs_off_per_node_and_a_success_forgets_it(tmp_path: Path) -> None:
+    v, io = _verifier(tmp_path, step("good").now)
+    v.caches.nodes["lonely"] = NodeInfo(uid="x", labels={profile_label("tpm"): "verified"})
+    down = ApiError.no_answer("PATCH", "/api/v1/nodes/lonely", ConnectionRefusedError())
+
+    def unreachable(node: str, labels: dict[str, str | None]) -> None:
+        raise down
+
+    io.patch_node_labels = unreachable  # type: ignore[method-assign]
+    v.queue = WorkQueue(RateLimiter(Backoff(base=60.0)))  # long enough never to come due here
+    for failures in (1, 2):
+        v.queue.add("lonely")
+        assert v.queue.get(1) == "lonely"
+        v.process("lonely")
+        assert v.queue.num_requeues("lonely") == failures
+        assert v.queue.get(timeout=0) is None  # not again at once: it waits out its back-off
+    del io.patch_node_labels  # the apiserver is back
+    v.queue.add("lonely")  # e.g. the resync, sooner than the back-off
+    assert v.queue.get(1) == "lonely"
+    v.process("lonely")
+    assert v.queue.num_requeues("lonely") == 0
     assert io.labels == [("lonely", {profile_label("tpm"): None})]
 
 
