@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 
+from cryptography import x509
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
+from sod_operator.attestation import platform
 
 # PCRs 0, 4 and 7 after the sandbox's simulated boot (sod_testbed.swtpm.BOOT_LOG),
 # spelled out so this module needs no TPM code; test_golden checks they agree.
@@ -52,3 +54,10 @@ def policies() -> dict[str, AttestationPolicy | None]:
         "tpm": AttestationPolicy.model_validate({"tpm": {"pcrs": golden}}),
         "no-policy": None,
     }
+
+
+def enrollments(ek_certificate_der: bytes) -> dict[str, tuple[platform.Enrolled, ...]]:
+    """The platform team's PlatformEnrollment of the recorded node's TPM: it is a HyperWall
+    machine (so `hyperwall` can be verified on it, and `datasafe` cannot)."""
+    fingerprint = platform.ek_fingerprint(x509.load_der_x509_certificate(ek_certificate_der))
+    return platform.index([("node-1", "hyperwall", fingerprint)])

@@ -73,6 +73,7 @@ def test_reasons_are_pinned() -> None:
         "CredentialActivationFailed", "AkNotEnrolled", "NonceMismatch", "QuoteMalformed",
         "QuoteSignatureInvalid", "QualifyingDataMismatch", "PcrSelectionMismatch",
         "PcrDigestMismatch", "EvidenceStale", "NoAttestationPolicy", "ArchitectureMismatch",
+            "ArchitectureNotEnrolled",
         "PcrBankMismatch", "PcrNotQuoted", "PcrValueMismatch", "CpuFlagMissing",
         "ModuleParameterMismatch", "RuntimeCounterMissing", "RuntimeThresholdExceeded",
         "EventLogMissing", "EventLogMalformed", "EventLogMismatch", "EventNotAllowed",
