@@ -33,10 +33,10 @@ from sod_operator.api.v1alpha1.nodeattestation import (
     NodeAttestation,
     NodeAttestationStatus,
 )
-from sod_operator.attestation import labels, monitor
+from sod_operator.attestation import labels, monitor, platform
 from sod_operator.attestation.ekcert import BundleError, CaBundle
 from sod_operator.attestation.enroll import Entropy
-from sod_operator.verifier.kube import ATTESTATIONS, PROFILES, Conflict, KubeIO, Obj
+from sod_operator.verifier.kube import ATTESTATIONS, PLATFORMS, PROFILES, Conflict, KubeIO, Obj
 from sod_operator.verifier.metrics import Metrics
 
 log = logging.getLogger("sod.verifier")
@@ -166,6 +166,10 @@ class Caches:
     """EK certificate fingerprint → the node that enrolled it (one TPM, one node)."""
     policies: dict[str, tuple[str, AttestationPolicy | None]] = field(default_factory=dict)
     """Profile name → (resourceVersion, parsed policy): parsed once per profile change."""
+    platforms: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """PlatformEnrollment name → (architecture, EK fingerprint), as the platform team wrote it."""
+    enrollments: platform.Enrollments = field(default_factory=dict)
+    """`platforms` indexed by EK fingerprint (rebuilt on every PlatformEnrollment event)."""
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def put_attestation(self, name: str, obj: Obj | None) -> None:
@@ -180,6 +184,19 @@ class Caches:
             fp = enrolled_fingerprint(obj)
             if fp is not None:
                 self.enrolled_eks.setdefault(fp, name)
+
+
+def _put_platform(platforms: dict[str, tuple[str, str]], obj: Obj) -> None:
+    """Cache one PlatformEnrollment; one the apiserver's schema should have refused is
+    dropped (it enrolls nothing), never half-read."""
+    name = obj["metadata"]["name"]
+    spec = obj.get("spec") or {}
+    architecture, ek = spec.get("architecture"), spec.get("ekPublicKeySha256")
+    if isinstance(architecture, str) and isinstance(ek, str):
+        platforms[name] = (architecture, ek.lower())
+    else:
+        platforms.pop(name, None)
+        log.warning("PlatformEnrollment %s has no architecture or EK: it enrolls nothing", name)
 
 
 def _rv(obj: Obj) -> int:
@@ -230,6 +247,7 @@ class Verifier:
         handlers = {
             ATTESTATIONS: self._on_attestation,
             PROFILES: self._on_profile,
+            PLATFORMS: self._on_platform,
             "nodes": self._on_node,
         }
         for name, resource in resources.items():
@@ -258,7 +276,7 @@ class Verifier:
 
     def synced(self) -> bool:
         with self.caches.lock:
-            return self.caches.synced >= {ATTESTATIONS, PROFILES, "nodes"}
+            return self.caches.synced >= {ATTESTATIONS, PROFILES, PLATFORMS, "nodes"}
 
     def healthy(self) -> bool:
         return time.monotonic() - self.heartbeat < 30 and all(t.is_alive() for t in self._threads)
@@ -294,6 +312,23 @@ class Verifier:
                 c.profiles.pop(obj["metadata"]["name"], None)
             else:
                 c.profiles[obj["metadata"]["name"]] = obj
+        self.enqueue_all()
+
+    def _on_platform(self, kind: str, obj: Obj) -> None:
+        c = self.caches
+        with c.lock:
+            if kind == "SYNCED":
+                c.platforms = {}
+                for item in obj["items"]:
+                    _put_platform(c.platforms, item)
+                c.synced.add(PLATFORMS)
+            elif kind == "DELETED":
+                c.platforms.pop(obj["metadata"]["name"], None)
+            else:
+                _put_platform(c.platforms, obj)
+            c.enrollments = platform.index(
+                (name, arch, ek) for name, (arch, ek) in c.platforms.items()
+            )
         self.enqueue_all()
 
     def _on_node(self, kind: str, obj: Obj) -> None:
@@ -437,6 +472,7 @@ class Verifier:
                     policies=self.policies(),
                     now=now,
                     ek_enrolled_by=self._ek_enrolled_by(name, fingerprint),
+                    enrollments=self.caches.enrollments,
                 ),
                 monitor.Settings(
                     bundle=self.bundle.bundle,

@@ -1,6 +1,7 @@
 """The verifier's I/O with the Kubernetes API: caches fed by watches, and the few writes.
 
-Reads go through three watch-fed caches (NodeAttestations, ServerSecurityProfiles, Nodes:
+Reads go through four watch-fed caches (NodeAttestations, ServerSecurityProfiles,
+PlatformEnrollments, Nodes:
 list, then watch from the list's resourceVersion, relist on 410 Gone or any error). Writes:
 
 * `replace_status` — PUT `/status` with the object's resourceVersion as precondition (the
@@ -34,6 +35,7 @@ _kube: Any = kubernetes
 
 ATTESTATIONS = "nodeattestations"
 PROFILES = "serversecurityprofiles"
+PLATFORMS = "platformenrollments"
 EVENT_NAMESPACE = "default"
 WATCH_TIMEOUT_SECONDS = 300
 
@@ -83,6 +85,7 @@ class KubeIO:
         return {
             ATTESTATIONS: Resource(ATTESTATIONS, custom(ATTESTATIONS)),
             PROFILES: Resource(PROFILES, custom(PROFILES)),
+            PLATFORMS: Resource(PLATFORMS, custom(PLATFORMS)),
             "nodes": Resource("nodes", nodes),
         }
 
