@@ -8,7 +8,8 @@ Runs the real node-agent code (tpm2-pytss against swtpm) and the real verifier s
 enrollment, two good rounds, a memory violation, an unexpected PCR measurement, a quote by a
 different AK, and a TPM whose EK certificate comes from a CA the verifier does not trust.
 Every step stores the spec the agent wrote, the status the verifier had before, the
-verifier's clock and the status it wrote, so unit tests can replay and tamper with real TPM blobs and no TPM at all.
+verifier's clock and the status it wrote, so unit tests can replay and tamper with real TPM
+blobs and no TPM at all.
 
 `recording.entropy` is deterministic so the verifier's nonces and challenges are
 reproducible; the clock is real (EK certificates are valid from their manufacture time).
