@@ -252,7 +252,10 @@ class TrustBed:
         self.identity(f"agent-{node.name}", rbac.AGENT_SA, bound_node=node.name)
         self.start_agent(node.name)
 
-    def start_swtpm(self, node: str) -> None:
+    def start_swtpm(self, node: str, chain: str | None = None) -> None:
+        """Start the node's swtpm and play its firmware: the boot chain of its machine's
+        architecture, or of `chain` (a root attacker booting another architecture's
+        hypervisor image, e2e only)."""
         sw = self.swtpm_for(node)
         ctrl = f"{sw.socket}.ctrl"
         if len(ctrl.encode()) > UNIX_SOCKET_PATH_MAX:  # swtpm would fail with a bare IO error
@@ -270,7 +273,8 @@ class TrustBed:
             raise SandboxError(
                 f"swtpm of {node} did not start: {err}; log {proc.log_path}"
             ) from err
-        swtpm.simulated_boot(sw.tcti, self.machine_architecture(node), self.event_log(node))
+        architecture = chain or self.machine_architecture(node)
+        swtpm.simulated_boot(sw.tcti, architecture, self.event_log(node))
 
     def ek_fingerprint(self, node: str) -> str:
         """The node's EK fingerprint, read from its TPM itself (as `tpm2_getekcertificate` on
@@ -390,12 +394,12 @@ class TrustBed:
         if proc is not None:
             proc.stop()
 
-    def reboot(self, node: str) -> None:
+    def reboot(self, node: str, chain: str | None = None) -> None:
         """Restart the node's swtpm (PCRs reset) and replay the firmware's boot log."""
         proc = self.cluster.processes.get(f"swtpm-{node}")
         if proc is not None:
             proc.stop()
-        self.start_swtpm(node)
+        self.start_swtpm(node, chain)
 
     def pcrs_golden(self, node: str) -> bool:
         # libtss2 reads TSS2_LOG once, at its first use in the process: set it before, or the
