@@ -18,7 +18,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_der_public_key,
+    load_pem_public_key,
+)
 
 from sod_operator.api.v1alpha1.nodeattestation import AttestationReason
 
@@ -41,6 +46,24 @@ def ek_fingerprint(cert: x509.Certificate) -> str:
     """SHA-256 (hex) of the certified EK public key, DER SubjectPublicKeyInfo."""
     spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(spki).hexdigest()
+
+
+def ek_fingerprint_of(data: bytes) -> str:
+    """The fingerprint of an EK given as its certificate or its public key, PEM or DER (what
+    `tpm2_getekcertificate` or `tpm2_createek -f pem` write on the machine)."""
+    for load_cert in (x509.load_pem_x509_certificate, x509.load_der_x509_certificate):
+        try:
+            return ek_fingerprint(load_cert(data))
+        except ValueError:
+            pass
+    for load_key in (load_pem_public_key, load_der_public_key):
+        try:
+            key = load_key(data)
+        except (ValueError, TypeError):
+            continue
+        spki = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        return hashlib.sha256(spki).hexdigest()
+    raise ValueError("neither an X.509 certificate nor a public key, in PEM or DER")
 
 
 def index(enrollments: Iterable[tuple[str, str, str]]) -> dict[str, tuple[Enrolled, ...]]:

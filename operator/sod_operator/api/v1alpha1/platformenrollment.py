@@ -37,6 +37,6 @@ class PlatformEnrollmentSpec(ApiModel):
     """SHA-256 (lower-case hex) of the TPM's endorsement public key in DER
     SubjectPublicKeyInfo form, recorded at provisioning from the machine itself or from the
     vendor's delivery records: `openssl x509 -in ek.pem -pubkey -noout | openssl pkey -pubin
-    -outform der | sha256sum`, or `sodctl ek-fingerprint ek.pem`."""
+    -outform der | sha256sum`; `sodctl platform-enrollment` prints the whole object."""
     description: ShortText | None = None
     """Free text for people (e.g. rack position, asset tag)."""
