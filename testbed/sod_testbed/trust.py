@@ -277,8 +277,12 @@ class TrustBed:
         swtpm.simulated_boot(sw.tcti, architecture, self.event_log(node))
 
     def ek_fingerprint(self, node: str) -> str:
-        """The node's EK fingerprint, read from its TPM itself (as `tpm2_getekcertificate` on
-        the machine at provisioning), never from what an agent published."""
+        """The node's EK fingerprint as the platform team recorded it at enrollment."""
+        return (self.dir / "tpm" / node / "ek-fingerprint").read_text().strip()
+
+    def _read_ek_fingerprint(self, node: str) -> str:
+        """Read from the TPM itself (as `tpm2_getekcertificate` on the machine at
+        provisioning, before the agent runs), never from what an agent published."""
         from sod_node_agent import tpm as agent_tpm
 
         with agent_tpm.session(self.swtpm_for(node).tcti) as session:
@@ -287,13 +291,15 @@ class TrustBed:
 
     def enroll_platform(self, node: str) -> None:
         """The platform team enrolls the machine's EK for its architecture (cluster admin)."""
+        fingerprint = self._read_ek_fingerprint(node)
+        (self.dir / "tpm" / node / "ek-fingerprint").write_text(fingerprint + "\n")
         body = {
             "apiVersion": API_VERSION,
             "kind": "PlatformEnrollment",
             "metadata": {"name": node},
             "spec": {
                 "architecture": self.machine_architecture(node),
-                "ekPublicKeySha256": self.ek_fingerprint(node),
+                "ekPublicKeySha256": fingerprint,
                 "description": "sod sandbox: enrolled when its TPM was manufactured",
             },
         }

@@ -212,11 +212,13 @@ def test_self_declared_freshness_does_not_extend_evidence(bed: tuple[PrivateBed,
     )
 
 
-def _judged_rounds(api: KubeApi, node: str, rounds: int, claim: str) -> list[JsonObj]:
-    """The hyperwall verdicts of the next `rounds` generations of `node`'s evidence that
-    claim `claim`, each read with the status the verifier wrote for that generation."""
+def _judged_rounds(
+    api: KubeApi, node: str, rounds: int, claim: str, after: int | None = None
+) -> list[JsonObj]:
+    """The hyperwall verdicts of the next `rounds` generations of `node`'s evidence (after
+    the current one) that claim `claim`, each read with the status the verifier wrote for it."""
     seen: list[JsonObj] = []
-    last = 0
+    last = natt(api, node)["metadata"]["generation"] if after is None else after
     for _ in range(rounds):
         att = wait_for(
             lambda: natt(api, node),
@@ -283,8 +285,9 @@ def test_a_compromised_plain_node_claiming_hyperwall_is_never_verified_for_it(
         # it can; on hardware the CRTM measures the real firmware): PCRs and log match.
         trust.stop_agent(node)
         trust.reboot(node, chain="hyperwall")
+        rounds_from = natt(api, node)["metadata"]["generation"]
         trust.start_agent(node)
-        hw_chain = _judged_rounds(api, node, 3, "hyperwall")
+        hw_chain = _judged_rounds(api, node, 3, "hyperwall", rounds_from)
         for v in hw_chain:
             assert v["reason"] == "ArchitectureNotEnrolled", v
             assert "not a golden value" not in v["message"]  # only the enrollment stops it

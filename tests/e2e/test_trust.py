@@ -305,6 +305,13 @@ def test_every_node_is_enrolled_and_labelled_by_attestation(
         assert conditions == {"Enrolled": ("True", "Enrolled"), "Ready": ("True", "Verified")}
         assert att["status"]["enrollment"]["state"] == "Enrolled"
         assert set(att["status"]["verifiedProfiles"]) >= EXPECTED[node]
+        # The platform team's word, from the TPM itself: the node's EK, enrolled for its hardware.
+        enrolled = kube_api.get(resource_path(NATT, "platformenrollments", name=node))["spec"]
+        assert enrolled == {
+            "architecture": node.rsplit("-", 1)[0],
+            "ekPublicKeySha256": bed.ek_fingerprint(node),
+            "description": "sod sandbox: enrolled when its TPM was manufactured",
+        }
     assert _verdict(_natt(kube_api, "plain-1"), HYPERWALL) == ("Rejected", R.ARCHITECTURE_MISMATCH)
     assert HYPERWALL not in _verified_labels(kube_api, "datasafe-1")
     assert _events(kube_api, "hyperwall-1", "Node", "ProfileVerified")
