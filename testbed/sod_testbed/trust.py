@@ -238,8 +238,7 @@ class TrustBed:
         state = self.tpm_state(node.name)
         if not state.exists():
             swtpm.manufacture(state, self.ca, ek=node.tpm)
-        self.architecture_file(node.name).write_text(node.architecture + "
-")
+        self.architecture_file(node.name).write_text(node.architecture + "\n")
         self.start_swtpm(node.name)
         self.enroll_platform(node.name)
         architecture = None if node.architecture == PLAIN else node.architecture
