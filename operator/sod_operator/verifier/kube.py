@@ -134,6 +134,11 @@ class KubeIO:
                         if kind != "BOOKMARK":
                             handler(kind, obj)
             except Exception as err:
+                if isinstance(err, ApiException) and err.status == 404:
+                    # The resource does not exist (e.g. the PlatformEnrollment CRD is not
+                    # installed yet): there is none of it, so judge on that (fail closed)
+                    # instead of never syncing and leaving every label as it was.
+                    handler("SYNCED", {"items": []})
                 if not stop.is_set():
                     log.warning("watch of %s restarts after: %s", resource.name, err)
                     stop.wait(1.0)
