@@ -52,9 +52,9 @@ def missing() -> str | None:
 
 def _policies() -> dict[str, Any]:
     from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
-    from sod_testbed.swtpm import SANDBOX_GOLDEN_PCRS
+    from sod_testbed.swtpm import golden_pcrs
 
-    golden = [{"index": i, "values": [v]} for i, v in SANDBOX_GOLDEN_PCRS.items()]
+    golden = [{"index": i, "values": [v]} for i, v in golden_pcrs(ARCHITECTURE).items()]
     return {
         ARCHITECTURE: AttestationPolicy.model_validate(
             {
@@ -67,6 +67,17 @@ def _policies() -> dict[str, Any]:
             {"architecture": "hyperwall", "runtime": [{"counter": "memoryViolations", "max": 0}]}
         ),
     }
+
+
+def _enrolled(tcti: str, name: str) -> Any:
+    """The platform team's enrollment of the node's TPM for ARCHITECTURE (PlatformEnrollment)."""
+    from cryptography import x509
+    from sod_node_agent import tpm as agent_tpm
+    from sod_operator.attestation import platform
+
+    with agent_tpm.session(tcti) as session:
+        cert = x509.load_der_x509_certificate(session.identity().ek_certificate)
+    return platform.index([(name, ARCHITECTURE, platform.ek_fingerprint(cert))])
 
 
 class SimulatedNode:
@@ -83,13 +94,14 @@ class SimulatedNode:
         swtpm.manufacture(directory / name, ca)
         self.tpm = swtpm.Swtpm(directory / name)
         self.tpm.start()
-        swtpm.simulated_boot(self.tpm.tcti)
+        swtpm.simulated_boot(self.tpm.tcti, ARCHITECTURE)
         self.selection = agent_tpm.PcrSelection.parse(PCRS)
         self.claims = facts.collect(facts.FactSources(architecture=ARCHITECTURE))
         self.settings = monitor.Settings(bundle=CaBundle.from_pem(ca.bundle_pem()))
         self.policies = _policies()
         self.node = monitor.NodeView(labels={})
         self.att = NodeAttestation(name=name)
+        self.enrollments = _enrolled(self.tpm.tcti, name)
 
     def agent_round(self) -> None:
         """What the agent does for one nonce (or enrollment challenge)."""
@@ -111,7 +123,9 @@ class SimulatedNode:
         from sod_operator.attestation import monitor
 
         out = monitor.step(
-            monitor.StepInput(self.att, self.node, self.policies, datetime.now(UTC)),
+            monitor.StepInput(
+                self.att, self.node, self.policies, datetime.now(UTC), enrollments=self.enrollments
+            ),
             self.settings,
             os.urandom,
         )

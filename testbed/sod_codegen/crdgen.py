@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from sod_operator.api import constants
 from sod_operator.api.v1alpha1.nodeattestation import NodeAttestationSpec, NodeAttestationStatus
 from sod_operator.api.v1alpha1.package import SecurityPackageSpec
+from sod_operator.api.v1alpha1.platformenrollment import PlatformEnrollmentSpec
 from sod_operator.api.v1alpha1.profile import (
     PROFILE_NAME_MESSAGE,
     ServerSecurityProfileSpec,
@@ -193,6 +194,25 @@ CRDS: tuple[CrdDefinition, ...] = (
             AGE,
         ),
         spec_required=False,
+    ),
+    CrdDefinition(
+        kind="PlatformEnrollment",
+        plural="platformenrollments",
+        short_names=("penr",),
+        namespaced=False,
+        spec=PlatformEnrollmentSpec,
+        status=None,
+        description=(
+            "The platform team's enrollment of one machine's TPM (its EK) for the machine's "
+            "security architecture: a profile naming an architecture is verified only on a node "
+            "whose EK is enrolled for it, whatever the node declares."
+        ),
+        columns=(
+            PrinterColumn("Architecture", "string", ".spec.architecture"),
+            PrinterColumn("EK", "string", ".spec.ekPublicKeySha256"),
+            AGE,
+            PrinterColumn("Description", "string", ".spec.description", priority=1),
+        ),
     ),
 )
 

@@ -8,10 +8,11 @@
   P-256 EK (0x81010002, certificate in NV 0x01c0000a), which swtpm_setup 0.7 does not make
   (its ECC EK is P-384): `provision_ecc_ek`.
 * `Swtpm` — `swtpm socket` on a Unix socket (no ports to race for), stopped by its own pid.
-* `simulated_boot` — plays firmware: extends the sandbox's boot log into PCRs 0, 4 and 7
-  after a (re)start, so quotes show stable, known values, and writes the TCG2 crypto-agile
-  event log of exactly those measurements (what the kernel exposes as
-  /sys/kernel/security/tpm0/binary_bios_measurements on a real node); `SANDBOX_GOLDEN_PCRS`
+* `simulated_boot` — plays firmware: extends the boot chain of the node's architecture
+  (`boot_log(architecture)`: each architecture's own firmware and hypervisor) into PCRs 0, 4
+  and 7 after a (re)start, so quotes show stable, known values, and writes the TCG2
+  crypto-agile event log of exactly those measurements (what the kernel exposes as
+  /sys/kernel/security/tpm0/binary_bios_measurements on a real node); `golden_pcrs(arch)`
   are the values, as a profile's `spec.attestation.tpm.pcrs` lists them. `measure` is the
   firmware loading one more component: extended and logged.
 
@@ -73,15 +74,34 @@ def _application(path: str, image: bytes) -> Measurement:
     )
 
 
-BOOT_LOG: tuple[Measurement, ...] = (
-    Measurement(0, EV["EV_S_CRTM_VERSION"], b"sod-sandbox firmware 1.0 (simulated UEFI)"),
-    _application("\\EFI\\sod\\loader.efi", b"sod-sandbox boot loader 1.0"),
-    _application("\\EFI\\sod\\vmlinuz", b"sod-sandbox kernel 6.1.0 + initrd"),
-    # A text event, not the SecureBoot variable, so PCR 7 keeps the value the recorded
-    # golden evidence (tests/unit/attestation/data/golden.json) was quoted with.
-    Measurement(7, EV["EV_EFI_ACTION"], b"secure boot: enabled, db=sod-sandbox-platform-key"),
-)
-"""What the sandbox's simulated firmware measures at every boot, with TCG event types."""
+PLAIN = "plain"
+"""A node with no security architecture (sod_testbed.nodes.PLAIN)."""
+
+
+def boot_log(architecture: str) -> tuple[Measurement, ...]:
+    """What the simulated firmware of a node of `architecture` measures at every boot, with
+    TCG event types. Each architecture is its own hardware and hypervisor: its firmware
+    (PCR 0, the CRTM version) and its kernel with the architecture's hypervisor (PCR 4) differ,
+    so a quote and its log say which platform booted which hypervisor. Same number and kinds
+    of events everywhere; `plain` is the generic platform and KVM kernel."""
+    hardware = "" if architecture == PLAIN else f" on {architecture} hardware"
+    hypervisor = "" if architecture == PLAIN else f", {architecture} hypervisor"
+    return (
+        Measurement(
+            0,
+            EV["EV_S_CRTM_VERSION"],
+            f"sod-sandbox firmware 1.0 (simulated UEFI){hardware}".encode(),
+        ),
+        _application("\\EFI\\sod\\loader.efi", b"sod-sandbox boot loader 1.0"),
+        _application(
+            "\\EFI\\sod\\vmlinuz", f"sod-sandbox kernel 6.1.0 + initrd{hypervisor}".encode()
+        ),
+        # A text event, not the SecureBoot variable, so PCR 7 keeps the value the recorded
+        # golden evidence (tests/unit/attestation/data/golden.json) was quoted with.
+        Measurement(7, EV["EV_EFI_ACTION"], b"secure boot: enabled, db=sod-sandbox-platform-key"),
+    )
+
+
 UNEXPECTED_BOOT_COMPONENT = _application(
     "\\EFI\\sod\\bootkit.efi", b"sod-sandbox unexpected boot component: bootkit 0.1"
 )
@@ -101,10 +121,16 @@ def replay(events: Iterable[tuple[int, bytes]], size: int = 32) -> dict[int, byt
     return pcrs
 
 
-SANDBOX_GOLDEN_PCRS: dict[int, str] = {
-    i: v.hex() for i, v in sorted(replay((m.pcr, _payload(m)) for m in BOOT_LOG).items())
-}
-"""Golden SHA-256 values of PCRs 0, 4 and 7 on a sandbox node booted with `BOOT_LOG`."""
+def golden_pcrs(architecture: str) -> dict[int, str]:
+    """Golden SHA-256 values of PCRs 0, 4 and 7 on a sandbox node of `architecture` (booted
+    with `boot_log(architecture)`), as a profile's `spec.attestation.tpm.pcrs` lists them."""
+    log = boot_log(architecture)
+    return {i: v.hex() for i, v in sorted(replay((m.pcr, _payload(m)) for m in log).items())}
+
+
+def boot_log_bytes(architecture: str) -> bytes:
+    """The TCG2 crypto-agile event log of `boot_log(architecture)`."""
+    return write_crypto_agile(list(boot_log(architecture)), LOG_BANKS)
 
 
 # --------------------------------------------------------------------------- local CA
@@ -364,13 +390,14 @@ def extend(tcti: str, events: Sequence[tuple[int, bytes]]) -> None:
             ectx.pcr_extend(getattr(ESYS_TR, f"PCR{index}"), values)
 
 
-def simulated_boot(tcti: str, event_log: Path | None = None) -> None:
-    """Measure the sandbox boot log (run right after swtpm (re)started: PCRs are reset) and
-    write its TCG2 event log to `event_log`, as firmware hands it to the kernel."""
+def simulated_boot(tcti: str, architecture: str, event_log: Path | None = None) -> None:
+    """Measure the boot chain of a node of `architecture` (run right after swtpm (re)started:
+    PCRs are reset) and write its TCG2 event log to `event_log`, as firmware hands it to the
+    kernel."""
     if event_log is not None:
         event_log.parent.mkdir(parents=True, exist_ok=True)
-        event_log.write_bytes(write_crypto_agile(list(BOOT_LOG), LOG_BANKS))
-    extend(tcti, [(m.pcr, _payload(m)) for m in BOOT_LOG])
+        event_log.write_bytes(boot_log_bytes(architecture))
+    extend(tcti, [(m.pcr, _payload(m)) for m in boot_log(architecture)])
 
 
 def measure(tcti: str, m: Measurement, event_log: Path) -> None:

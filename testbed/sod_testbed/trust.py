@@ -7,12 +7,14 @@ exactly as in a cluster, so the apiserver itself enforces who may write what:
 * `install()` applies `sod_operator.verifier.rbac.manifests()` (ServiceAccounts, ClusterRoles,
   ValidatingAdmissionPolicies) and configures a local EK CA (`swtpm.LocalCa`);
 * `start_node(node)` manufactures the node's TPM (an RSA EK, or for `node.tpm == "ecc"` an
-  ECC P-256 one; certificate from that CA), runs swtpm, plays the simulated firmware
-  (`swtpm.BOOT_LOG` into PCRs 0, 4, 7, and its TCG2 event log next to the TPM state, which
-  the agent sends with each quote), writes the simulated-architecture state (the node's
-  architecture, `memoryViolations: 0`; `plain` declares none), and runs `sod-node-agent`
-  with a ServiceAccount token **bound to the Node object** (so its user info carries
-  `authentication.kubernetes.io/node-name`);
+  ECC P-256 one; certificate from that CA) and, as the platform team does when it racks a
+  machine, enrolls that TPM's EK for the node's architecture (a `PlatformEnrollment` named
+  after the node, `plain` included), runs swtpm, plays the simulated firmware of the node's
+  architecture (`swtpm.boot_log(arch)` into PCRs 0, 4, 7, and its TCG2 event log next to the
+  TPM state, which the agent sends with each quote), writes the simulated-architecture state
+  (the node's architecture, `memoryViolations: 0`; `plain` declares none), and runs
+  `sod-node-agent` with a ServiceAccount token **bound to the Node object** (so its user info
+  carries `authentication.kubernetes.io/node-name`);
 * `start_verifier()` runs `sod-verifier` with the verifier ServiceAccount's token (the only
   identity allowed to patch Nodes) and the CA bundle;
 * `break_node(node, how)`: `violation` (the simulated source reports memory violations),
@@ -40,6 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography import x509
+from sod_operator.api.constants import API_VERSION
+from sod_operator.attestation import platform
 from sod_operator.attestation.eventlog import image_path
 from sod_operator.verifier import rbac
 
@@ -152,6 +157,13 @@ class TrustBed:
         """The node's boot event log (its binary_bios_measurements)."""
         return self.dir / "tpm" / node / "binary_bios_measurements"
 
+    def architecture_file(self, node: str) -> Path:
+        """The architecture of the node's machine: its hardware, fixed when its TPM is made."""
+        return self.dir / "tpm" / node / "architecture"
+
+    def machine_architecture(self, node: str) -> str:
+        return self.architecture_file(node).read_text().strip()
+
     def sim_state(self, node: str) -> Path:
         return self.dir / "sim" / f"{node}.json"
 
@@ -226,7 +238,9 @@ class TrustBed:
         state = self.tpm_state(node.name)
         if not state.exists():
             swtpm.manufacture(state, self.ca, ek=node.tpm)
+        self.architecture_file(node.name).write_text(node.architecture + "\n")
         self.start_swtpm(node.name)
+        self.enroll_platform(node.name)
         architecture = None if node.architecture == PLAIN else node.architecture
         counters = {VIOLATIONS_COUNTER: 0} if architecture else {}
         self.sim_state(node.name).parent.mkdir(parents=True, exist_ok=True)
@@ -237,7 +251,10 @@ class TrustBed:
         self.identity(f"agent-{node.name}", rbac.AGENT_SA, bound_node=node.name)
         self.start_agent(node.name)
 
-    def start_swtpm(self, node: str) -> None:
+    def start_swtpm(self, node: str, chain: str | None = None) -> None:
+        """Start the node's swtpm and play its firmware: the boot chain of its machine's
+        architecture, or of `chain` (a root attacker booting another architecture's
+        hypervisor image, e2e only)."""
         sw = self.swtpm_for(node)
         ctrl = f"{sw.socket}.ctrl"
         if len(ctrl.encode()) > UNIX_SOCKET_PATH_MAX:  # swtpm would fail with a bare IO error
@@ -255,7 +272,38 @@ class TrustBed:
             raise SandboxError(
                 f"swtpm of {node} did not start: {err}; log {proc.log_path}"
             ) from err
-        swtpm.simulated_boot(sw.tcti, self.event_log(node))
+        architecture = chain or self.machine_architecture(node)
+        swtpm.simulated_boot(sw.tcti, architecture, self.event_log(node))
+
+    def ek_fingerprint(self, node: str) -> str:
+        """The node's EK fingerprint as the platform team recorded it at enrollment."""
+        return (self.dir / "tpm" / node / "ek-fingerprint").read_text().strip()
+
+    def _read_ek_fingerprint(self, node: str) -> str:
+        """Read from the TPM itself (as `tpm2_getekcertificate` on the machine at
+        provisioning, before the agent runs), never from what an agent published."""
+        from sod_node_agent import tpm as agent_tpm
+
+        with agent_tpm.session(self.swtpm_for(node).tcti) as session:
+            cert = x509.load_der_x509_certificate(session.identity().ek_certificate)
+        return platform.ek_fingerprint(cert)
+
+    def enroll_platform(self, node: str) -> None:
+        """The platform team enrolls the machine's EK for its architecture (cluster admin)."""
+        fingerprint = self._read_ek_fingerprint(node)
+        (self.dir / "tpm" / node / "ek-fingerprint").write_text(fingerprint + "\n")
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": "PlatformEnrollment",
+            "metadata": {"name": node},
+            "spec": {
+                "architecture": self.machine_architecture(node),
+                "ekPublicKeySha256": fingerprint,
+                "description": "sod sandbox: enrolled when its TPM was manufactured",
+            },
+        }
+        path = resource_path(API_VERSION, "platformenrollments", name=node)
+        self.cluster.api().apply(path, body, FIELD_MANAGER)
 
     def start_agent(self, node: str) -> None:
         argv = [
@@ -351,12 +399,12 @@ class TrustBed:
         if proc is not None:
             proc.stop()
 
-    def reboot(self, node: str) -> None:
+    def reboot(self, node: str, chain: str | None = None) -> None:
         """Restart the node's swtpm (PCRs reset) and replay the firmware's boot log."""
         proc = self.cluster.processes.get(f"swtpm-{node}")
         if proc is not None:
             proc.stop()
-        self.start_swtpm(node)
+        self.start_swtpm(node, chain)
 
     def pcrs_golden(self, node: str) -> bool:
         # libtss2 reads TSS2_LOG once, at its first use in the process: set it before, or the
@@ -367,7 +415,7 @@ class TrustBed:
         with ESAPI(self.swtpm_for(node).tcti) as ectx:
             _, _, digests = ectx.pcr_read("sha256:0,4,7")
             values = [bytes(d).hex() for d in digests]
-        return values == list(swtpm.SANDBOX_GOLDEN_PCRS.values())
+        return values == list(swtpm.golden_pcrs(self.machine_architecture(node)).values())
 
     def break_node(self, node: str, how: str) -> str:
         self.require_node(node)

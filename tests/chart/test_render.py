@@ -121,6 +121,7 @@ def test_defaults_render_the_three_components_and_the_crds(helm: Helm):
         "serversecurityprofiles.sod.dev",
         "securitypackages.sod.dev",
         "nodeattestations.sod.dev",
+        "platformenrollments.sod.dev",
     }
     for crd in by_kind(objs, "CustomResourceDefinition"):
         assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
@@ -375,8 +376,24 @@ def test_verifier_role_is_the_briefs(helm: Helm):
         *(("sod.dev", "nodeattestations", v) for v in ("get", "list", "watch")),
         *(("sod.dev", "nodeattestations/status", v) for v in ("get", "patch", "update")),
         *(("sod.dev", "serversecurityprofiles", v) for v in ("get", "list", "watch")),
+        *(("sod.dev", "platformenrollments", v) for v in ("get", "list", "watch")),
         *(("", "events", v) for v in ("create", "patch")),
     }
+
+
+def test_no_role_of_the_chart_may_write_platform_enrollments(helm: Helm):
+    """Which architecture a machine's EK is enrolled for is the platform team's word alone:
+    no identity the chart creates (node-agent, verifier, operator, tenant roles) may write
+    PlatformEnrollments, whatever the values file."""
+    writes = {"create", "update", "patch", "delete", "deletecollection", "*"}
+    for values in (None, VALUES_DIR / "production.yaml"):
+        for obj in render(helm, values):
+            if obj.kind not in ("ClusterRole", "Role"):
+                continue
+            for rule in obj.obj.get("rules") or []:
+                resources = set(rule.get("resources") or [])
+                if resources & {"platformenrollments", "*"} and set(rule["verbs"]) & writes:
+                    raise AssertionError(f"{obj.name} may write PlatformEnrollments: {rule}")
 
 
 def test_leader_election_is_confined_to_one_lease_in_the_release_namespace(helm: Helm):

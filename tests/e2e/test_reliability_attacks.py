@@ -12,7 +12,12 @@ node and a plain node, each with a swtpm and a `sod-node-agent`, and the `sod-ve
 * **evidence theft before enrollment**: the same, into a fresh NodeAttestation (the stolen EK
   certificate is already bound to the HyperWall node: one EK never enrolls two nodes);
 * **self-declared freshness**: the agent re-sends old evidence with a new `agent.producedTime`; the
-  age is measured from the verifier's nonce, so it still expires.
+  age is measured from the verifier's nonce, so it still expires;
+* **a forged architecture** (issue 19 item 3): root on the plain node runs its own node-agent
+  (its own node-bound identity, its own TPM) whose simulated source claims `hyperwall`, first on
+  the plain boot chain, then after "rebooting" its TPM into HyperWall's firmware and hypervisor
+  chain. The quotes are genuine; the platform team enrolled the node's EK as `plain`, so the
+  node is never verified for HyperWall (`ArchitectureNotEnrolled`), and it cannot enroll itself.
 
 (The agent writing its own verdict through the main resource is in test_reliability_authz.py.)
 """
@@ -25,8 +30,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from sod_node_agent.facts import SimulatedState
 from sod_operator.api.constants import profile_label
-from sod_testbed.kubeapi import JsonObj, KubeApi, resource_path
+from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
 from sod_testbed.kubevirt_sim import SimConfig
 from sod_testbed.nodes import parse_nodes
 from sod_testbed.trust import TrustBed
@@ -203,4 +209,101 @@ def test_self_declared_freshness_does_not_extend_evidence(bed: tuple[PrivateBed,
         "self-declared freshness: old evidence re-sent every second with a new agent.producedTime",
         rounds,
         f"revoked at its expiry ({expiry}) all the same: {v['reason']}",
+    )
+
+
+def _judged_rounds(
+    api: KubeApi, node: str, rounds: int, claim: str, after: int | None = None
+) -> list[JsonObj]:
+    """The hyperwall verdicts of the next `rounds` generations of `node`'s evidence (after
+    the current one) that claim `claim`, each read with the status the verifier wrote for it."""
+    seen: list[JsonObj] = []
+    last = natt(api, node)["metadata"]["generation"] if after is None else after
+    for _ in range(rounds):
+        att = wait_for(
+            lambda: natt(api, node),
+            lambda a, last=last: (
+                (a.get("spec", {}).get("claims") or {}).get("architecture") == claim
+                and (a.get("status") or {}).get("observedGeneration") == a["metadata"]["generation"]
+                and a["metadata"]["generation"] > last
+                and any(v["profile"] == "hyperwall" for v in a["status"].get("verdicts") or [])
+            ),
+            f"the verifier to judge {node}'s next evidence claiming {claim}",
+            60,
+        )
+        last = att["metadata"]["generation"]
+        [v] = [v for v in att["status"]["verdicts"] if v["profile"] == "hyperwall"]
+        assert v["result"] != "Verified", v
+        assert not labels(api, node), f"{node} got the HyperWall label"
+        seen.append(v)
+    return seen
+
+
+def test_a_compromised_plain_node_claiming_hyperwall_is_never_verified_for_it(
+    bed: tuple[PrivateBed, TrustBed],
+):
+    private, trust = bed
+    api = private.cluster.api()
+    node = THIEF
+    enrollment = api.get(resource_path(SOD, "platformenrollments", name=node))["spec"]
+    assert enrollment["architecture"] == "plain"  # the platform team's word, from its TPM
+    assert enrollment["ekPublicKeySha256"] == trust.ek_fingerprint(node)
+    own = KubeApi(trust.kubeconfig_for(f"agent-{node}"))  # root has the agent's identity
+    forged = {
+        "apiVersion": SOD,
+        "kind": "PlatformEnrollment",
+        "metadata": {"name": node},
+        "spec": {**enrollment, "architecture": "hyperwall"},
+    }
+    refused = []
+    for call in (
+        lambda: own.apply(resource_path(SOD, "platformenrollments", name=node), forged, "root"),
+        lambda: own.create(resource_path(SOD, "platformenrollments"),
+                           {**forged, "metadata": {"name": f"{node}-hw"}}),
+        lambda: own.delete(resource_path(SOD, "platformenrollments", name=node)),
+    ):  # fmt: skip
+        with pytest.raises(ApiError) as info:
+            call()
+        assert info.value.status == 403, info.value
+        refused.append(info.value.status)
+    sim = trust.sim_state(node)
+    honest = SimulatedState.load(sim)
+    trust.stop_agent(node)
+    outcomes: dict[str, str] = {}
+    try:
+        # Root's own agent: the same binary, its own identity and TPM, claiming HyperWall.
+        SimulatedState("hyperwall", {"memoryViolations": 0}).write(sim)
+        trust.start_agent(node)
+        plain_chain = _judged_rounds(api, node, 3, "hyperwall")
+        for v in plain_chain:
+            assert v["reason"] == "ArchitectureNotEnrolled", v
+            assert "is enrolled for 'plain' (PlatformEnrollment plain-1)" in v["message"]
+            assert f"sha256:{enrollment['ekPublicKeySha256']}" in v["message"]
+            assert "PCR 0" in v["message"]  # and the plain firmware is not HyperWall's
+        outcomes["plain boot chain"] = plain_chain[-1]["reason"] + " + PcrValueMismatch"
+        # Root also reboots its TPM into HyperWall's firmware and hypervisor chain (on swtpm
+        # it can; on hardware the CRTM measures the real firmware): PCRs and log match.
+        trust.stop_agent(node)
+        trust.reboot(node, chain="hyperwall")
+        rounds_from = natt(api, node)["metadata"]["generation"]
+        trust.start_agent(node)
+        hw_chain = _judged_rounds(api, node, 3, "hyperwall", rounds_from)
+        for v in hw_chain:
+            assert v["reason"] == "ArchitectureNotEnrolled", v
+            assert "not a golden value" not in v["message"]  # only the enrollment stops it
+        outcomes["HyperWall boot chain replayed"] = hw_chain[-1]["reason"]
+        assert labels(api, VICTIM), "the real HyperWall node lost its label"
+    finally:
+        trust.stop_agent(node)
+        honest.write(sim)
+        trust.reboot(node)
+        trust.start_agent(node)
+    record(
+        "6",
+        "forged architecture: a root-compromised plain node runs its own agent (own identity "
+        "and TPM) claiming hyperwall, on its own and on HyperWall's boot chain",
+        len(plain_chain) + len(hw_chain) + len(refused),
+        "never verified for hyperwall, no label: ArchitectureNotEnrolled (EK enrolled for "
+        "plain); writing its PlatformEnrollment (apply, create, delete) refused 403",
+        rounds=outcomes,
     )

@@ -70,6 +70,18 @@ def test_sandbox_up_kubectl_down(state_dir: Path) -> None:
         for n in json.loads(nodes.stdout)["items"]
     }
     assert labels == {"hyperwall-1": "hyperwall", "hyperwall-2": "hyperwall", "plain-1": "plain"}
+    # As the platform team would: each node's EK (read from its TPM), enrolled for its hardware.
+    enrollments = subprocess.run(
+        [kubectl, "--kubeconfig", kubeconfig.strip(),
+         f"--cache-dir={state_dir.parent / 'kube-cache'}", "get", "platformenrollments",
+         "-o", "json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    enrolled = {
+        e["metadata"]["name"]: e["spec"]["architecture"]
+        for e in json.loads(enrollments.stdout)["items"]
+    }
+    assert enrolled == labels
 
     again = _sodctl(state_dir, "up", "--nodes", "hyperwall=2,plain=1")
     assert "already running" in again.stdout

@@ -64,13 +64,22 @@ def _profile(name: str, attestation: JsonObj) -> JsonObj:
     }
 
 
+ARCHITECTURES = ("hyperwall", "datasafe", "plain")
+"""Each boots its own firmware and hypervisor (swtpm.boot_log)."""
 BOOT_REFERENCE = measuredboot.reference_state(
-    [eventlog.parse(eventlog.write_crypto_agile(list(swtpm.BOOT_LOG), swtpm.LOG_BANKS))], [0, 4, 7]
+    [eventlog.parse(swtpm.boot_log_bytes(a)) for a in ARCHITECTURES], [0, 4, 7]
 ).model_dump(mode="json", by_alias=True)
-GOLDEN = {
-    "pcrBank": "SHA256",
-    "pcrs": [{"index": i, "values": [v]} for i, v in GOLDEN_PCRS.items()],
-}
+
+
+def _golden(*architectures: str) -> JsonObj:
+    values = [swtpm.golden_pcrs(a) for a in architectures]
+    return {
+        "pcrBank": "SHA256",
+        "pcrs": [{"index": i, "values": sorted({v[i] for v in values})} for i in values[0]],
+    }
+
+
+GOLDEN = _golden("hyperwall")
 PROFILES = [
     _profile(
         HYPERWALL,
@@ -81,10 +90,15 @@ PROFILES = [
             "runtime": [{"counter": "memoryViolations", "max": 0}],
         },
     ),
-    _profile(DATASAFE, {"architecture": "datasafe", "tpm": GOLDEN, "freshnessSeconds": FRESHNESS}),
-    _profile(TPM, {"tpm": GOLDEN, "freshnessSeconds": FRESHNESS}),
-    # The reference state of the sandbox firmware's event log (what `sodctl reference-state`
-    # makes from any node's log; test_measured_boot_* checks that).
+    _profile(
+        DATASAFE,
+        {"architecture": "datasafe", "tpm": _golden("datasafe"), "freshnessSeconds": FRESHNESS},
+    ),
+    # No architecture: the golden values of every architecture's boot chain (as during a
+    # rollout), so the quote is checked on every node.
+    _profile(TPM, {"tpm": _golden(*ARCHITECTURES), "freshnessSeconds": FRESHNESS}),
+    # The reference state of the event logs of every architecture's firmware (what
+    # `sodctl reference-state` makes from one node's log of each; test_measured_boot_* checks).
     _profile(BOOT, {"measuredBoot": BOOT_REFERENCE, "freshnessSeconds": FRESHNESS}),
 ]
 EXPECTED = {
@@ -291,6 +305,13 @@ def test_every_node_is_enrolled_and_labelled_by_attestation(
         assert conditions == {"Enrolled": ("True", "Enrolled"), "Ready": ("True", "Verified")}
         assert att["status"]["enrollment"]["state"] == "Enrolled"
         assert set(att["status"]["verifiedProfiles"]) >= EXPECTED[node]
+        # The platform team's word, from the TPM itself: the node's EK, enrolled for its hardware.
+        enrolled = kube_api.get(resource_path(NATT, "platformenrollments", name=node))["spec"]
+        assert enrolled == {
+            "architecture": node.rsplit("-", 1)[0],
+            "ekPublicKeySha256": bed.ek_fingerprint(node),
+            "description": "sod sandbox: enrolled when its TPM was manufactured",
+        }
     assert _verdict(_natt(kube_api, "plain-1"), HYPERWALL) == ("Rejected", R.ARCHITECTURE_MISMATCH)
     assert HYPERWALL not in _verified_labels(kube_api, "datasafe-1")
     assert _events(kube_api, "hyperwall-1", "Node", "ProfileVerified")
@@ -393,9 +414,11 @@ def test_unexpected_measurement_revokes_until_a_reboot(
 def test_measured_boot_reference_state_is_what_sodctl_makes_from_a_nodes_log(
     bed: TrustBed, kube_api: KubeApi, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    node = "plain-1"
-    wait_verified(kube_api, node)
-    argv = ["reference-state", str(bed.event_log(node)), "--pcrs", "0,4,7", "-o", "json"]
+    nodes = ("hyperwall-1", "datasafe-1", "plain-1")
+    for node in nodes:
+        wait_verified(kube_api, node)
+    logs = [str(bed.event_log(node)) for node in nodes]
+    argv = ["reference-state", *logs, "--pcrs", "0,4,7", "-o", "json"]
     assert sodctl(argv) == 0
     made = json.loads(capsys.readouterr().out)["measuredBoot"]
     assert MeasuredBootPolicy.model_validate(made) == MeasuredBootPolicy.model_validate(

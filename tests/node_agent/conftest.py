@@ -37,7 +37,7 @@ def tpm(tmp_path: Path, manufactured: Path) -> Iterator[swtpm.Swtpm]:
     shutil.copytree(manufactured, state)
     sw = swtpm.Swtpm(state)
     sw.start()
-    swtpm.simulated_boot(sw.tcti)
+    swtpm.simulated_boot(sw.tcti, "hyperwall")
     yield sw
     sw.stop()
 
@@ -48,6 +48,6 @@ def fresh_tpm(tmp_path: Path, local_ca: swtpm.LocalCa) -> Iterator[swtpm.Swtpm]:
     swtpm.manufacture(state, local_ca)
     sw = swtpm.Swtpm(state)
     sw.start()
-    swtpm.simulated_boot(sw.tcti)
+    swtpm.simulated_boot(sw.tcti, "hyperwall")
     yield sw
     sw.stop()

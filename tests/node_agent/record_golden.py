@@ -3,11 +3,13 @@
     .venv/bin/python -m tests.node_agent.record_golden   # rewrites tests/unit/attestation/data/
 
 Runs the real node-agent code (tpm2-pytss against swtpm) and the real verifier step
-(`sod_operator.attestation.monitor.step`) through a whole life: enrollment, two good rounds,
-a memory violation, an unexpected PCR measurement, a quote by a different AK, and a TPM
-whose EK certificate comes from a CA the verifier does not trust. Every step stores the spec
-the agent wrote, the status the verifier had before, the verifier's clock and the status it
-wrote, so unit tests can replay and tamper with real TPM blobs and no TPM at all.
+(`sod_operator.attestation.monitor.step`) on a HyperWall machine (its boot chain
+`swtpm.boot_log("hyperwall")`, its EK enrolled for `hyperwall`) through a whole life:
+enrollment, two good rounds, a memory violation, an unexpected PCR measurement, a quote by a
+different AK, and a TPM whose EK certificate comes from a CA the verifier does not trust.
+Every step stores the spec the agent wrote, the status the verifier had before, the
+verifier's clock and the status it wrote, so unit tests can replay and tamper with real TPM
+blobs and no TPM at all.
 
 `recording.entropy` is deterministic so the verifier's nonces and challenges are
 reproducible; the clock is real (EK certificates are valid from their manufacture time).
@@ -30,7 +32,7 @@ from sod_operator.attestation import monitor
 from sod_operator.attestation.ekcert import CaBundle
 from sod_testbed import swtpm
 
-from tests.unit.attestation.golden import GOLDEN_PCRS, SeededEntropy, policies
+from tests.unit.attestation.golden import GOLDEN_PCRS, SeededEntropy, enrollments, policies
 
 OUT = Path(__file__).resolve().parents[1] / "unit" / "attestation" / "data" / "golden.json"
 SELECTION = "sha256:0-7"
@@ -81,7 +83,9 @@ def record() -> dict[str, Any]:
         before = att.status
         candidate = att.model_copy(update={"spec": spec, "generation": att.generation + 1})
         out = monitor.step(
-            monitor.StepInput(candidate, monitor.NodeView({}), pols, now), settings, entropy
+            monitor.StepInput(candidate, monitor.NodeView({}), pols, now, enrollments=enrolled),
+            settings,
+            entropy,
         )
         steps.append(
             {
@@ -98,10 +102,12 @@ def record() -> dict[str, Any]:
         if keep:
             att = candidate.model_copy(update={"status": out.status})
 
-    if swtpm.SANDBOX_GOLDEN_PCRS != GOLDEN_PCRS:
+    if swtpm.golden_pcrs("hyperwall") != GOLDEN_PCRS:
         raise SystemExit("tests/unit/attestation/golden.py GOLDEN_PCRS differ from the boot log")
+    with agent_tpm.session(node.tcti) as session:  # the platform team enrolls it as HyperWall
+        enrolled = enrollments(session.identity().ek_certificate)
     try:
-        swtpm.simulated_boot(node.tcti)
+        swtpm.simulated_boot(node.tcti, "hyperwall")
         facts.SimulatedState("hyperwall", {"memoryViolations": 0}).write(sim)
         verifier("identity", agent(None, False), 0)
         assert att.status.challenge is not None

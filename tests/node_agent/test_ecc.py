@@ -98,7 +98,7 @@ def _running(tmp_path: Path, manufactured: Path) -> Iterator[swtpm.Swtpm]:
     shutil.copytree(manufactured, state)
     sw = swtpm.Swtpm(state)
     sw.start()
-    swtpm.simulated_boot(sw.tcti)
+    swtpm.simulated_boot(sw.tcti, "hyperwall")
     yield sw
     sw.stop()
 

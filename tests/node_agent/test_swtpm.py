@@ -28,7 +28,7 @@ from sod_operator.attestation.ekcert import CaBundle
 from sod_testbed import swtpm
 from tpm2_pytss import TSS2_Exception
 
-from tests.unit.attestation.golden import policies
+from tests.unit.attestation.golden import enrollments, policies
 
 SELECTION = agent_tpm.PcrSelection.parse("sha256:0-7")
 
@@ -83,6 +83,8 @@ def _life(
     outs: list[monitor.StepOutput] = []
     latencies: list[float] = []
     now = datetime.now(UTC)
+    with agent_tpm.session(tcti) as s:  # the platform team enrolled this TPM as a HyperWall's
+        enrolled = enrollments(s.identity().ek_certificate)
     for i in range(rounds + 1):
         nonce = att.status.challenge.nonce if att.status.challenge else None
         enrollment = att.status.enrollment
@@ -102,7 +104,13 @@ def _life(
         att = att.model_copy(update={"spec": spec, "generation": att.generation + 1})
         step_policies = policies() if pols is None else pols
         out = monitor.step(
-            monitor.StepInput(att, monitor.NodeView({}), step_policies, now + timedelta(seconds=i)),
+            monitor.StepInput(
+                att,
+                monitor.NodeView({}),
+                step_policies,
+                now + timedelta(seconds=i),
+                enrollments=enrolled,
+            ),
             settings,
             os.urandom,
         )
@@ -146,7 +154,7 @@ def test_measured_boot_from_the_simulated_firmwares_event_log(
     against the swtpm quote, then judges its events against a reference state made from it."""
     log_path = tmp_path / "binary_bios_measurements"
     tpm.restart()
-    swtpm.simulated_boot(tpm.tcti, log_path)
+    swtpm.simulated_boot(tpm.tcti, "hyperwall", log_path)
     reference = measuredboot.reference_state([eventlog.parse(log_path.read_bytes())], [0, 4, 7])
     pols: dict[str, AttestationPolicy | None] = {"boot": AttestationPolicy(measured_boot=reference)}
     sources = facts.FactSources()
@@ -170,11 +178,11 @@ def test_a_reboot_resets_pcrs_and_keeps_the_ak(tpm: swtpm.Swtpm) -> None:
         before = s.identity().ak_name
     swtpm.extend(tpm.tcti, [(4, b"rootkit")])
     tpm.restart()
-    swtpm.simulated_boot(tpm.tcti)
+    swtpm.simulated_boot(tpm.tcti, "hyperwall")
     with agent_tpm.session(tpm.tcti) as s:
         assert s.identity().ak_name == before
         pcrs = s.read_pcrs(agent_tpm.PcrSelection.parse("sha256:0,4,7"))
-    assert {i: v.hex() for i, v in pcrs.items()} == swtpm.SANDBOX_GOLDEN_PCRS
+    assert {i: v.hex() for i, v in pcrs.items()} == swtpm.golden_pcrs("hyperwall")
 
 
 def test_leftover_handles_are_flushed(tpm: swtpm.Swtpm) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -46,7 +46,7 @@ from sod_operator.api.v1alpha1.nodeattestation import (
     ProfileVerdict,
     VerdictResult,
 )
-from sod_operator.attestation import enroll, labels
+from sod_operator.attestation import enroll, labels, platform
 from sod_operator.attestation.ekcert import CaBundle
 from sod_operator.attestation.enroll import Entropy
 from sod_operator.attestation.verify import (
@@ -110,6 +110,8 @@ class StepInput:
     now: datetime
     ek_enrolled_by: str | None = None
     """Another node that already enrolled the EK certificate this node presents."""
+    enrollments: platform.Enrollments = field(default_factory=dict)
+    """The platform team's PlatformEnrollments by EK fingerprint (architecture proofs)."""
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,7 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
         identity=checked,
         enrollment_failure=failure,
         missing_node=att.name if inp.node is None else None,
+        enrollments=inp.enrollments,
     )
     evidence = verification.evidence
     if new_evidence and isinstance(evidence, Failure):

@@ -11,8 +11,9 @@ reason and a message; `recoverable=False` when validation stopped early):
    it answers the nonce that was current when the evidence arrived; its `extraData` binds
    that nonce and the claims; the reported PCRs are exactly the quoted selection and hash to
    the quote's PCR digest.
-3. `evaluate_profile` — freshness (age measured from the nonce's issue time), declared
-   architecture, PCR bank, required PCRs present and equal to golden values, the boot event
+3. `evaluate_profile` — freshness (age measured from the nonce's issue time), the
+   architecture (declared by the node *and* its EK enrolled for it by the platform team,
+   `platform`), PCR bank, required PCRs present and equal to golden values, the boot event
    log replayed against the quote and checked against the measured-boot reference state
    (`measuredboot`), CPU flags, module parameters, runtime counter thresholds. All failed
    checks are reported together.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,7 +45,7 @@ from sod_operator.api.v1alpha1.nodeattestation import (
     TpmEvidence,
     qualifying_data,
 )
-from sod_operator.attestation import ekcert, measuredboot, tpm
+from sod_operator.attestation import ekcert, measuredboot, platform, tpm
 from sod_operator.attestation.ekcert import CaBundle
 from sod_operator.attestation.eventlog import EventLog, EventLogError
 
@@ -193,6 +195,9 @@ class VerifiedQuote:
     event_log: EventLog | str | None = None
     """The boot event log sent with the quote (str: why it is unusable; None: none sent).
     Not yet checked against the quote: `measuredboot.evaluate` does that per profile."""
+    ek_sha256: str | None = None
+    """The enrolled EK's fingerprint (`platform.ek_fingerprint`), set by `check_evidence`:
+    what the platform team's PlatformEnrollments are looked up by. None: unknown."""
 
     @property
     def evidence_time(self) -> datetime:
@@ -309,6 +314,7 @@ def evaluate_profile(
     policy: AttestationPolicy | None,
     evidence: VerifiedQuote | Failure,
     now: datetime,
+    enrollments: platform.Enrollments | None = None,
 ) -> Decision:
     """Whether verified `evidence` proves profile `name` under `policy` at `now`."""
     if policy is None:
@@ -333,7 +339,7 @@ def evaluate_profile(
             "or its quotes are rejected",
             evidence_time,
         )
-    findings = _policy_findings(policy, evidence)
+    findings = _policy_findings(policy, evidence, enrollments or {})
     if findings:
         failure = Failure(tuple(findings))
         return Decision(name, False, failure.reason, failure.message, evidence_time)
@@ -347,17 +353,17 @@ def evaluate_profile(
     )
 
 
-def _policy_findings(policy: AttestationPolicy, evidence: VerifiedQuote) -> list[Finding]:
+def _policy_findings(
+    policy: AttestationPolicy, evidence: VerifiedQuote, enrollments: platform.Enrollments
+) -> list[Finding]:
     claims = evidence.claims
     out: list[Finding] = []
-    if policy.architecture is not None and claims.architecture != policy.architecture:
-        out.append(
-            Finding(
-                R.ARCHITECTURE_MISMATCH,
-                f"architecture {policy.architecture!r} required, the node declares "
-                f"{claims.architecture!r}",
-            )
+    if policy.architecture is not None:
+        found = platform.architecture_finding(
+            policy.architecture, claims.architecture, evidence.ek_sha256, enrollments
         )
+        if found is not None:
+            out.append(Finding(*found))
     if policy.tpm is not None:
         if policy.tpm.pcr_bank != evidence.bank:
             out.append(
@@ -467,7 +473,10 @@ def check_evidence(
     failure = enrollment_failure or check_enrolled(identity, enrollment)
     if failure is not None:
         return failure
-    return check_quote(spec.tpm, spec.claims, identity.ak, challenge)
+    quote = check_quote(spec.tpm, spec.claims, identity.ak, challenge)
+    if isinstance(quote, Failure):
+        return quote
+    return dataclasses.replace(quote, ek_sha256=platform.ek_fingerprint(identity.ek_certificate))
 
 
 def verify(
@@ -481,6 +490,7 @@ def verify(
     identity: Identity | Failure | None = None,
     enrollment_failure: Failure | None = None,
     missing_node: str | None = None,
+    enrollments: platform.Enrollments | None = None,
 ) -> Verification:
     """The verification pipeline: every stage, then every profile's attestation policy.
 
@@ -488,6 +498,8 @@ def verify(
     a quote answering any other nonce is rejected); `enrollment` is the node's AK↔EK binding.
     `monitor.step` runs exactly this function (with its enrollment results and, when there
     is no Node object to carry a verdict, `missing_node`): there is no second composition.
+    `enrollments` are the platform team's PlatformEnrollments: a profile that names an
+    architecture is verified only on a node whose EK is enrolled for it.
     """
     evidence = check_evidence(
         spec,
@@ -503,6 +515,7 @@ def verify(
             R.NODE_NOT_FOUND, f"there is no Node named {missing_node!r} to carry the verdict"
         )
     decisions = tuple(
-        evaluate_profile(name, policy, evidence, now) for name, policy in sorted(policies.items())
+        evaluate_profile(name, policy, evidence, now, enrollments)
+        for name, policy in sorted(policies.items())
     )
     return Verification(evidence, decisions)

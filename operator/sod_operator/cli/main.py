@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sod_operator.cli import eventlog, offline
+from sod_operator.cli import eventlog, offline, platform
 from sod_operator.cli.errors import UsageError
 
 EXIT_USAGE = 2
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     offline.register(sub)
     eventlog.register(sub)
+    platform.register(sub)
     _register_optional(sub)
     return parser
 

@@ -48,8 +48,12 @@ class Informer:
         stop: threading.Event | None = None,
         watch_timeout: int = 300,
         backoff: Backoff | None = None,
+        missing_is_empty: bool = False,
     ) -> None:
         self.client = client
+        self.missing_is_empty = missing_is_empty
+        """A 404 on the list (e.g. the CRD is not installed) means "none of them": the cache is
+        emptied and SYNCED sent, so a consumer that must fail closed judges on it."""
         self.path = path
         self.handler = handler
         self.label_selector = label_selector
@@ -164,7 +168,16 @@ class Informer:
         return failures
 
     def _relist(self) -> str:
-        listing = self.client.list(self.path, self.label_selector, self.field_selector)
+        try:
+            listing = self.client.list(self.path, self.label_selector, self.field_selector)
+        except ApiError as err:
+            if not (err.not_found and self.missing_is_empty):
+                raise
+            self._apply_listing({"items": []})
+            raise  # and list again after a back-off: the resource may be installed later
+        return self._apply_listing(listing)
+
+    def _apply_listing(self, listing: JsonObj) -> str:
         items = [i for i in listing.get("items") or [] if isinstance(i, dict)]
         events: list[tuple[str, Any]] = []
         with self.lock:

@@ -33,11 +33,11 @@ from sod_operator.api.v1alpha1.nodeattestation import (
     NodeAttestation,
     NodeAttestationStatus,
 )
-from sod_operator.attestation import labels, monitor
+from sod_operator.attestation import labels, monitor, platform
 from sod_operator.attestation.ekcert import BundleError, CaBundle
 from sod_operator.attestation.enroll import Entropy
 from sod_operator.kube import ApiError, Backoff, RateLimiter, WorkQueue, resource_version
-from sod_operator.verifier.kube import ATTESTATIONS, NODES, PROFILES, KubeIO, Obj
+from sod_operator.verifier.kube import ATTESTATIONS, NODES, PLATFORMS, PROFILES, KubeIO, Obj
 from sod_operator.verifier.metrics import Metrics
 
 log = logging.getLogger("sod.verifier")
@@ -97,6 +97,10 @@ class Caches:
     """EK certificate fingerprint → the node that enrolled it (one TPM, one node)."""
     policies: dict[str, tuple[str, AttestationPolicy | None]] = field(default_factory=dict)
     """Profile name → (resourceVersion, parsed policy): parsed once per profile change."""
+    platforms: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """PlatformEnrollment name → (architecture, EK fingerprint), as the platform team wrote it."""
+    enrollments: platform.Enrollments = field(default_factory=dict)
+    """`platforms` indexed by EK fingerprint (rebuilt on every PlatformEnrollment event)."""
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def put_attestation(self, name: str, obj: Obj | None) -> None:
@@ -111,6 +115,19 @@ class Caches:
             fp = enrolled_fingerprint(obj)
             if fp is not None:
                 self.enrolled_eks.setdefault(fp, name)
+
+
+def _put_platform(platforms: dict[str, tuple[str, str]], obj: Obj) -> None:
+    """Cache one PlatformEnrollment; one the apiserver's schema should have refused is
+    dropped (it enrolls nothing), never half-read."""
+    name = obj["metadata"]["name"]
+    spec = obj.get("spec") or {}
+    architecture, ek = spec.get("architecture"), spec.get("ekPublicKeySha256")
+    if isinstance(architecture, str) and isinstance(ek, str):
+        platforms[name] = (architecture, ek.lower())
+    else:
+        platforms.pop(name, None)
+        log.warning("PlatformEnrollment %s has no architecture or EK: it enrolls nothing", name)
 
 
 @dataclass(frozen=True)
@@ -155,6 +172,7 @@ class Verifier:
         handlers = {
             ATTESTATIONS: self._on_attestation,
             PROFILES: self._on_profile,
+            PLATFORMS: self._on_platform,
             NODES: self._on_node,
         }
         for kind, handler in handlers.items():
@@ -178,7 +196,7 @@ class Verifier:
 
     def synced(self) -> bool:
         with self.caches.lock:
-            return self.caches.synced >= {ATTESTATIONS, PROFILES, NODES}
+            return self.caches.synced >= {ATTESTATIONS, PROFILES, PLATFORMS, NODES}
 
     def healthy(self) -> bool:
         return time.monotonic() - self.heartbeat < 30 and all(t.is_alive() for t in self._threads)
@@ -214,6 +232,23 @@ class Verifier:
                 c.profiles.pop(obj["metadata"]["name"], None)
             else:
                 c.profiles[obj["metadata"]["name"]] = obj
+        self.enqueue_all()
+
+    def _on_platform(self, kind: str, obj: Obj) -> None:
+        c = self.caches
+        with c.lock:
+            if kind == "SYNCED":
+                c.platforms = {}
+                for item in obj["items"]:
+                    _put_platform(c.platforms, item)
+                c.synced.add(PLATFORMS)
+            elif kind == "DELETED":
+                c.platforms.pop(obj["metadata"]["name"], None)
+            else:
+                _put_platform(c.platforms, obj)
+            c.enrollments = platform.index(
+                (name, arch, ek) for name, (arch, ek) in c.platforms.items()
+            )
         self.enqueue_all()
 
     def _on_node(self, kind: str, obj: Obj) -> None:
@@ -363,6 +398,7 @@ class Verifier:
                     policies=self.policies(),
                     now=now,
                     ek_enrolled_by=self._ek_enrolled_by(name, fingerprint),
+                    enrollments=self.caches.enrollments,
                 ),
                 monitor.Settings(
                     bundle=self.bundle.bundle,

@@ -1,8 +1,9 @@
 """The verifier's I/O with the Kubernetes API (through `sod_operator.kube`): watch-fed caches
 and the few writes.
 
-Reads go through three informers (NodeAttestations, ServerSecurityProfiles, Nodes: list, then
-watch from the list's resourceVersion, relist on 410 Gone or any error). Writes:
+Reads go through four informers (NodeAttestations, ServerSecurityProfiles,
+PlatformEnrollments, Nodes: list, then watch from the list's resourceVersion, relist on 410 Gone
+or any error). Writes:
 
 * `replace_status` — PUT `/status` with the object's resourceVersion as precondition (the
   whole status is replaced, so fields the step cleared disappear; a 409 — `ApiError.conflict`
@@ -26,6 +27,7 @@ from sod_operator.kube.informer import Handler
 ATTESTATIONS = "nodeattestations"
 PROFILES = "serversecurityprofiles"
 NODES = "nodes"
+PLATFORMS = "platformenrollments"
 WATCH_TIMEOUT_SECONDS = 300
 
 Obj = dict[str, Any]
@@ -33,6 +35,7 @@ PATHS = {
     ATTESTATIONS: resource_path(API_VERSION, ATTESTATIONS),
     PROFILES: resource_path(API_VERSION, PROFILES),
     NODES: resource_path("v1", NODES),
+    PLATFORMS: resource_path(API_VERSION, PLATFORMS),
 }
 
 
@@ -49,10 +52,14 @@ class KubeIO:
     # -- reads
 
     def informer(self, kind: str, handler: Handler, stop: threading.Event) -> Informer:
-        """An informer (not started) of `kind` (ATTESTATIONS, PROFILES or NODES)."""
+        """An informer (not started) of `kind` (ATTESTATIONS, PROFILES, PLATFORMS or NODES).
+
+        A kind whose resource does not exist (e.g. the PlatformEnrollment CRD not installed yet)
+        is "none of them": the verifier judges on that and fails closed, instead of never
+        syncing and leaving every label as it was."""
         return Informer(
             self.client, PATHS[kind], handler=handler, stop=stop,
-            watch_timeout=WATCH_TIMEOUT_SECONDS,
+            watch_timeout=WATCH_TIMEOUT_SECONDS, missing_is_empty=True,
         )  # fmt: skip
 
     def get_attestation(self, name: str) -> Obj | None:

@@ -18,6 +18,9 @@
 * **trust labels**: `sod-trust-labels-verifier-only` rejects any change to labels under our
   prefix by anyone but the verifier (cluster admins in `system:masters` keep a break-glass).
   NodeRestriction already stops kubelets; this stops every other identity with `nodes/patch`.
+* **platform enrollments** (`PlatformEnrollment`: which architecture each machine's EK is
+  enrolled for): the verifier only reads them; no identity here may write them, so only the
+  platform team (cluster admins) can: a node's architecture is never its own word.
 * **tenants**: nothing is aggregated into `view`/`edit`/`admin`, and NodeAttestations are
   cluster-scoped, so a namespace RoleBinding can never grant them.
 
@@ -113,6 +116,16 @@ VERIFIER_ROLE = Role(
             ("serversecurityprofiles",),
             READ,
             why="Each profile's attestation policy (golden PCRs, accepted AKs, freshness).",
+        ),
+        Rule(
+            (GROUP,),
+            ("platformenrollments",),
+            READ,
+            why=(
+                "Which architecture the platform team enrolled each machine's EK for (read "
+                "only: nothing in this chart may write PlatformEnrollments; the platform "
+                "team's cluster admins do)."
+            ),
         ),
         Rule(("",), ("events",), ("create", "patch")),
     ),

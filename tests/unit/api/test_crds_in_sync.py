@@ -91,12 +91,14 @@ def test_crd_names_and_shape_follow_the_brief():
         "ServerSecurityProfile",
         "SecurityPackage",
         "NodeAttestation",
+        "PlatformEnrollment",
     }
     expected = {
         "SecureVM": ("Namespaced", ["svm", "svms"]),
         "ServerSecurityProfile": ("Cluster", ["secprof"]),
         "SecurityPackage": ("Cluster", ["spkg"]),
         "NodeAttestation": ("Cluster", ["natt"]),
+        "PlatformEnrollment": ("Cluster", ["penr"]),
     }
     for kind, (scope, short) in expected.items():
         spec = by_kind[kind]["spec"]

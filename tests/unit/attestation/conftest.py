@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from collections.abc import Callable, Mapping
@@ -17,10 +18,10 @@ from sod_operator.api.v1alpha1.nodeattestation import (
     NodeAttestationSpec,
     NodeAttestationStatus,
 )
-from sod_operator.attestation import monitor
+from sod_operator.attestation import monitor, platform
 from sod_operator.attestation.ekcert import CaBundle
 
-from tests.unit.attestation.golden import SeededEntropy, policies
+from tests.unit.attestation.golden import SeededEntropy, enrollments, policies
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden.json").read_text())
 
@@ -69,6 +70,8 @@ def step(name: str) -> Step:
 BUNDLE = CaBundle.from_pem(GOLDEN["caBundle"].encode())
 ROGUE_BUNDLE = CaBundle.from_pem(GOLDEN["rogueCaBundle"].encode())
 SETTINGS = monitor.Settings(bundle=BUNDLE)
+ENROLLMENTS = enrollments(base64.b64decode(step("identity").spec["tpm"]["ekCertificate"]))
+"""The recorded node's EK, enrolled for hyperwall by the platform team (as when recorded)."""
 
 
 def run(
@@ -80,6 +83,7 @@ def run(
     node: bool = True,
     ek_enrolled_by: str | None = None,
     entropy: Callable[[int], bytes] | None = None,
+    enrollments: platform.Enrollments = ENROLLMENTS,
 ) -> monitor.StepOutput:
     return monitor.step(
         monitor.StepInput(
@@ -88,6 +92,7 @@ def run(
             policies=policies() if pols is None else pols,
             now=now,
             ek_enrolled_by=ek_enrolled_by,
+            enrollments=enrollments,
         ),
         settings,
         entropy or SeededEntropy(b"unit tests"),

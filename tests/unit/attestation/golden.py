@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import hashlib
 
+from cryptography import x509
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
+from sod_operator.attestation import platform
 
-# PCRs 0, 4 and 7 after the sandbox's simulated boot (sod_testbed.swtpm.BOOT_LOG),
-# spelled out so this module needs no TPM code; test_golden checks they agree.
+# PCRs 0, 4 and 7 after the simulated boot of a HyperWall node (the recorded node:
+# sod_testbed.swtpm.boot_log("hyperwall")), spelled out so this module needs no TPM code;
+# test_labels_and_wire checks they agree.
 GOLDEN_PCRS: dict[int, str] = {
-    0: "33051ab2b620c46a78bb8b8fd1de492b2561d0c84223f248a878a99dc2bbc4e3",
-    4: "674e165d1522ab646db0b09c88255a6b466da6ca21c5cf10f9191acd16e48cc4",
+    0: "e69819c0ec31a3f18886aaac7ab47af21fb6c01bcaa50da4ef362de2c2bee581",
+    4: "763893834b498b615d44f86c46fb4a20316d186c362dfdfc56fea084c4b51f7e",
     7: "5e3a17a286e76a8ab188a56b204ba3233bc4ecc500634931ffbba307d89aac30",
 }
 
@@ -52,3 +55,10 @@ def policies() -> dict[str, AttestationPolicy | None]:
         "tpm": AttestationPolicy.model_validate({"tpm": {"pcrs": golden}}),
         "no-policy": None,
     }
+
+
+def enrollments(ek_certificate_der: bytes) -> dict[str, tuple[platform.Enrolled, ...]]:
+    """The platform team's PlatformEnrollment of the recorded node's TPM: it is a HyperWall
+    machine (so `hyperwall` can be verified on it, and `datasafe` cannot)."""
+    fingerprint = platform.ek_fingerprint(x509.load_der_x509_certificate(ek_certificate_der))
+    return platform.index([("node-1", "hyperwall", fingerprint)])

@@ -73,6 +73,7 @@ def test_reasons_are_pinned() -> None:
         "CredentialActivationFailed", "AkNotEnrolled", "NonceMismatch", "QuoteMalformed",
         "QuoteSignatureInvalid", "QualifyingDataMismatch", "PcrSelectionMismatch",
         "PcrDigestMismatch", "EvidenceStale", "NoAttestationPolicy", "ArchitectureMismatch",
+            "ArchitectureNotEnrolled",
         "PcrBankMismatch", "PcrNotQuoted", "PcrValueMismatch", "CpuFlagMissing",
         "ModuleParameterMismatch", "RuntimeCounterMissing", "RuntimeThresholdExceeded",
         "EventLogMissing", "EventLogMalformed", "EventLogMismatch", "EventNotAllowed",
@@ -177,27 +178,35 @@ def test_other_steps_are_recorded() -> None:
 
 
 def test_example_profiles_carry_the_sandbox_golden_values() -> None:
-    """examples/profiles/ name the PCR values of the sandbox's simulated firmware; this pins
-    them to the boot log, so changing one without the other fails here."""
+    """Each profile in examples/profiles/ names the PCR values of the sandbox's simulated
+    firmware and hypervisor of *its* architecture; this pins them to that boot log, so
+    changing one without the other fails here."""
     from pathlib import Path
 
     import yaml
     from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
     from sod_operator.attestation import eventlog, measuredboot
-    from sod_testbed.swtpm import BOOT_LOG, LOG_BANKS, SANDBOX_GOLDEN_PCRS
+    from sod_testbed.swtpm import boot_log_bytes, golden_pcrs
 
     from tests.unit.attestation.golden import GOLDEN_PCRS
 
-    assert SANDBOX_GOLDEN_PCRS == GOLDEN_PCRS
+    assert golden_pcrs("hyperwall") == GOLDEN_PCRS  # the recorded node is a HyperWall
     root = Path(__file__).resolve().parents[3] / "examples" / "profiles"
+    seen: dict[str, str] = {}
     for path in sorted(root.glob("*.yaml")):
         policy = AttestationPolicy.model_validate(
             yaml.safe_load(path.read_text())["spec"]["attestation"]
         )
         assert policy.tpm is not None, path
+        assert policy.architecture is not None, path
+        golden = golden_pcrs(policy.architecture)
         assert {p.index: p.values for p in policy.tpm.pcrs} == {
-            i: [v] for i, v in GOLDEN_PCRS.items()
+            i: [v] for i, v in golden.items()
         }, path
+        # Architectures boot different firmware and hypervisors: no two share PCR 0 or 4.
+        for pcr in (0, 4):
+            assert golden[pcr] not in seen, (path, pcr, seen.get(golden[pcr]))
+            seen[golden[pcr]] = path.name
         if policy.measured_boot is not None:  # the reference state of the firmware's log
-            log = eventlog.parse(eventlog.write_crypto_agile(list(BOOT_LOG), LOG_BANKS))
+            log = eventlog.parse(boot_log_bytes(policy.architecture))
             assert policy.measured_boot == measuredboot.reference_state([log], [0, 4, 7]), path

@@ -18,10 +18,13 @@ from sod_operator.attestation.eventlog import Measurement
 
 from tests.unit.attestation.conftest import Step, run, step, verdict
 
-# What the recording's simulated firmware extended (sha256 of each payload; see
-# tests/node_agent/record_golden.py), now with real TCG event types and event data.
+# What the recording's simulated firmware of a HyperWall node extended (sha256 of each payload;
+# see tests/node_agent/record_golden.py), now with real TCG event types and event data.
 FIRMWARE = Measurement(
-    0, T["EV_S_CRTM_VERSION"], b"s\x00o\x00d\x00", b"sod-sandbox firmware 1.0 (simulated UEFI)"
+    0,
+    T["EV_S_CRTM_VERSION"],
+    b"s\x00o\x00d\x00",
+    b"sod-sandbox firmware 1.0 (simulated UEFI) on hyperwall hardware",
 )
 LOADER = Measurement(
     4,
@@ -32,8 +35,8 @@ LOADER = Measurement(
 KERNEL = Measurement(
     4,
     T["EV_EFI_BOOT_SERVICES_APPLICATION"],
-    eventlog.image_load_data("\\EFI\\sod\\vmlinuz", 32),
-    b"sod-sandbox kernel 6.1.0 + initrd",
+    eventlog.image_load_data("\\EFI\\sod\\vmlinuz", 55),
+    b"sod-sandbox kernel 6.1.0 + initrd, hyperwall hypervisor",
 )
 SECURE_BOOT = Measurement(
     7, T["EV_EFI_VARIABLE_DRIVER_CONFIG"],
@@ -116,12 +119,12 @@ def test_missing_or_broken_logs(raw: str | None, reason: R) -> None:
 
 
 def test_the_sandbox_firmware_log_reproduces_the_recorded_quote() -> None:
-    """sod_testbed.swtpm.BOOT_LOG, as the sandbox's simulated firmware writes it, is the log
-    of the boot the recorded quotes were taken after; its bootloader break is named."""
+    """sod_testbed.swtpm.boot_log("hyperwall"), as the sandbox's simulated firmware writes it,
+    is the log of the boot the recorded quotes were taken after; its bootloader break is named."""
     from sod_testbed import swtpm
 
     s = step("good")
-    raw = eventlog.write_crypto_agile(list(swtpm.BOOT_LOG), swtpm.LOG_BANKS)
+    raw = swtpm.boot_log_bytes("hyperwall")
     spec = s.mutable_spec()
     spec["tpm"]["quote"]["eventLog"] = measuredboot.encode(raw)
     reference = measuredboot.reference_state([eventlog.parse(raw)], [0, 4, 7])

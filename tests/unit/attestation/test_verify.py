@@ -24,6 +24,7 @@ from sod_operator.attestation.verify import verify
 
 from tests.unit.attestation.conftest import (
     BUNDLE,
+    ENROLLMENTS,
     GOLDEN,
     ROGUE_BUNDLE,
     Step,
@@ -82,7 +83,15 @@ def test_reported_pcrs_are_the_golden_ones_after_the_simulated_boot(good: Step) 
 def test_verify_reports_every_profile_sorted(good: Step) -> None:
     att = good.attestation()
     challenge = att.status.challenge
-    result = verify(att.spec, att.status.enrollment, challenge, policies(), BUNDLE, good.now)
+    result = verify(
+        att.spec,
+        att.status.enrollment,
+        challenge,
+        policies(),
+        BUNDLE,
+        good.now,
+        enrollments=ENROLLMENTS,
+    )
     assert [d.profile for d in result.decisions] == sorted(policies())
     assert result.verified_profiles == ["hyperwall", "tpm"]
 

@@ -87,7 +87,7 @@ def test_list_then_watch_with_bookmarks_and_a_relist_after_410() -> None:
             [event("ERROR", {"kind": "Status", "code": 410, "reason": "Expired"})],
         ],
     )
-    informer, seen, pauses = run(client)
+    informer, seen, _ = run(client)
     assert names(seen) == [
         ("ADDED", "a"), ("ADDED", "b"), ("SYNCED", "2"),
         ("MODIFIED", "b"),
@@ -146,3 +146,20 @@ def test_a_transform_keeps_less_and_a_relist_deletion_reports_a_tombstone() -> N
     informer, seen, _ = run(client, transform=lambda o: o["spec"]["nodeName"])
     assert seen[-2] == ("DELETED", {"metadata": {"name": "a", "namespace": "t"}})
     assert informer.items() == []
+
+
+def test_a_missing_resource_is_none_of_them_when_asked_and_listed_again_later() -> None:
+    missing = ApiError("GET", PATH, 404, b'{"reason": "NotFound"}')
+    client = ScriptedClient(lists=[missing, listing(10, pod("a", 5))], watches=[])
+    _, seen, pauses = run(client, missing_is_empty=True)
+    # an empty SYNCED at once (a consumer that fails closed can judge), then the real list
+    assert names(seen) == [("SYNCED", "0"), ("ADDED", "a"), ("SYNCED", "1")]
+    assert len(pauses) >= 1
+
+
+def test_a_missing_resource_is_an_error_by_default() -> None:
+    missing = ApiError("GET", PATH, 404, b'{"reason": "NotFound"}')
+    client = ScriptedClient(lists=[missing], watches=[])
+    informer, seen, _ = run(client)
+    assert seen == []
+    assert not informer.synced.is_set()

@@ -220,3 +220,40 @@ def test_the_bundle_is_reloaded_when_its_file_changes(tmp_path: Path) -> None:
     os.utime(path, (2, 2))
     assert not v.bundle.reload_if_changed()  # a broken file keeps the previous bundle
     assert v.bundle.bundle.roots
+
+
+def test_platform_enrollments_decide_which_architecture_a_node_may_be_verified_for(
+    tmp_path: Path,
+) -> None:
+    """The verifier watches PlatformEnrollments: enrolled for hyperwall, the node is verified
+    for a hyperwall profile; re-enrolled as plain, the same genuine evidence is not."""
+    from tests.unit.attestation.conftest import ENROLLMENTS
+
+    [ek] = ENROLLMENTS
+    s = step("good")
+    v, io = _verifier(tmp_path, s.now)
+    profile = _profile("hyperwall")
+    profile["spec"]["attestation"]["architecture"] = "hyperwall"
+    v._on_profile("ADDED", profile)
+    v._on_node("ADDED", {"metadata": {"name": "node-1", "uid": "n-1", "labels": {}}})
+    v._on_attestation("ADDED", _obj("node-1", s))
+
+    def enroll(kind: str, architecture: str) -> None:
+        spec = {"architecture": architecture, "ekPublicKeySha256": ek}
+        v._on_platform(kind, {"metadata": {"name": "machine-1"}, "spec": spec})
+
+    def reasons() -> dict[str, str]:
+        v.reconcile("node-1")
+        return {x["profile"]: x["reason"] for x in io.statuses[-1][1]["verdicts"]}
+
+    v._on_platform("SYNCED", {"items": []})
+    assert reasons() == {"hyperwall": "ArchitectureNotEnrolled"}
+    enroll("ADDED", "hyperwall")
+    assert reasons() == {"hyperwall": "Verified"}
+    assert io.labels[-1] == ("node-1", {profile_label("hyperwall"): "verified"})
+    enroll("MODIFIED", "plain")
+    assert reasons() == {"hyperwall": "ArchitectureNotEnrolled"}
+    assert io.labels[-1] == ("node-1", {profile_label("hyperwall"): None})
+    enroll("ADDED", "hyperwall")
+    v._on_platform("DELETED", {"metadata": {"name": "machine-1"}})
+    assert reasons() == {"hyperwall": "ArchitectureNotEnrolled"}

@@ -228,6 +228,7 @@ class AttestationReason(StrEnum):
     # Profile policy
     NO_ATTESTATION_POLICY = "NoAttestationPolicy"
     ARCHITECTURE_MISMATCH = "ArchitectureMismatch"
+    ARCHITECTURE_NOT_ENROLLED = "ArchitectureNotEnrolled"
     PCR_BANK_MISMATCH = "PcrBankMismatch"
     PCR_NOT_QUOTED = "PcrNotQuoted"
     PCR_VALUE_MISMATCH = "PcrValueMismatch"
