@@ -87,7 +87,7 @@ def test_list_then_watch_with_bookmarks_and_a_relist_after_410() -> None:
             [event("ERROR", {"kind": "Status", "code": 410, "reason": "Expired"})],
         ],
     )
-    informer, seen, _ = run(client)
+    informer, seen, pauses = run(client)
     assert names(seen) == [
         ("ADDED", "a"), ("ADDED", "b"), ("SYNCED", "2"),
         ("MODIFIED", "b"),
