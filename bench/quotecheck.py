@@ -147,6 +147,13 @@ def our_check(case: Case) -> str | None:
     return None
 
 
+def claims_binding(case: Case) -> bytes:
+    """The part of our check Keylime's has no counterpart for: the expected extraData."""
+    from sod_operator.api.v1alpha1.nodeattestation import qualifying_data
+
+    return qualifying_data(bytes.fromhex(case.challenge.nonce), case.claims)
+
+
 def _flip_last(data: bytes) -> bytes:
     return data[:-1] + bytes([data[-1] ^ 0x01])
 
