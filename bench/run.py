@@ -4,6 +4,11 @@ Every selected benchmark writes `bench/results/<name>.json`; BENCHMARKS.md is th
 from all result files present, so `--only` refreshes one benchmark and keeps the others.
 A benchmark whose dependency is missing is recorded as "not-run" with the reason; one that
 raises is recorded as "failed" with the error. Neither produces a number.
+
+Every result file records the commit and whether the tree was clean; a run refuses to start
+on a tree with uncommitted changes (outside the outputs) unless `--allow-dirty`, and then
+every result and the report say so loudly. The report refuses result files of different
+commits (bench/report.py).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import environment, report
+from bench import environment, provenance, report
 from bench.stats import SCHEMA_VERSION, Result, load_average
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -40,6 +45,7 @@ def _load(name: str) -> ModuleType:
 
 def run_one(name: str, quick: bool) -> dict[str, Any]:
     """Run one benchmark and return its result document (never raises for a benchmark's fault)."""
+    origin = provenance.current()
     env = environment.describe()
     load_before = load_average()
     started = datetime.now(UTC)
@@ -65,6 +71,9 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
     cores = int(env["usable_cores"])
     return {
         "schema": SCHEMA_VERSION,
+        "commit": origin.commit,
+        "clean": origin.clean,
+        "uncommitted": list(origin.changes),
         "name": name,
         "title": result.title,
         "status": result.status,
@@ -75,6 +84,7 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
         "load_before": round(load_before, 2),
         "load_after": round(load_after, 2),
         "quiet": environment.is_quiet(load_before, load_after, cores),
+        "quiet_load_per_core": environment.QUIET_LOAD_PER_CORE,
         "environment": env,
         "method": result.method,
         "params": result.params,
@@ -112,7 +122,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-report", action="store_true", help="write the results but leave BENCHMARKS.md"
     )
+    parser.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="run on a tree with uncommitted changes (results and report are marked DIRTY)",
+    )
     args = parser.parse_args(argv)
+    origin = provenance.current()
+    if not args.report_only and not origin.clean and not args.allow_dirty:
+        print(
+            "[bench] refusing to run: figures must come from one committed tree "
+            f"(commit {origin.commit or 'none'}); uncommitted changes:\n  "
+            + "\n  ".join(origin.changes)
+            + "\ncommit them, or pass --allow-dirty (results are then marked DIRTY)",
+            file=sys.stderr,
+        )
+        return 2
     if not args.report_only:
         names = args.only or list(BENCHMARKS)
         t0 = time.perf_counter()
@@ -124,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] {name}: {status} in {doc['duration_s']:.1f} s -> {path}", flush=True)
         print(f"[bench] total {time.perf_counter() - t0:.1f} s", flush=True)
     if not args.no_report:
-        out = report.write(RESULTS_DIR)
+        try:
+            out = report.write(RESULTS_DIR)
+        except report.ReportError as err:
+            print(f"[bench] BENCHMARKS.md not written: {err}", file=sys.stderr)
+            return 3
         print(f"[bench] wrote {out}", flush=True)
     return 0
 

@@ -39,6 +39,8 @@ def test_report_names_every_benchmark_and_says_what_did_not_run():
             "status": "not-run",
             "reason": "the operator is not there",
             "quick": True,
+            "commit": docs[0]["commit"],
+            "clean": docs[0]["clean"],
         }
     )
     text = report.render(docs)
