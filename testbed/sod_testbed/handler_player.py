@@ -430,7 +430,7 @@ class HandlerPlayer:
         log.info("VMI %s/%s: Running on %s", *key_of(vmi), node)
 
     def _migrate(self, vmi: JsonObj, state: JsonObj) -> None:
-        source, target = state.get("sourceNode"), state["targetNode"]
+        source, target = str(state.get("sourceNode", "")), str(state["targetNode"])
         uid = state.get("migrationUid", "")
         if state.get("completed"):
             self._after(vmi, state, source, target)

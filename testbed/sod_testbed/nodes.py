@@ -113,7 +113,7 @@ class NodeSpec:
         """Capacity (= allocatable): the node's size plus virt-handler's device plugins."""
         resources = {"cpu": self.cpu, "memory": self.memory, "pods": self.pods}
         resources["ephemeral-storage"] = "1Ti"
-        resources.update({d: "1k" for d in DEVICE_PLUGINS})
+        resources.update({d: "1000" for d in DEVICE_PLUGINS})
         device = CONFIDENTIAL_DEVICES.get(self.architecture)
         if device:
             resources[device] = "64"

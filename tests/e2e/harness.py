@@ -170,9 +170,11 @@ class Kube:
         return vmi
 
     def wait_vmim_final(self, name: str, timeout: float = 60.0) -> JsonObj:
+        """The VMIM once finished; when it ran, once virt-controller has also copied the VMI's
+        final migrationState into it (a sync after the one that set the final phase)."""
         vmim = wait_for(
             lambda: self.vmim(name),
-            lambda m: m is not None and m.get("status", {}).get("phase") in ("Succeeded", "Failed"),
+            lambda m: m is not None and _finished(m),
             f"VMIM {self.ns}/{name} to finish",
             timeout,
         )
@@ -188,6 +190,14 @@ class Kube:
         )
         assert vmim is not None
         return vmim
+
+
+def _finished(vmim: JsonObj) -> bool:
+    status = vmim.get("status") or {}
+    if status.get("phase") not in ("Succeeded", "Failed"):
+        return False
+    ran = "Running" in phases(vmim)
+    return not ran or bool((status.get("migrationState") or {}).get("endTimestamp"))
 
 
 def condition(obj: JsonObj | None, ctype: str) -> JsonObj | None:

@@ -33,12 +33,12 @@ from typing import Any
 
 import pytest
 from sod_operator.api.constants import profile_label
-from sod_testbed.kubeapi import JsonObj, KubeApi, resource_path
-from sod_testbed.kubevirt_sim import (
+from sod_testbed.handler_player import (
     FORCE_MIGRATION_FAILURE_ANNOTATION,
     HOLD_MIGRATION_ANNOTATION,
-    SimConfig,
+    PlayerConfig,
 )
+from sod_testbed.kubeapi import JsonObj, KubeApi, resource_path
 from sod_testbed.nodes import parse_nodes
 
 from tests.e2e.harness import condition, vm_manifest, wait_for
@@ -59,7 +59,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBed]:
     bed = PrivateBed(
         tmp_path_factory.mktemp("migration-faults-bed"),
         parse_nodes("hyperwall=4,plain=1"),
-        SimConfig(time_scale=0.02, unschedulable_timeout_seconds=3.0, resync_seconds=2.0),
+        PlayerConfig(time_scale=0.02, resync_seconds=2.0),
     )
     try:
         bed.start()
