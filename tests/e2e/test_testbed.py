@@ -326,6 +326,49 @@ def test_migration_without_a_schedulable_target_fails_after_the_timeout(kube: Ku
     wait_for(lambda: kube.launcher_pods("stuck"), lambda p: len(p) == 1, "target pod deleted")
 
 
+def test_a_host_model_vm_cannot_migrate_to_another_cpu_vendor(
+    kube: Kube, sandbox: LocalCluster, kube_api: KubeApi
+) -> None:
+    """A mixed fleet as KubeVirt sees it: the target pod of a host-model VM must match the
+    source's host CPU model and vendor (createTargetPod), so an AMD node is unreachable from an
+    Intel one and the attempt ends at the unschedulable-target timeout."""
+    amd = NodeSpec("plain-amd-e2e", "plain", cpu_kind="amd")
+    # Started before the AMD node exists, on the one Intel node its affinity allows.
+    vm = vm_manifest("intel", affinity=arch_affinity("plain-1", amd.name, key=HOSTNAME))
+    vm["spec"]["template"]["spec"]["tolerations"] = [
+        {"key": "sod.dev/e2e-only", "operator": "Exists"}
+    ]
+    kube.create("virtualmachines", vm)
+    vmi = kube.wait_vmi_phase("intel", "Running")
+    assert vmi["status"]["nodeName"] == "plain-1"
+    assert vmi["spec"]["domain"]["cpu"]["model"] == "host-model"  # virt-api's default
+    sandbox.create_nodes([amd])
+    taint = {"key": "sod.dev/e2e-only", "value": "amd", "effect": "NoSchedule"}
+    kube_api.merge_patch(resource_path("v1", "nodes", name=amd.name), {"spec": {"taints": [taint]}})
+    kube.create(
+        "virtualmachineinstancemigrations",
+        vmim_manifest(
+            "intel-1",
+            "intel",
+            added_node_selector={HOSTNAME: amd.name},
+            annotations={UNSCHEDULABLE_TIMEOUT_ANNOTATION: "10"},
+        ),
+    )
+    kube.wait_vmim_phase("intel-1", "Scheduling")
+    (target,) = [
+        p
+        for p in kube.launcher_pods("intel")
+        if "kubevirt.io/migrationJobUID" in p["metadata"]["labels"]
+    ]
+    assert target["spec"]["nodeSelector"][INTEL_HOST_MODEL] == "true"
+    assert target["spec"]["nodeSelector"][INTEL_VENDOR] == "true"
+    vmim = kube.wait_vmim_final("intel-1")
+    assert vmim["status"]["phase"] == "Failed"
+    after = kube.vmi("intel")
+    assert after is not None
+    assert after["status"]["nodeName"] == vmi["status"]["nodeName"]
+
+
 def test_injected_migration_failure_keeps_the_vmi_on_its_node(kube: Kube) -> None:
     vmi = _start_vm(
         kube,
