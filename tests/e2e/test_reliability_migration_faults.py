@@ -108,6 +108,9 @@ class World:
             lambda: self.svm(name),
             lambda o: (
                 (condition(o, "Ready") or {}).get("status") == "True"
+                # KubeVirt moves the VMI's nodeName one write before the migration completes:
+                # Ready on the target can precede the relocation's end.
+                and (condition(o, "Relocating") or {}).get("status") != "True"
                 and (nodes is None or (o.get("status") or {}).get("nodeName") in nodes)
             ),
             f"{self.ns}/{name} Ready on {nodes or 'a compliant node'}",
