@@ -520,15 +520,15 @@ def _throughput(
 
     With `hold_agents` the agents are paused while the verifier drains (in a cluster they run on
     other machines); otherwise they answer the new nonces meanwhile, on the same two cores."""
+    from sod_testbed.handler_player import PlayerConfig
     from sod_testbed.kubeapi import resource_path
-    from sod_testbed.kubevirt_sim import SimConfig
     from sod_testbed.nodes import parse_nodes
     from sod_testbed.trust import TrustBed, TrustConfig
 
     from bench import testbed
 
     nodes = parse_nodes(f"{ARCHITECTURE}={agents}")
-    with testbed.sandbox(nodes, SimConfig(), f"att{agents}") as bed:
+    with testbed.sandbox(nodes, PlayerConfig(), f"att{agents}") as bed:
         # The sandbox's trust monitor, least privilege as in a cluster: node-bound agent
         # tokens, the verifier's own ServiceAccount, the admission policies. --interval 0.5:
         # an agent answers a new nonce at most twice a second.

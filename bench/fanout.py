@@ -149,7 +149,7 @@ def _wait_gone(bed: Any, namespace: str, timeout: float) -> None:
 
 
 def run(quick: bool = False) -> Result:
-    from sod_testbed.kubevirt_sim import SimConfig
+    from sod_testbed.handler_player import PlayerConfig
     from sod_testbed.migration_model import GIB, MigrationModel, plan_precopy
     from sod_testbed.nodes import parse_nodes
 
@@ -158,9 +158,9 @@ def run(quick: bool = False) -> Result:
     base_runs = 1
     nodes = parse_nodes("hyperwall=6")
     hyperwall = [n.name for n in nodes]
-    sim = SimConfig(time_scale=TIME_SCALE, resync_seconds=5.0, unschedulable_timeout_seconds=60)
-    cluster_limit = sim.parallel_migrations_per_cluster
-    node_limit = sim.parallel_outbound_migrations_per_node
+    sim = PlayerConfig(time_scale=TIME_SCALE, resync_seconds=5.0)
+    # KubeVirt's defaults (parallelMigrationsPerCluster, parallelOutboundMigrationsPerNode).
+    cluster_limit, node_limit = 5, 2
     one = plan_precopy(MigrationModel(), GIB).total_seconds
     parallel = min(cluster_limit, node_limit)  # all leave one node: the per-node limit binds
     bound_model = math.ceil(count / parallel) * one

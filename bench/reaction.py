@@ -23,7 +23,7 @@ REQUIRED = (
     "sod_operator.main",
     "sod_operator.kube",
     "sod_testbed.cluster",
-    "sod_testbed.kubevirt_sim",
+    "sod_testbed.handler_player",
 )
 PAPER_SECONDS = 2.33
 """The paper's OpenStack prototype: the time it added to trigger a migration (Section VI)."""
@@ -127,7 +127,7 @@ def raise_trials(
 
 
 def run(quick: bool = False) -> Result:
-    from sod_testbed.kubevirt_sim import SimConfig
+    from sod_testbed.handler_player import PlayerConfig
     from sod_testbed.nodes import parse_nodes
 
     trials = 12 if quick else 50
@@ -137,7 +137,7 @@ def run(quick: bool = False) -> Result:
     hyperwall = [n.name for n in nodes if n.architecture == "hyperwall"]
     # Modelled migration durations x0.02: a trial waits for its migration to finish, so the
     # next trial never queues behind it; the reaction itself is not scaled.
-    sim = SimConfig(time_scale=0.02, resync_seconds=5.0, unschedulable_timeout_seconds=30.0)
+    sim = PlayerConfig(time_scale=0.02, resync_seconds=5.0)
     result = Result(name=NAME, title=TITLE)
     result.params = {
         "trials": trials,

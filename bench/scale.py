@@ -301,8 +301,8 @@ def _probe_trials(
 
 
 def run(quick: bool = False) -> Result:
+    from sod_testbed.handler_player import PlayerConfig
     from sod_testbed.kubeapi import resource_path
-    from sod_testbed.kubevirt_sim import SimConfig
 
     sizes = QUICK_SIZES if quick else SIZES
     budget = QUICK_BUDGET_S if quick else BUDGET_S
@@ -311,7 +311,7 @@ def run(quick: bool = False) -> Result:
     started = time.monotonic()
     result = Result(name=NAME, title=TITLE)
     nodes = _nodes()
-    sim = SimConfig(time_scale=0.02, resync_seconds=30.0, unschedulable_timeout_seconds=60)
+    sim = PlayerConfig(time_scale=0.02, resync_seconds=30.0)
     rows: list[list[Any]] = []
     per_size: dict[int, dict[str, Any]] = {}
     last: tuple[Any, Any, str] | None = None

@@ -346,23 +346,24 @@ def vm_template(name: str, memory: str = "1Gi", affinity: Json | None = None) ->
 
 
 @contextmanager
-def sandbox(nodes: Sequence[Any], sim_config: Any, name: str) -> Iterator[Bed]:
-    """Start the control plane with `nodes`, the simulator and the catalog; stop it after."""
+def sandbox(nodes: Sequence[Any], player_config: Any, name: str) -> Iterator[Bed]:
+    """Start the control plane (real virt-api and virt-controller) with `nodes`, the
+    virt-handler player and the catalog; stop it after."""
     from sod_testbed.cluster import LocalCluster
-    from sod_testbed.kubevirt_sim import KubeVirtSimulator
+    from sod_testbed.handler_player import HandlerPlayer
 
     state = Path(tempfile.mkdtemp(prefix=f"sod-bench-{name}-"))
     cluster = LocalCluster(state, nodes, start_timeout=180.0)
     cluster.start()
     sim: Any = None
     try:
-        handler = logging.FileHandler(cluster.log_dir / "kubevirt-sim.log")
+        handler = logging.FileHandler(cluster.log_dir / "handler-player.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        sim_logger = logging.getLogger("sod.kubevirt_sim")
-        sim_logger.addHandler(handler)
-        sim_logger.setLevel(logging.WARNING)
-        sim_logger.propagate = False
-        sim = KubeVirtSimulator(cluster.kubeconfig, sim_config).start()
+        player_logger = logging.getLogger("sod.handler_player")
+        player_logger.addHandler(handler)
+        player_logger.setLevel(logging.WARNING)
+        player_logger.propagate = False
+        sim = HandlerPlayer(cluster.kubeconfig, cluster.state_dir, player_config).start()
         bed = Bed(cluster, sim)
         bed.install_catalog()
         yield bed

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build (once per machine and version) the control-plane binaries the test bed runs:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, helm,
-# and the KubeVirt CRDs. Everything goes to $SOD_CACHE (outside the clone) keyed by
+# KubeVirt's virt-controller and virt-api with its CRDs, RBAC and webhook configurations, and
+# the Kubernetes descheduler. Everything goes to $SOD_CACHE (outside the clone) keyed by
 # version; a warm run only checks that the files exist.
 #
 # Recipe: ../shared/notes/controlplane.md (wrapper modules, ldflags, kwok stages).
@@ -29,7 +30,7 @@ k8s_bin=$SOD_CACHE/k8s-$KUBE_VERSION/bin
 etcd_bin=$SOD_CACHE/etcd-$ETCD_VERSION/bin
 kwok_bin=$SOD_CACHE/kwok-$KWOK_VERSION/bin
 helm_bin=$SOD_CACHE/helm-$HELM_VERSION/bin
-kv_dir=$SOD_CACHE/kubevirt-$KUBEVIRT_VERSION
+desched_bin=$SOD_CACHE/descheduler-$DESCHEDULER_VERSION/bin
 
 build_etcd() {
   if [ -x "$etcd_bin/etcd" ]; then step "etcd $ETCD_VERSION: cached"; return; fi
@@ -94,42 +95,91 @@ build_helm() {
   step "helm: done"
 }
 
-# KubeVirt's CRDs come from KubeVirt's own constructors (components.NewVirtualMachineCrd & co.,
-# tools/kvcrds). The components package also holds virt-operator's Deployments/DaemonSets, which
-# import kubevirt.io/virt-template-api and virt-template-client-go; the Go module proxy answers
-# 403 for every version of those two modules, so the package cannot be compiled as published.
-# We therefore build against a copy of the kubevirt module that holds only the files the CRD
-# constructors need, unchanged: go.mod, pkg/pointer and, from the components package, crds.go and
-# validations_generated.go (the schemas). The copy replaces kubevirt.io/kubevirt in a build
-# directory under the cache; tools/kvcrds/go.sum pins everything else.
-build_kubevirt_crds() {
-  if [ -s "$kv_dir/crds.yaml" ] && [ -s "$kv_dir/crds.json" ]; then step "kubevirt $KUBEVIRT_VERSION CRDs: cached"; return; fi
-  step "kubevirt $KUBEVIRT_VERSION CRDs: generating from KubeVirt's own CRD constructors (cold: ~3 minutes)"
-  local build=$kv_dir/build src mod
-  mod=$(GOFLAGS= go mod download -json "kubevirt.io/kubevirt@$KUBEVIRT_VERSION" | python3 -c 'import json,sys;d=json.load(sys.stdin);print(d.get("Dir") or sys.exit("go mod download: "+d.get("Error","no Dir")))')
-  rm -rf "$build"
-  mkdir -p "$build"
-  cp "$here/kvcrds/main.go" "$here/kvcrds/go.mod" "$here/kvcrds/go.sum" "$build/"
-  src=$build/kubevirt-src
-  local comp=pkg/virt-operator/resource/generate/components
-  mkdir -p "$src/pkg/pointer" "$src/$comp"
-  cp "$mod/go.mod" "$src/"
-  cp "$mod/pkg/pointer/pointer.go" "$src/pkg/pointer/"
-  cp "$mod/$comp/crds.go" "$mod/$comp/validations_generated.go" "$src/$comp/"
-  chmod -R u+w "$src"
-  (cd "$build" && go mod edit -replace "kubevirt.io/kubevirt=./kubevirt-src" \
-     && CGO_ENABLED=0 go build -trimpath -o kvcrds . \
-     && ./kvcrds -format yaml > "$kv_dir/crds.yaml.tmp" \
-     && ./kvcrds -format json > "$kv_dir/crds.json.tmp")
-  mv "$kv_dir/crds.yaml.tmp" "$kv_dir/crds.yaml"
-  mv "$kv_dir/crds.json.tmp" "$kv_dir/crds.json"
-  step "kubevirt CRDs: done ($kv_dir/crds.yaml)"
+# tree_hash DIR: a short hash of every file under DIR but its READMEs, so any change to a
+# wrapper module (go.mod, go.sum, stubs, generators) gives a new cache key and a rebuild.
+tree_hash() {
+  (cd "$1" && find . -type f ! -name '*.md' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) \
+    | sha256sum | cut -c1-12
+}
+
+# mod_info MODULE@VERSION FIELD: a field of the module proxy's .info file for that version
+# (Time; Origin.Hash, the tagged commit, when the proxy gives it), read after `go mod download`.
+mod_info() {
+  (cd "$SOD_CACHE" && GOFLAGS= go mod download -json "$1") | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+if d.get("Error"): sys.exit("go mod download: " + d["Error"])
+v = json.load(open(d["Info"]))
+for k in sys.argv[1].split("."): v = v.get(k, {}) if isinstance(v, dict) else {}
+print(v if isinstance(v, str) else "")' "$2"
+}
+
+# virt-controller and virt-api, and KubeVirt's CRDs, RBAC and virt-api webhook configurations
+# written by KubeVirt's own code (tools/kubevirt/cmd/kvgen). The wrapper module tools/kubevirt
+# copies KubeVirt's replace block and points the four modules the Go module proxy refuses at
+# minimal local stubs (tools/kubevirt/README.md: what they stub and what does not work).
+# Cache key: KubeVirt version + hash of tools/kubevirt, in the directory name
+# kubevirt-<version>-<hash>; kubevirt-<version> is a symlink to the current key, the path the
+# test bed reads (crds.json, rbac.json, webhooks.json, bin/virt-controller, bin/virt-api).
+kv_outputs="bin/virt-controller bin/virt-api crds.yaml crds.json rbac.json webhooks.json"
+build_kubevirt() {
+  local key f ok=1
+  key=$KUBEVIRT_VERSION-$(tree_hash "$here/kubevirt")
+  local dir=$SOD_CACHE/kubevirt-$key
+  for f in $kv_outputs; do [ -s "$dir/$f" ] || ok=0; done
+  if [ $ok = 1 ]; then link_kubevirt "$dir"; step "kubevirt $key: cached"; return; fi
+  step "kubevirt $key: building virt-controller, virt-api and generating CRDs, RBAC, webhooks (cold: ~7 minutes on 2 cores, measured)"
+  local commit date
+  commit=$(mod_info "kubevirt.io/kubevirt@$KUBEVIRT_VERSION" Origin.Hash)
+  date=$(mod_info "kubevirt.io/kubevirt@$KUBEVIRT_VERSION" Time)
+  local v=kubevirt.io/client-go/version
+  local ld="-s -w -buildid= -X $v.gitVersion=$KUBEVIRT_VERSION -X $v.gitCommit=$commit -X $v.gitTreeState=clean -X $v.buildDate=$date"
+  rm -rf "$dir.tmp"
+  mkdir -p "$dir.tmp/bin"
+  # go.sum is complete (go mod tidy with the tool directives): -mod=readonly, so a build never
+  # edits the repository.
+  (cd "$here/kubevirt" && GOFLAGS=-mod=readonly CGO_ENABLED=0 go build -trimpath -ldflags "$ld" \
+      -o "$dir.tmp/bin/" kubevirt.io/kubevirt/cmd/virt-controller kubevirt.io/kubevirt/cmd/virt-api ./cmd/kvgen)
+  step "kubevirt: generating CRDs, RBAC and webhooks with kvgen"
+  "$dir.tmp/bin/kvgen" -out "$dir.tmp" -namespace kubevirt
+  rm -rf "$dir"
+  mv "$dir.tmp" "$dir"
+  link_kubevirt "$dir"
+  step "kubevirt: done ($SOD_CACHE/kubevirt-$KUBEVIRT_VERSION -> $(basename "$dir"))"
+}
+
+# link_kubevirt DIR: point kubevirt-<version> at DIR (atomically; a real directory there is the
+# CRD-only output of an older version of this script). Other keys are left in place: another
+# worktree may be using them.
+link_kubevirt() {
+  local link=$SOD_CACHE/kubevirt-$KUBEVIRT_VERSION target
+  target=$(basename "$1")
+  if [ -L "$link" ] && [ "$(readlink "$link")" = "$target" ]; then return; fi
+  if [ -e "$link" ] && [ ! -L "$link" ]; then rm -rf "$link"; fi
+  ln -sfn "$target" "$link.tmp"
+  mv -T "$link.tmp" "$link"
+}
+
+# The Kubernetes descheduler, the baseline the benchmarks compare with (issue 15): wrapper module
+# tools/descheduler with the one replace of descheduler's go.mod. Cached by version.
+build_descheduler() {
+  if [ -x "$desched_bin/descheduler" ]; then step "descheduler $DESCHEDULER_VERSION: cached"; return; fi
+  step "descheduler $DESCHEDULER_VERSION: building (cold: ~4 minutes on 2 cores, measured)"
+  local date v=sigs.k8s.io/descheduler/pkg/version
+  date=$(mod_info "sigs.k8s.io/descheduler@$DESCHEDULER_VERSION" Time)
+  mkdir -p "$desched_bin"
+  (cd "$here/descheduler" && GOFLAGS=-mod=readonly CGO_ENABLED=0 go build -trimpath \
+      -ldflags "-s -w -buildid= -X $v.version=$DESCHEDULER_VERSION -X $v.buildDate=$date" \
+      -o "$desched_bin/descheduler.tmp" sigs.k8s.io/descheduler/cmd/descheduler)
+  mv "$desched_bin/descheduler.tmp" "$desched_bin/descheduler"
+  step "descheduler: done"
 }
 
 what=${1:-all}
 case "$what" in
-  all) build_etcd; build_kwok; build_kubevirt_crds; build_kube; build_helm ;;
-  etcd) build_etcd ;; kube) build_kube ;; kwok) build_kwok ;; helm) build_helm ;; kubevirt) build_kubevirt_crds ;;
-  *) echo "usage: $0 [all|etcd|kube|kwok|helm|kubevirt]" >&2; exit 2 ;;
+  all) build_etcd; build_kwok; build_kubevirt; build_kube; build_helm; build_descheduler ;;
+  etcd) build_etcd ;; kube) build_kube ;; kwok) build_kwok ;; helm) build_helm ;;
+  kubevirt) build_kubevirt ;; descheduler) build_descheduler ;;
+  *) echo "usage: $0 [all|etcd|kube|kwok|helm|kubevirt|descheduler]" >&2; exit 2 ;;
 esac
 step "ready in $(( $(date +%s) - started ))s under $SOD_CACHE"

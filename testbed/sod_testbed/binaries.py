@@ -56,6 +56,10 @@ class Binaries:
     kwok: Path
     kwok_stages: Path
     kubevirt_crds: Path
+    kubevirt_rbac: Path
+    kubevirt_webhooks: Path
+    virt_api: Path
+    virt_controller: Path
     kube_version: str
     kubevirt_version: str
 
@@ -69,6 +73,7 @@ def find_binaries(cache: Path | None = None) -> Binaries:
     cache = cache or cache_dir()
     try:
         k8s = cache / f"k8s-{v['KUBE_VERSION']}" / "bin"
+        kv = cache / f"kubevirt-{v['KUBEVIRT_VERSION']}"
         found = Binaries(
             etcd=cache / f"etcd-{v['ETCD_VERSION']}" / "bin" / "etcd",
             kube_apiserver=k8s / "kube-apiserver",
@@ -77,7 +82,11 @@ def find_binaries(cache: Path | None = None) -> Binaries:
             kubectl=k8s / "kubectl",
             kwok=cache / f"kwok-{v['KWOK_VERSION']}" / "bin" / "kwok",
             kwok_stages=cache / f"kwok-{v['KWOK_VERSION']}" / "bin" / "stages.yaml",
-            kubevirt_crds=cache / f"kubevirt-{v['KUBEVIRT_VERSION']}" / "crds.json",
+            kubevirt_crds=kv / "crds.json",
+            kubevirt_rbac=kv / "rbac.json",
+            kubevirt_webhooks=kv / "webhooks.json",
+            virt_api=kv / "bin" / "virt-api",
+            virt_controller=kv / "bin" / "virt-controller",
             kube_version=v["KUBE_VERSION"],
             kubevirt_version=v["KUBEVIRT_VERSION"],
         )
@@ -90,8 +99,10 @@ def find_binaries(cache: Path | None = None) -> Binaries:
         found.kube_scheduler,
         found.kubectl,
         found.kwok,
+        found.virt_api,
+        found.virt_controller,
     ]
-    files = [found.kwok_stages, found.kubevirt_crds]
+    files = [found.kwok_stages, found.kubevirt_crds, found.kubevirt_rbac, found.kubevirt_webhooks]
     missing = [str(p) for p in executables if not os.access(p, os.X_OK)]
     missing += [str(p) for p in files if not p.is_file()]
     if missing:

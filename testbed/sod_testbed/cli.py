@@ -4,9 +4,12 @@ sodctl sandbox up --nodes hyperwall=2,datasafe=1,plain=1
 kubectl --kubeconfig "$(sodctl sandbox kubeconfig)" get nodes
 sodctl sandbox down
 
-`up` starts the same `LocalCluster` the e2e harness uses, the KubeVirt simulator as a process,
-and installs the example profiles and packages; it returns once everything is ready and leaves
-the processes running (state in $SOD_SANDBOX_DIR, default ~/.local/state/sod-operator/sandbox).
+`up` starts the same `LocalCluster` the e2e harness uses (with real KubeVirt virt-api and
+virt-controller), the virt-handler player as a process, the trust monitor, installs the example
+profiles and packages and starts `sod-operator`, so `kubectl apply -f examples/securevm-vm-b.yaml`
+right after it gets a placed VM (`--no-operator` for those who run the operator from source); it
+returns once everything is ready and leaves the processes running (state in $SOD_SANDBOX_DIR,
+default ~/.local/state/sod-operator/sandbox).
 `up` on a running sandbox only reports it. `down` stops every process `up` started and removes
 the state directory. `demo` runs the paper's story in it (sod_testbed.demo).
 """
@@ -34,19 +37,19 @@ from sod_testbed.cluster import (
     SandboxError,
     default_state_dir,
 )
+from sod_testbed.handler_player import PlayerConfig
 from sod_testbed.kubeapi import ApiError, resource_path
-from sod_testbed.kubevirt_sim import SimConfig
-from sod_testbed.nodes import NodeSpecError, apply_labels, parse_nodes
+from sod_testbed.nodes import NodeSpecError, apply_cpus, apply_labels, parse_nodes
 
 DEFAULT_NODES = "hyperwall=2,datasafe=1,plain=1"
-SIMULATOR = "kubevirt-sim"
+PLAYER = "handler-player"
 EXAMPLE_DIRS = (REPO_ROOT / "examples" / "profiles", REPO_ROOT / "examples" / "packages")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "sandbox",
-        help="run a local control plane with fake nodes and a KubeVirt simulator",
+        help="run a local control plane, real KubeVirt controllers, fake nodes and the operator",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -74,19 +77,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="an extra label for one node (repeatable)",
     )
     up.add_argument(
+        "--cpu",
+        action="append",
+        default=[],
+        metavar="ARCH_OR_NODE=intel|amd",
+        help="the CPU of an architecture's nodes or of one node (repeatable; default: sev-snp "
+        "nodes AMD, all others Intel). Host-model VMs live-migrate only between nodes of the "
+        "same CPU model and vendor, as in KubeVirt",
+    )
+    up.add_argument(
         "--time-scale",
         type=float,
         default=1.0,
-        help="multiply simulated migration durations (default 1: the paper's ~7.6 s per GiB)",
+        help="multiply modelled migration durations (default 1: the paper's ~7.6 s per GiB)",
     )
     up.add_argument(
-        "--unschedulable-timeout",
-        type=float,
-        default=SimConfig().unschedulable_timeout_seconds,
-        help="seconds before a migration whose target pod cannot be scheduled fails "
-        "(KubeVirt default 300)",
+        "--no-player",
+        action="store_true",
+        help="do not start the virt-handler player (VMIs then stay Scheduled)",
     )
-    up.add_argument("--no-simulator", action="store_true", help="do not start the simulator")
+    up.add_argument(
+        "--no-operator",
+        action="store_true",
+        help="do not start sod-operator (for those who run it from source)",
+    )
     up.add_argument(
         "--no-examples", action="store_true", help="do not install examples/profiles, packages"
     )
@@ -129,7 +143,7 @@ def _running(state_dir: Path) -> LocalCluster | None:
 def cmd_up(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
     try:
-        nodes = apply_labels(parse_nodes(args.nodes), args.label)
+        nodes = apply_cpus(apply_labels(parse_nodes(args.nodes), args.label), args.cpu)
     except NodeSpecError as err:
         raise UsageError(str(err)) from None
     if args.time_scale <= 0:
@@ -146,9 +160,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="[sandbox] %(message)s", stream=sys.stderr)
 
-    sim_config = SimConfig(
-        time_scale=args.time_scale, unschedulable_timeout_seconds=args.unschedulable_timeout
-    )
+    player_config = PlayerConfig(time_scale=args.time_scale)
     services: list[ClusterService] = []
     node_services: list[NodeService] = []
     if not args.no_examples:
@@ -157,12 +169,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         node_service, verifier_service = trust_cli.services(args.agent_interval)
         node_services.append(node_service)
         services.append(verifier_service)
-    if not args.no_simulator:
+    if not args.no_player:
 
-        def kubevirt_simulator(cluster: LocalCluster) -> None:
-            start_simulator_process(cluster, sim_config)
+        def virt_handler_player(cluster: LocalCluster) -> None:
+            start_player_process(cluster, player_config)
 
-        services.append(kubevirt_simulator)
+        services.append(virt_handler_player)
+    if not args.no_operator:
+
+        def sod_operator(cluster: LocalCluster) -> None:
+            try:
+                demo_story.ensure_operator(cluster, 90.0)
+            except demo_story.DemoFailed as failed:
+                raise SandboxError(f"sod-operator did not start: {failed}") from None
+
+        services.append(sod_operator)
     cluster = LocalCluster(
         state_dir, nodes, binaries=binaries, node_services=node_services, cluster_services=services
     )
@@ -178,7 +199,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     print(
         f"sandbox up in {time.monotonic() - t0:.1f}s: {len(nodes)} fake nodes"
-        + ("" if args.no_simulator else ", KubeVirt simulator running")
+        + ", virt-api and virt-controller"
+        + ("" if args.no_player else ", virt-handler player")
+        + ("" if args.no_operator else ", sod-operator")
+        + " running"
     )
     _print_usage(cluster)
     return 0
@@ -281,24 +305,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---- cluster services used by `up` --------------------------------------------------------------
 
 
-def start_simulator_process(cluster: LocalCluster, config: SimConfig) -> None:
-    """Run the KubeVirt simulator as a supervised process and wait until it has synced."""
+def start_player_process(cluster: LocalCluster, config: PlayerConfig) -> None:
+    """Run the virt-handler player as a supervised process and wait until it has synced."""
     argv = [
         sys.executable,
         "-m",
-        "sod_testbed.kubevirt_sim",
+        "sod_testbed.handler_player",
         f"--kubeconfig={cluster.kubeconfig}",
+        f"--state-dir={cluster.state_dir}",
         *config.argv(),
     ]
-    proc = cluster.run_process(SIMULATOR, argv)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if "kubevirt-sim started" in proc.tail(20000):
-            return
-        if not proc.alive():
-            break
-        time.sleep(0.1)
-    raise SandboxError(f"the KubeVirt simulator did not start; its log:\n{proc.tail(4000)}")
+    proc = cluster.run_process(PLAYER, argv)
+    cluster.wait_until(
+        "the virt-handler player", lambda: "handler player started" in proc.tail(20000), PLAYER, 30
+    )
 
 
 def install_examples(cluster: LocalCluster) -> None:

@@ -15,7 +15,10 @@ component logs to `<state_dir>/logs/<name>.log`):
 6. kube-controller-manager (garbage collection of ownerReferences, namespace deletion,
    service-account tokens, CSR signing with the sandbox CA), kube-scheduler, kwok;
 7. the fake Nodes (`nodes.py`), waited for `Ready` (kwok heartbeats them);
-8. the node services, then whatever the caller runs with `run_process`.
+8. real KubeVirt (`kubevirt.py`): namespace, RBAC, KubeVirt CR, virt-api with its webhooks,
+   virt-controller holding its Lease (unless `kubevirt=False`);
+9. the node services, then the cluster services (the virt-handler player, the operator, ...),
+   then whatever the caller runs with `run_process`.
 
 Free ports are chosen at start. `stop()` signals the process group of every process it started
 (each runs in its own session) and waits for it; nothing is left behind.
@@ -32,10 +35,10 @@ Extension points:
   `cluster.run_process(name, argv, env)` so they are supervised, logged and stopped with the rest.
   `pki.issue_client` and `write_kubeconfig` give a service its own identity (for a node agent:
   CN=system:node:NAME, O=system:nodes, so NodeRestriction applies to it).
-* `cluster_services`: callables `service(cluster)` run after the node services (the operator,
-  the verifier, the KubeVirt simulator as a process).
+* `cluster_services`: callables `service(cluster)` run after the node services (the virt-handler
+  player as a process, the verifier, the operator).
 * `run_process(name, argv, env)`: any extra supervised process (e.g. the operator).
-* `on_stop(callback)`: in-process components (the simulator run in a thread) stopped first.
+* `on_stop(callback)`: in-process components (the player run in a thread) stopped first.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ import yaml
 
 from sod_testbed.binaries import REPO_ROOT, Binaries, find_binaries
 from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
+from sod_testbed.kubevirt import kwok_stages_with_image_ids, start_kubevirt
 from sod_testbed.nodes import NodeSpec
 from sod_testbed.pki import CertPair, Pki, create_pki, load_pki
 from sod_testbed.processes import ManagedProcess, ProcessRecord, tail_file
@@ -150,6 +154,7 @@ class LocalCluster:
         node_services: Sequence[NodeService] = (),
         cluster_services: Sequence[ClusterService] = (),
         start_timeout: float = 90.0,
+        kubevirt: bool = True,
     ):
         self.state_dir = state_dir
         self.nodes = list(nodes)
@@ -158,6 +163,7 @@ class LocalCluster:
         self.node_services = list(node_services)
         self.cluster_services = list(cluster_services)
         self.start_timeout = start_timeout
+        self.kubevirt = kubevirt
         self.processes: dict[str, ManagedProcess] = {}
         self.ports: dict[str, int] = {}
         self.timings: dict[str, float] = {}
@@ -231,6 +237,7 @@ class LocalCluster:
     def _start_all(self) -> None:
         b = self.binaries
         names = ["etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok"]
+        names += ["virt-api", "virt-controller"]
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
 
         with self._timed("pki"):
@@ -259,6 +266,9 @@ class LocalCluster:
             self.create_nodes(self.nodes)
         with self._timed("service accounts"):
             self.wait_for_service_account("default")
+        if self.kubevirt:
+            with self._timed("kubevirt"):
+                start_kubevirt(self)
         for node in self.nodes:
             for service in self.node_services:
                 label = getattr(service, "__name__", "node service").replace("_", " ")
@@ -371,12 +381,13 @@ class LocalCluster:
                 "--kube-api-burst=400",
             ],
         )
+        stages = kwok_stages_with_image_ids(b.kwok_stages, self.state_dir / "kwok-stages.yaml")
         self.run_process(
             "kwok",
             [
                 str(b.kwok),
                 f"--kubeconfig={kc}",
-                f"--config={b.kwok_stages}",
+                f"--config={stages}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 f"--cidr={POD_CIDR}",
@@ -426,7 +437,13 @@ class LocalCluster:
             return None
         cluster.ports = {k: int(v) for k, v in state.get("ports", {}).items()}
         cluster.nodes = [
-            NodeSpec(n["name"], n["architecture"], n.get("labels", {}), tpm=n.get("tpm", "rsa"))
+            NodeSpec(
+                n["name"],
+                n["architecture"],
+                n.get("labels", {}),
+                tpm=n.get("tpm", "rsa"),
+                cpu_kind=n.get("cpuKind", ""),
+            )
             for n in state.get("nodes", [])
         ]
         for data in state["processes"]:
@@ -534,6 +551,12 @@ class LocalCluster:
             timeout,
         )
 
+    def wait_until(
+        self, what: str, ready: Callable[[], bool], component: str, timeout: float | None = None
+    ) -> None:
+        """Wait for `ready()`, failing at once (with its log) if `component` exits."""
+        self._wait(what, ready, component, timeout)
+
     # ---- helpers ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -598,6 +621,7 @@ class LocalCluster:
                     "architecture": n.architecture,
                     "labels": dict(n.labels),
                     "tpm": n.tpm,
+                    "cpuKind": n.cpu_kind,
                 }
                 for n in self.nodes
             ],

@@ -77,7 +77,9 @@ CORE_PROCESSES = (
     "kube-controller-manager",
     "kube-scheduler",
     "kwok",
-    "kubevirt-sim",
+    "virt-api",
+    "virt-controller",
+    "handler-player",
     "verifier",
 )
 
@@ -751,7 +753,7 @@ class Story:
                     raise DemoFailed(
                         f"deleting namespace {self.ns}",
                         f"still there after {self.timeouts.namespace:.0f} s",
-                        ["kube-controller-manager", OPERATOR, "kubevirt-sim"],
+                        ["kube-controller-manager", OPERATOR, "virt-controller", "handler-player"],
                     )
                 time.sleep(0.3)
         self.api.create(
@@ -782,7 +784,7 @@ class Story:
                 self._first_compliant(vm.name),
                 self.timeouts.placement,
                 f"{vm.name} Compliant on a node",
-                [OPERATOR, "kubevirt-sim", "kube-scheduler"],
+                [OPERATOR, "virt-controller", "handler-player", "kube-scheduler"],
             )
             for vm in STORY_VMS
         }
@@ -919,7 +921,7 @@ class Story:
             ),
             self.timeouts.compliant_again,
             f"{MOVER} Compliant on another node",
-            [OPERATOR, "kubevirt-sim"],
+            [OPERATOR, "virt-controller", "handler-player"],
         )
         m.t_compliant = moved.t
         m.target_node = compliant_on(moved.obj) or ""
@@ -968,7 +970,7 @@ class Story:
                 next_phase,
                 self.timeouts.migration_done,
                 f"migration {name} reaching its next phase (seen: {', '.join(shown) or 'none'})",
-                ["kubevirt-sim", "kube-scheduler", OPERATOR],
+                ["virt-controller", "handler-player", "kube-scheduler", OPERATOR],
             )
             status = seen.obj.get("status") or {}
             phase = str(status["phase"])
@@ -979,7 +981,7 @@ class Story:
                 raise DemoFailed(
                     f"migrating {MOVER}",
                     f"KubeVirt reports migration {name} Failed: {state.get('failureReason', '')}",
-                    ["kubevirt-sim", OPERATOR],
+                    ["virt-controller", "handler-player", OPERATOR],
                 )
             if phase == "Succeeded":
                 m.t_succeeded = seen.t

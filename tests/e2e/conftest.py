@@ -1,16 +1,16 @@
 """Fixtures of the e2e tier: one real local control plane per test session.
 
-* `sandbox` (session): `LocalCluster` (etcd, kube-apiserver, controller-manager, scheduler, kwok)
-  with the fake nodes in `E2E_NODES`, our CRDs and KubeVirt's, and the KubeVirt simulator in a
-  thread with fast settings (`E2E_SIM_CONFIG`: modelled durations x0.05, unschedulable target
-  fails after 3 s). Missing binaries FAIL the session with the build command: the tier never
-  skips (`make test` builds them first).
-* `kubevirt_sim` (session): the simulator's handle (`restart()`).
+* `sandbox` (session): `LocalCluster` (etcd, kube-apiserver, controller-manager, scheduler, kwok,
+  real KubeVirt virt-api and virt-controller) with the fake nodes in `E2E_NODES`, our CRDs and
+  KubeVirt's, and the virt-handler player in a thread with fast settings (`E2E_PLAYER_CONFIG`:
+  modelled migration durations x0.05). Missing binaries FAIL the session with the build
+  command: the tier never skips (`make test` builds them first).
+* `handler_player` (session): the player's handle (`restart()`).
 * `kube_api` (session): the admin `KubeApi`; `kubeconfig` (session): its path, for KopfRunner
   or subprocesses.
 * `namespace` (function): a fresh namespace (with its default ServiceAccount) per test, deleted
   afterwards; `kube` (function): a `harness.Kube` bound to it.
-* On failure, the tail of every component log (and the simulator's) is attached to the report.
+* On failure, the tail of every component log (and the player's) is attached to the report.
 
 Other e2e modules (operator, trust monitor) reuse these; per-node services can be added by
 extending `E2E_NODE_SERVICES` (see `sod_testbed.cluster` for the extension points).
@@ -26,18 +26,18 @@ from pathlib import Path
 import pytest
 from sod_testbed.binaries import MissingBinaries, find_binaries
 from sod_testbed.cluster import LocalCluster, NodeService, SandboxError, tail_logs
+from sod_testbed.handler_player import PlayerConfig
 from sod_testbed.kubeapi import KubeApi, resource_path
-from sod_testbed.kubevirt_sim import SimConfig
 from sod_testbed.nodes import NodeSpec, parse_nodes
 
-from tests.e2e.harness import Kube, SimulatorInThread
+from tests.e2e.harness import Kube, PlayerInThread
 
 E2E_NODES: list[NodeSpec] = parse_nodes("hyperwall=2,datasafe=1,plain=2")
 E2E_NODE_SERVICES: list[NodeService] = []
-E2E_SIM_CONFIG = SimConfig(time_scale=0.05, unschedulable_timeout_seconds=3.0, resync_seconds=2.0)
+E2E_PLAYER_CONFIG = PlayerConfig(time_scale=0.05, resync_seconds=2.0)
 
 _CLUSTER_KEY = pytest.StashKey[LocalCluster]()
-_SIM_KEY = pytest.StashKey[SimulatorInThread]()
+_PLAYER_KEY = pytest.StashKey[PlayerInThread]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -71,17 +71,17 @@ def sandbox(
         problem = str(err)
     if problem:
         pytest.fail(f"e2e tier: the local control plane did not start: {problem}", pytrace=False)
-    sim = SimulatorInThread(cluster, E2E_SIM_CONFIG)
-    request.config.stash[_SIM_KEY] = sim
-    cluster.on_stop(sim.stop)
-    sim.start()
+    player = PlayerInThread(cluster, E2E_PLAYER_CONFIG)
+    request.config.stash[_PLAYER_KEY] = player
+    cluster.on_stop(player.stop)
+    player.start()
     yield cluster
     cluster.stop(remove_state=False)
 
 
 @pytest.fixture(scope="session")
-def kubevirt_sim(request: pytest.FixtureRequest, sandbox: LocalCluster) -> SimulatorInThread:
-    return request.config.stash[_SIM_KEY]
+def handler_player(request: pytest.FixtureRequest, sandbox: LocalCluster) -> PlayerInThread:
+    return request.config.stash[_PLAYER_KEY]
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,8 @@
 
 `Kube` wraps the sandbox's dict-based API client with the few things e2e tests keep doing:
 create KubeVirt objects, read them back, and wait for a condition with a readable failure.
-Tests never write VMI or VMIM status: the KubeVirt simulator does.
+Tests never write VMI or VMIM status: real virt-controller does, and the virt-handler player
+(`sod_testbed.handler_player`) plays the node side.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import TypeVar
 
 from sod_operator.api.constants import SIMULATED_ARCHITECTURE_LABEL
 from sod_testbed.cluster import LocalCluster
+from sod_testbed.handler_player import HandlerPlayer, PlayerConfig
 from sod_testbed.kubeapi import JsonObj, KubeApi, resource_path
-from sod_testbed.kubevirt_sim import KubeVirtSimulator, SimConfig
 
 KUBEVIRT = "kubevirt.io/v1"
 T = TypeVar("T")
@@ -146,7 +147,13 @@ class Kube:
         if vmi_name:
             selector += f",vm.kubevirt.io/name={vmi_name}"
         pods = self.api.list(self.path("pods", api_version="v1"), selector)["items"]
-        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        # A launcher that exited (the source after a migration) stays as a Succeeded pod.
+        return [
+            p
+            for p in pods
+            if not p["metadata"].get("deletionTimestamp")
+            and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        ]
 
     def events(self, involved_name: str) -> list[JsonObj]:
         items = self.api.list(self.path("events", api_version="v1"))["items"]
@@ -163,9 +170,11 @@ class Kube:
         return vmi
 
     def wait_vmim_final(self, name: str, timeout: float = 60.0) -> JsonObj:
+        """The VMIM once finished; when it ran, once virt-controller has also copied the VMI's
+        final migrationState into it (a sync after the one that set the final phase)."""
         vmim = wait_for(
             lambda: self.vmim(name),
-            lambda m: m is not None and m.get("status", {}).get("phase") in ("Succeeded", "Failed"),
+            lambda m: m is not None and _finished(m),
             f"VMIM {self.ns}/{name} to finish",
             timeout,
         )
@@ -183,6 +192,14 @@ class Kube:
         return vmim
 
 
+def _finished(vmim: JsonObj) -> bool:
+    status = vmim.get("status") or {}
+    if status.get("phase") not in ("Succeeded", "Failed"):
+        return False
+    ran = "Running" in phases(vmim)
+    return not ran or bool((status.get("migrationState") or {}).get("endTimestamp"))
+
+
 def condition(obj: JsonObj | None, ctype: str) -> JsonObj | None:
     for c in ((obj or {}).get("status") or {}).get("conditions") or []:
         if c.get("type") == ctype:
@@ -194,27 +211,29 @@ def phases(vmim: JsonObj) -> list[str]:
     return [t["phase"] for t in vmim.get("status", {}).get("phaseTransitionTimestamps", [])]
 
 
-class SimulatorInThread:
-    """The session's KubeVirt simulator, logging to the sandbox's log directory; `restart()`
+class PlayerInThread:
+    """The session's virt-handler player, logging to the sandbox's log directory; `restart()`
     replaces it with a fresh instance (to prove a restart loses and duplicates nothing)."""
 
-    def __init__(self, cluster: LocalCluster, config: SimConfig):
+    def __init__(self, cluster: LocalCluster, config: PlayerConfig):
         self.cluster = cluster
         self.config = config
-        self.sim: KubeVirtSimulator | None = None
-        self._handler = logging.FileHandler(cluster.log_dir / "kubevirt-sim.log")
+        self.player: HandlerPlayer | None = None
+        self._handler = logging.FileHandler(cluster.log_dir / "handler-player.log")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        self._logger = logging.getLogger("sod.kubevirt_sim")
+        self._logger = logging.getLogger("sod.handler_player")
 
     def start(self) -> None:
         self._logger.addHandler(self._handler)
         self._logger.setLevel(logging.INFO)
-        self.sim = KubeVirtSimulator(self.cluster.kubeconfig, self.config).start()
+        self.player = HandlerPlayer(
+            self.cluster.kubeconfig, self.cluster.state_dir, self.config
+        ).start()
 
     def stop(self) -> None:
-        if self.sim is not None:
-            self.sim.stop()
-            self.sim = None
+        if self.player is not None:
+            self.player.stop()
+            self.player = None
         self._logger.removeHandler(self._handler)
 
     def restart(self) -> None:

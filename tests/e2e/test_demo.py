@@ -121,7 +121,13 @@ def test_demo_tells_the_story_twice_and_down_stops_everything(state_dir: Path) -
     _assert_story_outcome(api, first)
     records = _records(state_dir)
     names = {r.name for r in records}
-    assert {"sod-operator", "verifier", "kubevirt-sim", "agent-hyperwall-1"} <= names
+    assert {
+        "sod-operator",
+        "verifier",
+        "handler-player",
+        "virt-controller",
+        "agent-hyperwall-1",
+    } <= names
     assert all(r.alive() for r in records)
 
     second = _demo(state_dir)  # `make demo` twice

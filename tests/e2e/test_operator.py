@@ -1,7 +1,8 @@
 """The operator in the sandbox, telling the paper's story (issue 4, item 7).
 
 Real apiserver, scheduler and CRDs (KubeVirt's own schemas validate what the operator writes);
-the KubeVirt simulator moves the VMs. `sod-operator` runs as users run it: its console script,
+real virt-api and virt-controller move the VMs, the virt-handler player plays the node side.
+`sod-operator` runs as users run it: its console script,
 in a subprocess, watching the test's namespace. Node trust is set with the verifier's label
 keys (`operator_run.Trust`).
 
@@ -113,10 +114,7 @@ class Tenant:
     ) -> dict[str, Any]:
         obj = wait_for(
             lambda: self.svm(name),
-            lambda o: (
-                (condition(o, "Ready") or {}).get("status") == "True"
-                and (node is None or o["status"].get("nodeName") == node)
-            ),
+            lambda o: settled(o) and (node is None or o["status"].get("nodeName") == node),
             f"SecureVM {name} Ready on {node or 'a compliant node'}",
             timeout,
         )
@@ -136,6 +134,15 @@ class Tenant:
 @pytest.fixture
 def tenant(kube: Kube) -> Tenant:
     return Tenant(kube)
+
+
+def settled(svm: dict[str, Any]) -> bool:
+    """Ready, and no relocation still open: with KubeVirt the VMI reports the target node (the
+    target virt-handler's acknowledgement) one write before the migration is `completed`, so a
+    SecureVM can be Ready on its new node while its relocation record is still being closed."""
+    return (condition(svm, "Ready") or {}).get("status") == "True" and (
+        condition(svm, "Relocating") or {}
+    ).get("status") != "True"
 
 
 def node_of(tenant: Tenant, vm: str) -> str | None:
@@ -304,10 +311,7 @@ def test_failed_migration_is_retried_elsewhere(
     assert failed["status"]["relocation"]["avoidNodes"] == [first_target]
     final = wait_for(
         lambda: tenant.svm("vm-b"),
-        lambda o: (
-            (condition(o, "Ready") or {}).get("status") == "True"
-            and o["status"].get("nodeName") not in (source, first_target)
-        ),
+        lambda o: settled(o) and o["status"].get("nodeName") not in (source, first_target),
         "vm-b Ready on the third node",
         60,
     )
@@ -330,7 +334,7 @@ def test_operator_killed_mid_relocation_finishes_without_a_duplicate(
     tenant.create("vm-b", VM_B)
     source = _placed(tenant, "vm-b")
     target = Y if source == X else X
-    tenant.annotate_vmi("vm-b", HOLD, "true")  # the simulated migration waits for us
+    tenant.annotate_vmi("vm-b", HOLD, "true")  # the played migration waits for us
     trust.set(source)
     (mig,) = wait_for(lambda: tenant.migrations("vm-b"), bool, "the migration of vm-b", 30)
     tenant.kube.wait_vmim_phase(mig["metadata"]["name"], "Running", timeout=30)

@@ -32,8 +32,8 @@ from collections.abc import Iterator
 import pytest
 from sod_node_agent.facts import SimulatedState
 from sod_operator.api.constants import profile_label
+from sod_testbed.handler_player import PlayerConfig
 from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
-from sod_testbed.kubevirt_sim import SimConfig
 from sod_testbed.nodes import parse_nodes
 from sod_testbed.trust import TrustBed
 
@@ -50,7 +50,7 @@ NATT = resource_path(SOD, "nodeattestations")
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivateBed, TrustBed]]:
     bed = PrivateBed(
-        tmp_path_factory.mktemp("attacks-bed"), parse_nodes("hyperwall=1,plain=1"), SimConfig()
+        tmp_path_factory.mktemp("attacks-bed"), parse_nodes("hyperwall=1,plain=1"), PlayerConfig()
     )
     try:
         bed.start()

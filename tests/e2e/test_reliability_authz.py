@@ -36,8 +36,8 @@ from typing import Any
 
 import pytest
 from sod_operator.verifier import rbac as verifier_rbac
+from sod_testbed.handler_player import PlayerConfig
 from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
-from sod_testbed.kubevirt_sim import SimConfig
 from sod_testbed.nodes import parse_nodes
 from sod_testbed.trust import token_kubeconfig
 
@@ -92,7 +92,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBed]:
     bed = PrivateBed(
         tmp_path_factory.mktemp("authz-bed"),
         parse_nodes("hyperwall=2,datasafe=1,plain=2"),
-        SimConfig(time_scale=0.05, unschedulable_timeout_seconds=3.0, resync_seconds=2.0),
+        PlayerConfig(time_scale=0.05, resync_seconds=2.0),
         audit=True,
     )
     try:

@@ -35,8 +35,8 @@ from typing import Any
 
 import pytest
 from sod_operator.api.constants import profile_label
+from sod_testbed.handler_player import PlayerConfig
 from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
-from sod_testbed.kubevirt_sim import SimConfig
 from sod_testbed.nodes import parse_nodes
 from sod_testbed.trust import TrustBed
 
@@ -88,7 +88,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivateBed, 
     bed = PrivateBed(
         tmp_path_factory.mktemp("controlplane-bed"),
         parse_nodes("hyperwall=3"),
-        SimConfig(time_scale=0.05, unschedulable_timeout_seconds=5.0, resync_seconds=2.0),
+        PlayerConfig(time_scale=0.05, resync_seconds=2.0),
     )
     try:
         bed.start()

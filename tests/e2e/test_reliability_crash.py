@@ -38,8 +38,8 @@ from typing import Any
 
 import pytest
 from sod_operator.api.constants import SECUREVM_LABEL, profile_label
+from sod_testbed.handler_player import PlayerConfig
 from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
-from sod_testbed.kubevirt_sim import SimConfig
 from sod_testbed.nodes import parse_nodes
 
 from tests.e2e.harness import condition, vm_manifest, wait_for
@@ -120,14 +120,9 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBed]:
     bed = PrivateBed(
         tmp_path_factory.mktemp("crash-bed"),
         parse_nodes("hyperwall=2,plain=1"),
-        SimConfig(
-            time_scale=0.02,
-            unschedulable_timeout_seconds=5.0,
-            resync_seconds=2.0,
-            parallel_migrations_per_cluster=PER_CLUSTER,
-            parallel_outbound_migrations_per_node=PER_NODE,
-            finalized_migrations_kept=EVACUATIONS + 2,
-        ),
+        # KubeVirt's defaults are PER_CLUSTER and PER_NODE; it keeps the newest 5 finished
+        # migrations per VMI, more than the EVACUATIONS each VM goes through.
+        PlayerConfig(time_scale=0.02, resync_seconds=2.0),
     )
     try:
         bed.start()

@@ -2,10 +2,10 @@
 
 The tenant `alice` acts by impersonation with what a real cluster gives it: `edit` in `team-a`,
 the chart's SecureVM rules aggregated into `edit`, and KubeVirt v1.9.0's own `kubevirt.io:edit`
-(full rights on VMs and VMIs, read on migrations; loaded from tests/e2e/data/, derived from
-KubeVirt's source until the generated one replaces it). The operator watches `team-a` and
-re-checks every SecureVM only every 600 s here, so what it does within the waits below comes
-from watch events, not from the periodic pass. Attacks:
+(full rights on VMs and VMIs, read on migrations), exactly as KubeVirt's code generates it
+(tools/kubevirt writes KubeVirt's RBAC into the cache; the test bed installs all of it). The
+operator watches `team-a` and re-checks every SecureVM only every 600 s here, so what it does
+within the waits below comes from watch events, not from the periodic pass. Attacks:
 
 * **a conflicting SecureVM** (`shadow`, `vmRef` to `web`'s VM) followed by an affinity edit to a
   plain node and a VMI restart: `web` keeps reacting, never claims compliance on the plain node,
@@ -28,15 +28,16 @@ virt-api refusing the tenant's write of that label (on the real-KubeVirt bed).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from sod_testbed.binaries import find_binaries
+from sod_testbed.handler_player import PlayerConfig
 from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
-from sod_testbed.kubevirt_sim import SimConfig
 from sod_testbed.nodes import parse_nodes
 
 from tests.chart.helmcli import VALUES_DIR, Helm, find_helm, parse_rendered
@@ -51,9 +52,15 @@ RBAC = "rbac.authorization.k8s.io/v1"
 NS = "team-a"
 HW1, HW2, PLAIN = "hyperwall-1", "hyperwall-2", "plain-1"
 VM_B = {"options": ["Basic", "HypervisorProtection"]}
-KUBEVIRT_EDIT = Path(__file__).parent / "data" / "kubevirt-edit-v1.9.0.yaml"
+KUBEVIRT_EDIT = "kubevirt.io:edit"
 HOSTNAME = "kubernetes.io/hostname"
 REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
+
+
+def _kubevirt_role(name: str) -> JsonObj:
+    """A ClusterRole from KubeVirt's own RBAC, as generated from its code into the cache."""
+    items = json.loads(find_binaries().kubevirt_rbac.read_text())["items"]
+    return next(i for i in items if i["kind"] == "ClusterRole" and i["metadata"]["name"] == name)
 
 
 class As(KubeApi):
@@ -70,7 +77,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBed]:
     bed = PrivateBed(
         tmp_path_factory.mktemp("tenant-attacks-bed"),
         parse_nodes("hyperwall=2,plain=1"),
-        SimConfig(time_scale=0.05, unschedulable_timeout_seconds=3.0, resync_seconds=2.0),
+        PlayerConfig(time_scale=0.05, resync_seconds=2.0),
     )
     try:
         bed.start()
@@ -106,7 +113,7 @@ def alice(bed: PrivateBed, admin: KubeApi, tmp_path_factory: pytest.TempPathFact
         and "rbac.authorization.k8s.io/aggregate-to-edit" in (o["metadata"].get("labels") or {})
     ]  # fmt: skip
     assert aggregated, "the chart aggregates no rules into `edit`"
-    for role in [*aggregated, yaml.safe_load(KUBEVIRT_EDIT.read_text())]:
+    for role in [*aggregated, _kubevirt_role(KUBEVIRT_EDIT)]:
         path = resource_path(RBAC, "clusterroles", name=role["metadata"]["name"])
         admin.apply(path, role, "reliability")
     admin.create(
@@ -324,7 +331,7 @@ def test_a_tenant_written_vmi_status_changes_nothing(
         "wrapper to name the disagreement",
         30,
     )
-    time.sleep(3)  # more events (the simulator's passes) must not change its mind
+    time.sleep(3)  # more events (the player's passes) must not change its mind
     samples += _watch_claims(admin, "wrapper", lambda o: True, "one more sample")
     after = _svm(admin, "wrapper")
     assert _state(after, "Compliant")[0] == "False", after["status"]

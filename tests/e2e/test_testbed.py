@@ -1,7 +1,8 @@
 """The test bed is real: a real apiserver with RBAC and our CEL rules, KubeVirt's own schemas,
-the real kube-scheduler placing virt-launcher pods, and the KubeVirt simulator behaving as
-KubeVirt does (placement, migrations, limits, timeouts, LiveUpdate refused during migration,
-confidential VMs not live-migratable, stop).
+real virt-api (defaulting, admission) and virt-controller (VM -> VMI -> launcher pod, migrations,
+limits, timeouts, LiveUpdate refused during migration), the real kube-scheduler placing
+virt-launcher pods, and the virt-handler player writing only the node side (VMI Running,
+LiveMigratable, the migration hand-off) under node-bound identities.
 
 Not covered here: the operator (its own e2e modules), swtpm-backed attestation, `sodctl sandbox`
 (test_testbed_cli.py). No test asserts on durations; waits only bound how long a failure takes.
@@ -21,17 +22,19 @@ from sod_operator.api.v1alpha1.security import option_conflict_message
 from sod_operator.api.vocabulary import SecurityOption
 from sod_testbed.binaries import read_versions
 from sod_testbed.cluster import LocalCluster, write_kubeconfig
-from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
-from sod_testbed.kubevirt_sim import (
+from sod_testbed.handler_player import (
     FORCE_MIGRATION_FAILURE_ANNOTATION,
     HOLD_MIGRATION_ANNOTATION,
-    UNSCHEDULABLE_TIMEOUT_ANNOTATION,
 )
+from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
+from sod_testbed.kubevirt import NAMESPACE, lease_holder
+from sod_testbed.migration_model import parse_quantity
+from sod_testbed.nodes import NodeSpec
 from sod_testbed.pki import issue_client
 
 from tests.e2e.harness import (
     Kube,
-    SimulatorInThread,
+    PlayerInThread,
     arch_affinity,
     condition,
     phases,
@@ -42,6 +45,13 @@ from tests.e2e.harness import (
 
 ARCH = SIMULATED_ARCHITECTURE_LABEL
 HOSTNAME = "kubernetes.io/hostname"
+UNSCHEDULABLE_TIMEOUT_ANNOTATION = "kubevirt.io/migrationUnschedulablePodTimeoutSeconds"
+INTEL_HOST_MODEL = "cpu-model-migration.node.kubevirt.io/SapphireRapids"
+INTEL_VENDOR = "cpu-vendor.node.kubevirt.io/Intel"
+
+
+def _managers(obj: dict) -> set[str]:
+    return {m["manager"] for m in obj["metadata"].get("managedFields") or []}
 
 
 def _node_arch(kube_api: KubeApi, node: str) -> str:
@@ -81,6 +91,25 @@ def test_fake_nodes_are_ready_with_their_architecture(kube_api: KubeApi) -> None
     ready = condition(nodes["hyperwall-2"], "Ready")
     assert ready is not None
     assert ready["status"] == "True"
+
+
+def test_nodes_offer_what_virt_handler_gives(kube_api: KubeApi) -> None:
+    """Device-plugin capacity and node-labeller labels, or real virt-controller's launcher pods
+    would never schedule."""
+    node = kube_api.get(resource_path("v1", "nodes", name="plain-1"))
+    capacity = node["status"]["capacity"]
+    for device in ("kvm", "tun", "vhost-net"):
+        assert parse_quantity(capacity[f"devices.kubevirt.io/{device}"]) == 1000
+    assert "ephemeral-storage" in capacity
+    labels = node["metadata"]["labels"]
+    assert labels["kubevirt.io/schedulable"] == "true"
+    assert labels["machine-type.node.kubevirt.io/q35"] == "true"
+    assert labels["host-model-cpu.node.kubevirt.io/SapphireRapids"] == "true"
+    assert labels[INTEL_HOST_MODEL] == labels[INTEL_VENDOR] == "true"
+
+
+def test_virt_controller_holds_its_lease(kube_api: KubeApi) -> None:
+    assert lease_holder(kube_api)
 
 
 # ---- our CRDs and KubeVirt's schemas ----------------------------------------------------------
@@ -156,8 +185,19 @@ def test_required_node_affinity_places_vms_only_on_matching_nodes(
         assert _node_arch(kube_api, node) == "hyperwall"
         (pod,) = kube.launcher_pods(name)
         assert pod["spec"]["nodeName"] == node  # bound by kube-scheduler
-        assert pod["spec"]["affinity"] == arch_affinity("hyperwall")
+        # virt-controller's pod: the VMI's affinity plus "not an obsolete host model".
+        (term,) = pod["spec"]["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]["nodeSelectorTerms"]
+        assert {"key": ARCH, "operator": "In", "values": ["hyperwall"]} in term["matchExpressions"]
+        assert "virt-controller" in _managers(pod)
         assert vmi["metadata"]["ownerReferences"][0]["kind"] == "VirtualMachine"
+        assert "virt-controller" in _managers(vmi)  # created by virt-controller
+        assert vmi["status"]["selinuxContext"] == "none"
+        assert "virt-handler" in _managers(vmi)  # the player, as the node's virt-handler
+        handler_pod = kube.api.get(resource_path("v1", "pods", NAMESPACE, f"virt-handler-{node}"))
+        assert handler_pod["spec"]["nodeName"] == node
+        assert all("lastProbeTime" in c for c in vmi["status"]["conditions"])
         vm = wait_for(
             lambda n=name: kube.vm(n),
             lambda v: v is not None and v.get("status", {}).get("printableStatus") == "Running",
@@ -199,7 +239,7 @@ def test_stopping_a_vm_deletes_its_vmi_and_pod(kube: Kube) -> None:
         "VM stopme Stopped",
     )
     assert vm is not None
-    assert vm["status"]["created"] is False
+    assert not vm["status"].get("created")
 
 
 # ---- migrations --------------------------------------------------------------------------------
@@ -238,11 +278,17 @@ def test_vmim_moves_the_vmi_to_another_matching_node(kube: Kube, kube_api: KubeA
     assert moved["status"]["nodeName"] == state["targetNode"]
     assert moved["metadata"]["labels"]["kubevirt.io/nodeName"] == state["targetNode"]
     pods = wait_for(
-        lambda: kube.launcher_pods("mover"), lambda p: len(p) == 1, "the source pod removed"
+        lambda: kube.launcher_pods("mover"), lambda p: len(p) == 1, "the source launcher exited"
     )
     assert pods[0]["metadata"]["name"] == state["targetPod"] != source_pod["metadata"]["name"]
     assert pods[0]["spec"]["nodeName"] == state["targetNode"]
-    assert list(moved["status"]["activePods"].values()) == [state["targetNode"]]
+    assert "virt-controller" in _managers(pods[0])  # the target pod is virt-controller's
+    # A host-model VM may only go where its host CPU model and vendor are (createTargetPod).
+    assert pods[0]["spec"]["nodeSelector"][INTEL_HOST_MODEL] == "true"
+    assert pods[0]["spec"]["nodeSelector"][INTEL_VENDOR] == "true"
+    # KubeVirt keeps the exited source pod in activePods until it is deleted.
+    assert state["targetNode"] in moved["status"]["activePods"].values()
+    assert "kubevirt.io/migrationTargetNodeName" not in moved["metadata"]["labels"]
 
 
 def test_added_node_selector_steers_the_target(kube: Kube) -> None:
@@ -270,13 +316,57 @@ def test_migration_without_a_schedulable_target_fails_after_the_timeout(kube: Ku
     vmim = kube.wait_vmim_final("stuck-1")
     assert vmim["status"]["phase"] == "Failed"
     assert phases(vmim) == ["Pending", "Scheduling", "Failed"]
-    reasons = {e["reason"] for e in kube.events("stuck-1")}
-    assert {"MigrationTargetPodUnschedulable", "FailedMigration"} <= reasons
+    events = kube.events("stuck-1")
+    assert "FailedMigration" in {e["reason"] for e in events}
+    assert any("timeout period exceeded" in e["message"] for e in events)
     after = kube.vmi("stuck")
     assert after is not None
     assert after["status"]["nodeName"] == "datasafe-1"
     assert after["status"]["phase"] == "Running"
     wait_for(lambda: kube.launcher_pods("stuck"), lambda p: len(p) == 1, "target pod deleted")
+
+
+def test_a_host_model_vm_cannot_migrate_to_another_cpu_vendor(
+    kube: Kube, sandbox: LocalCluster, kube_api: KubeApi
+) -> None:
+    """A mixed fleet as KubeVirt sees it: the target pod of a host-model VM must match the
+    source's host CPU model and vendor (createTargetPod), so an AMD node is unreachable from an
+    Intel one and the attempt ends at the unschedulable-target timeout."""
+    amd = NodeSpec("plain-amd-e2e", "plain", cpu_kind="amd")
+    # Started before the AMD node exists, on the one Intel node its affinity allows.
+    vm = vm_manifest("intel", affinity=arch_affinity("plain-1", amd.name, key=HOSTNAME))
+    vm["spec"]["template"]["spec"]["tolerations"] = [
+        {"key": "sod.dev/e2e-only", "operator": "Exists"}
+    ]
+    kube.create("virtualmachines", vm)
+    vmi = kube.wait_vmi_phase("intel", "Running")
+    assert vmi["status"]["nodeName"] == "plain-1"
+    assert vmi["spec"]["domain"]["cpu"]["model"] == "host-model"  # virt-api's default
+    sandbox.create_nodes([amd])
+    taint = {"key": "sod.dev/e2e-only", "value": "amd", "effect": "NoSchedule"}
+    kube_api.merge_patch(resource_path("v1", "nodes", name=amd.name), {"spec": {"taints": [taint]}})
+    kube.create(
+        "virtualmachineinstancemigrations",
+        vmim_manifest(
+            "intel-1",
+            "intel",
+            added_node_selector={HOSTNAME: amd.name},
+            annotations={UNSCHEDULABLE_TIMEOUT_ANNOTATION: "10"},
+        ),
+    )
+    kube.wait_vmim_phase("intel-1", "Scheduling")
+    (target,) = [
+        p
+        for p in kube.launcher_pods("intel")
+        if "kubevirt.io/migrationJobUID" in p["metadata"]["labels"]
+    ]
+    assert target["spec"]["nodeSelector"][INTEL_HOST_MODEL] == "true"
+    assert target["spec"]["nodeSelector"][INTEL_VENDOR] == "true"
+    vmim = kube.wait_vmim_final("intel-1")
+    assert vmim["status"]["phase"] == "Failed"
+    after = kube.vmi("intel")
+    assert after is not None
+    assert after["status"]["nodeName"] == vmi["status"]["nodeName"]
 
 
 def test_injected_migration_failure_keeps_the_vmi_on_its_node(kube: Kube) -> None:
@@ -295,21 +385,61 @@ def test_injected_migration_failure_keeps_the_vmi_on_its_node(kube: Kube) -> Non
     assert after is not None
     assert after["status"]["nodeName"] == source
     assert after["status"]["phase"] == "Running"
-    pods = wait_for(lambda: kube.launcher_pods("flaky"), lambda p: len(p) == 1, "target removed")
+    pods = wait_for(lambda: kube.launcher_pods("flaky"), lambda p: len(p) == 1, "target exited")
     assert pods[0]["spec"]["nodeName"] == source
-    assert list(after["status"]["activePods"].values()) == [source]
+    assert source in after["status"]["activePods"].values()
 
 
-def test_confidential_vm_is_not_live_migratable(kube: Kube) -> None:
-    vmi = _start_vm(kube, "sev", affinity=arch_affinity("plain"), launch_security={"sev": {}})
+def test_confidential_vm_is_refused_migration_at_admission(
+    kube: Kube, sandbox: LocalCluster, kube_api: KubeApi
+) -> None:
+    """KubeVirt, not the simulator it replaced: a SEV VM needs a SEV node (virt-controller's node
+    selector and device request), virt-handler reports it not live-migratable, and virt-api's
+    VMIM create admitter refuses its migration (no Failed VMIM is ever created)."""
+    node = NodeSpec("sev-snp-e2e", "sev-snp")
+    sandbox.create_nodes([node])
+    taint = {"key": "sod.dev/e2e-only", "value": "sev", "effect": "NoSchedule"}
+    kube_api.merge_patch(
+        resource_path("v1", "nodes", name=node.name), {"spec": {"taints": [taint]}}
+    )
+    vm = vm_manifest("sev", node_selector={HOSTNAME: node.name}, launch_security={"sev": {}})
+    # virt-api: "SEV requires OVMF (UEFI)", without Secure Boot.
+    vm["spec"]["template"]["spec"]["domain"]["firmware"] = {
+        "bootloader": {"efi": {"secureBoot": False}}
+    }
+    vm["spec"]["template"]["spec"]["tolerations"] = [
+        {"key": "sod.dev/e2e-only", "operator": "Exists"}
+    ]
+    kube.create("virtualmachines", vm)
+    vmi = kube.wait_vmi_phase("sev", "Running")
+    (pod,) = kube.launcher_pods("sev")
+    assert pod["spec"]["nodeSelector"]["kubevirt.io/sev"] == "true"
     migratable = condition(vmi, "LiveMigratable")
     assert migratable is not None
     assert (migratable["status"], migratable["reason"]) == ("False", "SEVNotLiveMigratable")
-    kube.create("virtualmachineinstancemigrations", vmim_manifest("sev-1", "sev"))
-    vmim = kube.wait_vmim_final("sev-1")
-    assert vmim["status"]["phase"] == "Failed"
-    messages = [e["message"] for e in kube.events("sev-1")]
-    assert any("Cannot migrate VMI, Reason: SEVNotLiveMigratable" in m for m in messages)
+    with pytest.raises(ApiError) as err:
+        kube.create("virtualmachineinstancemigrations", vmim_manifest("sev-1", "sev"))
+    assert "Cannot migrate VMI, Reason: SEVNotLiveMigratable" in err.value.message
+    assert kube.vmim("sev-1") is None
+
+
+def test_a_second_migration_is_refused_while_one_is_in_flight(kube: Kube) -> None:
+    _start_vm(
+        kube,
+        "twice",
+        affinity=arch_affinity("hyperwall"),
+        annotations={HOLD_MIGRATION_ANNOTATION: "true"},
+    )
+    kube.create("virtualmachineinstancemigrations", vmim_manifest("twice-1", "twice"))
+    kube.wait_vmim_phase("twice-1", "Running")
+    with pytest.raises(ApiError) as err:
+        kube.create("virtualmachineinstancemigrations", vmim_manifest("twice-2", "twice"))
+    assert "in-flight migration detected" in err.value.message
+    kube.api.json_patch(
+        kube.path("virtualmachineinstances", "twice"),
+        [{"op": "remove", "path": "/metadata/annotations/sim.sod.dev~1hold-migration"}],
+    )
+    assert kube.wait_vmim_final("twice-1")["status"]["phase"] == "Succeeded"
 
 
 def test_affinity_change_is_refused_during_a_migration_and_applied_after(
@@ -413,8 +543,8 @@ def test_outbound_migrations_per_node_are_limited_to_two(kube: Kube) -> None:
         assert vmim["status"]["migrationState"]["targetNode"] == "plain-2"
 
 
-def test_a_restarted_simulator_finishes_the_migration_it_did_not_start(
-    kube: Kube, kubevirt_sim: SimulatorInThread
+def test_a_restarted_player_finishes_the_migration_it_did_not_start(
+    kube: Kube, handler_player: PlayerInThread
 ) -> None:
     _start_vm(
         kube,
@@ -424,7 +554,7 @@ def test_a_restarted_simulator_finishes_the_migration_it_did_not_start(
     )
     kube.create("virtualmachineinstancemigrations", vmim_manifest("survivor-1", "survivor"))
     kube.wait_vmim_phase("survivor-1", "Running")
-    kubevirt_sim.restart()
+    handler_player.restart()
     kube.api.json_patch(
         kube.path("virtualmachineinstances", "survivor"),
         [{"op": "remove", "path": "/metadata/annotations/sim.sod.dev~1hold-migration"}],
@@ -459,8 +589,8 @@ def test_deleting_a_running_vmim_cancels_the_migration(kube: Kube) -> None:
         "the migration aborted on the VMI",
     )
     assert after["status"]["nodeName"] == source
-    assert list(after["status"]["activePods"].values()) == [source]
-    pods = wait_for(lambda: kube.launcher_pods("cancel"), lambda p: len(p) == 1, "target removed")
+    assert source in after["status"]["activePods"].values()
+    pods = wait_for(lambda: kube.launcher_pods("cancel"), lambda p: len(p) == 1, "target gone")
     assert pods[0]["spec"]["nodeName"] == source
 
 

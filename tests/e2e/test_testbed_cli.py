@@ -2,9 +2,13 @@
 a temporary state directory, driven through the real `sodctl` entry point and the kubectl built
 into the cache.
 
-Covers: `up` starts the fake nodes with their architecture labels and prints how to use them;
-`kubeconfig` prints the path alone; kubectl lists the nodes; `up` twice is safe; `down` stops
-every process `up` started and removes the state. Not covered: the session sandbox (test_testbed).
+Covers: `up` starts the fake nodes with their architecture labels (and a mixed-CPU fleet with
+`--cpu`) and prints how to use them; `kubeconfig` prints the path alone; kubectl lists the nodes;
+`up` twice is safe; `status` lists virt-api, virt-controller, the virt-handler player and the
+operator; `down` stops every process `up` started and removes the state. And the whole product
+as `up` starts it: virt-controller holds its Lease, `kubectl apply -f
+examples/securevm-vm-b.yaml` gets a VM placed and Compliant whose VMI virt-controller created.
+Not covered: the session sandbox (test_testbed).
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sod_testbed.binaries import find_binaries
+from sod_testbed.binaries import REPO_ROOT, find_binaries
+from sod_testbed.kubeapi import KubeApi, resource_path
+from sod_testbed.kubevirt import lease_holder
 from sod_testbed.processes import ProcessRecord
+
+from tests.e2e.harness import condition, wait_for
 
 
 def _sodctl(state_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -28,7 +36,7 @@ def _sodctl(state_dir: Path, *args: str, check: bool = True) -> subprocess.Compl
         env=env,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=600,
         check=check,
     )
 
@@ -42,7 +50,7 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
 
 def test_sandbox_up_kubectl_down(state_dir: Path) -> None:
     find_binaries()  # a missing build fails here with the build command, never skips
-    up = _sodctl(state_dir, "up", "--nodes", "hyperwall=2,plain=1", "--no-examples")
+    up = _sodctl(state_dir, "up", "--nodes", "hyperwall=2,plain=1", "--cpu", "plain=amd")
     assert "sandbox up in" in up.stdout
     kubectl = str(find_binaries().kubectl)
     assert kubectl in up.stdout
@@ -82,15 +90,31 @@ def test_sandbox_up_kubectl_down(state_dir: Path) -> None:
         for e in json.loads(enrollments.stdout)["items"]
     }
     assert enrolled == labels
+    vendors = {
+        n["metadata"]["name"]: sorted(
+            k for k in n["metadata"]["labels"] if k.startswith("cpu-vendor.node.kubevirt.io/")
+        )
+        for n in json.loads(nodes.stdout)["items"]
+    }
+    assert vendors["plain-1"] == ["cpu-vendor.node.kubevirt.io/AMD"]
+    assert vendors["hyperwall-1"] == ["cpu-vendor.node.kubevirt.io/Intel"]
+    _the_product_runs(state_dir, kubectl, kubeconfig.strip())
 
     again = _sodctl(state_dir, "up", "--nodes", "hyperwall=2,plain=1")
     assert "already running" in again.stdout
 
     status = json.loads(_sodctl(state_dir, "status", "-o", "json").stdout)
     assert status["running"] is True
-    assert {"etcd", "kube-apiserver", "kube-scheduler", "kwok", "kubevirt-sim"} <= set(
-        status["processes"]
-    )
+    assert {
+        "etcd",
+        "kube-apiserver",
+        "kube-scheduler",
+        "kwok",
+        "virt-api",
+        "virt-controller",
+        "handler-player",
+        "sod-operator",
+    } <= set(status["processes"])
     records = [
         ProcessRecord.from_json(p)
         for p in json.loads((state_dir / "state.json").read_text())["processes"]
@@ -104,6 +128,40 @@ def test_sandbox_up_kubectl_down(state_dir: Path) -> None:
     gone = _sodctl(state_dir, "kubeconfig", check=False)
     assert gone.returncode == 2
     assert "no sandbox is running" in gone.stderr
+
+
+def _the_product_runs(state_dir: Path, kubectl: str, kubeconfig: str) -> None:
+    """Right after `up`: virt-controller leads, and the README's first SecureVM is placed and
+    Compliant, its VMI created by virt-controller."""
+    api = KubeApi(Path(kubeconfig))
+    assert lease_holder(api)
+    subprocess.run(
+        [
+            kubectl,
+            "--kubeconfig",
+            kubeconfig,
+            f"--cache-dir={state_dir.parent / 'kube-cache'}",
+            "apply",
+            "-f",
+            str(REPO_ROOT / "examples" / "securevm-vm-b.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    path = resource_path("sod.dev/v1alpha1", "securevms", "default", "vm-b")
+    svm = wait_for(
+        lambda: api.get(path),
+        lambda o: (condition(o, "Compliant") or {}).get("status") == "True",
+        "SecureVM vm-b Compliant",
+        180,
+    )
+    node = svm["status"]["nodeName"]
+    assert node.startswith("hyperwall-")  # the only nodes that protect from the hypervisor
+    vmi = api.get(resource_path("kubevirt.io/v1", "virtualmachineinstances", "default", "vm-b"))
+    assert vmi["status"]["nodeName"] == node
+    assert "virt-controller" in {m["manager"] for m in vmi["metadata"]["managedFields"]}
 
 
 def test_sandbox_up_rejects_a_bad_nodes_argument(state_dir: Path) -> None:

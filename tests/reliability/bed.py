@@ -2,8 +2,9 @@
 
 Restarting kube-apiserver or etcd, or turning the apiserver's audit log on, would disturb every
 other e2e module on the session cluster; those experiments get a `PrivateBed` of their own
-(etcd, kube-apiserver, controller-manager, scheduler, kwok, our CRDs and KubeVirt's, the
-KubeVirt simulator in a thread — about ten seconds to start).
+(etcd, kube-apiserver, controller-manager, scheduler, kwok, our CRDs and KubeVirt's, real
+virt-api and virt-controller, the virt-handler player in a thread — about half a minute to
+start).
 
 `restart(component)` stops one control-plane process (SIGTERM, then SIGKILL) and starts it
 again with the same command line (same ports, same etcd data), plus optional extra flags; it
@@ -22,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from sod_testbed.cluster import LocalCluster
-from sod_testbed.kubevirt_sim import SimConfig
+from sod_testbed.handler_player import PlayerConfig
 from sod_testbed.nodes import NodeSpec
 from sod_testbed.trust import TrustBed, TrustConfig
 
-from tests.e2e.harness import SimulatorInThread
+from tests.e2e.harness import PlayerInThread
 
 AUDIT_POLICY = """\
 apiVersion: audit.k8s.io/v1
@@ -45,13 +46,13 @@ class PrivateBed:
         self,
         state_dir: Path,
         nodes: Sequence[NodeSpec],
-        sim: SimConfig,
+        player: PlayerConfig,
         *,
         audit: bool = False,
     ):
         self.cluster = LocalCluster(state_dir, nodes)
-        self.sim_config = sim
-        self.sim: SimulatorInThread | None = None
+        self.player_config = player
+        self.player: PlayerInThread | None = None
         self.audit = audit
         self.audit_log = state_dir / "audit.log"
 
@@ -69,10 +70,10 @@ class PrivateBed:
                     "--audit-log-mode=blocking",
                 ),
             )
-        # The simulator logs into the cluster's log directory, which exists from start() on.
-        self.sim = SimulatorInThread(self.cluster, self.sim_config)
-        self.cluster.on_stop(self.sim.stop)
-        self.sim.start()
+        # The player logs into the cluster's log directory, which exists from start() on.
+        self.player = PlayerInThread(self.cluster, self.player_config)
+        self.cluster.on_stop(self.player.stop)
+        self.player.start()
         return self
 
     def start_trust_monitor(self) -> TrustBed:
