@@ -77,7 +77,7 @@ class Situation:
 
     @property
     def restart_allowed(self) -> bool:
-        return bool(self.spec.relocation and self.spec.relocation.restart_allowed)
+        return restart_allowed(self.spec)
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,19 @@ def first(rules: Sequence[Rule], situation: Situation) -> Decision:
             return decision
     names = [r.__name__ for r in rules]
     raise AssertionError(f"no rule of {names} decided: a chain must end with one that always does")
+
+
+def restart_allowed(spec: SecureVMSpec) -> bool:
+    """Whether the SecureVM lets relocation restart a VM that migration cannot move."""
+    return bool(spec.relocation and spec.relocation.restart_allowed)
+
+
+def overdue(policy: FailClosedPolicy, since: datetime) -> str:
+    """How long past its fail-closed deadline a VM non-compliant `since` is (for messages)."""
+    return (
+        f"non-compliant since {since.isoformat(timespec='seconds')}, past the "
+        f"{policy.deadline_seconds} s fail-closed deadline"
+    )
 
 
 def fail_closed_deadline(spec: SecureVMSpec, since: datetime) -> tuple[FailClosedPolicy, datetime]:

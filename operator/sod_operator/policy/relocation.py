@@ -29,7 +29,13 @@ from sod_operator.api.v1alpha1.securevm import (
     RelocationResult,
     RelocationTrigger,
 )
-from sod_operator.policy.decision import Situation, fail_closed_deadline, first
+from sod_operator.policy.decision import (
+    Situation,
+    fail_closed_deadline,
+    first,
+    overdue,
+    restart_allowed,
+)
 from sod_operator.policy.deployment import ensure_vm, not_running
 from sod_operator.policy.moving_target import MOVING_TARGET, next_move_time, relocation_in_progress
 from sod_operator.policy.observed import vm_spec_affinity, vmi_template_spec
@@ -241,10 +247,9 @@ def _migratability(ctx: Planning) -> None:
     if vmi.live_migratable is not False:
         return
     detail = f" ({vmi.not_migratable_message})" if vmi.not_migratable_message else ""
-    allowed = bool(spec.relocation and spec.relocation.restart_allowed)
     how = (
         "; relocation restarts it (spec.relocation.restartAllowed)"
-        if allowed
+        if restart_allowed(spec)
         else "; relocation needs spec.relocation.restartAllowed: true"
     )
     ctx.cond.true(
@@ -354,7 +359,5 @@ def _fail_closed_deadline(ctx: Planning, s: Situation) -> None:
         ctx.cond.false(
             ConditionType.READY,
             Reason.FAIL_CLOSED_ALERT,
-            f"non-compliant since {s.since.isoformat(timespec='seconds')}, past the "
-            f"{policy.deadline_seconds} s fail-closed deadline "
-            "(action Alert: the VM keeps running)",
+            f"{overdue(policy, s.since)} (action Alert: the VM keeps running)",
         )

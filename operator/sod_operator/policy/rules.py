@@ -30,6 +30,7 @@ from sod_operator.policy.decision import (
     Situation,
     fail_closed_deadline,
     not_relocating,
+    overdue,
     relocating,
 )
 from sod_operator.policy.observed import STOPPED_ANNOTATION
@@ -56,11 +57,7 @@ def fail_closed_stop(s: Situation) -> Decision | None:
     policy, deadline = fail_closed_deadline(s.spec, s.since)
     if s.now < deadline or policy.action is not FailClosedAction.STOP:
         return None
-    msg = (
-        f"non-compliant since {s.since.isoformat(timespec='seconds')}, past the "
-        f"{policy.deadline_seconds} s fail-closed deadline: the VM is stopped until a "
-        "compliant node can run it"
-    )
+    msg = f"{overdue(policy, s.since)}: the VM is stopped until a compliant node can run it"
     ready = (ConditionType.READY, ConditionStatus.FALSE, Reason.FAIL_CLOSED_STOPPED, msg)
     if s.vm.run_strategy == "Halted":
         return not_relocating(Reason.FAIL_CLOSED_STOPPED, msg, conditions=(ready,))
