@@ -120,7 +120,7 @@ def _request(ctx: Planning) -> bool:
     """The request's conditions and status fields; False when it cannot be resolved."""
     st, res, svm = ctx.status, ctx.obs.resolution, ctx.svm
     if svm.spec is None or res.error is not None:
-        if res.error is None:
+        if svm.spec is None or res.error is None:
             reason, message = Reason.INVALID_REQUEST, svm.spec_error
         else:
             missing = res.error.missing_package
