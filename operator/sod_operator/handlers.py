@@ -12,7 +12,7 @@ Per watched kind two handlers:
 kopf 1.45 has no time-based batching any more (`settings.batching.batch_window` is deprecated
 and ignored): each watch event reaches a per-object worker at once, which is what the
 reaction-time target needs. Batching across objects happens in the controller instead
-(`adapters.controller`: all SecureVMs dirtied by one event are planned together).
+(`adapters.queue`: all SecureVMs dirtied by one event are planned together).
 """
 
 from __future__ import annotations

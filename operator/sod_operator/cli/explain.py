@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sod_operator.api.v1alpha1.parsing import ManifestError, parse_model
-from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
+from sod_operator.api.v1alpha1.parsing import ManifestError
 from sod_operator.api.v1alpha1.security import SecurityPackageSpec
 from sod_operator.cli import render
 from sod_operator.cli.errors import UsageError
@@ -22,9 +21,15 @@ from sod_operator.kube import KUBEVIRT, SOD, ApiError, KubeClient, resource_path
 from sod_operator.policy.evaluation import resolve
 from sod_operator.policy.explain import Explanation, explain, tenant_terms
 from sod_operator.policy.matching import ProfileCapabilities
-from sod_operator.policy.observed import vmi_from_body
-from sod_operator.policy.placement import NodeView
-from sod_operator.policy.plan import securevm_from_body
+from sod_operator.policy.observed import (
+    node_from_body,
+    package_from_body,
+    profile_from_body,
+    securevm_from_body,
+    vm_from_body,
+    vm_spec_affinity,
+    vmi_from_body,
+)
 
 Json = dict[str, Any]
 
@@ -57,9 +62,7 @@ def _catalog(kube: KubeClient) -> dict[str, ProfileCapabilities]:
     for obj in _list(kube, SOD, "serversecurityprofiles"):
         name = obj["metadata"]["name"]
         try:
-            out[name] = ProfileCapabilities.from_spec(
-                name, parse_model(ServerSecurityProfileSpec, obj.get("spec"), "spec")
-            )
+            out[name] = ProfileCapabilities.from_spec(name, profile_from_body(obj))
         except ManifestError:
             continue  # the operator ignores it too
     return out
@@ -69,7 +72,7 @@ def _packages(kube: KubeClient) -> dict[str, SecurityPackageSpec]:
     out = {}
     for obj in _list(kube, SOD, "securitypackages"):
         try:
-            out[obj["metadata"]["name"]] = parse_model(SecurityPackageSpec, obj.get("spec"), "spec")
+            out[obj["metadata"]["name"]] = package_from_body(obj)
         except ManifestError:
             continue
     return out
@@ -87,31 +90,21 @@ def gather(kube: KubeClient, namespace: str, name: str) -> tuple[Json, Explanati
         raise UsageError(f"SecureVM {namespace}/{name} has an invalid spec: {view.spec_error}")
     catalog = _catalog(kube)
     resolution = resolve(view.spec.security, _packages(kube), catalog.values())
-    vm_name = view.vm_name
     affinity: Json | None = None
     vm_node = None
-    for plural, target in (("virtualmachines", "vm"), ("virtualmachineinstances", "vmi")):
+    for plural in ("virtualmachines", "virtualmachineinstances"):
         try:
-            obj = kube.request("GET", resource_path(KUBEVIRT, plural, namespace, vm_name))
+            obj = kube.request("GET", resource_path(KUBEVIRT, plural, namespace, view.vm_name))
         except ApiError:
             continue
-        if target == "vm":
-            affinity = (
-                ((obj.get("spec") or {}).get("template") or {}).get("spec", {}).get("affinity")
-            )
+        if plural == "virtualmachines":
+            affinity = vm_from_body(obj).template_affinity
         else:
             # KubeVirt's reserved label, not status.nodeName (tenant-writable, issue 19).
             vm_node = vmi_from_body(obj).node_name
     if view.spec.template is not None:
-        affinity = (view.spec.template.get("template") or {}).get("spec", {}).get("affinity")
-    nodes = [
-        NodeView(
-            n["metadata"]["name"],
-            dict(n["metadata"].get("labels") or {}),
-            not (n.get("spec") or {}).get("unschedulable"),
-        )
-        for n in _list(kube, "v1", "nodes")
-    ]
+        affinity = vm_spec_affinity(view.spec.template)
+    nodes = [node_from_body(n) for n in _list(kube, "v1", "nodes")]
     return body, explain(resolution, catalog, nodes, terms=tenant_terms(affinity), vm_node=vm_node)
 
 

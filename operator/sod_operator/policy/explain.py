@@ -13,7 +13,14 @@ from typing import Any
 
 from sod_operator.policy.evaluation import Resolution
 from sod_operator.policy.matching import ProfileCapabilities, match
-from sod_operator.policy.placement import NodeView, tenant_affinity, term_matches
+from sod_operator.policy.placement import (
+    NodeView,
+    justifying_profile,
+    tenant_terms,
+    term_matches,
+)
+
+__all__ = ["Explanation", "NodeVerdict", "explain", "tenant_terms"]
 
 
 @dataclass(frozen=True)
@@ -39,16 +46,6 @@ class Explanation:
         return [v.node for v in self.nodes if v.qualifies]
 
 
-def tenant_terms(source_affinity: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    tenant = tenant_affinity(dict(source_affinity) if source_affinity else None)
-    terms = (
-        tenant.get("nodeAffinity", {})
-        .get("requiredDuringSchedulingIgnoredDuringExecution", {})
-        .get("nodeSelectorTerms", [])
-    )
-    return list(terms)
-
-
 def explain(
     resolution: Resolution,
     catalog: Mapping[str, ProfileCapabilities],
@@ -58,25 +55,11 @@ def explain(
     vm_node: str | None = None,
 ) -> Explanation:
     """Per node: qualifies (via which profile) or the reasons it does not."""
-    satisfying = set(resolution.satisfying)
+    costs = {name: p.cost for name, p in catalog.items()}
     verdicts = []
     for node in sorted(nodes, key=lambda n: n.name):
-        verified = tuple(sorted(node.verified))
-        via_candidates = sorted(
-            (p for p in verified if p in satisfying),
-            key=lambda p: (catalog[p].cost if p in catalog else 1, p),
-        )
-        lacks: list[str] = []
-        if not verified:
-            lacks.append("no verified profile (the verifier has verified nothing on this node)")
-        elif not via_candidates and resolution.request is not None:
-            for p in verified:
-                caps = catalog.get(p)
-                if caps is None:
-                    lacks.append(f"{p}: verified, but no ServerSecurityProfile of that name exists")
-                    continue
-                reasons = match(resolution.request, caps).reasons(resolution.request.scope)
-                lacks.append(f"{p}: " + "; ".join(reasons))
+        via = justifying_profile(node, resolution.satisfying, costs)
+        lacks = _lacks(resolution, catalog, node, via)
         if terms and not any(term_matches(dict(t), node.labels, node.name) for t in terms):
             lacks.append("excluded by the VM's own node affinity")
         if not node.schedulable:
@@ -84,11 +67,33 @@ def explain(
         verdicts.append(
             NodeVerdict(
                 node=node.name,
-                qualifies=bool(via_candidates) and not lacks,
-                via=via_candidates[0] if via_candidates else None,
-                verified=verified,
+                qualifies=via is not None and not lacks,
+                via=via,
+                verified=tuple(sorted(node.verified)),
                 lacks=tuple(lacks),
                 runs_vm=node.name == vm_node,
             )
         )
     return Explanation(resolution=resolution, nodes=tuple(verdicts), vm_node=vm_node)
+
+
+def _lacks(
+    resolution: Resolution,
+    catalog: Mapping[str, ProfileCapabilities],
+    node: NodeView,
+    via: str | None,
+) -> list[str]:
+    """What the node's verified profiles lack for the request (nothing when one satisfies it)."""
+    if not node.verified:
+        return ["no verified profile (the verifier has verified nothing on this node)"]
+    request = resolution.request
+    if via is not None or request is None:
+        return []
+    lacks = []
+    for p in sorted(node.verified):
+        caps = catalog.get(p)
+        if caps is None:
+            lacks.append(f"{p}: verified, but no ServerSecurityProfile of that name exists")
+        else:
+            lacks.append(f"{p}: " + "; ".join(match(request, caps).reasons(request.scope)))
+    return lacks

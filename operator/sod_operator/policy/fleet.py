@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from sod_operator.policy.plan import Observation, Plan, SlotKind, SlotRequest
+from sod_operator.policy.plan import CreateMigration, Observation, Plan, SlotKind, SlotRequest
 from sod_operator.policy.relocation import reconcile
 from sod_operator.policy.settings import RelocationSettings
 
@@ -33,6 +33,28 @@ class InFlight:
     moving_target: int = 0
     security_waiting: int = 0
     """Security relocations waiting for a slot outside this batch."""
+
+    def plus(self, started: Iterable[CreateMigration]) -> InFlight:
+        """These counts plus migrations started but not yet seen in the world: each holds its
+        slot (cluster, source node, kind) from the grant on."""
+        by_node: Counter[str] = Counter(self.by_node)
+        total = security = moving = 0
+        for migration in started:
+            total += 1
+            by_node[migration.source_node] += 1
+            if migration.slot is SlotKind.MOVING_TARGET:
+                moving += 1
+            else:
+                security += 1
+        if not total:
+            return self
+        return replace(
+            self,
+            total=self.total + total,
+            by_node=by_node,
+            security=self.security + security,
+            moving_target=self.moving_target + moving,
+        )
 
 
 @dataclass(frozen=True)
@@ -91,31 +113,11 @@ def plan_batch(
     """Plans for all `observations`, with migration slots allocated across them."""
     plans = {k: reconcile(o, cfg, now) for k, o in observations.items()}
     requests = [(k, p.slot_request) for k, p in plans.items() if p.slot_request is not None]
-    granted, denied = allocate(requests, _plus_resumed(in_flight, plans, observations), cfg)
+    # Relocations recorded before a restart and created now, without a new grant, hold their
+    # slots too (without this a restarted operator granted the same slots again: 3 outbound
+    # from one node, limit 2, seen by the reliability suite).
+    resumed = (m for p in plans.values() if p.slot_request is None for m in p.migrations)
+    granted, denied = allocate(requests, in_flight.plus(resumed), cfg)
     for key in granted:
         plans[key] = reconcile(observations[key], cfg, now, slot_granted=True)
     return Batch(plans=plans, granted=granted, waiting=denied)
-
-
-def _plus_resumed(
-    in_flight: InFlight, plans: Mapping[Key, Plan], observations: Mapping[Key, Observation]
-) -> InFlight:
-    """`in_flight` plus the migrations this batch creates without a new grant: relocations
-    recorded before a restart and created now. They hold their slots too (without this a
-    restarted operator granted the same slots again: 3 outbound from one node, limit 2, seen by
-    the reliability suite)."""
-    resumed = [k for k, p in plans.items() if p.creates_migration and p.slot_request is None]
-    if not resumed:
-        return in_flight
-    by_node: Counter[str] = Counter(in_flight.by_node)
-    for key in resumed:
-        vmi = observations[key].vmi
-        if vmi is not None and vmi.node_name:
-            by_node[vmi.node_name] += 1
-    return InFlight(
-        total=in_flight.total + len(resumed),
-        by_node=by_node,
-        security=in_flight.security + len(resumed),
-        moving_target=in_flight.moving_target,
-        security_waiting=in_flight.security_waiting,
-    )

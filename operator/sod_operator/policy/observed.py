@@ -1,8 +1,9 @@
-"""What the operator observes of KubeVirt: VMs, VMIs and migrations, reduced to value objects.
+"""What the operator observes, reduced to value objects: the one module that decodes bodies.
 
-Parsing is pure and total (a field KubeVirt did not set is `None`), so the planner never
-spelunks raw dicts and tests build the world declaratively. Only the fields relocation needs
-are read; see `../shared/notes/kubevirt.md` §1.1-1.3 for their meaning.
+Every Kubernetes object the operator watches is decoded here (nodes, profiles, packages,
+SecureVMs, VMs, VMIs, migrations), so the planner never spelunks raw dicts and tests build the
+world declaratively. KubeVirt's objects decode purely and totally (a field KubeVirt did not set
+is `None`); only the fields relocation needs are read (`../shared/notes/kubevirt.md` §1.1-1.3).
 """
 
 from __future__ import annotations
@@ -10,10 +11,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
+from pydantic import ValidationError
+
 from sod_operator.api.constants import ANNOTATION_PREFIX, SECUREVM_LABEL
-from sod_operator.policy.placement import NO_CONSTRAINTS, LauncherConstraints
+from sod_operator.api.v1alpha1.parsing import ManifestError, parse_model
+from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
+from sod_operator.api.v1alpha1.securevm import SecureVMSpec, SecureVMStatus
+from sod_operator.api.v1alpha1.security import SecurityPackageSpec
+from sod_operator.policy.placement import (
+    NO_CONSTRAINTS,
+    LauncherConstraints,
+    NodeView,
+    blocking_taints,
+)
 
 Json = dict[str, Any]
 
@@ -34,6 +47,20 @@ CREATED_BY_LABEL = "kubevirt.io/created-by"
 FINAL_MIGRATION_PHASES = frozenset({"Succeeded", "Failed"})
 FINAL_POD_PHASES = frozenset({"Succeeded", "Failed"})
 RUNNING_VMI_PHASES = frozenset({"Running"})
+
+
+class Kind(StrEnum):
+    """The kinds the operator watches."""
+
+    NODE = "Node"
+    PROFILE = "ServerSecurityProfile"
+    PACKAGE = "SecurityPackage"
+    SECUREVM = "SecureVM"
+    VM = "VirtualMachine"
+    VMI = "VirtualMachineInstance"
+    MIGRATION = "VirtualMachineInstanceMigration"
+    POD = "Pod"
+    """virt-launcher pods only: where the scheduler bound each VMI (issue 19)."""
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -59,6 +86,106 @@ def _condition(status: Json, ctype: str) -> Json | None:
 
 def _str_map(value: Any) -> Mapping[str, str]:
     return {str(k): str(v) for k, v in _dict(value).items()}
+
+
+def object_key(body: Mapping[str, Any]) -> tuple[str, str]:
+    """(namespace, name); the namespace is "" for cluster-scoped objects."""
+    meta = _dict(body.get("metadata"))
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def resource_version(body: Mapping[str, Any]) -> int | None:
+    """The object's resourceVersion as a number (the apiserver's are etcd revisions)."""
+    try:
+        return int(_dict(body.get("metadata")).get("resourceVersion", ""))
+    except (TypeError, ValueError):
+        return None
+
+
+def generation(body: Mapping[str, Any]) -> int:
+    return int(_dict(body.get("metadata")).get("generation") or 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Nodes and the catalog
+
+
+def node_from_body(body: Mapping[str, Any]) -> NodeView:
+    meta, spec = _dict(body.get("metadata")), _dict(body.get("spec"))
+    return NodeView(
+        name=str(meta.get("name", "")),
+        labels=_str_map(meta.get("labels")),
+        schedulable=not spec.get("unschedulable"),
+        taints=blocking_taints(spec.get("taints") or ()),
+    )
+
+
+def profile_from_body(body: Mapping[str, Any]) -> ServerSecurityProfileSpec:
+    """The profile's spec; raises `ManifestError` when it does not parse."""
+    return parse_model(ServerSecurityProfileSpec, body.get("spec"), "spec")
+
+
+def package_from_body(body: Mapping[str, Any]) -> SecurityPackageSpec:
+    """The package's spec; raises `ManifestError` when it does not parse."""
+    return parse_model(SecurityPackageSpec, body.get("spec"), "spec")
+
+
+# --------------------------------------------------------------------------------------------
+# SecureVMs
+
+
+@dataclass(frozen=True)
+class SecureVMView:
+    """A SecureVM as the planner sees it. `spec` is None when it failed to parse."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: SecureVMSpec | None
+    status: SecureVMStatus
+    spec_error: str = ""
+    created: datetime | None = None
+    """metadata.creationTimestamp: which of several SecureVMs claiming one VM owns it."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def vm_name(self) -> str:
+        if self.spec is not None and self.spec.vm_ref is not None:
+            return self.spec.vm_ref.name
+        return self.name
+
+
+def securevm_from_body(body: Mapping[str, Any]) -> SecureVMView:
+    """Parse a SecureVM object; a spec that does not parse becomes `spec=None` with the error."""
+    meta = _dict(body.get("metadata"))
+    spec: SecureVMSpec | None
+    try:
+        spec = parse_model(SecureVMSpec, body.get("spec"), "spec")
+        error = ""
+    except ManifestError as err:
+        spec, error = None, str(err)
+    try:
+        status = SecureVMStatus.model_validate(body.get("status") or {}, by_alias=True)
+    except ValidationError:
+        status = SecureVMStatus()  # a status we cannot read is recomputed from scratch
+    return SecureVMView(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        generation=generation(body),
+        spec=spec,
+        status=status,
+        spec_error=error,
+        created=parse_time(meta.get("creationTimestamp")),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# KubeVirt
 
 
 @dataclass(frozen=True)
@@ -93,6 +220,17 @@ class VMView:
         return self.annotations.get(STOPPED_ANNOTATION)
 
 
+def vmi_template_spec(vm_spec: Mapping[str, Any] | None) -> Json:
+    """`template.spec` of a VirtualMachineSpec (a VM's, or a SecureVM's `spec.template`)."""
+    vmi_template = _dict(_dict(vm_spec).get("template") if vm_spec else None)
+    return _dict(vmi_template.get("spec"))
+
+
+def vm_spec_affinity(vm_spec: Mapping[str, Any] | None) -> Json | None:
+    """`template.spec.affinity` of a VirtualMachineSpec."""
+    return _dict(vmi_template_spec(vm_spec).get("affinity")) or None
+
+
 def vm_from_body(body: Mapping[str, Any]) -> VMView:
     meta, spec, status = (
         _dict(body.get("metadata")),
@@ -103,7 +241,7 @@ def vm_from_body(body: Mapping[str, Any]) -> VMView:
     if not isinstance(run_strategy, str):
         # The deprecated `spec.running` boolean maps onto the two strategies it stood for.
         run_strategy = "Always" if spec.get("running") else "Halted"
-    vmi_spec = _dict(_dict(spec.get("template")).get("spec"))
+    vmi_spec = vmi_template_spec(spec)
     affinity = _dict(vmi_spec.get("affinity")) or None
     restart = _condition(status, "RestartRequired")
     return VMView(

@@ -142,6 +142,17 @@ def tenant_affinity(affinity: Json | None) -> Json:
     return out
 
 
+def tenant_terms(source_affinity: Mapping[str, Any] | None) -> list[Json]:
+    """The tenant's own required nodeSelectorTerms (ours removed)."""
+    tenant = tenant_affinity(dict(source_affinity) if source_affinity else None)
+    terms = (
+        tenant.get("nodeAffinity", {})
+        .get("requiredDuringSchedulingIgnoredDuringExecution", {})
+        .get("nodeSelectorTerms", [])
+    )
+    return list(terms)
+
+
 def desired_affinity(
     current: Json | None,
     satisfying: Sequence[str],

@@ -1,7 +1,10 @@
 """The planner's inputs and outputs: what one SecureVM's world looks like, and the plan.
 
-Inputs are value objects over the operator's in-memory indexes (no copies of the cluster);
-outputs are actions the adapters execute in order, after writing the planned status.
+Inputs are value objects over the operator's in-memory indexes (no copies of the cluster).
+The output is a one-way contract: a `Plan` carries the status to write first and typed actions
+that carry everything their execution needs (a migration's trigger, source node and attempt),
+so the executor (`adapters.executor`) only matches on the action type and never reads a
+decision back out of a body or a condition.
 """
 
 from __future__ import annotations
@@ -13,9 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
-
-from pydantic import ValidationError
+from typing import Any, ClassVar
 
 from sod_operator.api.constants import (
     API_VERSION,
@@ -23,8 +24,12 @@ from sod_operator.api.constants import (
     MANAGED_BY_VALUE,
     SECUREVM_LABEL,
 )
-from sod_operator.api.v1alpha1.parsing import ManifestError, parse_model
-from sod_operator.api.v1alpha1.securevm import RelocationTrigger, SecureVMSpec, SecureVMStatus
+from sod_operator.api.v1alpha1.securevm import (
+    RelocationRecord,
+    RelocationResult,
+    RelocationTrigger,
+    SecureVMStatus,
+)
 from sod_operator.policy.evaluation import Resolution
 from sod_operator.policy.matching import ProfileCapabilities
 from sod_operator.policy.observed import (
@@ -33,46 +38,22 @@ from sod_operator.policy.observed import (
     MigrationView,
     VMIView,
     VMView,
-    parse_time,
 )
+from sod_operator.policy.observed import SecureVMView as SecureVMView  # an input, re-exported
 from sod_operator.policy.placement import (
     NO_CONSTRAINTS,
     LauncherConstraints,
     NodeView,
-    term_matches,
+    eligible_nodes,
 )
 
 Json = dict[str, Any]
 _MAX_NAME = 63
+HOSTNAME_LABEL = "kubernetes.io/hostname"
 
 
 # --------------------------------------------------------------------------------------------
 # Inputs
-
-
-@dataclass(frozen=True)
-class SecureVMView:
-    """A SecureVM as the planner sees it. `spec` is None when it failed to parse."""
-
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    spec: SecureVMSpec | None
-    status: SecureVMStatus
-    spec_error: str = ""
-    created: datetime | None = None
-    """metadata.creationTimestamp: which of several SecureVMs claiming one VM owns it."""
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
-
-    @property
-    def vm_name(self) -> str:
-        if self.spec is not None and self.spec.vm_ref is not None:
-            return self.spec.vm_ref.name
-        return self.name
 
 
 @dataclass(frozen=True)
@@ -109,15 +90,8 @@ class NodeSnapshot:
         names: set[str] = set()
         for profile in satisfying:
             names.update(self.by_profile.get(profile, ()))
-        out = []
-        for name in names:
-            node = self.nodes.get(name)
-            if node is None or not node.schedulable or not launcher.admits(node):
-                continue
-            if tenant_terms and not any(term_matches(t, node.labels, name) for t in tenant_terms):
-                continue
-            out.append(name)
-        out.sort()
+        candidates = (self.nodes[n] for n in names if n in self.nodes)
+        out = eligible_nodes(candidates, satisfying, tenant_terms, launcher)
         if cacheable:
             # One snapshot serves one planning batch: VMs with the same request share the answer.
             self._eligible[cache_key] = tuple(out)
@@ -142,6 +116,11 @@ class Observation:
     vm_owner: str | None = None
     """Another SecureVM that owns this SecureVM's VM (`World.owner_of`): this one only reports
     VirtualMachineConflict and never acts on the VM."""
+
+    @property
+    def costs(self) -> dict[str, int]:
+        """Profile → cost, from the catalog."""
+        return {name: p.cost for name, p in self.catalog.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,11 +149,32 @@ class ReplaceVMSpec:
     annotations: Mapping[str, str]
 
 
+class SlotKind(StrEnum):
+    SECURITY = "Security"
+    MOVING_TARGET = "MovingTarget"
+
+
 @dataclass(frozen=True)
 class CreateMigration:
+    """Create a migration (409 AlreadyExists means it exists: the name is deterministic).
+
+    It carries what the executor and the slot accounting need, so nobody reads the body back:
+    why it moves (`trigger`), from where (`source_node`, which holds an outbound slot until
+    KubeVirt reports the migration) and which `attempt` of the relocation it is.
+    """
+
     name: str
     vmi: str
+    trigger: RelocationTrigger
+    source_node: str
+    attempt: int
     body: Json
+
+    @property
+    def slot(self) -> SlotKind:
+        if self.trigger is RelocationTrigger.MOVING_TARGET_DEFENSE:
+            return SlotKind.MOVING_TARGET
+        return SlotKind.SECURITY
 
 
 @dataclass(frozen=True)
@@ -200,11 +200,6 @@ class Event:
     message: str
 
 
-class SlotKind(StrEnum):
-    SECURITY = "Security"
-    MOVING_TARGET = "MovingTarget"
-
-
 @dataclass(frozen=True)
 class SlotRequest:
     """A migration this SecureVM warrants now, waiting for the fleet planner's grant."""
@@ -215,30 +210,67 @@ class SlotRequest:
     since: datetime
 
 
-@dataclass(frozen=True)
-class Signal:
-    """A measurement for metrics, emitted by the planner (which knows the semantics)."""
+# Measurements for metrics, emitted by the planner (which knows the semantics).
 
-    name: str
-    labels: Mapping[str, str] = field(default_factory=dict)
-    seconds: float | None = None
+
+@dataclass(frozen=True)
+class RelocationStarted:
+    trigger: RelocationTrigger
+    name: ClassVar[str] = "relocation_started"
+
+
+@dataclass(frozen=True)
+class RelocationFinished:
+    trigger: RelocationTrigger
+    result: RelocationResult
+    seconds: float
+    name: ClassVar[str] = "relocation_finished"
+
+
+@dataclass(frozen=True)
+class TimeToCompliance:
+    """Non-compliance first seen → the VMI runs on a compliant node."""
+
+    seconds: float
+    name: ClassVar[str] = "time_to_compliance"
+
+
+Signal = RelocationStarted | RelocationFinished | TimeToCompliance
 
 
 @dataclass
 class Plan:
-    """What to do for one SecureVM: write `status` first (when changed), then `actions`."""
+    """What to do for one SecureVM: write `status` first (when `write_status`), then `actions`,
+    then post `events`. The executor needs nothing else and decides nothing itself.
+
+    `starved`: no compliant node for it now (the operator wakes it when a node gains a
+    profile). `protected_by`: the verified profile that makes its node compliant, or None.
+    """
 
     key: tuple[str, str]
     status: SecureVMStatus
+    uid: str = ""
+    write_status: bool = True
     actions: list[Action] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     slot_request: SlotRequest | None = None
     signals: list[Signal] = field(default_factory=list)
+    starved: bool = False
+    protected_by: str | None = None
+
+    @property
+    def migrations(self) -> list[CreateMigration]:
+        return [a for a in self.actions if isinstance(a, CreateMigration)]
 
     @property
     def creates_migration(self) -> bool:
-        return any(isinstance(a, CreateMigration) for a in self.actions)
+        return bool(self.migrations)
+
+    @property
+    def settled(self) -> bool:
+        """Compliant, and no migration wanted or started: nothing is being reacted to."""
+        return self.protected_by is not None and self.slot_request is None and not self.migrations
 
     def requeue(self, seconds: float) -> None:
         seconds = max(0.0, seconds)
@@ -321,33 +353,23 @@ def migration_body(
     }
 
 
+def migration_for(svm: SecureVMView, vmi: VMIView, rec: RelocationRecord) -> CreateMigration:
+    """The migration a relocation record names: the same body whether it is created right
+    after the record is written or again after a restart (409 AlreadyExists = done)."""
+    selector = {HOSTNAME_LABEL: rec.steered_to} if rec.steered_to else {}
+    name = rec.migration_name
+    return CreateMigration(
+        name=name,
+        vmi=vmi.name,
+        trigger=rec.trigger,
+        source_node=vmi.node_name or "",
+        attempt=rec.attempt,
+        body=migration_body(name, svm, vmi.name, rec.trigger, selector),
+    )
+
+
 def same_affinity(a: Json | None, b: Json | None) -> bool:
     return (a or {}) == (b or {})
-
-
-def securevm_from_body(body: Mapping[str, Any]) -> SecureVMView:
-    """Parse a SecureVM object; a spec that does not parse becomes `spec=None` with the error."""
-    meta = body.get("metadata") or {}
-    spec: SecureVMSpec | None
-    try:
-        spec = parse_model(SecureVMSpec, body.get("spec"), "spec")
-        error = ""
-    except ManifestError as err:
-        spec, error = None, str(err)
-    try:
-        status = SecureVMStatus.model_validate(body.get("status") or {}, by_alias=True)
-    except ValidationError:
-        status = SecureVMStatus()  # a status we cannot read is recomputed from scratch
-    return SecureVMView(
-        namespace=str(meta.get("namespace", "")),
-        name=str(meta.get("name", "")),
-        uid=str(meta.get("uid", "")),
-        generation=int(meta.get("generation") or 0),
-        spec=spec,
-        status=status,
-        spec_error=error,
-        created=parse_time(meta.get("creationTimestamp")),
-    )
 
 
 def status_body(status: SecureVMStatus) -> Json:

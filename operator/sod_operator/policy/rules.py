@@ -1,0 +1,304 @@
+"""Relocation mode as an ordered chain of rules, one per `Relocating` reason (docs/OPERATOR.md).
+
+`RELOCATION` decides for a VM running on a node that does not satisfy its request, in
+KubeVirt's order (`../shared/notes/kubevirt.md` §1.7): fail-closed stop; resume a migration
+recorded but not created; never during a migration; a restart under way; the affinity must
+reach the running VMI first; a compliant target must exist; a non-migratable VM is restarted
+or flagged; failed attempts back off; a slot from the fleet planner; then migrate.
+`moving_target.MOVING_TARGET` is the chain for a compliant VM.
+
+Each rule is `(Situation) -> Decision | None` (`policy.decision`) and is unit-tested alone
+(tests/unit/policy/test_rules.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sod_operator.api.conditions import ConditionType, EventReason, Reason
+from sod_operator.api.v1alpha1.base import ConditionStatus
+from sod_operator.api.v1alpha1.securevm import (
+    FailClosedAction,
+    RelocationRecord,
+    RelocationResult,
+    RelocationTrigger,
+)
+from sod_operator.policy.decision import (
+    Decision,
+    Rule,
+    Situation,
+    fail_closed_deadline,
+    not_relocating,
+    overdue,
+    relocating,
+)
+from sod_operator.policy.observed import STOPPED_ANNOTATION
+from sod_operator.policy.placement import justifying_profile
+from sod_operator.policy.plan import (
+    HOSTNAME_LABEL,
+    Event,
+    EventType,
+    PatchVM,
+    RelocationStarted,
+    RestartVMI,
+    SlotKind,
+    SlotRequest,
+    migration_for,
+    migration_name,
+)
+from sod_operator.policy.records import recorded_not_created
+
+# -------------------------------------------------------------------------------- the rules
+
+
+def fail_closed_stop(s: Situation) -> Decision | None:
+    """Past the fail-closed deadline with action `Stop`: halt the VM; nothing else moves."""
+    policy, deadline = fail_closed_deadline(s.spec, s.since)
+    if s.now < deadline or policy.action is not FailClosedAction.STOP:
+        return None
+    msg = f"{overdue(policy, s.since)}: the VM is stopped until a compliant node can run it"
+    ready = (ConditionType.READY, ConditionStatus.FALSE, Reason.FAIL_CLOSED_STOPPED, msg)
+    if s.vm.run_strategy == "Halted":
+        return not_relocating(Reason.FAIL_CLOSED_STOPPED, msg, conditions=(ready,))
+    halt = PatchVM(
+        s.vm.name,
+        {
+            "metadata": {"annotations": {STOPPED_ANNOTATION: s.vm.run_strategy}},
+            "spec": {"runStrategy": "Halted", "running": None},
+        },
+    )
+    return not_relocating(
+        Reason.FAIL_CLOSED_STOPPED,
+        msg,
+        conditions=(ready,),
+        actions=(halt,),
+        events=(Event(EventType.WARNING, EventReason.STOPPED, msg),),
+    )
+
+
+def resume_recorded_migration(s: Situation) -> Decision | None:
+    """Recorded but not created (a crash between the two): create the recorded name again."""
+    rec = s.record
+    if not recorded_not_created(rec, s.migrating, s.obs.migrations):
+        return None
+    return relocating(
+        Reason.MIGRATING,
+        f"migration {rec.migration_name}",
+        actions=(migration_for(s.obs.svm, s.vmi, rec),),
+    )
+
+
+def our_migration_running(s: Situation) -> Decision | None:
+    """The migration this relocation created is in flight: wait for KubeVirt."""
+    rec = s.record
+    if not s.migrating or rec is None:
+        return None
+    if not any(m.name == rec.migration_name for m in s.obs.migrations if not m.final):
+        return None
+    return relocating(
+        Reason.MIGRATING,
+        f"migration {rec.migration_name} (attempt {rec.attempt}) from {rec.from_node}",
+    )
+
+
+def other_migration_running(s: Situation) -> Decision | None:
+    """Never during a migration: KubeVirt refuses affinity updates and a second migration."""
+    if not s.migrating:
+        return None
+    return relocating(
+        Reason.WAITING_FOR_OTHER_MIGRATION,
+        "a migration not created for this relocation is in progress; waiting for it",
+    )
+
+
+def restart_in_progress(s: Situation) -> Decision | None:
+    """A relocation by restart is under way (it ends when the old instance is gone)."""
+    rec = s.record
+    if rec is None or rec.result is not RelocationResult.IN_PROGRESS or rec.migration_name:
+        return None
+    return relocating(Reason.RESTARTING, f"restarting off {rec.from_node}")
+
+
+def affinity_needs_restart(s: Situation) -> Decision | None:
+    """KubeVirt will never copy the new affinity to the running VMI (`RestartRequired`)."""
+    if s.affinity_propagated or not s.vm.restart_required:
+        return None
+    return restart_or_flag(
+        s,
+        Reason.RELOCATION_REQUIRES_RESTART,
+        "KubeVirt does not propagate the new affinity to the running instance (RestartRequired)",
+    )
+
+
+def affinity_not_propagated(s: Situation) -> Decision | None:
+    """A migration must carry the new affinity: wait until KubeVirt copied it to the VMI."""
+    if s.affinity_propagated:
+        return None
+    return relocating(
+        Reason.WAITING_FOR_AFFINITY,
+        "waiting until KubeVirt copied the new affinity to the running instance",
+    )
+
+
+def no_compliant_target(s: Situation) -> Decision | None:
+    """No other eligible node: no migration (KubeVirt would fail it only after 5 minutes)."""
+    if s.targets:
+        return None
+    satisfying = ", ".join(s.obs.resolution.satisfying) or "none"
+    msg = (
+        f"no other node has a verified profile among [{satisfying}]; no migration is created "
+        "until one has"
+    )
+    pending = (ConditionType.PENDING, ConditionStatus.TRUE, Reason.NO_COMPLIANT_NODE, msg)
+    return not_relocating(Reason.NO_COMPLIANT_NODE, msg, conditions=(pending,), starved=True)
+
+
+def not_live_migratable(s: Situation) -> Decision | None:
+    """KubeVirt cannot live-migrate the VMI (e.g. SEV): restart it if allowed, else flag it."""
+    if s.vmi.live_migratable is not False:
+        return None
+    return restart_or_flag(s, Reason.NOT_LIVE_MIGRATABLE, "the VM cannot be live-migrated")
+
+
+def retry_backoff(s: Situation) -> Decision | None:
+    """After a failed attempt, wait `cfg.backoff(attempt)` before the next one."""
+    rec = s.record
+    if rec is None or rec.result is not RelocationResult.FAILED or rec.end_time is None:
+        return None
+    wait = s.cfg.backoff(rec.attempt) - (s.now - rec.end_time).total_seconds()
+    if wait <= 0:
+        return None
+    return relocating(
+        Reason.RETRY_BACKOFF,
+        f"attempt {rec.attempt} failed; retrying in {wait:.0f} s",
+        requeue=wait,
+    )
+
+
+def waiting_for_slot(s: Situation) -> Decision | None:
+    """Ask the fleet planner for a slot within KubeVirt's limits; migrate once granted."""
+    if s.slot_granted:
+        return None
+    request = s.obs.resolution.request
+    sensitivity = request.sensitivity if request else 0
+    return relocating(
+        Reason.WAITING_FOR_MIGRATION_SLOT,
+        "waiting for a migration slot (KubeVirt's per-cluster and per-node limits)",
+        slot_request=SlotRequest(SlotKind.SECURITY, s.node, sensitivity, s.since),
+    )
+
+
+def migrate(s: Situation) -> Decision:
+    """Everything holds: record the attempt, then create its migration."""
+    return start_migration(s, s.trigger)
+
+
+RELOCATION: Sequence[Rule] = (
+    fail_closed_stop,
+    resume_recorded_migration,
+    our_migration_running,
+    other_migration_running,
+    restart_in_progress,
+    affinity_needs_restart,
+    affinity_not_propagated,
+    no_compliant_target,
+    not_live_migratable,
+    retry_backoff,
+    waiting_for_slot,
+    migrate,
+)
+
+
+# -------------------------------------------------------------------------------- shared steps
+
+
+def restart_or_flag(s: Situation, reason: str, why: str) -> Decision:
+    """Relocate by a restart where the SecureVM allows it (KubeVirt starts the VM again on a
+    compliant node: its affinity admits only those), else say what would allow it."""
+    if not s.restart_allowed:
+        hint = "set spec.relocation.restartAllowed to relocate it by a restart"
+        return not_relocating(reason, f"{why}; {hint}")
+    if not s.targets:
+        return not_relocating(
+            Reason.NO_COMPLIANT_NODE, "no compliant node to restart on", starved=True
+        )
+    record = RelocationRecord(trigger=s.trigger, from_node=s.node, attempt=1, start_time=s.now)
+    event = Event(
+        EventType.WARNING,
+        EventReason.RESTARTED,
+        f"{why}: restarting the VM so it starts on a compliant node (restartAllowed)",
+    )
+    return relocating(
+        Reason.RESTARTING,
+        f"restarting off {s.node}",
+        actions=(RestartVMI(s.vmi.name, s.vmi.uid),),
+        events=(event,),
+        signals=(RelocationStarted(s.trigger),),
+        record=record,
+        relocation_count=s.relocation_count + 1,
+    )
+
+
+def start_migration(s: Situation, trigger: RelocationTrigger) -> Decision:
+    """A new relocation, or the next attempt of a failed one (same trigger, same count)."""
+    rec = s.record
+    if rec is not None and rec.result is RelocationResult.FAILED:
+        seq, attempt, trigger = s.relocation_count or 1, rec.attempt + 1, rec.trigger
+        avoid = list(rec.avoid_nodes or [])
+    else:
+        seq, attempt, avoid = s.relocation_count + 1, 1, []
+    name = migration_name(s.obs.svm.vm_name, s.obs.svm.uid, seq, attempt, str(trigger))
+    steered = steer(s, avoid)
+    record = RelocationRecord(
+        trigger=trigger,
+        from_node=s.node,
+        migration_name=name,
+        attempt=attempt,
+        start_time=s.now,
+        avoid_nodes=avoid or None,
+        steered_to=steered,
+    )
+    created = (
+        f"{trigger}: migration {name} (attempt {attempt}) off {s.node}; "
+        f"{len(s.targets)} compliant target node(s)"
+        + (f", steered to {steered}" if steered else "")
+    )
+    return relocating(
+        Reason.MIGRATING,
+        f"migration {name} (attempt {attempt}) from {s.node}",
+        actions=(migration_for(s.obs.svm, s.vmi, record),),
+        events=(Event(EventType.NORMAL, EventReason.MIGRATION_CREATED, created),),
+        signals=(RelocationStarted(trigger),),
+        record=record,
+        relocation_count=seq,
+    )
+
+
+def steer(s: Situation, avoid: Sequence[str]) -> str:
+    """The hostname to steer a migration to, or "" to let the scheduler pick.
+
+    Steer to one pre-validated node only when some compliant nodes must be avoided (failed
+    targets, or nodes that lost a profile within the cool-down: anti-flapping). Otherwise the
+    scheduler picks among all compliant nodes (it knows capacity; the cost preferences
+    already steer to the cheapest class).
+    """
+    targets, nodes = s.targets, s.obs.nodes
+    cooldown = timedelta(seconds=s.cfg.node_cooldown_seconds)
+    flapping = {
+        n for n in targets if (t := nodes.revoked_at.get(n)) is not None and s.now - t < cooldown
+    }
+    shunned = set(avoid) | flapping
+    if not shunned & set(targets):
+        return ""
+    preferred = [n for n in targets if n not in shunned] or [n for n in targets if n not in avoid]
+    if not preferred:
+        return ""  # every candidate failed before: let the scheduler try again
+    costs, satisfying = s.obs.costs, s.obs.resolution.satisfying
+
+    def rank(name: str) -> tuple[int, int, str]:
+        profile = justifying_profile(nodes.nodes[name], satisfying, costs)
+        return (costs.get(profile, 1) if profile else 0, nodes.load.get(name, 0), name)
+
+    best = min(preferred, key=rank)
+    return nodes.nodes[best].labels.get(HOSTNAME_LABEL, "")
