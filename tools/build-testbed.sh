@@ -167,9 +167,13 @@ build_descheduler() {
   step "descheduler $DESCHEDULER_VERSION: building (cold: ~4 minutes on 2 cores, measured)"
   local date v=sigs.k8s.io/descheduler/pkg/version
   date=$(mod_info "sigs.k8s.io/descheduler@$DESCHEDULER_VERSION" Time)
+  # The form of its release builds, vYYYYMMDD-vX.Y.Z: the only one its version check parses
+  # (pkg/version splitVersion); a bare vX.Y.Z logs "failed to convert Descheduler minor version".
+  local tag
+  tag=v$(echo "${date%%T*}" | tr -d -)-$DESCHEDULER_VERSION
   mkdir -p "$desched_bin"
   (cd "$here/descheduler" && GOFLAGS=-mod=readonly CGO_ENABLED=0 go build -trimpath \
-      -ldflags "-s -w -buildid= -X $v.version=$DESCHEDULER_VERSION -X $v.buildDate=$date" \
+      -ldflags "-s -w -buildid= -X $v.version=$tag -X $v.buildDate=$date" \
       -o "$desched_bin/descheduler.tmp" sigs.k8s.io/descheduler/cmd/descheduler)
   mv "$desched_bin/descheduler.tmp" "$desched_bin/descheduler"
   step "descheduler: done"
