@@ -161,7 +161,7 @@ class Verifier:
         self.entropy: Entropy = entropy or os.urandom
         self.caches = Caches()
         self.queue: WorkQueue[str] = WorkQueue(RateLimiter(self.config.retry))
-        self.metrics = Metrics(self._verified_counts, self._evidence_ages)
+        self.metrics = Metrics(self._verified_counts, self._evidence_ages, self.synced)
         self.notifier = notifier(self.metrics) if notifier is not None else None
         """The optional trust webhook (`verifier.notify`); built here to share the metrics."""
         self.stop_event = threading.Event()

@@ -77,11 +77,27 @@ class _EvidenceAges(Collector):
         yield from (oldest, overdue, bound)
 
 
+class _Ready(Collector):
+    """`sod_attestation_verifier_ready`: 1 once this replica's caches are synced (`/readyz`).
+    Served before that too, so an alert can tell "scraped but not ready" from "not running"."""
+
+    def __init__(self, ready: Callable[[], bool]) -> None:
+        self._ready = ready
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "sod_attestation_verifier_ready",
+            "1 when this verifier replica is ready (its caches are synced), else 0.",
+            value=1 if self._ready() else 0,
+        )
+
+
 class Metrics:
     def __init__(
         self,
         verified_nodes: Callable[[], Mapping[str, int]],
         evidence_ages: Callable[[], Mapping[str, EvidenceAge]] = dict,
+        ready: Callable[[], bool] = lambda: False,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -145,6 +161,7 @@ class Metrics:
             self.notification_attempts.labels(outcome)
         r.register(_VerifiedNodes(verified_nodes))
         r.register(_EvidenceAges(evidence_ages))
+        r.register(_Ready(ready))
 
 
 def evidence_ages(

@@ -312,3 +312,25 @@ def test_a_reconcile_notifies_each_trust_loss_and_restoration(
     assert events["dev.sod.trust.restored"]["data"]["profile"] == "tpm"
     assert events["dev.sod.trust.revoked"]["data"]["profile"] == "hyperwall"
     assert {e["subject"] for e in events.values()} == {"node-1"}
+
+
+def test_the_command_line_builds_the_webhook_only_with_a_key(tmp_path: Path) -> None:
+    from sod_operator.verifier.main import build_parser, webhook
+
+    base = ["run", "--ek-ca-bundle", "x.pem"]
+    assert webhook(build_parser().parse_args(base)) is None
+    with pytest.raises(ValueError, match="--notify-secret-file"):
+        webhook(build_parser().parse_args([*base, "--notify-url", "https://h/"]))
+    key = tmp_path / "hmac-key"
+    key.write_text("k3y\n")
+    factory = webhook(
+        build_parser().parse_args(
+            [*base, "--notify-url", "https://h/", "--notify-secret-file", str(key)]
+        )
+    )
+    assert factory is not None
+    from sod_operator.verifier.metrics import Metrics
+
+    notifier = factory(Metrics(dict))
+    assert notifier.config.key == b"k3y"
+    assert notifier.config.url == "https://h/"
