@@ -12,7 +12,7 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -145,6 +145,8 @@ class Receiver:
     ca_file: Path
     statuses: list[int] = field(default_factory=list)
     """HTTP status to answer, in order (then 200)."""
+    answer: Callable[[bytes], int] | None = None
+    """Or: the status to answer to this body (instead of `statuses`)."""
     got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     arrived: threading.Condition = field(default_factory=threading.Condition)
 
@@ -171,7 +173,10 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             with r.arrived:
                 r.got.append(({k: v for k, v in self.headers.items()}, body))
-                code = r.statuses.pop(0) if r.statuses else 200
+                if r.answer is not None:
+                    code = r.answer(body)
+                else:
+                    code = r.statuses.pop(0) if r.statuses else 200
                 r.arrived.notify_all()
             self.send_response(code)
             self.send_header("Content-Length", "0")
