@@ -339,3 +339,23 @@ def test_the_command_line_builds_the_webhook_only_with_a_key(tmp_path: Path) -> 
     notifier = factory(Metrics(dict))
     assert notifier.config.key == b"k3y"
     assert notifier.config.url == "https://h/"
+
+
+def test_the_documented_receiver_snippet_accepts_a_real_notice_and_refuses_a_forged_one() -> None:
+    doc = (Path(__file__).parents[3] / "docs" / "ATTESTATION.md").read_text()
+    (snippet,) = [
+        block.split("```", 1)[0]
+        for block in doc.split("```python\n")[1:]
+        if "def verify_sod_notice" in block
+    ]
+    scope: dict[str, Any] = {}
+    exec(compile(snippet, "docs/ATTESTATION.md", "exec"), scope)
+    body = notify.encode(notify.cloudevent(NOTICE, "s", "id-9", T0))
+    ts = int(time.time())
+    headers = {"X-Sod-Timestamp": str(ts), "X-Sod-Signature": notify.sign(KEY, ts, body)}
+    assert scope["verify_sod_notice"](KEY, headers, body)["id"] == "id-9"
+    with pytest.raises(ValueError, match="bad signature"):
+        scope["verify_sod_notice"](KEY, headers, body.replace(b"node-1", b"node-2"))
+    stale = {**headers, "X-Sod-Timestamp": str(ts - 301)}
+    with pytest.raises(ValueError, match="stale"):
+        scope["verify_sod_notice"](KEY, stale, body)
