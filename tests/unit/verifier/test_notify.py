@@ -147,6 +147,8 @@ class Receiver:
     """HTTP status to answer, in order (then 200)."""
     answer: Callable[[bytes], int] | None = None
     """Or: the status to answer to this body (instead of `statuses`)."""
+    metrics_port: int = 0
+    """The /metrics port of the verifier that sends to this receiver (e2e only)."""
     got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     arrived: threading.Condition = field(default_factory=threading.Condition)
 
