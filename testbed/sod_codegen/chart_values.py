@@ -282,6 +282,34 @@ class EkCaBundle(_Values):
     when the ConfigMap changes, so vendor CAs can be rotated without a restart."""
 
 
+class NotificationsCaBundle(_Values):
+    config_map_name: str = Field(default="", max_length=253)
+    """configMapName is a ConfigMap (in the release namespace) with the PEM CA bundle the
+    receiver's TLS certificate must chain to. Empty means the image's system trust store. TLS
+    verification is always on."""
+    key: str = Field(default="ca.crt", max_length=253)
+    """key of the bundle in that ConfigMap."""
+
+
+class Notifications(_Values):
+    enabled: bool = False
+    """enabled sends a CloudEvents 1.0 webhook (`dev.sod.trust.revoked` /
+    `dev.sod.trust.restored`) on every trust loss and restoration, HMAC-SHA256-signed and retried
+    with back-off (docs/ATTESTATION.md, "Revocation notices")."""
+    url: str = Field(default="", pattern=r"^(https?://\S+)?$", max_length=2048)
+    """url the notices are POSTed to (https, or http for a receiver inside the cluster)."""
+    secret_name: str = Field(default="", max_length=253)
+    """secretName is the Secret (in the release namespace) holding the HMAC key; required when
+    enabled. Create it yourself, e.g. `kubectl create secret generic NAME
+    --from-literal=hmac-key=$(openssl rand -hex 32)`."""
+    secret_key: str = Field(default="hmac-key", max_length=253)
+    """secretKey is the key of the HMAC key in that Secret."""
+    timeout_seconds: Annotated[float, Field(ge=0.1, le=60)] = 5
+    """timeoutSeconds bounds one delivery attempt (`--notify-timeout`)."""
+    ca_bundle: NotificationsCaBundle = Field(default_factory=NotificationsCaBundle)
+    """caBundle the receiver's certificate must chain to."""
+
+
 class Verifier(_Workload):
     enabled: bool = True
     """enabled deploys the verifier, the only component that may label nodes. Without it no node
@@ -319,6 +347,9 @@ class Verifier(_Workload):
     are synced."""
     resources: KubeObject = Field(default_factory=lambda: dict(_VERIFIER_RESOURCES))
     """resources are the container's requests and limits (a Kubernetes `ResourceRequirements`)."""
+    notifications: Notifications = Field(default_factory=Notifications)
+    """notifications is the optional trust webhook for the people who must act (off by
+    default)."""
 
 
 class Tpm(_Values):
@@ -403,8 +434,9 @@ class ServiceMonitor(_Values):
 class PrometheusRule(_Values):
     enabled: bool = False
     """enabled creates a prometheus-operator PrometheusRule with alerts for non-compliant,
-    pending and unsatisfiable SecureVMs, failing relocations, revoked nodes, rejected evidence
-    and missing operator/verifier targets (needs the monitoring.coreos.com CRDs)."""
+    pending and unsatisfiable SecureVMs, failing relocations, revoked nodes, rejected evidence,
+    overdue evidence, failing trust webhook deliveries, a missing operator and no ready verifier
+    (needs the monitoring.coreos.com CRDs)."""
     namespace: str = Field(default="", max_length=63)
     """namespace of the PrometheusRule. Empty means the release namespace."""
     labels: LabelMap = Field(default_factory=dict)
@@ -416,8 +448,15 @@ class PrometheusRule(_Values):
     """pendingFor is how long a SecureVM may wait for a compliant node before `SecureVMPending`
     fires."""
     revocation_window: PromDuration = "15m"
-    """revocationWindow is how far back `SodNodeTrustRevoked` and `SodEvidenceRejected` look:
-    they fire while a node lost a verified profile, or evidence was rejected, within it."""
+    """revocationWindow is how far back `SodNodeTrustRevoked`, `SodEvidenceRejected` and
+    `SodTrustNotificationsFailing` look: they fire while a node lost a verified profile, evidence
+    was rejected, or a trust webhook notice was given up or dropped, within it."""
+    evidence_overdue_for: PromDuration = "5m"
+    """evidenceOverdueFor is how long some node's newest evidence may stay older than its
+    profile's freshness bound before `SodEvidenceOverdue` fires (its agent stopped answering)."""
+    verifier_not_ready_for: PromDuration = "5m"
+    """verifierNotReadyFor is how long no verifier replica may be ready before
+    `SodVerifierDown` fires."""
 
 
 class Metrics(_Values):

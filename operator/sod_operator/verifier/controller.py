@@ -37,8 +37,10 @@ from sod_operator.attestation import labels, monitor, platform
 from sod_operator.attestation.ekcert import BundleError, CaBundle
 from sod_operator.attestation.enroll import Entropy
 from sod_operator.kube import ApiError, Backoff, RateLimiter, WorkQueue, resource_version
+from sod_operator.verifier import notify
 from sod_operator.verifier.kube import ATTESTATIONS, NODES, PLATFORMS, PROFILES, KubeIO, Obj
-from sod_operator.verifier.metrics import Metrics
+from sod_operator.verifier.metrics import EvidenceAge, Metrics, evidence_ages
+from sod_operator.verifier.notify import Notifier
 
 log = logging.getLogger("sod.verifier")
 Clock = Callable[[], datetime]
@@ -150,6 +152,7 @@ class Verifier:
         config: VerifierConfig | None = None,
         clock: Clock = utcnow,
         entropy: Entropy | None = None,
+        notifier: Callable[[Metrics], Notifier] | None = None,
     ) -> None:
         self.io = io
         self.bundle = bundle
@@ -158,7 +161,9 @@ class Verifier:
         self.entropy: Entropy = entropy or os.urandom
         self.caches = Caches()
         self.queue: WorkQueue[str] = WorkQueue(RateLimiter(self.config.retry))
-        self.metrics = Metrics(self._verified_counts)
+        self.metrics = Metrics(self._verified_counts, self._evidence_ages, self.synced)
+        self.notifier = notifier(self.metrics) if notifier is not None else None
+        """The optional trust webhook (`verifier.notify`); built here to share the metrics."""
         self.stop_event = threading.Event()
         self.heartbeat = time.monotonic()
         self._threads: list[threading.Thread] = []
@@ -175,6 +180,8 @@ class Verifier:
             PLATFORMS: self._on_platform,
             NODES: self._on_node,
         }
+        if self.notifier is not None:
+            self.notifier.start()
         for kind, handler in handlers.items():
             informer = self.io.informer(kind, handler, self.stop_event).start()
             self._threads.append(informer.thread)
@@ -191,6 +198,8 @@ class Verifier:
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self.notifier is not None:
+            self.notifier.stop()
         self.queue.shutdown()
         self.io.client.close_watches()
 
@@ -424,6 +433,8 @@ class Verifier:
         for t in out.transitions:
             self.metrics.transitions.labels(t.profile, str(t.verified).lower(), str(t.reason)).inc()
         self._emit(obj, name, node, out.events, now)
+        if self.notifier is not None and out.transitions:  # the trust webhook; never blocks
+            self.notifier.notify(notify.notices(name, out.transitions, out.status, now))
         if out.requeue_after is None:
             return None
         # A little after the deadline, so the step sees it passed.
@@ -522,3 +533,10 @@ class Verifier:
             for p in labels.verified_from_labels(info.labels):
                 counts[p] = counts.get(p, 0) + 1
         return counts
+
+    def _evidence_ages(self) -> dict[str, EvidenceAge]:
+        """Scrape-time evidence age per profile (see `metrics.evidence_ages`)."""
+        bounds = {p: pol.freshness_seconds for p, pol in self.policies().items() if pol}
+        with self.caches.lock:
+            statuses = [o.get("status") or {} for o in self.caches.attestations.values()]
+        return evidence_ages(statuses, bounds, self.clock())

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
@@ -27,6 +27,8 @@ from sod_operator.kube import KubeClient
 from sod_operator.verifier import rbac
 from sod_operator.verifier.controller import BundleSource, Verifier, VerifierConfig
 from sod_operator.verifier.kube import KubeIO
+from sod_operator.verifier.metrics import Metrics
+from sod_operator.verifier.notify import Notifier, NotifyMetrics, WebhookConfig
 
 log = logging.getLogger("sod.verifier")
 
@@ -69,6 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=VerifierConfig.workers,
         help="nodes reconciled at once (each waits mostly on its status write)",
     )
+    run.add_argument(
+        "--notify-url",
+        default=env("SOD_NOTIFY_URL", ""),
+        help="CloudEvents webhook for every trust loss and restoration (empty: off)",
+    )
+    run.add_argument(
+        "--notify-secret-file",
+        type=Path,
+        default=env("SOD_NOTIFY_SECRET_FILE"),
+        help="file holding the HMAC-SHA256 key the webhook requests are signed with",
+    )
+    run.add_argument("--notify-ca-bundle", type=Path, default=env("SOD_NOTIFY_CA_BUNDLE"))
+    run.add_argument("--notify-timeout", type=float, default=5.0, help="seconds per attempt")
     run.add_argument("--log-level", default=env("SOD_LOG_LEVEL", "INFO"))
     man = sub.add_parser("manifests", help="print the RBAC and admission policies as YAML")
     man.add_argument("--namespace", default=rbac.DEFAULT_NAMESPACE)
@@ -114,6 +129,24 @@ def serve(verifier: Verifier, address: str, port: int) -> ThreadingHTTPServer:
     return server  # fmt: skip
 
 
+def webhook(args: argparse.Namespace) -> Callable[[Metrics], Notifier] | None:
+    """The trust webhook from `--notify-*`, or None when no URL is set."""
+    if not args.notify_url:
+        return None
+    if args.notify_secret_file is None:
+        raise ValueError("--notify-url needs --notify-secret-file (the HMAC key)")
+    key = args.notify_secret_file.read_bytes().strip()
+    if not key:
+        raise ValueError(f"{args.notify_secret_file} is empty")
+    config = WebhookConfig(
+        url=args.notify_url,
+        key=key,
+        timeout_seconds=args.notify_timeout,
+        ca_file=args.notify_ca_bundle,
+    )
+    return lambda m: Notifier(config, NotifyMetrics(m.notifications, m.notification_attempts))
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         bundle = BundleSource(args.ek_ca_bundle)
@@ -121,6 +154,11 @@ def run(args: argparse.Namespace) -> int:
         log.error("--ek-ca-bundle: %s", err)
         return 2
     log.info("trusting EK CAs: %s", bundle.bundle.subjects)
+    try:
+        notifier = webhook(args)
+    except (OSError, ValueError) as err:
+        log.error("--notify-*: %s", err)
+        return 2
     verifier = Verifier(
         KubeIO(KubeClient(args.kubeconfig, user_agent="sod-verifier")),
         bundle,
@@ -129,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             resync_seconds=args.resync,
             workers=args.workers,
         ),
+        notifier=notifier,
     )
     server = serve(verifier, args.metrics_address, args.metrics_port) if args.metrics_port else None
 

@@ -8,6 +8,9 @@ state is in each NodeAttestation's status.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -34,8 +37,68 @@ class _VerifiedNodes(Collector):
         yield family
 
 
+@dataclass(frozen=True)
+class EvidenceAge:
+    """Per profile: the oldest evidence behind a node's verdict, and how many are overdue."""
+
+    oldest_seconds: float
+    overdue_nodes: int
+    freshness_seconds: float
+
+
+class _EvidenceAges(Collector):
+    """`sod_attestation_evidence_oldest_age_seconds{profile}`, `…_overdue_nodes{profile}` and
+    `sod_attestation_freshness_bound_seconds{profile}`, computed at scrape time. Per profile, not
+    per node: node names never become labels; `kubectl get nodeattestations` names the nodes."""
+
+    def __init__(self, snapshot: Callable[[], Mapping[str, EvidenceAge]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        oldest = GaugeMetricFamily(
+            "sod_attestation_evidence_oldest_age_seconds",
+            "Age of the oldest evidence behind any node's verdict on each profile.",
+            labels=["profile"],
+        )
+        overdue = GaugeMetricFamily(
+            "sod_attestation_evidence_overdue_nodes",
+            "Nodes whose newest evidence for each profile is older than its freshness bound.",
+            labels=["profile"],
+        )
+        bound = GaugeMetricFamily(
+            "sod_attestation_freshness_bound_seconds",
+            "Each profile's evidence freshness bound (freshnessSeconds).",
+            labels=["profile"],
+        )
+        for profile, age in sorted(self._snapshot().items()):
+            oldest.add_metric([profile], age.oldest_seconds)
+            overdue.add_metric([profile], age.overdue_nodes)
+            bound.add_metric([profile], age.freshness_seconds)
+        yield from (oldest, overdue, bound)
+
+
+class _Ready(Collector):
+    """`sod_attestation_verifier_ready`: 1 once this replica's caches are synced (`/readyz`).
+    Served before that too, so an alert can tell "scraped but not ready" from "not running"."""
+
+    def __init__(self, ready: Callable[[], bool]) -> None:
+        self._ready = ready
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "sod_attestation_verifier_ready",
+            "1 when this verifier replica is ready (its caches are synced), else 0.",
+            value=1 if self._ready() else 0,
+        )
+
+
 class Metrics:
-    def __init__(self, verified_nodes: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(
+        self,
+        verified_nodes: Callable[[], Mapping[str, int]],
+        evidence_ages: Callable[[], Mapping[str, EvidenceAge]] = dict,
+        ready: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.evidence = Counter(
@@ -79,4 +142,49 @@ class Metrics:
             "Status writes that lost an optimistic-concurrency race (redone on fresh data).",
             registry=r,
         )
+        self.notifications = Counter(
+            "sod_attestation_notifications_total",
+            "Trust webhook notices by result: delivered, failed (after retries), dropped "
+            "(queue full).",
+            ["result"],
+            registry=r,
+        )
+        self.notification_attempts = Counter(
+            "sod_attestation_notification_attempts_total",
+            "Trust webhook HTTP attempts by outcome: ok, retry (5xx, 408, 429, no answer), error.",
+            ["outcome"],
+            registry=r,
+        )
+        for result in ("delivered", "failed", "dropped"):
+            self.notifications.labels(result)
+        for outcome in ("ok", "retry", "error"):
+            self.notification_attempts.labels(outcome)
         r.register(_VerifiedNodes(verified_nodes))
+        r.register(_EvidenceAges(evidence_ages))
+        r.register(_Ready(ready))
+
+
+def evidence_ages(
+    statuses: Iterable[Mapping[str, Any]], freshness: Mapping[str, int], now: datetime
+) -> dict[str, EvidenceAge]:
+    """Per profile with a freshness bound: the oldest `evidenceTime` among the nodes' verdicts,
+    and how many are older than the bound. Reads raw status dicts (no model parse per scrape)."""
+    ages: dict[str, list[float]] = {p: [] for p in freshness}
+    for status in statuses:
+        for verdict in status.get("verdicts") or ():
+            profile, stamp = verdict.get("profile"), verdict.get("evidenceTime")
+            if profile not in ages or not isinstance(stamp, str):
+                continue
+            try:
+                when = datetime.fromisoformat(stamp)
+            except ValueError:
+                continue
+            ages[profile].append((now - when).total_seconds())
+    return {
+        p: EvidenceAge(
+            oldest_seconds=max(a, default=0.0),
+            overdue_nodes=sum(1 for x in a if x > freshness[p]),
+            freshness_seconds=float(freshness[p]),
+        )
+        for p, a in ages.items()
+    }
