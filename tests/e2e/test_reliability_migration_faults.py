@@ -168,7 +168,10 @@ def _ts(text: str) -> dt.datetime:
 
 
 def test_injected_failures_are_retried_on_another_node(world: Any):
-    w = world("faults-injected")
+    # The retry must not start before this test has removed the failure annotation of that
+    # VM (it walks ten VMs one after the other): a 30 s retry base leaves room for that on a
+    # busy machine, where 2 s made a VM fail twice and the count read 3.
+    w = world("faults-injected", "--retry-base-seconds", "30", "--retry-max-seconds", "60")
     w.trust(H1)
     w.operator.start()
     names = [f"vm-{i}" for i in range(10)]
@@ -188,7 +191,7 @@ def test_injected_failures_are_retried_on_another_node(world: Any):
         )
         first[n] = failed["status"]["relocation"]["toNode"]
         w.annotate_vmi(n, FORCE_MIGRATION_FAILURE_ANNOTATION, None)
-    final = {n: w.ready_on(n, (H2, H3, H4)) for n in names}
+    final = {n: w.ready_on(n, (H2, H3, H4), timeout=150) for n in names}
     elsewhere = [n for n in names if final[n] != first[n]]
     per_vm = {n: len(w.migrations(n)) for n in names}
     record(
