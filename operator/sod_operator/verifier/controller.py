@@ -7,6 +7,12 @@ work queue (`sod_operator.kube.WorkQueue`) wakes a node again at its next deadli
 i.e. the freshness timer), retries a failed reconcile after a per-node exponential back-off,
 and a periodic resync re-looks at everything, so a missed event or a restart loses nothing.
 A node without a NodeAttestation (or whose agent never enrolled) gets no trust labels.
+
+More than one replica: every replica keeps its caches warm, but only the one holding the
+verifier's Lease (`sod_operator.kube.leader`, see `main.py`) reconciles: its workers wait on
+`leading`. A new leader enqueues every node (the old leader's deadlines died with it); all it
+needs is in the NodeAttestation status, so a fail-over loses no verdict and revokes nothing
+still fresh. A replica that loses the Lease stops writing at once (`writes_allowed`).
 """
 
 from __future__ import annotations
@@ -72,6 +78,10 @@ class BundleSource:
         return True
 
 
+class NotLeading(RuntimeError):
+    """A write attempted by a replica that no longer holds the Lease."""
+
+
 @dataclass
 class NodeInfo:
     uid: str
@@ -133,6 +143,7 @@ class Verifier:
         config: VerifierConfig | None = None,
         clock: Clock = utcnow,
         entropy: Entropy | None = None,
+        leading: bool = True,
     ) -> None:
         self.io = io
         self.bundle = bundle
@@ -143,6 +154,10 @@ class Verifier:
         self.queue: WorkQueue[str] = WorkQueue(RateLimiter(self.config.retry))
         self.metrics = Metrics(self._verified_counts)
         self.stop_event = threading.Event()
+        self.leading = threading.Event()
+        """Set while this replica may reconcile (always, without leader election)."""
+        if leading:
+            self.leading.set()
         self.heartbeat = time.monotonic()
         self._threads: list[threading.Thread] = []
         # Two nodes presenting one EK must be judged one after the other, or both could enroll
@@ -175,6 +190,15 @@ class Verifier:
         self.stop_event.set()
         self.queue.shutdown()
         self.io.client.close_watches()
+
+    def lead(self) -> None:
+        """This replica won the Lease: judge every node now (nothing is carried over)."""
+        self.leading.set()
+        self.enqueue_all()
+
+    def follow(self) -> None:
+        """This replica lost the Lease: no further writes (a reconcile under way fails)."""
+        self.leading.clear()
 
     def synced(self) -> bool:
         with self.caches.lock:
@@ -263,7 +287,7 @@ class Verifier:
     def _work(self) -> None:
         while not self.stop_event.is_set():
             self.heartbeat = time.monotonic()
-            if not self.synced():
+            if not self.synced() or not self.leading.is_set():
                 self.stop_event.wait(0.05)
                 continue
             key = self.queue.get(timeout=1.0)
@@ -465,6 +489,8 @@ class Verifier:
 
     @contextmanager
     def _api(self, operation: str) -> Iterator[None]:
+        if not self.leading.is_set():
+            raise NotLeading(operation)
         try:
             yield
         except ApiError as err:
