@@ -299,6 +299,9 @@ class Verifier:
         it comes back at its next deadline; on failure it comes back after its back-off."""
         try:
             delay = self.reconcile(key)
+        except NotLeading:
+            self.queue.done(key)  # the next leader judges it (this replica too, once it leads)
+            return
         except Exception:
             log.exception("reconcile of %s failed; retrying after a back-off", key)
             self.metrics.api_errors.labels("reconcile").inc()

@@ -8,8 +8,9 @@ watches are alive) and `/readyz` (caches synced) on `--metrics-address:--metrics
 
 Replicas elect one leader on a Lease (`--lease-namespace`/`--lease-name`, the same elector as
 the operator's); the others keep warm caches and take over when the leader's Lease expires.
-Exit codes: 0 after SIGTERM/SIGINT (the Lease is released), 1 when the Lease was lost (the
-container restarts and waits for the Lease like any replica), 2 on a bad CA bundle.
+A leader that cannot renew its Lease in time (the apiserver unreachable) stops writing at once
+and stands by again, waiting for the Lease like any replica. Exit codes: 0 after SIGTERM/SIGINT
+(the Lease is released), 2 on a bad CA bundle.
 """
 
 from __future__ import annotations
@@ -163,24 +164,34 @@ def run(args: argparse.Namespace) -> int:
     verifier.start()
     if server is not None:
         log.info("metrics on http://%s:%d/metrics", args.metrics_address, server.server_port)
-    lost = threading.Event()
     elector = None if args.no_leader_election else _elector(client, args)
-    if elector is not None and elector.acquire(verifier.stop_event):
-
-        def on_lost() -> None:
-            verifier.follow()  # no write after this, before the threads wind down
-            lost.set()
-            verifier.stop()
-
-        verifier.lead()
-        elector.keep_renewing(on_lost)
+    if elector is not None:
+        lead_while_elected(verifier, elector)
     verifier.stop_event.wait()
-    if elector is not None and not lost.is_set():
+    if elector is not None:
         verifier.follow()
         elector.release()  # a clean stop: the standby need not wait out the Lease
     if server is not None:
         server.shutdown()
-    return 1 if lost.is_set() else 0
+    return 0
+
+
+def lead_while_elected(verifier: Verifier, elector: LeaderElector) -> None:
+    """Judge nodes while holding the Lease; on losing it stop writing at once and wait for
+    it again. Returns when the verifier stops."""
+    while elector.acquire(verifier.stop_event):
+        lost = threading.Event()
+
+        def on_lost(lost: threading.Event = lost) -> None:
+            verifier.follow()  # no write after this, even by a reconcile under way
+            lost.set()
+
+        verifier.lead()
+        elector.keep_renewing(on_lost)
+        while not lost.wait(0.5):
+            if verifier.stop_event.is_set():
+                return
+        log.warning("lost the Lease: standing by")
 
 
 def _elector(client: KubeClient, args: argparse.Namespace) -> LeaderElector:
