@@ -49,7 +49,8 @@ def test_a_write_response_older_than_the_watch_does_not_hide_the_new_nonce() -> 
     latest = pub.latest()
     assert latest is not None
     assert latest.resource_version == "11"
-    assert latest.status.challenge is not None and latest.status.challenge.nonce == N2
+    assert latest.status.challenge is not None
+    assert latest.status.challenge.nonce == N2
 
 
 def test_a_deletion_is_stored_whatever_the_version() -> None:
@@ -57,4 +58,5 @@ def test_a_deletion_is_stored_whatever_the_version() -> None:
     pub = Publisher(client, "node-1")
     pub._on_event("ADDED", _obj(9, N1))
     pub._on_event("DELETED", _obj(9, N1))
-    assert pub._latest is not None and pub._latest.obj is None  # known: no object
+    assert pub._latest is not None
+    assert pub._latest.obj is None
