@@ -101,8 +101,8 @@ def holder(api: KubeApi, namespace: str) -> str:
 
 def received(api: KubeApi, node: str) -> tuple[datetime | None, bool]:
     """When the verifier last consumed this node's evidence, and whether it verified it."""
-    att = api.get(resource_path(NATT, "nodeattestations", name=node))
-    st = att.get("status") or {}
+    att = api.get_or_none(resource_path(NATT, "nodeattestations", name=node))
+    st = (att or {}).get("status") or {}  # None: the agent has not created it yet
     when = (st.get("evidence") or {}).get("receivedTime")
     ok = any(v["profile"] == TPM and v["result"] == "Verified" for v in st.get("verdicts") or [])
     return (datetime.fromisoformat(when) if when else None), ok
