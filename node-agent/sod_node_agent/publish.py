@@ -25,6 +25,13 @@ API_VERSION = f"{GROUP}/{VERSION}"
 WATCH_TIMEOUT_SECONDS = 60
 
 
+def _rv(obj: NodeAttestation) -> int:
+    try:
+        return int(obj.resource_version or 0)
+    except ValueError:
+        return 0
+
+
 @dataclass
 class Snapshot:
     """The latest known object (None: it does not exist)."""
@@ -67,8 +74,14 @@ class Publisher:
         return snap.obj
 
     def _store(self, obj: NodeAttestation | None) -> None:
+        """Keep the newest version. A write's response can arrive after the watch already
+        delivered a newer version (the verifier consuming the evidence at once and issuing
+        the next nonce): storing the older one would hide that nonce, and the agent would wait
+        for a status change that already happened (found by the verifier fail-over trials)."""
         with self._lock:
-            self._latest = Snapshot(obj)
+            current = self._latest.obj if self._latest is not None else None
+            if obj is None or current is None or _rv(obj) >= _rv(current):
+                self._latest = Snapshot(obj)
         self.changed.set()
 
     def watch_forever(self) -> None:

@@ -314,10 +314,10 @@ class Verifier(_Workload):
     enabled: bool = True
     """enabled deploys the verifier, the only component that may label nodes. Without it no node
     is ever trusted and every SecureVM stays Pending."""
-    replica_count: Annotated[int, Field(ge=0, le=1)] = 1
-    """replicaCount is the number of verifier pods: 0 or 1. `sod-verifier` has no leader election
-    yet, and two verifiers would issue competing nonces; a restarted verifier resumes from the
-    NodeAttestations' status (updates recreate the pod rather than overlapping two)."""
+    replica_count: Annotated[int, Field(ge=0, le=10)] = 2
+    """replicaCount is the number of verifier pods. Only the Lease holder judges nodes (two
+    would issue competing nonces); the others keep warm caches and take over within
+    `leaderElection.leaseDurationSeconds`, resuming from the NodeAttestations' status."""
     image: Image = Field(default_factory=lambda: Image(repository=OPERATOR_IMAGE))
     """image is the verifier image (by default the operator image, which contains
     `sod-verifier`)."""
@@ -330,6 +330,14 @@ class Verifier(_Workload):
     ek_ca_bundle: EkCaBundle = Field(default_factory=EkCaBundle)
     """ekCaBundle is the trust anchor of node identities: a node's TPM must present an EK
     certificate that chains to one of these CAs (`sod-verifier run --ek-ca-bundle`)."""
+    leader_election: LeaderElection = Field(default_factory=LeaderElection)
+    """leaderElection among the verifier replicas (`--lease-*`; the Lease is named
+    `<fullname>-verifier`)."""
+    pod_disruption_budget: PodDisruptionBudget = Field(default_factory=PodDisruptionBudget)
+    """podDisruptionBudget of the verifier pods: a drain leaves one, so trust keeps being judged."""
+    affinity: KubeObject = Field(default_factory=lambda: _spread("verifier"))
+    """affinity is the pods' Kubernetes `Affinity`; the default prefers replicas on different
+    nodes."""
     ready_max_age_seconds: Annotated[int, Field(ge=1, le=86400)] = 120
     """readyMaxAgeSeconds is the age after which a node's newest valid evidence no longer counts as
     Ready (`--ready-max-age`); each profile also has its own freshnessSeconds."""
@@ -344,7 +352,7 @@ class Verifier(_Workload):
     verifier that stopped."""
     readiness_probe: Probe = Field(default_factory=Probe)
     """readinessProbe (`/readyz` on the metrics port) marks the verifier ready once its caches
-    are synced."""
+    are synced (standbys too: they are ready to take over)."""
     resources: KubeObject = Field(default_factory=lambda: dict(_VERIFIER_RESOURCES))
     """resources are the container's requests and limits (a Kubernetes `ResourceRequirements`)."""
     notifications: Notifications = Field(default_factory=Notifications)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import yaml
@@ -213,8 +213,30 @@ def _trust_monitor_role(role: Role, file_stem: str) -> ChartRole:
     )
 
 
+def _lease_role(role: Role, file_stem: str) -> ChartRole:
+    """A component's leader-election Role; its Lease is named after the component."""
+    values = VALUES_KEY[role.component]
+    rules = tuple(
+        replace(r, resource_names=tuple("@@name@@" if n == rbac.LEASE_NAME else n
+                                        for n in r.resource_names))
+        for r in role.rules
+    )  # fmt: skip
+    return ChartRole(
+        f"{file_stem}-role-leaderelection.yaml",
+        f"and .Values.{values}.enabled .Values.rbac.create .Values.{values}.leaderElection.enabled",
+        role.component,
+        why=role.why,
+        rules=rules,
+        source=rbac.__name__,
+        binding=Binding(f"{file_stem}-rolebinding-leaderelection.yaml"),
+        suffix=rbac.LEASE_SUFFIX,
+        namespaced=True,
+    )
+
+
 CHART_ROLES = (
     _trust_monitor_role(rbac.VERIFIER_ROLE, "verifier"),
+    _lease_role(rbac.VERIFIER_LEASE_ROLE, "verifier"),
     _trust_monitor_role(rbac.AGENT_ROLE, "nodeagent"),
     OPERATOR_ROLE,
     LEADER_ELECTION_ROLE,

@@ -134,6 +134,11 @@ class ManagedProcess:
         self._signal_group(signal.SIGKILL)
         self._reap()
 
+    def kill(self) -> None:
+        """SIGKILL the process group at once: no clean shutdown (the reliability trials)."""
+        self._signal_group(signal.SIGKILL)
+        self._reap()
+
     def _signal_group(self, sig: signal.Signals) -> None:
         pid = self.record.pid
         # Never signal a group we cannot prove is ours: the leader must be alive and the same

@@ -78,6 +78,12 @@ class TrustConfig:
     namespace: str = rbac.DEFAULT_NAMESPACE
     verifier_resync: float = 30.0
     ready_max_age: int = 120
+    verifier_replicas: int = 1
+    """Verifier processes (`verifier`, `verifier-1`, …); they elect a leader on the Lease
+    `sod-verifier` in `namespace`, as the chart's replicas do."""
+    lease_seconds: float = 15.0
+    renew_seconds: float = 10.0
+    retry_seconds: float = 2.0
 
 
 _PLURALS = {
@@ -85,6 +91,8 @@ _PLURALS = {
     "ServiceAccount": ("v1", "serviceaccounts", True),
     "ClusterRole": ("rbac.authorization.k8s.io/v1", "clusterroles", False),
     "ClusterRoleBinding": ("rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
+    "Role": ("rbac.authorization.k8s.io/v1", "roles", True),
+    "RoleBinding": ("rbac.authorization.k8s.io/v1", "rolebindings", True),
     "ValidatingAdmissionPolicy": (
         "admissionregistration.k8s.io/v1",
         "validatingadmissionpolicies",
@@ -329,8 +337,13 @@ class TrustBed:
             f"agent-{node}", argv, env={"TSS2_LOG": "all+none", "PYTHONUNBUFFERED": "1"}
         )
 
-    def start_verifier(self) -> int:
-        """Run the verifier; returns its metrics port."""
+    @staticmethod
+    def verifier_name(replica: int) -> str:
+        """Replica 0 is `verifier` (its log, its metrics-port file), the others `verifier-<i>`."""
+        return "verifier" if replica == 0 else f"verifier-{replica}"
+
+    def start_verifier(self, replica: int = 0) -> int:
+        """Run one verifier replica (its name is its Lease identity); returns its metrics port."""
         self.install()
         if not self.bundle_path.exists():
             self.bundle_path.write_bytes(self.ca.bundle_pem())
@@ -351,10 +364,22 @@ class TrustBed:
             str(self.config.verifier_resync),
             "--ready-max-age",
             str(self.config.ready_max_age),
+            *self._lease_args(self.verifier_name(replica)),
         ]
-        self.cluster.run_process("verifier", argv, env={"PYTHONUNBUFFERED": "1"})
-        (self.dir / "verifier-metrics-port").write_text(f"{port}\n")
+        name = self.verifier_name(replica)
+        self.cluster.run_process(name, argv, env={"PYTHONUNBUFFERED": "1"})
+        (self.dir / f"{name}-metrics-port").write_text(f"{port}\n")
         return port
+
+    def _lease_args(self, identity: str) -> list[str]:
+        c = self.config
+        return [
+            f"--lease-namespace={c.namespace}",
+            f"--identity={identity}",
+            f"--lease-seconds={c.lease_seconds}",
+            f"--renew-seconds={c.renew_seconds}",
+            f"--retry-seconds={c.retry_seconds}",
+        ]
 
     # services for LocalCluster(node_services=..., cluster_services=...)
 
@@ -364,7 +389,8 @@ class TrustBed:
 
     def cluster_service(self, cluster: LocalCluster) -> None:
         del cluster
-        self.start_verifier()
+        for replica in range(self.config.verifier_replicas):
+            self.start_verifier(replica)
 
     # -- break and heal
 

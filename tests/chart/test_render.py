@@ -176,19 +176,34 @@ def test_default_operator_has_two_leader_elected_replicas_probes_and_requests(he
     assert container["resources"]["requests"].keys() == {"cpu", "memory"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": 8081, "metrics": 9090}
-    (pdb,) = by_kind(objs, "PodDisruptionBudget")
-    assert pdb["spec"]["minAvailable"] == 1
+    pdbs = {o.name: o.obj for o in objs if o.kind == "PodDisruptionBudget"}
+    assert pdbs["sod-sod-operator-operator"]["spec"]["minAvailable"] == 1
 
 
-def test_default_verifier_is_one_recreated_replica_probed_on_its_metrics_port(helm: Helm):
+def test_default_verifier_has_two_leader_elected_replicas_probed_on_its_metrics_port(
+    helm: Helm,
+):
     objs = render(helm, None)
     dep = _deployment(objs, "-verifier")
-    assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}, "never two verifiers at once"
+    assert dep["spec"]["replicas"] == 2
+    assert "strategy" not in dep["spec"], "rolling updates: standbys take over"
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"] == ["sod-verifier"]
     assert container["args"][0] == "run"
+    assert "--lease-name=sod-sod-operator-verifier" in container["args"]
+    assert f"--lease-namespace={NAMESPACE}" in container["args"]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in (
+        container["env"]
+    )
+    pdbs = {o.name: o.obj for o in objs if o.kind == "PodDisruptionBudget"}
+    assert pdbs["sod-sod-operator-verifier"]["spec"]["minAvailable"] == 1
+    roles = {o.name: o.obj for o in objs if o.kind == "Role"}
+    lease_rules = roles["sod-sod-operator-verifier-leader-election"]["rules"]
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+            "resourceNames": ["sod-sod-operator-verifier"], "verbs": ["get", "update"]} in (
+        lease_rules
+    )  # fmt: skip
     assert "--metrics-address=0.0.0.0" in container["args"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
@@ -211,10 +226,23 @@ def test_verifier_ek_ca_bundle_from_values_or_an_existing_config_map(helm: Helm)
     assert bundle["configMap"]["name"] == "tpm-vendor-ek-cas"
 
 
-def test_a_second_verifier_is_refused_by_the_schema(helm: Helm):
-    proc = helm.run("template", "sod", str(CHART), "--set", "verifier.replicaCount=2", check=False)
+def test_verifier_replicas_without_leader_election_are_refused(helm: Helm):
+    proc = helm.run(
+        "template", "sod", str(CHART), "--set", "verifier.leaderElection.enabled=false", check=False
+    )
     assert proc.returncode != 0
-    assert "verifier/replicaCount" in proc.stderr
+    assert "verifier.replicaCount is 2 but verifier.leaderElection.enabled is false" in proc.stderr
+
+
+def test_one_verifier_without_leader_election_is_recreated_not_overlapped(helm: Helm):
+    objs = render(
+        helm, None, "--set", "verifier.leaderElection.enabled=false",
+        "--set", "verifier.replicaCount=1",
+    )  # fmt: skip
+    dep = _deployment(objs, "-verifier")
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}, "never two verifiers at once"
+    assert "--no-leader-election" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not any(o.name.endswith("-verifier-leader-election") for o in objs)
 
 
 def test_several_replicas_without_leader_election_are_refused(helm: Helm):
@@ -396,10 +424,13 @@ def test_no_role_of_the_chart_may_write_platform_enrollments(helm: Helm):
                     raise AssertionError(f"{obj.name} may write PlatformEnrollments: {rule}")
 
 
-def test_leader_election_is_confined_to_one_lease_in_the_release_namespace(helm: Helm):
+def test_leader_election_is_confined_to_one_lease_each_in_the_release_namespace(helm: Helm):
     objs = render(helm, None)
     roles = [o.obj for o in objs if o.kind == "Role"]
-    assert [r["metadata"]["name"] for r in roles] == ["sod-sod-operator-operator-leader-election"]
+    assert sorted(r["metadata"]["name"] for r in roles) == [
+        "sod-sod-operator-operator-leader-election",
+        "sod-sod-operator-verifier-leader-election",
+    ]
     for role in roles:
         assert role["metadata"]["namespace"] == NAMESPACE
         lease = role["metadata"]["name"].removesuffix("-leader-election")

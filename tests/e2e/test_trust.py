@@ -365,9 +365,9 @@ def test_an_rsa_ek_certificate_with_the_ecc_ek_is_refused(
 ) -> None:
     """A compromised ECC node claims a genuine RSA EK certificate (another node's) as its own.
 
-    The attacker rewrites the published evidence rather than answering the outstanding nonce:
-    evidence failing the identity check consumes no nonce, so an agent restarted after the
-    attack would wait for a new nonce forever if its last spec had answered the current one.
+    The attacker rewrites the published evidence. Evidence failing the identity check is not
+    consumed; a nonce its quote answers is still spent and replaced, so an agent restarted on
+    such a spec is not left waiting (tests/unit/attestation/test_monitor.py).
     """
     wait_verified(kube_api, ecc_node, {TPM})
     attacker = compromised(ecc_node)

@@ -72,6 +72,7 @@ ITEMS = {
     "5": "Authorization",
     "6": "Attestation attacks",
     "7": "Tenant attacks on VM ownership and placement",
+    "8": "Verifier fail-over",
 }
 BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"
 _PLAIN = ("time", "commit", "item", "experiment", "trials", "outcome")

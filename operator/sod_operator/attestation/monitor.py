@@ -13,6 +13,9 @@ The nonce lifecycle (replay protection without races):
   outdated quote). The agent answers each nonce at most once and paces itself, so a fresh
   nonce is always waiting when its claims change (e.g. a memory violation): detection does
   not wait for a verifier timer.
+* A quote answering the outstanding nonce spends it even when its evidence is not consumed
+  (it failed the identity check): the next nonce is issued, or an agent restarted on that
+  spec would wait forever for a nonce it has not answered.
 * Freshness is measured from the recorded challenge's `issuedTime`, i.e. by the verifier's
   own clock: evidence older than a profile's `freshnessSeconds` revokes the profile (an agent
   gone silent produces no new evidence, so its last evidence ages out: fail closed).
@@ -146,6 +149,20 @@ def _quote_sha256(att: NodeAttestation) -> str | None:
     return hashlib.sha256(f"{q.nonce}|{q.attest}|{q.signature}".encode()).hexdigest()
 
 
+def _answers(att: NodeAttestation, challenge: Challenge | None) -> bool:
+    """The spec's quote answers the outstanding nonce, so that nonce is spent even when the
+    evidence was not consumed (it failed the identity check): the agent answers a nonce at
+    most once (also after a restart, from its own spec), so keeping it would leave the agent
+    waiting forever for a nonce it has not answered."""
+    tpm_ev = att.spec.tpm
+    return (
+        challenge is not None
+        and tpm_ev is not None
+        and tpm_ev.quote is not None
+        and tpm_ev.quote.nonce == challenge.nonce
+    )
+
+
 def _new_challenge(now: datetime, entropy: Entropy) -> Challenge:
     return Challenge(nonce=entropy(NONCE_BYTES).hex(), issued_time=now)
 
@@ -208,10 +225,9 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
         )
     useful = timedelta(seconds=_useful_for(inp.policies, settings))
     outdated = challenge is not None and now - challenge.issued_time >= useful
-    if (
-        identity is not None
-        and enrollment is not None
-        and (challenge is None or new_evidence or outdated)
+    if enrollment is not None and (
+        _answers(att, challenge)
+        or (identity is not None and (challenge is None or new_evidence or outdated))
     ):
         challenge = _new_challenge(now, entropy)
 

@@ -7,6 +7,12 @@ work queue (`sod_operator.kube.WorkQueue`) wakes a node again at its next deadli
 i.e. the freshness timer), retries a failed reconcile after a per-node exponential back-off,
 and a periodic resync re-looks at everything, so a missed event or a restart loses nothing.
 A node without a NodeAttestation (or whose agent never enrolled) gets no trust labels.
+
+More than one replica: every replica keeps its caches warm, but only the one holding the
+verifier's Lease (`sod_operator.kube.leader`, see `main.py`) reconciles: its workers wait on
+`leading`. A new leader enqueues every node (the old leader's deadlines died with it); all it
+needs is in the NodeAttestation status, so a fail-over loses no verdict and revokes nothing
+still fresh. A replica that loses the Lease stops writing at once (`writes_allowed`).
 """
 
 from __future__ import annotations
@@ -72,6 +78,10 @@ class BundleSource:
             return False
         log.info("EK CA bundle %s reloaded: %s", self.path, self.bundle.subjects)
         return True
+
+
+class NotLeading(RuntimeError):
+    """A write attempted by a replica that no longer holds the Lease."""
 
 
 @dataclass
@@ -153,6 +163,7 @@ class Verifier:
         clock: Clock = utcnow,
         entropy: Entropy | None = None,
         notifier: Callable[[Metrics], Notifier] | None = None,
+        leading: bool = True,
     ) -> None:
         self.io = io
         self.bundle = bundle
@@ -165,6 +176,10 @@ class Verifier:
         self.notifier = notifier(self.metrics) if notifier is not None else None
         """The optional trust webhook (`verifier.notify`); built here to share the metrics."""
         self.stop_event = threading.Event()
+        self.leading = threading.Event()
+        """Set while this replica may reconcile (always, without leader election)."""
+        if leading:
+            self.leading.set()
         self.heartbeat = time.monotonic()
         self._threads: list[threading.Thread] = []
         # Two nodes presenting one EK must be judged one after the other, or both could enroll
@@ -202,6 +217,15 @@ class Verifier:
             self.notifier.stop()
         self.queue.shutdown()
         self.io.client.close_watches()
+
+    def lead(self) -> None:
+        """This replica won the Lease: judge every node now (nothing is carried over)."""
+        self.leading.set()
+        self.enqueue_all()
+
+    def follow(self) -> None:
+        """This replica lost the Lease: no further writes (a reconcile under way fails)."""
+        self.leading.clear()
 
     def synced(self) -> bool:
         with self.caches.lock:
@@ -307,7 +331,7 @@ class Verifier:
     def _work(self) -> None:
         while not self.stop_event.is_set():
             self.heartbeat = time.monotonic()
-            if not self.synced():
+            if not self.synced() or not self.leading.is_set():
                 self.stop_event.wait(0.05)
                 continue
             key = self.queue.get(timeout=1.0)
@@ -319,6 +343,9 @@ class Verifier:
         it comes back at its next deadline; on failure it comes back after its back-off."""
         try:
             delay = self.reconcile(key)
+        except NotLeading:
+            self.queue.done(key)  # the next leader judges it (this replica too, once it leads)
+            return
         except Exception:
             log.exception("reconcile of %s failed; retrying after a back-off", key)
             self.metrics.api_errors.labels("reconcile").inc()
@@ -512,6 +539,8 @@ class Verifier:
 
     @contextmanager
     def _api(self, operation: str) -> Iterator[None]:
+        if not self.leading.is_set():
+            raise NotLeading(operation)
         try:
             yield
         except ApiError as err:

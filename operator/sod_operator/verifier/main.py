@@ -5,6 +5,12 @@
 
 `run` serves `/metrics` (Prometheus text, `sod_attestation_*`), `/healthz` (the worker and
 watches are alive) and `/readyz` (caches synced) on `--metrics-address:--metrics-port`.
+
+Replicas elect one leader on a Lease (`--lease-namespace`/`--lease-name`, the same elector as
+the operator's); the others keep warm caches and take over when the leader's Lease expires.
+A leader that cannot renew its Lease in time (the apiserver unreachable) stops writing at once
+and stands by again, waiting for the Lease like any replica. Exit codes: 0 after SIGTERM/SIGINT
+(the Lease is released), 2 on a bad CA bundle.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sod_operator.attestation.ekcert import BundleError
 from sod_operator.kube import KubeClient
+from sod_operator.kube.leader import LeaderElector, LeaseConfig
 from sod_operator.verifier import rbac
 from sod_operator.verifier.controller import BundleSource, Verifier, VerifierConfig
 from sod_operator.verifier.kube import KubeIO
@@ -85,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--notify-ca-bundle", type=Path, default=env("SOD_NOTIFY_CA_BUNDLE"))
     run.add_argument("--notify-timeout", type=float, default=5.0, help="seconds per attempt")
     run.add_argument("--log-level", default=env("SOD_LOG_LEVEL", "INFO"))
+    le = run.add_argument_group("leader election (a coordination.k8s.io Lease)")
+    le.add_argument("--no-leader-election", action="store_true", help="run without a Lease")
+    le.add_argument("--lease-namespace", default=env("POD_NAMESPACE", rbac.DEFAULT_NAMESPACE))
+    le.add_argument("--lease-name", default=rbac.LEASE_NAME)
+    le.add_argument(
+        "--identity",
+        default=env("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
+        help="this replica's identity (default: $POD_NAME, so a restarted container retakes it)",
+    )
+    le.add_argument("--lease-seconds", type=float, default=15.0)
+    le.add_argument("--renew-seconds", type=float, default=10.0)
+    le.add_argument("--retry-seconds", type=float, default=2.0)
     man = sub.add_parser("manifests", help="print the RBAC and admission policies as YAML")
     man.add_argument("--namespace", default=rbac.DEFAULT_NAMESPACE)
     return p  # fmt: skip
@@ -159,8 +180,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         log.error("--notify-*: %s", err)
         return 2
+    client = KubeClient(args.kubeconfig, user_agent="sod-verifier")
     verifier = Verifier(
-        KubeIO(KubeClient(args.kubeconfig, user_agent="sod-verifier")),
+        KubeIO(client),
         bundle,
         VerifierConfig(
             ready_max_age_seconds=args.ready_max_age,
@@ -168,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
         ),
         notifier=notifier,
+        leading=args.no_leader_election,
     )
     server = serve(verifier, args.metrics_address, args.metrics_port) if args.metrics_port else None
 
@@ -180,10 +203,48 @@ def run(args: argparse.Namespace) -> int:
     verifier.start()
     if server is not None:
         log.info("metrics on http://%s:%d/metrics", args.metrics_address, server.server_port)
+    elector = None if args.no_leader_election else _elector(client, args)
+    if elector is not None:
+        lead_while_elected(verifier, elector)
     verifier.stop_event.wait()
+    if elector is not None:
+        verifier.follow()
+        elector.release()  # a clean stop: the standby need not wait out the Lease
     if server is not None:
         server.shutdown()
     return 0
+
+
+def lead_while_elected(verifier: Verifier, elector: LeaderElector) -> None:
+    """Judge nodes while holding the Lease; on losing it stop writing at once and wait for
+    it again. Returns when the verifier stops."""
+    while elector.acquire(verifier.stop_event):
+        lost = threading.Event()
+
+        def on_lost(lost: threading.Event = lost) -> None:
+            verifier.follow()  # no write after this, even by a reconcile under way
+            lost.set()
+
+        verifier.lead()
+        elector.keep_renewing(on_lost)
+        while not lost.wait(0.5):
+            if verifier.stop_event.is_set():
+                return
+        log.warning("lost the Lease: standing by")
+
+
+def _elector(client: KubeClient, args: argparse.Namespace) -> LeaderElector:
+    return LeaderElector(
+        client,
+        LeaseConfig(
+            namespace=args.lease_namespace,
+            name=args.lease_name,
+            identity=args.identity,
+            lease_seconds=args.lease_seconds,
+            renew_seconds=args.renew_seconds,
+            retry_seconds=args.retry_seconds,
+        ),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,8 @@
   (`sod-verifier-labels-only`) confines even that to labels under
   `sod.node-restriction.kubernetes.io/`: a compromised verifier cannot taint, cordon or
   relabel nodes otherwise.
+* **verifier leader election**: a Role in the verifier's namespace to create and renew its one
+  Lease (`sod-verifier`), so that of several replicas only one judges nodes at a time.
 * **node-agent** (ServiceAccount `sod-node-agent`): get/list/watch/create/update/patch of
   NodeAttestations and nothing else: no `/status` (the verdict), no Nodes, no delete
   (admission cannot confine deletes, so the agent has no delete verb; re-enrollment after a
@@ -128,6 +130,22 @@ VERIFIER_ROLE = Role(
             ),
         ),
         Rule(("",), ("events",), ("create", "patch")),
+    ),
+)
+
+LEASE_NAME = f"{FULLNAME}-verifier"
+LEASE_SUFFIX = "-leader-election"
+COORDINATION_GROUP = "coordination.k8s.io"
+
+VERIFIER_LEASE_ROLE = Role(
+    "verifier",
+    why=(
+        "Leader election among the verifier's replicas: one Lease in the release namespace, "
+        "named after the verifier; nothing cluster-wide. Only the Lease holder judges nodes."
+    ),
+    rules=(
+        Rule((COORDINATION_GROUP,), ("leases",), ("create",)),
+        Rule((COORDINATION_GROUP,), ("leases",), ("get", "update"), resource_names=(LEASE_NAME,)),
     ),
 )
 
@@ -339,8 +357,26 @@ def role_manifests(role: Role, namespace: str = DEFAULT_NAMESPACE) -> list[Manif
     ]  # fmt: skip
 
 
+def lease_role_manifests(role: Role, namespace: str = DEFAULT_NAMESPACE) -> list[Manifest]:
+    """The Role and RoleBinding (in `namespace`) of `role`'s component's Lease."""
+    sa, component = component_name(role.component), role.component
+    name = sa + LEASE_SUFFIX
+    return [
+        {"apiVersion": f"{RBAC_GROUP}/v1", "kind": "Role",
+         "metadata": _meta(name, component, namespace),
+         "rules": [r.manifest() for r in role.rules]},
+        {"apiVersion": f"{RBAC_GROUP}/v1", "kind": "RoleBinding",
+         "metadata": _meta(name, component, namespace),
+         "roleRef": {"apiGroup": RBAC_GROUP, "kind": "Role", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]},
+    ]  # fmt: skip
+
+
 def verifier_manifests(namespace: str = DEFAULT_NAMESPACE) -> list[Manifest]:
-    return role_manifests(VERIFIER_ROLE, namespace)
+    return [
+        *role_manifests(VERIFIER_ROLE, namespace),
+        *lease_role_manifests(VERIFIER_LEASE_ROLE, namespace),
+    ]
 
 
 def agent_manifests(namespace: str = DEFAULT_NAMESPACE) -> list[Manifest]:

@@ -17,7 +17,7 @@ from sod_operator.api.v1alpha1.nodeattestation import NodeAttestation
 from sod_operator.attestation import monitor
 from sod_operator.attestation.monitor import EventReason
 
-from tests.unit.attestation.conftest import Step, run, step, verdict
+from tests.unit.attestation.conftest import ROGUE_BUNDLE, Step, run, step, verdict
 from tests.unit.attestation.golden import policies
 
 
@@ -161,3 +161,23 @@ def test_an_unanswered_nonce_too_old_to_be_useful_is_replaced(good: Step) -> Non
     assert replaced.status.challenge is not None
     assert replaced.status.challenge != outstanding
     assert not replaced.new_evidence
+
+
+def test_evidence_failing_the_identity_check_still_spends_the_nonce_it_answers(
+    good: Step,
+) -> None:
+    """An agent answers a nonce once (also after a restart, read back from its spec): if the
+    verifier kept a nonce that rejected evidence answered, the agent would wait forever."""
+    before = good.attestation().status
+    assert before.challenge is not None
+    assert good.spec["tpm"]["quote"]["nonce"] == before.challenge.nonce
+    untrusted = monitor.Settings(bundle=ROGUE_BUNDLE)
+    out = run(good.attestation(), good.now, settings=untrusted)
+    assert not out.new_evidence
+    assert out.evidence_reason != R.VERIFIED
+    assert out.status.evidence == before.evidence  # not consumed: nothing was verified
+    assert out.status.challenge is not None
+    assert out.status.challenge.nonce != before.challenge.nonce
+    assert out.status.challenge.issued_time == good.now
+    again = run(_after(good, out), good.now + timedelta(seconds=5), settings=untrusted)
+    assert again.status.challenge == out.status.challenge  # spent once, not on every step

@@ -20,9 +20,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sod_operator.api.constants import profile_label
 from sod_operator.kube import ApiError, Backoff, RateLimiter, WorkQueue
-from sod_operator.verifier.controller import BundleSource, NodeInfo, Verifier
+from sod_operator.verifier.controller import BundleSource, NodeInfo, NotLeading, Verifier
 
 from tests.unit.attestation.conftest import GOLDEN, step
 from tests.unit.attestation.golden import SeededEntropy
@@ -257,3 +258,23 @@ def test_platform_enrollments_decide_which_architecture_a_node_may_be_verified_f
     enroll("ADDED", "hyperwall")
     v._on_platform("DELETED", {"metadata": {"name": "machine-1"}})
     assert reasons() == {"hyperwall": "ArchitectureNotEnrolled"}
+
+
+def test_a_replica_without_the_lease_writes_nothing_and_a_new_leader_judges_every_node(
+    tmp_path: Path,
+) -> None:
+    s = step("good")
+    v, io = _verifier(tmp_path, s.now)
+    v._on_profile("ADDED", _profile("tpm"))
+    v._on_node("ADDED", {"metadata": {"name": "node-1", "uid": "n-1", "labels": {}}})
+    v._on_attestation("ADDED", _obj("node-1", s))
+    v.follow()  # lost the Lease (or never held it): a reconcile under way must not write
+    with pytest.raises(NotLeading):
+        v.reconcile("node-1")
+    assert (io.statuses, io.labels) == ([], [])
+    while (key := v.queue.get(timeout=0)) is not None:  # the handlers' own enqueues
+        v.queue.done(key)
+    v.lead()  # the previous leader's deadlines died with it: every node is looked at now
+    assert v.queue.get(timeout=0) == "node-1"
+    v.reconcile("node-1")
+    assert io.statuses[0][1]["verifiedProfiles"] == ["tpm"]
