@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sod_codegen import crdgen
 from sod_testbed.cluster import LocalCluster
 from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
 
@@ -48,12 +49,8 @@ from tests.e2e.harness import wait_for
 
 RELEASE = "sod-e2e"
 GROUP = "sod.dev"
-CRDS = [
-    "securevms.sod.dev",
-    "serversecurityprofiles.sod.dev",
-    "securitypackages.sod.dev",
-    "nodeattestations.sod.dev",
-]
+# Every CRD the chart ships (the generator's list, so a new kind is never forgotten here).
+CRDS = [f"{crd.plural}.{GROUP}" for crd in crdgen.CRDS]
 TRUST_LABEL = "sod.node-restriction.kubernetes.io/profile.tpm"
 # Kinds whose API the test bed does not serve (prometheus-operator's).
 UNSERVED = {"ServiceMonitor", "PrometheusRule"}
