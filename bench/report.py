@@ -17,7 +17,7 @@ from bench.stats import fmt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPORT = REPO_ROOT / "BENCHMARKS.md"
-ORDER = ("core", "attestation", "reaction", "fanout", "scale")
+ORDER = ("core", "attestation", "reaction", "fanout", "scale", "migration")
 
 GENERAL_METHOD = """\
 Every figure is measured by `make bench` (`python -m bench.run`, add `--only NAME` for one
