@@ -276,7 +276,7 @@ def _add_fit(result: Result, records: list[dict[str, Any]]) -> None:
         rows,
         note=(
             "Fitted: " + ", ".join(f"`{k}` = {fmt(v)}" for k, v in params.items()) + ". "
-            + "Fit, from"
+            + "Fit, from "
             + migration_fit.__doc__.split("Fit, from", 1)[1].replace("\n", " ").strip()
         ),
     )  # fmt: skip
