@@ -7,7 +7,7 @@ SOD_CACHE ?= $(HOME)/.cache/sod-operator
 export SOD_CACHE
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps venv testbed test test-unit test-e2e lint crds demo demo-down bench clean
+.PHONY: all deps venv testbed test test-unit test-e2e lint crds demo demo-down bench bench-migration clean
 
 all: test
 
@@ -54,6 +54,11 @@ demo-down: venv
 
 bench: venv testbed
 	$(BIN)/python -m bench.run
+
+# Real QEMU live migrations (TCG), Table V-shaped, and the model fitted to them (< 20 min, 2 cores).
+bench-migration: venv
+	@VENV=$(VENV) tools/build-guest.sh >/dev/null
+	$(BIN)/python -m bench.run --only migration
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

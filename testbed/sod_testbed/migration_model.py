@@ -13,13 +13,29 @@ loaded workloads sent 645-800 MB in 7.2-8.9 s with 250-650 ms downtime; the idle
 usable, 0.5 s setup and a 2 MB/s dirty rate, a 1 GiB guest migrates in ~7.6 s sending ~712 MB;
 `resident_fraction` 0.2 gives the idle row (~2.6 s). The target downtime is QEMU's and
 KubeVirt's default, 300 ms (kubevirt.md §1.6).
+
+Two refinements measured on real QEMU pre-copy (bench/migration.py, `make bench-migration`;
+BENCHMARKS.md shows the fit of this model to those migrations and its error):
+
+* a guest re-dirties at most its working set per round (`working_set_bytes`): a guest
+  rewriting 256 MiB at 300 MiB/s resends 256 MiB per round, not 300 MiB per second of round.
+  None (the default) leaves the re-dirtied memory unbounded, as before;
+* the stop-and-copy pause has a floor (`downtime_floor_seconds`): the device state and the
+  last pages queue behind what already sits in the TCP and link buffers.
+
+`calibrated_model()` reads the parameters fitted to this machine's measurements from the
+result file; the defaults stay calibrated on the paper.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 GIB = 1024**3
+MEASURED = Path(__file__).resolve().parents[2] / "bench" / "results" / "migration.json"
 
 
 @dataclass(frozen=True)
@@ -32,6 +48,8 @@ class MigrationModel:
     downtime_target_seconds: float = 0.3
     max_iterations: int = 30
     completion_timeout_per_gib: float = 150.0
+    working_set_bytes: float | None = None
+    downtime_floor_seconds: float = 0.0
 
     @property
     def effective_bytes_per_second(self) -> float:
@@ -56,16 +74,21 @@ class PrecopyPlan:
 
 
 def plan_precopy(
-    model: MigrationModel, memory_bytes: float, dirty_rate_bytes_per_second: float | None = None
+    model: MigrationModel,
+    memory_bytes: float,
+    dirty_rate_bytes_per_second: float | None = None,
+    resident_bytes: float | None = None,
 ) -> PrecopyPlan:
-    """Rounds of pre-copy until the rest fits in the downtime target, or the completion timeout."""
+    """Rounds of pre-copy until the rest fits in the downtime target, or the completion timeout.
+    `resident_bytes` (default: memory x resident_fraction) is what round 0 sends."""
     if memory_bytes <= 0:
         raise ValueError(f"memory must be positive, got {memory_bytes}")
     bandwidth = model.effective_bytes_per_second
     dirty = model.dirty_rate_bytes_per_second
     if dirty_rate_bytes_per_second is not None:
         dirty = dirty_rate_bytes_per_second
-    remaining = memory_bytes * model.resident_fraction
+    cap = model.working_set_bytes if model.working_set_bytes is not None else float("inf")
+    remaining = memory_bytes * model.resident_fraction if resident_bytes is None else resident_bytes
     budget = bandwidth * model.downtime_target_seconds
     timeout = model.completion_timeout_per_gib * memory_bytes / GIB
     elapsed = 0.0
@@ -77,7 +100,7 @@ def plan_precopy(
             break
         elapsed += seconds
         sent += remaining
-        remaining = dirty * seconds
+        remaining = min(dirty * seconds, cap)
         iterations += 1
     if remaining > budget:
         # Not converging: KubeVirt aborts at the completion timeout (no post-copy by default).
@@ -92,10 +115,24 @@ def plan_precopy(
     return PrecopyPlan(
         setup_seconds=model.setup_seconds,
         transfer_seconds=elapsed,
-        downtime_seconds=remaining / bandwidth,
+        downtime_seconds=model.downtime_floor_seconds + remaining / bandwidth,
         data_bytes=sent + remaining,
         iterations=iterations,
         converged=True,
+    )
+
+
+def calibrated_model(path: Path = MEASURED, base: MigrationModel | None = None) -> MigrationModel:
+    """`base` (default: the paper-calibrated defaults) with the link efficiency, set-up time
+    and downtime floor fitted to real QEMU migrations (bench/migration_fit.py, stored in the
+    result of `make bench-migration`). Raises FileNotFoundError/KeyError without a fit."""
+    doc: dict[str, Any] = json.loads(path.read_text())
+    fitted = doc["params"]["fit_parameters"]
+    return replace(
+        base or MigrationModel(),
+        link_efficiency=float(fitted["link_efficiency"]),
+        setup_seconds=float(fitted["setup_seconds"]),
+        downtime_floor_seconds=float(fitted["downtime_floor_seconds"]),
     )
 
 

@@ -1,0 +1,91 @@
+"""Two "hosts" on a shaped link: a pair of network namespaces joined by a veth pair, with a token
+bucket (`tc tbf`) on each side's egress.
+
+Why not loopback with QEMU's `max-bandwidth`: QEMU lifts its own rate limit for the final
+stop-and-copy (`migration_completion()`), so on loopback the downtime comes out as a memory copy
+(19 ms instead of ~290 ms for the 60 MiB/s guest). A shaped link limits that phase too. This
+kernel has tbf but not netem (no added latency or loss). A large burst is needed at HZ=250.
+Needs root (CAP_NET_ADMIN); `ip netns exec NS qemu ...` puts a QEMU on one side.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+from dataclasses import dataclass
+
+_serial = itertools.count()
+
+
+@dataclass(frozen=True)
+class LinkShape:
+    rate_bits: int = 1_000_000_000
+    burst: str = "1mb"
+    latency_ms: int = 50
+
+    def describe(self) -> str:
+        rate = f"{self.rate_bits / 1e9:g} Gbit/s"
+        return f"veth + tbf {rate} (burst {self.burst}, latency {self.latency_ms} ms)"
+
+
+def tbf_argv(netns: str, dev: str, shape: LinkShape) -> list[str]:
+    return [
+        "ip", "netns", "exec", netns,
+        "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+        "rate", f"{shape.rate_bits}bit", "burst", shape.burst, "latency", f"{shape.latency_ms}ms",
+    ]  # fmt: skip
+
+
+def _ip(*args: str) -> None:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise OSError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+
+
+class NetnsPair:
+    """Namespaces `a` and `b` (addresses `addr_a`, `addr_b` on the link), removed by close()."""
+
+    def __init__(self, shape: LinkShape | None = None, tag: str = "sodq"):
+        n = next(_serial)
+        self.shape = shape or LinkShape()
+        self.a = f"{tag}{os.getpid()}-{n}a"
+        self.b = f"{tag}{os.getpid()}-{n}b"
+        self.addr_a, self.addr_b = "10.77.0.1", "10.77.0.2"
+
+    def create(self) -> NetnsPair:
+        try:
+            for ns in (self.a, self.b):
+                _ip("netns", "add", ns)
+                _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("link", "add", "mig-a", "netns", self.a, "type", "veth", "peer", "name", "mig-b",
+                "netns", self.b)  # fmt: skip
+            for ns, dev, addr in ((self.a, "mig-a", self.addr_a), (self.b, "mig-b", self.addr_b)):
+                _ip("-n", ns, "addr", "add", f"{addr}/30", "dev", dev)
+                _ip("-n", ns, "link", "set", dev, "up")
+                proc = subprocess.run(
+                    tbf_argv(ns, dev, self.shape), capture_output=True, text=True, check=False
+                )
+                if proc.returncode != 0:
+                    raise OSError(f"tc tbf in {ns}: {proc.stderr.strip()}")
+        except OSError:
+            self.close()
+            raise
+        return self
+
+    def address(self, netns: str) -> str:
+        return self.addr_a if netns == self.a else self.addr_b
+
+    def other(self, netns: str) -> str:
+        return self.b if netns == self.a else self.a
+
+    def close(self) -> None:
+        """Deleting the namespaces also deletes the veth pair."""
+        for ns in (self.a, self.b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+    def __enter__(self) -> NetnsPair:
+        return self.create()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
