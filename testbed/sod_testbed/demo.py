@@ -67,8 +67,6 @@ OPERATOR = "sod-operator"
 KUBEVIRT = "kubevirt.io/v1"
 FIELD_MANAGER = "sodctl-demo"
 TRIGGER_LABEL = "sod.dev/trigger"
-PAPER_TRIGGER_DELAY = 2.33
-"""Seconds OpenStack added to trigger a live migration in the paper's prototype (Section VI)."""
 # Processes without which a running sandbox cannot tell the story (an agent may be stopped by
 # `sandbox break --how silence`: the demo heals that instead).
 CORE_PROCESSES = (
@@ -1088,13 +1086,6 @@ class Story:
                     "sod_reaction_seconds: trigger event -> migration created",
                 )
             )
-        rows.append(
-            (
-                "  paper, OpenStack prototype",
-                seconds(PAPER_TRIGGER_DELAY),
-                "added to trigger a live migration",
-            )
-        )
         stamped = (
             f"KubeVirt's phase timestamps (1 s resolution): {m.stamped_seconds:.0f} s"
             if m.stamped_seconds is not None
