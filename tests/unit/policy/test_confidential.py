@@ -114,7 +114,7 @@ def test_an_snp_instance_on_an_snp_node_is_compliant():
 
 
 def test_the_vm_template_gets_the_settings_it_lacks():
-    plan = snp_fleet().vm_for("vm").plan("vm")
+    plan = snp_fleet().vm_for("vm", vm_settings=NONE).plan("vm")
     patch = actions(plan, PatchVM)[-1].patch
     assert patch["spec"]["template"]["spec"]["domain"]["launchSecurity"]["snp"] == {}
 
