@@ -138,9 +138,13 @@ def test_without_restarts_a_confidential_vm_is_flagged_non_migratable(
     wait_for(lambda: live_migratable(kube, "vm-b"), lambda s: s == "False", "LiveMigratable", 30)
     node, uid = placed["status"]["nodeName"], (kube.vmi("vm-b") or {})["metadata"]["uid"]
     snp_fleet.set(node)
-    flagged = wait_condition(kube, "vm-b", "NonMigratable", "True")
-    relocating = condition(flagged, "Relocating") or {}
-    assert "restartAllowed" in relocating.get("message", "")
+    flagged = wait_for(
+        lambda: svm(kube, "vm-b"),
+        lambda o: "restartAllowed" in (condition(o, "Relocating") or {}).get("message", ""),
+        "vm-b flagged: relocation needs restartAllowed",
+        90,
+    )
+    assert (condition(flagged, "NonMigratable") or {}).get("status") == "True"
     assert (condition(flagged, "Compliant") or {}).get("status") == "False"
     assert migrations(kube, "vm-b") == []
     assert (kube.vmi("vm-b") or {})["metadata"]["uid"] == uid  # never restarted
@@ -172,3 +176,45 @@ def test_a_tdx_template_never_lands_on_an_snp_node(
     snp_fleet.set("tdx-1", "tdx")
     placed = ready_on(kube, "vm-t", ("tdx-1",))
     assert placed["status"]["nodeProfile"] == "tdx"
+
+
+def test_an_ordinary_vm_on_an_snp_node_is_never_compliant(
+    snp_fleet: Trust, operator: OperatorProcess, kube: Kube
+):
+    # A tenant's own VM, pinned to an SNP node, without launchSecurity: an ordinary guest.
+    template = securevm("x", VM_B)["spec"]["template"]
+    template["template"]["spec"]["nodeSelector"] = {"kubernetes.io/hostname": SNP_NODES[0]}
+    vm = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "plain"}}
+    kube.create("virtualmachines", {**vm, "spec": template})
+    kube.wait_vmi_phase("plain", "Running", timeout=60)
+    operator.start()
+    kube.create(
+        "securevms",
+        {
+            "apiVersion": SOD,
+            "kind": "SecureVM",
+            "metadata": {"name": "plain"},
+            "spec": {"security": VM_B, "vmRef": {"name": "plain"}},
+        },
+        api_version=SOD,
+    )
+    seen: list[str] = []
+
+    def compliant(obj: dict[str, Any]) -> bool:
+        c = condition(obj, "Compliant") or {}
+        seen.append(c.get("status", ""))
+        return c.get("status") == "False" and "launchSecurity.snp" in c.get("message", "")
+
+    wait_for(lambda: svm(kube, "plain"), compliant, "plain: Compliant=False naming snp", 90)
+    assert "True" not in seen
+    # The operator rendered the profile's settings into the VM; the running guest lacks them.
+    wait_for(
+        lambda: kube.vm("plain"),
+        lambda v: (
+            v is not None
+            and v["spec"]["template"]["spec"]["domain"].get("launchSecurity") == {"snp": {}}
+        ),
+        "VM plain carries launchSecurity.snp",
+        30,
+    )
+    assert (kube.vmi("plain") or {})["spec"]["domain"].get("launchSecurity") is None
