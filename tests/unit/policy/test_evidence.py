@@ -24,3 +24,17 @@ def test_describe_names_the_profile_and_every_line():
     lines = describe("tdx", profile_spec("tdx"))
     assert lines[0] == "  tdx:"
     assert any("NOT proven" in line and "KubeVirt 1.9" in line for line in lines)
+
+
+def test_sodctl_explain_prints_the_class_and_the_evidence():
+    from sod_operator.cli.explain import _class_and_evidence
+    from sod_operator.policy.evaluation import Resolution
+    from sod_operator.policy.explain import Explanation
+
+    ex = Explanation(resolution=Resolution(request=None, satisfying=("sev-snp",)))
+    status = {"placementClass": {"profiles": ["sev-snp"], "vmSettings": "launchSecurity.snp"}}
+    lines = _class_and_evidence(status, ex, {"sev-snp": profile_spec("sev-snp")})
+    text = "\n".join(lines)
+    assert "Placement class: [sev-snp]; the VM carries launchSecurity.snp" in text
+    assert "reported by the node about itself: CPU flag sev_snp" in text
+    assert "NOT proven" in text
