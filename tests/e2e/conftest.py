@@ -32,7 +32,8 @@ from sod_testbed.nodes import NodeSpec, parse_nodes
 
 from tests.e2e.harness import Kube, PlayerInThread
 
-E2E_NODES: list[NodeSpec] = parse_nodes("hyperwall=2,datasafe=1,plain=2")
+# sev-snp and tdx nodes: confidential VMs (issue 14, tests/e2e/test_confidential.py).
+E2E_NODES: list[NodeSpec] = parse_nodes("hyperwall=2,datasafe=1,plain=2,sev-snp=2,tdx=1")
 E2E_NODE_SERVICES: list[NodeService] = []
 E2E_PLAYER_CONFIG = PlayerConfig(time_scale=0.05, resync_seconds=2.0)
 

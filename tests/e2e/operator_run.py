@@ -27,7 +27,16 @@ from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
 
 ROOT = Path(__file__).resolve().parents[2]
 SOD = "sod.dev/v1alpha1"
-NODES = ("hyperwall-1", "hyperwall-2", "datasafe-1", "plain-1", "plain-2")
+NODES = (
+    "hyperwall-1",
+    "hyperwall-2",
+    "datasafe-1",
+    "plain-1",
+    "plain-2",
+    "sev-snp-1",
+    "sev-snp-2",
+    "tdx-1",
+)
 
 
 def free_port() -> int:

@@ -48,6 +48,8 @@ class Reason(StrEnum):
     PLACED = "Placed"
     # Unsatisfiable
     NO_SATISFYING_PROFILE = "NoSatisfyingProfile"
+    LAUNCH_SECURITY_MISMATCH = "LaunchSecurityMismatch"
+    VM_SETTINGS_MISSING = "VMSettingsMissing"
     SATISFIABLE = "Satisfiable"
     INVALID_REQUEST = "InvalidRequest"
     PACKAGE_NOT_FOUND = "PackageNotFound"

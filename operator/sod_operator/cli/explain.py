@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from sod_operator.api.v1alpha1.parsing import ManifestError
+from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
 from sod_operator.api.v1alpha1.security import SecurityPackageSpec
 from sod_operator.cli import render
 from sod_operator.cli.errors import UsageError
 from sod_operator.kube import KUBEVIRT, SOD, ApiError, KubeClient, resource_path
+from sod_operator.policy import evidence
 from sod_operator.policy.evaluation import resolve
 from sod_operator.policy.explain import Explanation, explain, tenant_terms
 from sod_operator.policy.matching import ProfileCapabilities
@@ -57,12 +59,11 @@ def _list(kube: KubeClient, api_version: str, plural: str) -> list[Json]:
     return [i for i in items if isinstance(i, dict)]
 
 
-def _catalog(kube: KubeClient) -> dict[str, ProfileCapabilities]:
+def _specs(kube: KubeClient) -> dict[str, ServerSecurityProfileSpec]:
     out = {}
     for obj in _list(kube, SOD, "serversecurityprofiles"):
-        name = obj["metadata"]["name"]
         try:
-            out[name] = ProfileCapabilities.from_spec(name, profile_from_body(obj))
+            out[obj["metadata"]["name"]] = profile_from_body(obj)
         except ManifestError:
             continue  # the operator ignores it too
     return out
@@ -78,7 +79,9 @@ def _packages(kube: KubeClient) -> dict[str, SecurityPackageSpec]:
     return out
 
 
-def gather(kube: KubeClient, namespace: str, name: str) -> tuple[Json, Explanation]:
+def gather(
+    kube: KubeClient, namespace: str, name: str
+) -> tuple[Json, Explanation, dict[str, ServerSecurityProfileSpec]]:
     try:
         body = kube.request("GET", resource_path(SOD, "securevms", namespace, name))
     except ApiError as err:
@@ -88,7 +91,8 @@ def gather(kube: KubeClient, namespace: str, name: str) -> tuple[Json, Explanati
     view = securevm_from_body(body)
     if view.spec is None:
         raise UsageError(f"SecureVM {namespace}/{name} has an invalid spec: {view.spec_error}")
-    catalog = _catalog(kube)
+    specs = _specs(kube)
+    catalog = {n: ProfileCapabilities.from_spec(n, spec) for n, spec in specs.items()}
     resolution = resolve(view.spec.security, _packages(kube), catalog.values())
     affinity: Json | None = None
     vm_node = None
@@ -105,10 +109,11 @@ def gather(kube: KubeClient, namespace: str, name: str) -> tuple[Json, Explanati
     if view.spec.template is not None:
         affinity = vm_spec_affinity(view.spec.template)
     nodes = [node_from_body(n) for n in _list(kube, "v1", "nodes")]
-    return body, explain(resolution, catalog, nodes, terms=tenant_terms(affinity), vm_node=vm_node)
+    ex = explain(resolution, catalog, nodes, terms=tenant_terms(affinity), vm_node=vm_node)
+    return body, ex, specs
 
 
-def text(body: Json, ex: Explanation) -> str:
+def text(body: Json, ex: Explanation, specs: dict[str, ServerSecurityProfileSpec]) -> str:
     meta, status = body["metadata"], body.get("status") or {}
     res = ex.resolution
     lines = [f"SecureVM {meta['namespace']}/{meta['name']}"]
@@ -144,6 +149,7 @@ def text(body: Json, ex: Explanation) -> str:
             lines.append(f"{mark}{v.node.ljust(width)}  qualifies via {v.via}")
         else:
             lines.append(f"{mark}{v.node.ljust(width)}  lacks: " + " | ".join(v.lacks))
+    lines += _class_and_evidence(status, ex, specs)
     rel = status.get("relocation")
     if rel:
         lines += [
@@ -152,6 +158,27 @@ def text(body: Json, ex: Explanation) -> str:
             f" (migration {rel.get('migrationName') or '-'}, attempt {rel.get('attempt')})",
         ]
     return "\n".join(lines)
+
+
+def _class_and_evidence(
+    status: Json, ex: Explanation, specs: dict[str, ServerSecurityProfileSpec]
+) -> list[str]:
+    """The class the operator chose (issue 14) and, per satisfying profile, what its evidence
+    proves, what the node only reports, and what nothing proves."""
+    lines = []
+    chosen = status.get("placementClass")
+    if chosen:
+        lines += [
+            "",
+            f"Placement class: [{', '.join(chosen.get('profiles') or [])}]; the VM carries "
+            f"{chosen.get('vmSettings')}",
+        ]
+    satisfying = [p for p in ex.resolution.satisfying if p in specs]
+    if satisfying:
+        lines += ["", "Evidence behind each satisfying profile:"]
+        for name in satisfying:
+            lines += evidence.describe(name, specs[name])
+    return lines
 
 
 def as_json(body: Json, ex: Explanation) -> Json:
@@ -163,6 +190,7 @@ def as_json(body: Json, ex: Explanation) -> Json:
         else None,
         "error": str(res.error) if res.error else None,
         "vmNode": ex.vm_node,
+        "placementClass": (body.get("status") or {}).get("placementClass"),
         "qualifyingNodes": ex.qualifying,
         "nodes": [
             {
@@ -182,9 +210,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         kube = KubeClient(args.kubeconfig, context=args.context, user_agent="sodctl")
     except Exception as err:
         raise UsageError(f"cannot load a kubeconfig: {err}") from None
-    body, ex = gather(kube, args.namespace, args.name)
+    body, ex, specs = gather(kube, args.namespace, args.name)
     if args.output == "json":
         print(json.dumps(as_json(body, ex), indent=2))
     else:
-        print(text(body, ex))
+        print(text(body, ex, specs))
     return 0

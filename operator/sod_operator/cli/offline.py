@@ -81,6 +81,11 @@ def cmd_table(args: argparse.Namespace) -> int:
                         "name": p.name,
                         "scope": p.scope.value,
                         "cost": p.cost,
+                        **(
+                            {"vmRequirements": p.vm.describe()}
+                            if p.vm.describe() != "no VM settings"
+                            else {}
+                        ),
                         "cells": {
                             f"{e}/{prop}": c.value for (e, prop), c in sorted(p.cells.items())
                         },

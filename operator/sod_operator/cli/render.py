@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from sod_operator.api.vocabulary import Cell, Entity, Property
 from sod_operator.policy.matching import Match, ProfileCapabilities
 from sod_operator.policy.request import SecurityRequest
+from sod_operator.policy.vmsettings import NONE
 
 _PROPS = (Property.CONFIDENTIALITY, Property.INTEGRITY)
 _CELL_TEXT = {Cell.YES: "Yes", Cell.NO: "No", Cell.NOT_APPLICABLE: "n-a"}
@@ -52,16 +53,17 @@ def table_ii(rows: Sequence[tuple[str, SecurityRequest]]) -> str:
 
 
 def table_iii(profiles: Sequence[ProfileCapabilities]) -> str:
-    """Server Security Capabilities (Table III): Yes, No or n-a per cell, then scope and cost."""
+    """Server Security Capabilities (Table III): Yes, No or n-a per cell, then scope, cost and
+    what the VM itself must carry for the cells to hold (`spec.vmRequirements`)."""
     rows = [
         (
             p.name,
             [_CELL_TEXT[p.cell(e, prop)] for e in Entity for prop in _PROPS],
-            f"{p.scope.value:<11} {p.cost}",
+            f"{p.scope.value:<11} {p.cost:<5} {p.vm.describe() if p.vm != NONE else '-'}",
         )
         for p in profiles
     ]
-    return _grid("Profile", rows, "Scope       Cost")
+    return _grid("Profile", rows, "Scope       Cost  VM must carry")
 
 
 def match_report(label: str, request: SecurityRequest, matches: Sequence[Match]) -> str:

@@ -25,6 +25,7 @@ from sod_operator.policy.plan import (
 )
 from sod_operator.policy.planning import Planning
 from sod_operator.policy.records import finish_restart
+from sod_operator.policy.vmsettings import render
 
 # -------------------------------------------------------------------------------- the VM
 
@@ -41,6 +42,7 @@ def ensure_vm(ctx: Planning, desired: Json, eligible: list[str]) -> bool:
 
 def _ensure_template_vm(ctx: Planning, template: Json, desired: Json, eligible: list[str]) -> bool:
     svm, vm = ctx.svm, ctx.obs.vm
+    rendered = render(template, ctx.vm_class)  # the chosen class's settings (issue 14)
     if vm is None and ctx.obs.vm_rejected:
         msg = (
             f"the VirtualMachine made from spec.template was refused: {ctx.obs.vm_rejected}; "
@@ -53,7 +55,7 @@ def _ensure_template_vm(ctx: Planning, template: Json, desired: Json, eligible: 
         event = Event(
             EventType.NORMAL, EventReason.VM_CREATED, f"created VirtualMachine {svm.vm_name}"
         )
-        ctx.act(CreateVM(vm_body(svm, template, desired)), event)
+        ctx.act(CreateVM(vm_body(svm, rendered, desired)), event)
         waiting(ctx, eligible, "VirtualMachine created")
         return False
     if svm.uid not in vm.owner_uids:
@@ -67,7 +69,7 @@ def _ensure_template_vm(ctx: Planning, template: Json, desired: Json, eligible: 
         # The tenant edited the template: re-apply it (KubeVirt decides what needs a restart).
         hashed = {TEMPLATE_HASH_ANNOTATION: template_hash(template)}
         event = Event(EventType.NORMAL, EventReason.VM_UPDATED, "applied the changed spec.template")
-        ctx.act(ReplaceVMSpec(vm.name, with_affinity(template, desired), hashed), event)
+        ctx.act(ReplaceVMSpec(vm.name, with_affinity(rendered, desired), hashed), event)
     return True
 
 

@@ -14,6 +14,7 @@ from functools import cached_property
 from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
 from sod_operator.api.vocabulary import Cell, Entity, Property, Scope, scope_covers
 from sod_operator.policy.request import RequestCell, SecurityRequest
+from sod_operator.policy.vmsettings import NONE, VMSettings
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class ProfileCapabilities:
     cells: Mapping[RequestCell, Cell]
     scope: Scope
     cost: int = 1
+    vm: VMSettings = NONE
+    """What the VM must carry for the protections to hold (`spec.vmRequirements`)."""
 
     @cached_property
     def protected(self) -> frozenset[RequestCell]:
@@ -40,7 +43,13 @@ class ProfileCapabilities:
         for row in spec.protections:
             cells[(row.entity, Property.CONFIDENTIALITY)] = row.confidentiality
             cells[(row.entity, Property.INTEGRITY)] = row.integrity
-        return cls(name=name, cells=cells, scope=spec.scope, cost=spec.cost)
+        return cls(
+            name=name,
+            cells=cells,
+            scope=spec.scope,
+            cost=spec.cost,
+            vm=VMSettings.from_spec(spec.vm_requirements),
+        )
 
 
 @dataclass(frozen=True)

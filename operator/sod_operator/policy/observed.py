@@ -27,6 +27,7 @@ from sod_operator.policy.placement import (
     NodeView,
     blocking_taints,
 )
+from sod_operator.policy.vmsettings import NONE, VMSettings, carried
 
 Json = dict[str, Any]
 
@@ -204,6 +205,8 @@ class VMView:
     resource_version: str = ""
     launcher: LauncherConstraints = NO_CONSTRAINTS
     """The template's nodeSelector and tolerations: where its launcher pod can go at all."""
+    vm_settings: VMSettings = NONE
+    """The confidential-VM settings its template carries (launchSecurity, firmware)."""
 
     @property
     def securevm(self) -> str | None:
@@ -258,6 +261,7 @@ def vm_from_body(body: Mapping[str, Any]) -> VMView:
         annotations=_str_map(meta.get("annotations")),
         resource_version=str(meta.get("resourceVersion", "")),
         launcher=LauncherConstraints.from_vmi_spec(vmi_spec),
+        vm_settings=carried(vmi_spec),
     )
 
 
@@ -318,6 +322,8 @@ class VMIView:
     tenant write it (issue 19). Compared, never believed."""
     node_conflict: str = ""
     """Why the sources of `node_name` disagree (empty when they agree): never Compliant."""
+    vm_settings: VMSettings = NONE
+    """The confidential-VM settings the instance was launched with (its own spec)."""
 
     @property
     def running(self) -> bool:
@@ -349,6 +355,7 @@ def vmi_from_body(body: Mapping[str, Any]) -> VMIView:
         node_name=_str_map(meta.get("labels")).get(NODE_NAME_LABEL) or None,
         reported_node=str(status["nodeName"]) if status.get("nodeName") else None,
         affinity=_dict(spec.get("affinity")) or None,
+        vm_settings=carried(spec),
         live_migratable=live,
         not_migratable_reason=str((lm or {}).get("reason", "")) if live is False else "",
         not_migratable_message=str((lm or {}).get("message", "")) if live is False else "",

@@ -12,6 +12,7 @@ from sod_operator.policy.observed import SecureVMView
 from sod_operator.policy.plan import Action, Event, Observation, Plan
 from sod_operator.policy.settings import RelocationSettings
 from sod_operator.policy.status import Conditions
+from sod_operator.policy.vmsettings import NONE, VMSettings
 
 
 @dataclass
@@ -22,6 +23,8 @@ class Planning:
     plan: Plan
     cond: Conditions
     slot_granted: bool = False
+    vm_class: VMSettings = NONE
+    """The VM settings of the class chosen for this VM (`policy.class_choice`)."""
 
     @property
     def svm(self) -> SecureVMView:

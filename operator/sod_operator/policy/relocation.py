@@ -20,6 +20,7 @@ a `SlotRequest` instead of the migration.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -28,6 +29,11 @@ from sod_operator.api.v1alpha1.securevm import (
     FailClosedAction,
     RelocationResult,
     RelocationTrigger,
+)
+from sod_operator.policy.class_choice import (
+    choose_vm_class,
+    ensure_vm_settings,
+    missing_settings,
 )
 from sod_operator.policy.decision import (
     Situation,
@@ -96,10 +102,13 @@ def reconcile(
 def _decide(ctx: Planning) -> None:
     if not _request(ctx):
         return  # Fail safe: an unresolvable request never moves or stops a running VM.
+    if not choose_vm_class(ctx):
+        return
     obs = ctx.obs
     desired, eligible = _placement(ctx)
     if not ensure_vm(ctx, desired, eligible):
         return
+    ensure_vm_settings(ctx)
     vm, vmi = obs.vm, obs.vmi
     assert vm is not None
     migrating = any(not m.final for m in obs.migrations) or (vmi is not None and vmi.migrating)
@@ -191,6 +200,9 @@ def _running(ctx: Planning, eligible: list[str], propagated: bool, migrating: bo
     profile = justifying_profile(node, obs.resolution.satisfying, obs.costs) if node else None
     if vmi.node_conflict:
         profile = None  # a disputed placement (status vs label vs launcher pods): never Compliant
+    missing = missing_settings(obs, profile, vmi)
+    if missing:
+        profile = None  # the node protects only VMs launched to use it (issue 14)
     previous = (st.node_profile, st.node_name)
     st.node_name, st.node_profile = vmi.node_name, profile
     finish_restart(ctx)
@@ -214,7 +226,7 @@ def _running(ctx: Planning, eligible: list[str], propagated: bool, migrating: bo
     if profile is not None:
         _compliant(ctx, base, profile)
     else:
-        _non_compliant(ctx, base, node, previous)
+        _non_compliant(ctx, base, node, previous, missing)
 
 
 def _situation(
@@ -304,7 +316,11 @@ def _schedule_moving_target(ctx: Planning) -> None:
 
 
 def _non_compliant(
-    ctx: Planning, base: Situation, node: NodeView | None, previous: tuple[str | None, str | None]
+    ctx: Planning,
+    base: Situation,
+    node: NodeView | None,
+    previous: tuple[str | None, str | None],
+    missing: Sequence[str] = (),
 ) -> None:
     st, res = ctx.status, ctx.obs.resolution
     trigger = _trigger(ctx, node, previous)
@@ -319,6 +335,11 @@ def _non_compliant(
         )
     else:
         what = f"node {base.node} is gone"
+    if missing and node is not None:
+        what = (
+            f"node {node.name}'s verified profile(s) protect only VMs launched with "
+            f"{', '.join(missing)}, which the running instance lacks"
+        )
     if base.vmi.node_conflict:
         what = f"where the VM runs is disputed: {base.vmi.node_conflict}"
     ctx.cond.false(ConditionType.COMPLIANT, _TRIGGER_REASON[trigger], what)

@@ -24,6 +24,7 @@ from sod_operator.api.v1alpha1.securevm import (
     RelocationResult,
     RelocationTrigger,
 )
+from sod_operator.policy.class_choice import desired_settings
 from sod_operator.policy.decision import (
     Decision,
     Rule,
@@ -120,6 +121,21 @@ def restart_in_progress(s: Situation) -> Decision | None:
     return relocating(Reason.RESTARTING, f"restarting off {rec.from_node}")
 
 
+def settings_need_restart(s: Situation) -> Decision | None:
+    """The instance lacks the VM settings its class needs (e.g. launchSecurity.snp): no
+    migration can add them, only a new instance launched from the VM (issue 14)."""
+    desired = desired_settings(s.obs)
+    missing = desired.missing(s.vmi.vm_settings)
+    if not missing:
+        return None
+    if s.vm.vm_settings != desired:
+        return relocating(
+            Reason.VM_SETTINGS_MISSING, f"rendering {desired.describe()} into the VM first"
+        )
+    why = f"the running instance lacks {', '.join(missing)}"
+    return restart_or_flag(s, Reason.VM_SETTINGS_MISSING, why, same_node=True)
+
+
 def affinity_needs_restart(s: Situation) -> Decision | None:
     """KubeVirt will never copy the new affinity to the running VMI (`RestartRequired`)."""
     if s.affinity_propagated or not s.vm.restart_required:
@@ -200,6 +216,7 @@ RELOCATION: Sequence[Rule] = (
     our_migration_running,
     other_migration_running,
     restart_in_progress,
+    settings_need_restart,
     affinity_needs_restart,
     affinity_not_propagated,
     no_compliant_target,
@@ -213,13 +230,13 @@ RELOCATION: Sequence[Rule] = (
 # -------------------------------------------------------------------------------- shared steps
 
 
-def restart_or_flag(s: Situation, reason: str, why: str) -> Decision:
+def restart_or_flag(s: Situation, reason: str, why: str, *, same_node: bool = False) -> Decision:
     """Relocate by a restart where the SecureVM allows it (KubeVirt starts the VM again on a
     compliant node: its affinity admits only those), else say what would allow it."""
     if not s.restart_allowed:
         hint = "set spec.relocation.restartAllowed to relocate it by a restart"
         return not_relocating(reason, f"{why}; {hint}")
-    if not s.targets:
+    if not (s.eligible if same_node else s.targets):
         return not_relocating(
             Reason.NO_COMPLIANT_NODE, "no compliant node to restart on", starved=True
         )

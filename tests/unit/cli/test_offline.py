@@ -67,7 +67,9 @@ def test_table_prints_table_iii(capsys):
     code, out, _ = run(capsys, "table", "--profiles", PROFILES)
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith("hyperwall"))
-    assert row.split()[1:] == ["No"] * 6 + ["Yes"] * 4 + ["No"] * 4 + ["FullVM", "10"]
+    assert row.split()[1:] == ["No"] * 6 + ["Yes"] * 4 + ["No"] * 4 + ["FullVM", "10", "-"]
+    snp = next(line for line in out.splitlines() if line.startswith("sev-snp"))
+    assert snp.endswith("launchSecurity.snp, firmware.bootloader.efi")
 
 
 BAD = {

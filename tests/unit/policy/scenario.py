@@ -28,6 +28,7 @@ from sod_operator.policy.observed import (
 from sod_operator.policy.plan import Observation, Plan, SecureVMView
 from sod_operator.policy.relocation import reconcile
 from sod_operator.policy.settings import RelocationSettings
+from sod_operator.policy.vmsettings import carried
 from sod_operator.policy.world import World
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -104,6 +105,9 @@ class Scenario:
         assert svm.spec.template is not None
         if affinity is None:
             affinity = self.desired_affinity(name)
+        if "vm_settings" not in kw:
+            # As created: with the chosen class's launchSecurity/firmware (issue 14).
+            kw["vm_settings"] = carried(self.desired_vm(name)["spec"]["template"]["spec"])
         view = VMView(
             NS,
             svm.vm_name,
@@ -157,14 +161,19 @@ class Scenario:
         self.world.apply_migration((NS, name), view)
         return self
 
-    def desired_affinity(self, name: str) -> dict[str, Any]:
-        """What the planner wants the VM's affinity to be (from a plan with no VM yet)."""
+    def desired_vm(self, name: str) -> dict[str, Any]:
+        """The VirtualMachine the planner would create (from a plan with no VM yet)."""
         obs = self.observe(name)
         plan = reconcile(replace(obs, vm=None, vmi=None), self.settings, self.now)
         body = next(
             a for a in plan.actions if hasattr(a, "body") and a.body["kind"] == "VirtualMachine"
         )
-        aff: dict[str, Any] = body.body["spec"]["template"]["spec"]["affinity"]
+        vm: dict[str, Any] = body.body
+        return vm
+
+    def desired_affinity(self, name: str) -> dict[str, Any]:
+        """What the planner wants the VM's affinity to be (from a plan with no VM yet)."""
+        aff: dict[str, Any] = self.desired_vm(name)["spec"]["template"]["spec"]["affinity"]
         return aff
 
     def observe(self, name: str) -> Observation:

@@ -385,8 +385,12 @@ def test_fail_closed_stop_halts_the_vm_and_restores_it_when_a_node_qualifies():
     s.world.apply_vmi((NS, "vm"), None)
     assert condition(s.plan("vm"), "Ready") == ("False", "FailClosedStopped")
     s.node("hw-2", "hyperwall")
-    (restore,) = actions(s.plan("vm"), PatchVM)
+    # The stopped VM also moves to the class that has a node now (hyperwall: no VM settings,
+    # issue 14): its launchSecurity and affinity are patched before it is started again.
+    patches = actions(s.plan("vm"), PatchVM)
+    restore = patches[-1]
     assert restore.patch["spec"]["runStrategy"] == "Always"
+    assert patches[0].patch["spec"]["template"]["spec"]["domain"]["launchSecurity"] is None
 
 
 # ------------------------------------------------------------------ moving target defense

@@ -82,6 +82,7 @@ def test_relocation_chain_is_in_kubevirts_order():
         "our_migration_running",
         "other_migration_running",
         "restart_in_progress",
+        "settings_need_restart",
         "affinity_needs_restart",
         "affinity_not_propagated",
         "no_compliant_target",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field
@@ -38,6 +39,38 @@ class Protection(ApiModel):
     """Why the cell is what it is (e.g. NoHype's `No*`: it removes the hypervisor at runtime)."""
 
 
+class LaunchSecurity(StrEnum):
+    """A confidential-VM technology, named as KubeVirt's `spec.domain.launchSecurity` member
+    (kubevirt.io/api core/v1 `LaunchSecurity`), so a profile maps onto the VM one to one."""
+
+    SEV = "sev"
+    SNP = "snp"
+    TDX = "tdx"
+
+
+class FirmwareRequirements(ApiModel):
+    """Firmware the VM must boot with (KubeVirt `spec.domain.firmware.bootloader.efi`)."""
+
+    efi: bool = False
+    """The VM boots UEFI firmware (SEV, SNP and TDX guests need it)."""
+    secure_boot: bool = False
+    """UEFI Secure Boot is on (implies `efi`)."""
+
+
+class VMRequirements(ApiModel):
+    """What the VM itself must carry for the profile's protections to hold.
+
+    The node's architecture protects only VMs launched to use it: an ordinary VM on an SEV-SNP
+    node has no protection from the hypervisor. The operator renders these settings into the
+    VM it places on the profile, and reports a running instance without them non-compliant.
+    """
+
+    launch_security: LaunchSecurity | None = None
+    """The launchSecurity member the VM must be launched with, if any."""
+    firmware: FirmwareRequirements | None = None
+    """Firmware settings the VM must boot with, if any."""
+
+
 class ServerSecurityProfileSpec(ApiModel):
     """The protections of one security architecture, as its architects claim them (Table III).
 
@@ -66,6 +99,9 @@ class ServerSecurityProfileSpec(ApiModel):
     cost: Annotated[int, Field(ge=0, le=1_000_000)] = 1
     """Relative cost of a node of this class. Placement prefers the cheapest sufficient class,
     so premium secure servers are not used up by VMs that need less."""
+    vm_requirements: VMRequirements | None = None
+    """What the VM must carry for the protections above to hold (e.g. `launchSecurity: snp`).
+    Without it the protections hold for any VM on a node of this profile."""
     attestation: AttestationPolicy | None = None
     """How the verifier proves a node has this architecture. A profile without a policy is
     never verified on any node."""

@@ -211,6 +211,15 @@ class RelocationRecord(ApiModel):
     """Details, e.g. the failure reported by KubeVirt."""
 
 
+class PlacementClass(ApiModel):
+    """Profiles needing the same VM settings, and those settings as rendered into the VM."""
+
+    profiles: Annotated[list[DNS1123Name], Field(max_length=256)]
+    """The satisfying profiles of the chosen class; the VM's affinity admits only these."""
+    vm_settings: ShortText
+    """The settings rendered into the VM, e.g. `launchSecurity.snp`."""
+
+
 class SecureVMStatus(ApiModel):
     """Observed state of a SecureVM, written by the operator only."""
 
@@ -222,6 +231,9 @@ class SecureVMStatus(ApiModel):
     """The resolved Security Request Matrix (Table II row) and scope."""
     satisfying_profiles: Annotated[list[DNS1123Name], Field(max_length=256)] | None = None
     """Profiles that satisfy the request, sorted."""
+    placement_class: PlacementClass | None = None
+    """The class of satisfying profiles the VM is placed on, when they need different VM
+    settings (docs/OPERATOR.md, "Confidential profiles")."""
     unmet: Annotated[list[ProfileGap], Field(max_length=256)] | None = None
     """For each profile that does not satisfy the request, what it lacks."""
     eligible_nodes: Annotated[int, Field(ge=0, le=100_000)] | None = None
