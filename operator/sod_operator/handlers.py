@@ -82,6 +82,19 @@ async def event_nodes(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: A
     _react(memo, Kind.NODE, body, type)
 
 
+# ---- verdict expiries: a label outliving its verdict is void (fail closed without a verifier)
+
+
+@kopf.index(*SOD, "nodeattestations")
+async def index_attestations(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _observe(memo, Kind.ATTESTATION, body)
+
+
+@kopf.on.event(*SOD, "nodeattestations")
+async def event_attestations(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _react(memo, Kind.ATTESTATION, body, type)
+
+
 # ---- the catalog
 
 

@@ -85,8 +85,9 @@ OPERATOR_ROLE = ChartRole(
     "operator",
     why=(
         "The operator reconciles SecureVMs into KubeVirt VMs and migrations. It reads node "
-        "labels but can never write them (only the verifier labels nodes), and it never reads "
-        "nodes' evidence or verdicts (NodeAttestations). Every grant is used: "
+        "labels but can never write them (only the verifier labels nodes); of NodeAttestations it "
+        "reads only the verdicts' expiry times (a label outliving its verdict is void: fail "
+        "closed without any verifier, issue 17), never writes them. Every grant is used: "
         "tests/e2e/test_reliability_authz.py audits a run of the operator under this role "
         "(docs/RELIABILITY.md lists each grant and why)."
     ),
@@ -102,6 +103,9 @@ OPERATOR_ROLE = ChartRole(
             "The catalog: profiles (whose status counts verified nodes) and packages.")),
         Rule((GROUP,), ("serversecurityprofiles/status",), ("patch",)),
         Rule(("",), ("nodes",), READ, why="Node trust labels are read, never written."),
+        Rule((GROUP,), ("nodeattestations",), READ, why=(
+            "Verdicts' expiryTime: a verified profile is void once its verdict expired, even "
+            "while its label is still on the node (no verifier left to remove it). Read only.")),
         Rule(("kubevirt.io",), ("virtualmachines",), (*READ, "create", "patch"), why=(
             "VMs are created from spec.template (or adopted) and patched (affinity, a changed "
             "template, fail-closed Stop); never deleted (owner references garbage-collect the "

@@ -397,6 +397,8 @@ _grant("sod.dev", "securevms/status", "patch", "status: conditions, placement, h
 _grant("sod.dev", "serversecurityprofiles securitypackages", "get list watch", "the catalog")
 _grant("sod.dev", "serversecurityprofiles/status", "patch", "profile status: verified nodes")
 _grant("", "nodes", "get list watch", "trust labels (read only)")
+_grant("sod.dev", "nodeattestations", "get list watch",
+       "verdicts' expiry: a label outliving its verdict is void (read only)")  # fmt: skip
 _grant("kubevirt.io", "virtualmachines", "get list watch", "the managed and adopted VMs")
 _grant("kubevirt.io", "virtualmachines", "create", "a VM from spec.template")
 _grant("kubevirt.io", "virtualmachines", "patch", "affinity, adoption label, fail-closed Stop")

@@ -49,6 +49,7 @@ from sod_operator.policy.observed import (
     profile_from_body,
     resource_version,
     securevm_from_body,
+    verdict_expiries,
     vm_from_body,
     vmi_from_body,
 )
@@ -150,6 +151,9 @@ class Controller:
         match kind:
             case Kind.NODE:
                 return self._fold_node(body, deleted)
+            case Kind.ATTESTATION:
+                expiries = None if deleted else verdict_expiries(body)
+                return w.apply_attestation(key[1], expiries, self.clock())
             case Kind.PROFILE:
                 return self._fold_profile(body, deleted)
             case Kind.PACKAGE:
@@ -275,7 +279,8 @@ class Controller:
 
     def _plan_and_execute(self, batch: list[Key]) -> None:
         started = time.perf_counter()
-        snapshot = self.world.snapshot()
+        now = self.clock()
+        snapshot = self.world.snapshot(now)
         observations = {}
         for key in batch:
             obs = self.world.observation(key, snapshot)
@@ -286,7 +291,7 @@ class Controller:
         waiting_outside = len(self._waiting - set(observations))
         dispatched = (m for ms in self._dispatched.values() for m in ms)
         in_flight = self.world.in_flight(waiting_outside).plus(dispatched)
-        result = plan_batch(observations, in_flight, self.settings, self.clock())
+        result = plan_batch(observations, in_flight, self.settings, now)
         self._waiting = (self._waiting - set(observations)) | set(result.waiting)
         self.metrics.planning.observe(time.perf_counter() - started)
         for key, plan in result.plans.items():

@@ -36,6 +36,8 @@ class Reason(StrEnum):
     """The VM was found on a node that never satisfied it (e.g. an adopted VM)."""
     TRUST_REVOKED = "TrustRevoked"
     """The node lost the verified profile that made it compliant."""
+    TRUST_EXPIRED = "TrustExpired"
+    """The verdict proving the node's profile expired unrenewed (label or not): void."""
     REQUEST_RAISED = "RequestRaised"
     """The request changed and the node no longer satisfies it."""
     PROFILE_CHANGED = "ProfileChanged"

@@ -62,6 +62,8 @@ class Kind(StrEnum):
     MIGRATION = "VirtualMachineInstanceMigration"
     POD = "Pod"
     """virt-launcher pods only: where the scheduler bound each VMI (issue 19)."""
+    ATTESTATION = "NodeAttestation"
+    """Only its verdicts' expiry times: a verified profile is void once expired (issue 17)."""
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -119,6 +121,20 @@ def node_from_body(body: Mapping[str, Any]) -> NodeView:
         schedulable=not spec.get("unschedulable"),
         taints=blocking_taints(spec.get("taints") or ()),
     )
+
+
+def verdict_expiries(body: Mapping[str, Any]) -> dict[str, datetime]:
+    """profile → `expiryTime` of each `Verified` verdict in a NodeAttestation's status.
+
+    A verdict without an expiry time never expires here (the verifier always sets one)."""
+    out: dict[str, datetime] = {}
+    for verdict in _dict(body.get("status")).get("verdicts") or ():
+        if not isinstance(verdict, dict) or verdict.get("result") != "Verified":
+            continue
+        expiry = parse_time(verdict.get("expiryTime"))
+        if expiry is not None and isinstance(verdict.get("profile"), str):
+            out[verdict["profile"]] = expiry
+    return out
 
 
 def profile_from_body(body: Mapping[str, Any]) -> ServerSecurityProfileSpec:

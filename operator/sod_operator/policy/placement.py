@@ -214,12 +214,15 @@ class NodeView:
     schedulable: bool = True
     taints: tuple[Json, ...] = ()
     """`spec.taints` with effect NoSchedule or NoExecute: a pod must tolerate them."""
+    expired: frozenset[str] = frozenset()
+    """Profiles labelled verified whose verdict has expired unrenewed: void (fail closed,
+    `NodeSnapshot.view`); never in `verified`."""
 
     @cached_property
     def verified(self) -> frozenset[str]:
         # Cached: planning asks this per candidate node, and a node's labels never change in
         # place (a label event builds a new NodeView).
-        return verified_profiles(self.labels)
+        return verified_profiles(self.labels) - self.expired
 
 
 _BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})

@@ -13,7 +13,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -68,6 +68,10 @@ class NodeSnapshot:
     by_profile: Mapping[str, frozenset[str] | set[str]]
     revoked_at: Mapping[str, datetime] = field(default_factory=dict)
     load: Mapping[str, int] = field(default_factory=dict)
+    expiry: Mapping[str, Mapping[str, datetime]] = field(default_factory=dict)
+    """node → profile → when its `Verified` verdict expires (NodeAttestation status)."""
+    now: datetime | None = None
+    """The planning time: a verdict expired by then voids its profile, label or not."""
     _eligible: dict[tuple[str, ...], tuple[str, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -90,11 +94,48 @@ class NodeSnapshot:
         names: set[str] = set()
         for profile in satisfying:
             names.update(self.by_profile.get(profile, ()))
-        candidates = (self.nodes[n] for n in names if n in self.nodes)
+        candidates = (v for n in names if (v := self.view(n)) is not None)
         out = eligible_nodes(candidates, satisfying, tenant_terms, launcher)
         if cacheable:
             # One snapshot serves one planning batch: VMs with the same request share the answer.
             self._eligible[cache_key] = tuple(out)
+        return out
+
+    def at(self, now: datetime) -> NodeSnapshot:
+        """This snapshot judged at `now` (itself when it already is: one batch shares one)."""
+        if self.now == now:
+            return self
+        return replace(self, now=now, _eligible={})
+
+    def view(self, name: str) -> NodeView | None:
+        """The node with every profile whose verdict expired by `now` removed from `verified`:
+        the labels alone never outlive the verdict that put them there (issue 17)."""
+        node = self.nodes.get(name)
+        if node is None:
+            return None
+        expired = self.expired(name, node)
+        return replace(node, expired=expired) if expired else node
+
+    def expired(self, name: str, node: NodeView) -> frozenset[str]:
+        """Profiles labelled on the node whose verdict expired by `now`."""
+        expiry = self.expiry.get(name)
+        if not expiry or self.now is None:
+            return frozenset()
+        now = self.now
+        return frozenset(p for p in node.verified if (t := expiry.get(p)) is not None and t <= now)
+
+    def expiry_of(self, name: str, profile: str) -> datetime | None:
+        """When the verdict for `profile` on node `name` expires (None: not known)."""
+        return self.expiry.get(name, {}).get(profile)
+
+    def void_nodes(self, satisfying: Sequence[str]) -> set[str]:
+        """Nodes labelled with a satisfying profile that is void by now: the scheduler would
+        still admit them (the affinity matches labels), so migrations are steered away."""
+        out: set[str] = set()
+        for profile in satisfying:
+            for name in self.by_profile.get(profile, ()):
+                if (t := self.expiry_of(name, profile)) is not None and self.now and t <= self.now:
+                    out.add(name)
         return out
 
 

@@ -72,6 +72,7 @@ from sod_operator.policy.status import Conditions, find_condition
 
 _TRIGGER_REASON = {
     RelocationTrigger.TRUST_REVOKED: Reason.TRUST_REVOKED,
+    RelocationTrigger.TRUST_EXPIRED: Reason.TRUST_EXPIRED,
     RelocationTrigger.REQUEST_RAISED: Reason.REQUEST_RAISED,
     RelocationTrigger.PROFILE_CHANGED: Reason.PROFILE_CHANGED,
     RelocationTrigger.NODE_NOT_COMPLIANT: Reason.NODE_NOT_COMPLIANT,
@@ -83,6 +84,8 @@ def reconcile(
     obs: Observation, cfg: RelocationSettings, now: datetime, *, slot_granted: bool = False
 ) -> Plan:
     """Plan one SecureVM. Pure: same inputs, same plan; `now` is the only clock."""
+    # Verdicts expire with the clock, not with an event: the nodes are judged at `now`.
+    obs = replace(obs, nodes=obs.nodes.at(now))
     svm = obs.svm
     # Shallow: the planner replaces status fields, never mutates the objects they hold.
     status = svm.status.model_copy()
@@ -196,7 +199,7 @@ def _running(ctx: Planning, eligible: list[str], propagated: bool, migrating: bo
     vmi = obs.vmi
     assert vmi is not None
     assert vmi.node_name
-    node = obs.nodes.nodes.get(vmi.node_name)
+    node = obs.nodes.view(vmi.node_name)
     profile = justifying_profile(node, obs.resolution.satisfying, obs.costs) if node else None
     if vmi.node_conflict:
         profile = None  # a disputed placement (status vs label vs launcher pods): never Compliant
@@ -289,6 +292,10 @@ def _compliant(ctx: Planning, base: Situation, profile: str) -> None:
         ctx.plan.signals.append(TimeToCompliance((now - st.non_compliant_since).total_seconds()))
     st.non_compliant_since = None
     ctx.plan.protected_by = profile
+    expiry = ctx.obs.nodes.expiry_of(node, profile)
+    if expiry is not None:
+        # Nothing else happens when a verdict lapses: wake at its expiry (no polling).
+        ctx.plan.requeue(max(0.0, (expiry - now).total_seconds()))
     msg = f"runs on node {node}, whose verified profile {profile} satisfies the request"
     ctx.cond.true(ConditionType.COMPLIANT, Reason.COMPLIANT_NODE, msg)
     ctx.cond.true(ConditionType.READY, Reason.COMPLIANT_NODE, msg)
@@ -333,6 +340,7 @@ def _non_compliant(
             f"node {node.name} has verified profile(s) [{verified}]; none satisfies the "
             f"request (satisfied by [{satisfied_by}])"
         )
+        what += _expired(ctx, node)
     else:
         what = f"node {base.node} is gone"
     if missing and node is not None:
@@ -350,6 +358,20 @@ def _non_compliant(
     ctx.apply(first(RELOCATION, situation))
 
 
+def _expired(ctx: Planning, node: NodeView) -> str:
+    """Why a labelled profile does not count: its verdict expired and nobody renewed it."""
+    if not node.expired:
+        return ""
+    when = ", ".join(
+        f"{p} at {t.isoformat()}" if (t := ctx.obs.nodes.expiry_of(node.name, p)) else p
+        for p in sorted(node.expired)
+    )
+    return (
+        f"; the verdict(s) for {when} expired and no verifier renewed them: the label is still "
+        "on the node but void (fail closed)"
+    )
+
+
 def _trigger(
     ctx: Planning, node: NodeView | None, previous: tuple[str | None, str | None]
 ) -> RelocationTrigger:
@@ -363,6 +385,8 @@ def _trigger(
     previous_profile, previous_node = previous
     if not previous_profile or node is None or previous_node != node.name:
         return RelocationTrigger.NODE_NOT_COMPLIANT
+    if previous_profile in node.expired:
+        return RelocationTrigger.TRUST_EXPIRED
     if previous_profile not in node.verified:
         return RelocationTrigger.TRUST_REVOKED
     if svm.status.observed_generation not in (None, svm.generation):

@@ -296,7 +296,8 @@ def steer(s: Situation, avoid: Sequence[str]) -> str:
     """The hostname to steer a migration to, or "" to let the scheduler pick.
 
     Steer to one pre-validated node only when some compliant nodes must be avoided (failed
-    targets, or nodes that lost a profile within the cool-down: anti-flapping). Otherwise the
+    targets, or nodes that lost a profile within the cool-down: anti-flapping), or when some
+    node still carries a satisfying label whose verdict expired (void). Otherwise the
     scheduler picks among all compliant nodes (it knows capacity; the cost preferences
     already steer to the cheapest class).
     """
@@ -306,7 +307,9 @@ def steer(s: Situation, avoid: Sequence[str]) -> str:
         n for n in targets if (t := nodes.revoked_at.get(n)) is not None and s.now - t < cooldown
     }
     shunned = set(avoid) | flapping
-    if not shunned & set(targets):
+    # Nodes whose verdict expired still carry the label the affinity matches: steer past them.
+    void = nodes.void_nodes(s.obs.resolution.satisfying)
+    if not shunned & set(targets) and not void:
         return ""
     preferred = [n for n in targets if n not in shunned] or [n for n in targets if n not in avoid]
     if not preferred:

@@ -108,6 +108,8 @@ class World:
         """SecureVM → (uid, generation, the apiserver's message) of a refused VM create."""
         self.starved: set[Key] = set()
         """SecureVMs whose last plan found no compliant node: woken when a node gains trust."""
+        self.expiry: dict[str, dict[str, datetime]] = {}
+        """node → profile → expiry of its `Verified` verdict (NodeAttestation status)."""
 
     # ---------------------------------------------------------------- nodes
 
@@ -144,6 +146,31 @@ class World:
         if lost or gained or placeable_changed:
             affected |= self._svms_on_node.get(name, set())
         if gained or placeable_changed:
+            affected |= self.starved
+        return affected
+
+    def apply_attestation(
+        self, name: str, expiries: dict[str, datetime] | None, now: datetime
+    ) -> set[Key]:
+        """A NodeAttestation's verdict expiries changed (`None`: deleted).
+
+        A renewal that leaves every profile as valid at `now` as before wakes nobody (a SecureVM
+        on the node already wakes at the expiry it planned with, and sees the renewal then);
+        a profile becoming void or valid again at `now` wakes the SecureVMs on the node and, when
+        one became valid, the starved ones."""
+        old = self.expiry.get(name, {})
+        new = expiries or {}
+        if new:
+            self.expiry[name] = dict(new)
+        else:
+            self.expiry.pop(name, None)
+        before = {p for p, t in old.items() if t <= now}
+        after = {p for p, t in new.items() if t <= now}
+        revived = before - after
+        if not revived and after <= before:
+            return set()
+        affected = set(self._svms_on_node.get(name, set()))
+        if revived:
             affected |= self.starved
         return affected
 
@@ -417,8 +444,11 @@ class World:
 
     # ---------------------------------------------------------------- planner input
 
-    def snapshot(self) -> NodeSnapshot:
-        return NodeSnapshot(self.nodes, self.by_profile, self.revoked_at, self.load)
+    def snapshot(self, now: datetime | None = None) -> NodeSnapshot:
+        """The nodes as planned at `now` (verdicts expired by then void their profiles)."""
+        return NodeSnapshot(
+            self.nodes, self.by_profile, self.revoked_at, self.load, self.expiry, now
+        )
 
     def observation(self, key: Key, snapshot: NodeSnapshot | None = None) -> Observation | None:
         svm = self.svms.get(key)

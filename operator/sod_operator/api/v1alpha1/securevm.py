@@ -165,6 +165,9 @@ class ResolvedRequest(ApiModel):
 class RelocationTrigger(StrEnum):
     TRUST_REVOKED = "TrustRevoked"
     """The node lost the verified profile that made it compliant."""
+    TRUST_EXPIRED = "TrustExpired"
+    """The verdict proving the node's profile expired (no verifier renewed it), even though the
+    profile's label may still be on the node: the profile is void (fail closed)."""
     REQUEST_RAISED = "RequestRaised"
     """The SecureVM's request changed so that the node no longer satisfies it."""
     PROFILE_CHANGED = "ProfileChanged"
