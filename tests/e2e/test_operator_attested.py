@@ -157,3 +157,61 @@ def test_evidence_of_a_violation_moves_the_vm_through_real_attestation(
     finally:
         op.stop()
         print(f"--- sod-operator log (tail) ---\n{op.log(3000)}")
+
+
+def _verdict_expiries(api: KubeApi, node: str) -> list[str]:
+    natt = api.get(resource_path(SOD, "nodeattestations", name=node))
+    return [v.get("expiryTime") for v in (natt.get("status") or {}).get("verdicts") or []]
+
+
+def test_without_any_verifier_expired_verdicts_void_the_labels_and_fail_closed_applies(
+    bed: TrustBed,
+    sandbox: LocalCluster,
+    kube_api: KubeApi,
+    kubeconfig: Path,
+    namespace: str,
+    kube: Kube,
+    tmp_path: Path,
+):
+    """Issue 17 item 2: every verifier replica stopped, the labels stay on the nodes, yet once
+    the verdicts expire (freshnessSeconds 10) the operator treats the profile as void: the VM's
+    SecureVM says TrustExpired and its fail-closed deadline (Stop) halts it."""
+    wait_for(lambda: verified_on(kube_api), lambda s: s == {"hyperwall-1", "hyperwall-2"},
+             "the verifier to verify the two HyperWall nodes", 60)  # fmt: skip
+    op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log").start()
+    fail_closed = {"failClosed": {"action": "Stop", "deadlineSeconds": 5}}
+    try:
+        kube.create("securevms", securevm("vm-x", VM_B, relocation=fail_closed), api_version=SOD)
+
+        def svm() -> dict[str, Any]:
+            obj = kube.get("securevms", "vm-x", api_version=SOD)
+            assert obj is not None
+            return obj
+
+        wait_for(svm, lambda o: (condition(o, "Ready") or {}).get("status") == "True",
+                 "vm-x Ready", 60)  # fmt: skip
+        sandbox.processes.pop("verifier").stop()  # the only replica: nobody renews or revokes
+        expired = wait_for(
+            svm,
+            lambda o: (condition(o, "Compliant") or {}).get("reason") == "TrustExpired",
+            "vm-x non-compliant with reason TrustExpired",
+            60,
+        )
+        message = condition(expired, "Compliant")["message"]
+        assert "no verifier renewed them" in message, message
+        stopped = wait_for(
+            lambda: kube.get("virtualmachines", "vm-x"),
+            lambda vm: vm is not None and vm["spec"].get("runStrategy") == "Halted",
+            "the fail-closed Stop to halt vm-x",
+            60,
+        )
+        assert "sod.dev/fail-closed-stopped" in stopped["metadata"]["annotations"]
+        # Nobody removed a label: the operator judged the verdicts' expiry alone.
+        assert verified_on(kube_api) == {"hyperwall-1", "hyperwall-2"}
+        assert all(_verdict_expiries(kube_api, n) for n in ("hyperwall-1", "hyperwall-2"))
+        assert (condition(svm(), "Ready") or {}).get("reason") == "FailClosedStopped"
+    finally:
+        op.stop()
+        print(f"--- sod-operator log (tail) ---\n{op.log(3000)}")
+        if "verifier" not in sandbox.processes:
+            bed.start_verifier()  # the module's teardown stops it
