@@ -28,7 +28,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sod_operator.adapters.executor import Executor, Outcome, VMRejected
+from sod_operator.adapters.executor import Executor, MigrationRefused, Outcome, VMRejected
 from sod_operator.adapters.metrics import Metrics
 from sod_operator.adapters.profile_status import ProfileStatus
 from sod_operator.adapters.queue import PlanQueue
@@ -334,6 +334,12 @@ class Controller:
             if svm is not None:
                 self.world.vm_rejections[key] = (svm.uid, svm.generation, err.message)
             self.mark([key])  # re-plan at once: the status says why there is no VM
+        except MigrationRefused as err:
+            svm = self.world.svms.get(key)
+            if svm is not None:
+                self.world.migration_refusals[key] = (svm.uid, err.name, err.message)
+            log.warning("%s/%s: migration %s refused: %s", *key, err.name, err.message)
+            self.mark([key])  # re-plan at once: the attempt fails and backs off
         except Exception as err:
             self.metrics.api_errors.labels(action=type(err).__name__).inc()
             log.warning("executing the plan of %s/%s failed: %s; retrying", *key, err)

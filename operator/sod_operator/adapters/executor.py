@@ -56,6 +56,22 @@ class VMRejected(Exception):
         self.message = message
 
 
+class MigrationRefused(Exception):
+    """virt-api refused to admit a migration (its VMIM create admitter: the VMI is not running,
+    not live-migratable, or one is already in flight). Re-sending the same body at once would
+    be refused again: the planner closes the attempt and backs off."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.message = message
+
+
+def refused_at_admission(err: ApiError) -> bool:
+    """An admission webhook's denial (KubeVirt answers 422 Invalid; other admitters 400/403)."""
+    return err.status in (400, 422) or (err.status == 403 and "denied the request" in err.message)
+
+
 class WriteThrough(Protocol):
     def written(self, kind: Kind, body: Json) -> None:
         """An object as the apiserver answered our write."""
@@ -140,6 +156,8 @@ class Executor:
                 KUBEVIRT, "virtualmachineinstancemigrations", ns, action.body
             )
         except ApiError as err:
+            if refused_at_admission(err):
+                raise MigrationRefused(action.name, err.message) from err
             if not err.already_exists:
                 raise
             log.info("migration %s/%s already exists (created before a restart)", ns, action.name)

@@ -66,6 +66,9 @@ class Reason(StrEnum):
     IDLE = "Idle"
     # RelocationFailed
     MIGRATION_FAILED = "MigrationFailed"
+    MIGRATION_REFUSED = "MigrationRefused"
+    """virt-api refused to admit the migration (e.g. the VMI is not running, not live-migratable,
+    or another migration is in flight): backed off like a failed attempt, never re-sent."""
     NO_FAILURE = "NoFailure"
     # NonMigratable
     LIVE_MIGRATABLE = "LiveMigratable"
@@ -92,6 +95,8 @@ class EventReason(StrEnum):
     MIGRATION_CREATED = "MigrationCreated"
     MIGRATION_SUCCEEDED = "MigrationSucceeded"
     MIGRATION_FAILED = "MigrationFailed"
+    MIGRATION_VANISHED = "MigrationVanished"
+    """The recorded migration went with its VMI (the instance was replaced): abandoned."""
     RESTARTED = "RestartedForRelocation"
     RESTARTED_PENDING = "RestartedToApplyAffinity"
     STOPPED = "FailClosedStopped"

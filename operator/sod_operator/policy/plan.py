@@ -154,6 +154,8 @@ class Observation:
     vm_rejected: str | None = None
     """Why the apiserver refused to create the VM from this generation's template, if it did
     (retrying cannot help until the tenant changes the SecureVM)."""
+    migration_refused: tuple[str, str] | None = None
+    """(name, virt-api's message) of our last migration create refused at admission."""
     vm_owner: str | None = None
     """Another SecureVM that owns this SecureVM's VM (`World.owner_of`): this one only reports
     VirtualMachineConflict and never acts on the VM."""

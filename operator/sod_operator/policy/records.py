@@ -22,6 +22,8 @@ from sod_operator.policy.plan import Event, EventType, RelocationFinished
 from sod_operator.policy.planning import Planning
 
 SECURITY_TRIGGERS = frozenset(RelocationTrigger) - {RelocationTrigger.MOVING_TARGET_DEFENSE}
+REFUSED = "refused at admission by virt-api"
+"""Prefix of a failed attempt's message when virt-api never admitted its migration."""
 
 
 def recorded_not_created(
@@ -89,6 +91,16 @@ def track_migration(ctx: Planning) -> None:
         return
     assert vmi is not None
     mig = next((m for m in ctx.obs.migrations if m.name == rec.migration_name), None)
+    if mig is None and _refused(ctx, rec):
+        return
+    if mig is None and rec.vmi_uid and rec.vmi_uid != vmi.uid:
+        # The instance it was for is gone, and virt-controller deleted its migrations with it:
+        # never create it again for the new instance (the rules decide afresh).
+        message = f"the VM's instance {rec.vmi_uid} was replaced; its migration went with it"
+        close(ctx, rec, RelocationResult.ABANDONED, "", message)
+        event = f"migration {rec.migration_name} (attempt {rec.attempt}) abandoned: {message}"
+        ctx.plan.events.append(Event(EventType.WARNING, EventReason.MIGRATION_VANISHED, event))
+        return
     if mig is None:
         if not vmi.migrating and vmi.node_name != rec.from_node:
             # The migration finished and was garbage-collected before we saw its final phase.
@@ -100,6 +112,24 @@ def track_migration(ctx: Planning) -> None:
         _succeeded(ctx, rec, mig, vmi)
     elif mig.phase == "Failed" or bool(state and state.failed):
         _failed(ctx, rec, mig, vmi, state)
+
+
+def _refused(ctx: Planning, rec: RelocationRecord) -> bool:
+    """virt-api refused the recorded migration at admission: the attempt failed (so the rules
+    back off, then retry under a new name), never re-sent under the same name at once."""
+    refused = ctx.obs.migration_refused
+    if refused is None or refused[0] != rec.migration_name:
+        return False
+    message = f"{REFUSED}: {refused[1]}"
+    close(ctx, rec, RelocationResult.FAILED, "", message)
+    ctx.plan.events.append(
+        Event(
+            EventType.WARNING,
+            EventReason.MIGRATION_FAILED,
+            f"migration {rec.migration_name} (attempt {rec.attempt}) {message}",
+        )
+    )
+    return True
 
 
 def _succeeded(ctx: Planning, rec: RelocationRecord, mig: MigrationView, vmi: VMIView) -> None:

@@ -65,7 +65,7 @@ from sod_operator.policy.plan import (
     same_affinity,
 )
 from sod_operator.policy.planning import Planning
-from sod_operator.policy.records import abandon_failed, finish_restart, track_migration
+from sod_operator.policy.records import REFUSED, abandon_failed, finish_restart, track_migration
 from sod_operator.policy.rules import RELOCATION
 from sod_operator.policy.settings import RelocationSettings
 from sod_operator.policy.status import Conditions, find_condition
@@ -277,9 +277,10 @@ def _migratability(ctx: Planning) -> None:
 def _failure(ctx: Planning) -> None:
     rec = ctx.status.relocation
     if rec is not None and rec.result is RelocationResult.FAILED:
+        refused = rec.message.startswith(REFUSED)
         ctx.cond.true(
             ConditionType.RELOCATION_FAILED,
-            Reason.MIGRATION_FAILED,
+            Reason.MIGRATION_REFUSED if refused else Reason.MIGRATION_FAILED,
             f"attempt {rec.attempt} failed: {rec.message}",
         )
     else:

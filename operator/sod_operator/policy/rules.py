@@ -275,6 +275,7 @@ def start_migration(s: Situation, trigger: RelocationTrigger) -> Decision:
         start_time=s.now,
         avoid_nodes=avoid or None,
         steered_to=steered,
+        vmi_uid=s.vmi.uid,
     )
     created = (
         f"{trigger}: migration {name} (attempt {attempt}) off {s.node}; "

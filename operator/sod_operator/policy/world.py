@@ -108,6 +108,9 @@ class World:
         """SecureVM → (uid, generation, the apiserver's message) of a refused VM create."""
         self.starved: set[Key] = set()
         """SecureVMs whose last plan found no compliant node: woken when a node gains trust."""
+        self.migration_refusals: dict[Key, tuple[str, str, str]] = {}
+        """SecureVM → (uid, migration name, virt-api's message) of a migration create refused at
+        admission (the planner closes the attempt as failed and backs off)."""
         self.expiry: dict[str, dict[str, datetime]] = {}
         """node → profile → expiry of its `Verified` verdict (NodeAttestation status)."""
 
@@ -224,6 +227,7 @@ class World:
         if view is None:
             self.svms.pop(key, None)
             self.starved.discard(key)
+            self.migration_refusals.pop(key, None)
         else:
             self.svms[key] = view
             self._claimants[(key[0], view.vm_name)].add(key)
@@ -456,6 +460,7 @@ class World:
             return None
         vm_key = (key[0], svm.vm_name)
         rejected = self.vm_rejections.get(key)
+        refused = self.migration_refusals.get(key)
         owner = self.owner_of(*vm_key)
         return Observation(
             svm=svm,
@@ -469,6 +474,7 @@ class World:
             if rejected and rejected[:2] == (svm.uid, svm.generation)
             else None,
             vm_owner=owner[1] if owner is not None and owner != key else None,
+            migration_refused=refused[1:] if refused and refused[0] == svm.uid else None,
         )
 
     def keys_on_node(self, name: str) -> set[Key]:

@@ -15,7 +15,7 @@ import typing
 from typing import Any
 
 import pytest
-from sod_operator.adapters.executor import Executor, Outcome, VMRejected
+from sod_operator.adapters.executor import Executor, MigrationRefused, Outcome, VMRejected
 from sod_operator.adapters.metrics import Metrics
 from sod_operator.api.v1alpha1.securevm import RelocationTrigger, SecureVMStatus
 from sod_operator.kube import ApiError, EventRecorder
@@ -153,3 +153,18 @@ def test_a_vm_the_apiserver_refuses_is_reported():
 
     with pytest.raises(VMRejected, match="bad spec"):
         run(Refusing(), plan(CreateVM(vm_body())))
+
+
+def test_a_migration_virt_api_refuses_at_admission_is_reported_with_its_name():
+    message = (
+        'admission webhook "migration-create-validator.kubevirt.io" denied the request: '
+        "Cannot migrate VMI, Reason: SEVNotLiveMigratable"
+    )
+
+    class Refusing(FakeKube):
+        async def create(self, api_version: str, plural: str, namespace: str, body: Json) -> Json:
+            raise ApiError("POST", plural, 422, {"reason": "Invalid", "message": message})
+
+    with pytest.raises(MigrationRefused, match="SEVNotLiveMigratable") as err:
+        run(Refusing(), plan(migration("m", RelocationTrigger.TRUST_REVOKED)))
+    assert err.value.name == "m"

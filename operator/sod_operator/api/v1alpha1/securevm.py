@@ -212,6 +212,10 @@ class RelocationRecord(ApiModel):
     """InProgress, Succeeded, Failed or Abandoned."""
     message: Message = ""
     """Details, e.g. the failure reported by KubeVirt."""
+    vmi_uid: ShortText = ""
+    """The VirtualMachineInstance the migration was made for. A migration never outlives its
+    VMI (virt-controller deletes a deleted VMI's migrations), so a record for another instance
+    is abandoned, never created again."""
 
 
 class PlacementClass(ApiModel):

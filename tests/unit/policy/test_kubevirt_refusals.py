@@ -1,0 +1,84 @@
+"""What real KubeVirt does to the operator's migrations (issue 13 item 5): virt-api refuses a
+migration at admission; virt-controller deletes a VMI's migrations with the VMI."""
+
+from __future__ import annotations
+
+from sod_operator.api.v1alpha1.securevm import RelocationResult
+from sod_operator.policy.plan import CreateMigration
+
+from tests.unit.policy.scenario import NS, VM_B, Scenario, actions, condition
+
+IN_FLIGHT = (
+    'admission webhook "migration-create-validator.kubevirt.io" denied the request: '
+    "in-flight migration detected"
+)
+
+
+def revoked() -> Scenario:
+    """VM-B on hw-1, whose hyperwall label was just removed; hw-2 is a compliant target."""
+    s = Scenario().profiles("hyperwall", "nohype", "tpm")
+    s.node("hw-1", "hyperwall").node("hw-2", "hyperwall").node("plain-1")
+    s.securevm("vm", VM_B).vm_for("vm").vmi_for("vm", "hw-1")
+    s.apply_status("vm", s.plan("vm"))
+    s.node("hw-1")
+    return s
+
+
+def test_a_refused_migration_fails_the_attempt_with_the_reason_and_backs_off():
+    s = revoked()
+    first = s.plan("vm")
+    (mig,) = actions(first, CreateMigration)
+    s.apply_status("vm", first).later(1)
+    svm = s.world.svms[(NS, "vm")]
+    s.world.migration_refusals[(NS, "vm")] = (svm.uid, mig.name, IN_FLIGHT)
+    refused = s.plan("vm")
+    assert actions(refused, CreateMigration) == []  # never re-sent blindly
+    assert condition(refused, "RelocationFailed") == ("True", "MigrationRefused")
+    assert condition(refused, "Relocating") == ("True", "RetryBackoff")
+    rec = refused.status.relocation
+    assert rec is not None
+    assert rec.result is RelocationResult.FAILED
+    assert rec.migration_name == mig.name
+    assert "refused at admission by virt-api" in rec.message
+    assert "in-flight migration detected" in rec.message
+    assert refused.requeue_after is not None
+    assert refused.requeue_after > 0
+    s.apply_status("vm", refused).later(refused.requeue_after)
+    (retry,) = actions(s.plan("vm"), CreateMigration)
+    assert retry.name != mig.name  # the next attempt, under a new name
+
+
+def test_a_refusal_of_an_older_attempt_is_ignored():
+    s = revoked()
+    first = s.plan("vm")
+    s.apply_status("vm", first)
+    svm = s.world.svms[(NS, "vm")]
+    s.world.migration_refusals[(NS, "vm")] = (svm.uid, "some-other-name", IN_FLIGHT)
+    plan = s.plan("vm")
+    assert condition(plan, "Relocating") == ("True", "Migrating")
+    assert plan.status.relocation is not None
+    assert plan.status.relocation.result is RelocationResult.IN_PROGRESS
+
+
+def test_a_migration_that_vanished_with_its_vmi_is_never_created_again():
+    s = revoked()
+    first = s.plan("vm")
+    (mig,) = actions(first, CreateMigration)
+    assert first.status.relocation is not None
+    assert first.status.relocation.vmi_uid == "vmi-vm-hw-1"
+    s.apply_status("vm", first)
+    s.migration(mig.name, "vm", "Running")
+    # The VM restarts (its VMI deleted): virt-controller deletes the VMI's migrations, and
+    # the new instance lands on hw-1 again.
+    s.world.apply_migration((NS, mig.name), None)
+    s.world.apply_vmi((NS, "vm"), None)
+    s.vmi_for("vm", "hw-1", uid="vmi-vm-new")
+    plan = s.plan("vm")
+    names = [m.name for m in actions(plan, CreateMigration)]
+    assert mig.name not in names
+    assert plan.status.history is not None
+    last = plan.status.history[-1]
+    assert last.migration_name == mig.name
+    assert last.result is RelocationResult.ABANDONED
+    assert "was replaced" in last.message
+    assert any(e.reason == "MigrationVanished" for e in plan.events)
