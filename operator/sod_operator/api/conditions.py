@@ -45,6 +45,9 @@ class Reason(StrEnum):
     NOT_RUNNING = "NotRunning"
     # Pending
     NO_COMPLIANT_NODE = "NoCompliantNode"
+    NO_REACHABLE_NODE = "NoReachableCompliantNode"
+    """Compliant nodes exist, but none the VM can live-migrate to (e.g. a host-model CPU VM
+    and only nodes of another CPU model or vendor): no doomed migration is created."""
     WAITING_FOR_SCHEDULING = "WaitingForScheduling"
     WAITING_FOR_AFFINITY = "WaitingForAffinityPropagation"
     PLACED = "Placed"

@@ -22,6 +22,7 @@ from sod_operator.api.v1alpha1.securevm import (
     SecureVMSpec,
 )
 from sod_operator.policy.observed import VMIView, VMView
+from sod_operator.policy.placement import migration_cpu_labels, reachable
 from sod_operator.policy.plan import Action, Event, Observation, Signal, SlotRequest
 from sod_operator.policy.settings import RelocationSettings
 
@@ -74,6 +75,19 @@ class Situation:
     def targets(self) -> list[str]:
         """Compliant nodes other than the VM's own."""
         return [n for n in self.eligible if n != self.node]
+
+    @property
+    def reachable_targets(self) -> list[str]:
+        """The targets a live migration can land on: KubeVirt pins a host-model VM's target
+        pod to the source's CPU model and vendor (a restart is not bound by this)."""
+        nodes = self.obs.nodes
+        source = nodes.view(self.node)
+        if source is None:
+            return self.targets
+        required = migration_cpu_labels(source, self.vmi.cpu_model)
+        if not required:
+            return self.targets
+        return [n for n in self.targets if (v := nodes.view(n)) and reachable(v, required)]
 
     @property
     def restart_allowed(self) -> bool:

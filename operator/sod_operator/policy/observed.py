@@ -340,6 +340,8 @@ class VMIView:
     """Why the sources of `node_name` disagree (empty when they agree): never Compliant."""
     vm_settings: VMSettings = NONE
     """The confidential-VM settings the instance was launched with (its own spec)."""
+    cpu_model: str = ""
+    """`spec.domain.cpu.model` (virt-api defaults it to `host-model`)."""
 
     @property
     def running(self) -> bool:
@@ -379,6 +381,7 @@ def vmi_from_body(body: Mapping[str, Any]) -> VMIView:
         evacuation_node=str(status["evacuationNodeName"])
         if status.get("evacuationNodeName")
         else None,
+        cpu_model=str(_dict(_dict(spec.get("domain")).get("cpu")).get("model") or ""),
     )
 
 

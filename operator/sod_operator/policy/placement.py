@@ -225,6 +225,29 @@ class NodeView:
         return verified_profiles(self.labels) - self.expired
 
 
+HOST_MODEL = "host-model"
+# What virt-controller's createTargetPod copies from the source node into the target pod's
+# nodeSelector for a host-model VM (KubeVirt v1.9.0, pkg/virt-controller/watch/migration).
+_HOST_CPU_PREFIXES = (
+    "host-model-cpu.node.kubevirt.io/",
+    "host-model-required-features.node.kubevirt.io/",
+    "cpu-vendor.node.kubevirt.io/",
+)
+
+
+def migration_cpu_labels(source: NodeView, cpu_model: str) -> dict[str, str]:
+    """The labels a live-migration target must carry for this VMI to land there: the source's
+    host CPU model, required features and vendor for a host-model VM (an unset model is
+    virt-api's default, host-model); nothing for a named model (its own selector says it)."""
+    if cpu_model not in ("", HOST_MODEL):
+        return {}
+    return {k: v for k, v in source.labels.items() if k.startswith(_HOST_CPU_PREFIXES)}
+
+
+def reachable(target: NodeView, required: Mapping[str, str]) -> bool:
+    return all(target.labels.get(k) == v for k, v in required.items())
+
+
 _BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 # Kubernetes' DefaultTolerationSeconds admission gives every pod these (NoExecute, 300 s).
 _DEFAULT_TOLERATIONS: tuple[Json, ...] = (

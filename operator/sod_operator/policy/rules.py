@@ -49,6 +49,7 @@ from sod_operator.policy.plan import (
     migration_name,
 )
 from sod_operator.policy.records import recorded_not_created
+from sod_operator.policy.rules_kubevirt import no_reachable_target
 
 # -------------------------------------------------------------------------------- the rules
 
@@ -221,6 +222,7 @@ RELOCATION: Sequence[Rule] = (
     affinity_not_propagated,
     no_compliant_target,
     not_live_migratable,
+    no_reachable_target,
     retry_backoff,
     waiting_for_slot,
     migrate,
@@ -302,7 +304,7 @@ def steer(s: Situation, avoid: Sequence[str]) -> str:
     scheduler picks among all compliant nodes (it knows capacity; the cost preferences
     already steer to the cheapest class).
     """
-    targets, nodes = s.targets, s.obs.nodes
+    targets, nodes = s.reachable_targets, s.obs.nodes
     cooldown = timedelta(seconds=s.cfg.node_cooldown_seconds)
     flapping = {
         n for n in targets if (t := nodes.revoked_at.get(n)) is not None and s.now - t < cooldown

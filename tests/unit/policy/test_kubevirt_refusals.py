@@ -6,7 +6,7 @@ from __future__ import annotations
 from sod_operator.api.v1alpha1.securevm import RelocationResult
 from sod_operator.policy.plan import CreateMigration
 
-from tests.unit.policy.scenario import NS, VM_B, Scenario, actions, condition
+from tests.unit.policy.scenario import NS, VM_B, Scenario, actions, condition, node_labels
 
 IN_FLIGHT = (
     'admission webhook "migration-create-validator.kubevirt.io" denied the request: '
@@ -82,3 +82,54 @@ def test_a_migration_that_vanished_with_its_vmi_is_never_created_again():
     assert last.result is RelocationResult.ABANDONED
     assert "was replaced" in last.message
     assert any(e.reason == "MigrationVanished" for e in plan.events)
+
+
+INTEL = {
+    "cpu-vendor.node.kubevirt.io/Intel": "true",
+    "host-model-cpu.node.kubevirt.io/SapphireRapids": "true",
+}
+AMD = {
+    "cpu-vendor.node.kubevirt.io/AMD": "true",
+    "host-model-cpu.node.kubevirt.io/EPYC-Genoa": "true",
+}
+
+
+def mixed(*nodes: tuple[str, dict[str, str]], cpu_model: str = "host-model") -> Scenario:
+    """VM-B (host-model) on hw-1 (Intel), whose trust was just revoked; `nodes` hyperwall."""
+    s = Scenario().profiles("hyperwall", "nohype", "tpm")
+    for name, cpu in (("hw-1", INTEL), *nodes):
+        labels = {**node_labels("hyperwall", hostname=name), **cpu}
+        s.world.apply_node(name, labels, True, s.now)
+    s.securevm("vm", VM_B).vm_for("vm").vmi_for("vm", "hw-1", cpu_model=cpu_model)
+    s.apply_status("vm", s.plan("vm"))
+    s.world.apply_node("hw-1", {"kubernetes.io/hostname": "hw-1", **INTEL}, True, s.now)
+    return s
+
+
+def test_a_host_model_vm_is_not_migrated_to_a_node_of_another_cpu_only():
+    plan = mixed(("amd-1", AMD)).plan("vm")
+    assert actions(plan, CreateMigration) == []
+    assert condition(plan, "Relocating") == ("False", "NoReachableCompliantNode")
+    pending = next(c for c in plan.status.conditions or [] if c.type == "Pending")
+    assert pending.reason == "NoReachableCompliantNode"
+    assert "amd-1" in pending.message
+    assert "SapphireRapids" in pending.message
+    assert plan.starved  # woken when a node gains trust
+
+
+def test_a_retry_is_steered_to_a_node_of_its_own_cpu_never_to_another_vendor():
+    s = mixed(("amd-1", AMD), ("intel-2", INTEL), ("intel-3", INTEL))
+    first = s.plan("vm")
+    (mig,) = actions(first, CreateMigration)
+    assert mig.body["spec"] == {"vmiName": "vm"}  # KubeVirt's target pod selector restricts it
+    s.apply_status("vm", first).later(1)
+    s.migration(mig.name, "vm", "Failed", target="intel-2", failure="target pod crashed")
+    s.apply_status("vm", s.plan("vm")).later(600)
+    (retry,) = actions(s.plan("vm"), CreateMigration)
+    # amd-1 sorts first and is compliant, but unreachable for this host-model VM.
+    assert retry.body["spec"]["addedNodeSelector"] == {"kubernetes.io/hostname": "intel-3"}
+
+
+def test_a_vm_with_a_named_cpu_model_may_go_to_any_compliant_node():
+    plan = mixed(("amd-1", AMD), cpu_model="Skylake-Server").plan("vm")
+    assert len(actions(plan, CreateMigration)) == 1

@@ -87,6 +87,7 @@ def test_relocation_chain_is_in_kubevirts_order():
         "affinity_not_propagated",
         "no_compliant_target",
         "not_live_migratable",
+        "no_reachable_target",
         "retry_backoff",
         "waiting_for_slot",
         "migrate",
