@@ -69,7 +69,7 @@ class MigrationRefused(Exception):
 
 def refused_at_admission(err: ApiError) -> bool:
     """An admission webhook's denial (KubeVirt answers 422 Invalid; other admitters 400/403)."""
-    return err.status in (400, 422) or (err.status == 403 and "denied the request" in err.message)
+    return err.status in (400, 422) or (err.status == 403 and "denied" in err.message)
 
 
 class WriteThrough(Protocol):

@@ -1,0 +1,215 @@
+"""What real KubeVirt (virt-controller, virt-api v1.9.0 and the virt-handler player) does to the
+operator's migrations, and what the operator does about it (issue 13 item 5).
+
+* a migration refused at admission: the attempt fails with the apiserver's reason in the
+  SecureVM, the record stays consistent, the retry waits (back-off) and takes a new name. The
+  refusal is made deterministic with a ValidatingAdmissionPolicy: virt-api's own refusals
+  (in flight, not live-migratable, not running) are races the rule chain otherwise prevents,
+  and they take the same path (an admission denial of the create);
+* a migration that vanished with its VMI (virt-controller deletes a VMI's migrations with it):
+  the record is abandoned and the name never created again for the new instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
+
+from tests.e2e.harness import Kube, condition, wait_for
+from tests.e2e.operator_run import SOD, OperatorProcess, Trust, install_catalog, securevm
+
+VM_B = {"options": ["Basic", "HypervisorProtection"]}
+X, Y = "hyperwall-1", "hyperwall-2"
+HOLD = "sim.sod.dev/hold-migration"
+ADMISSION = "admissionregistration.k8s.io/v1"
+REFUSAL = "migrations are frozen in this namespace (e2e)"
+
+
+@pytest.fixture
+def operator(
+    kubeconfig: Path, namespace: str, tmp_path: Path, kube_api: KubeApi
+) -> Iterator[OperatorProcess]:
+    install_catalog(kube_api)
+    Trust(kube_api).baseline({X: ("hyperwall",), Y: ("hyperwall",)})
+    op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log").start()
+    yield op
+    op.stop()
+    Trust(kube_api).baseline({})
+    print(f"--- sod-operator log (tail) ---\n{op.log(4000)}")
+
+
+def svm(kube: Kube, name: str) -> dict[str, Any]:
+    obj = kube.get("securevms", name, api_version=SOD)
+    assert obj is not None
+    return obj
+
+
+def ready(kube: Kube, name: str) -> dict[str, Any]:
+    return wait_for(
+        lambda: svm(kube, name),
+        lambda o: (
+            (condition(o, "Ready") or {}).get("status") == "True"
+            and (condition(o, "Relocating") or {}).get("status") != "True"
+        ),
+        f"{name} Ready",
+        90,
+    )
+
+
+def migrations(kube: Kube, vm: str) -> list[dict[str, Any]]:
+    items = kube.api.list(kube.path("virtualmachineinstancemigrations"))["items"]
+    return [m for m in items if m["spec"]["vmiName"] == vm]
+
+
+@pytest.fixture
+def frozen(kube_api: KubeApi, namespace: str) -> Iterator[str]:
+    """A ValidatingAdmissionPolicy refusing every migration created in `namespace`; yields the
+    binding's path (delete it to thaw)."""
+    name = f"freeze-{namespace}"[:63]
+    policy = {
+        "apiVersion": ADMISSION,
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["kubevirt.io"],
+                        "apiVersions": ["*"],
+                        "operations": ["CREATE"],
+                        "resources": ["virtualmachineinstancemigrations"],
+                    }
+                ]
+            },
+            "validations": [{"expression": "false", "message": REFUSAL}],
+        },
+    }
+    binding = {
+        "apiVersion": ADMISSION,
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+            },
+        },
+    }
+    policy_path = resource_path(ADMISSION, "validatingadmissionpolicies", name=name)
+    binding_path = resource_path(ADMISSION, "validatingadmissionpolicybindings", name=name)
+    kube_api.apply(policy_path, policy, "sod-e2e")
+    kube_api.apply(binding_path, binding, "sod-e2e")
+    yield binding_path
+    for path in (binding_path, policy_path):
+        if kube_api.get_or_none(path) is not None:
+            kube_api.delete(path)
+
+
+def _dry_run_refusal(kube: Kube, vmi: str) -> str:
+    body = {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstanceMigration",
+        "metadata": {"name": "probe"},
+        "spec": {"vmiName": vmi},
+    }
+    path = kube.path("virtualmachineinstancemigrations")
+    try:
+        kube.api.request("POST", path, query={"dryRun": "All"}, body=body)
+    except ApiError as err:
+        return err.message
+    return ""
+
+
+def test_a_refused_migration_is_reported_backed_off_and_retried_under_a_new_name(
+    operator: OperatorProcess, kube: Kube, kube_api: KubeApi, frozen: str
+):
+    kube.create("securevms", securevm("vm-r", VM_B), api_version=SOD)
+    source = ready(kube, "vm-r")["status"]["nodeName"]
+    target = ({X, Y} - {source}).pop()
+    # The policy takes effect asynchronously: wait until the apiserver refuses a dry run.
+    wait_for(lambda: _dry_run_refusal(kube, "vm-r"), lambda m: REFUSAL in m, "the freeze", 30)
+    Trust(kube_api).set(source)
+    refused = wait_for(
+        lambda: svm(kube, "vm-r"),
+        lambda o: (condition(o, "RelocationFailed") or {}).get("reason") == "MigrationRefused",
+        "vm-r RelocationFailed MigrationRefused",
+        60,
+    )
+    failed = condition(refused, "RelocationFailed")
+    assert REFUSAL in failed["message"]
+    record = refused["status"]["relocation"]
+    assert record["result"] == "Failed"
+    assert record["fromNode"] == source
+    assert "refused at admission" in record["message"]
+    first_name = record["migrationName"]
+    assert migrations(kube, "vm-r") == []  # nothing was admitted
+    kube_api.delete(frozen)  # thaw: the retry after the back-off is admitted
+    final = wait_for(
+        lambda: svm(kube, "vm-r"),
+        lambda o: (
+            o["status"].get("nodeName") == target
+            and (condition(o, "Ready") or {}).get("status") == "True"
+            and o["status"].get("relocation") is None
+        ),
+        f"vm-r Ready on {target}",
+        120,
+    )
+    attempts = [h for h in final["status"]["history"] if h.get("migrationName")]
+    assert attempts[0]["migrationName"] == first_name
+    assert attempts[0]["result"] == "Failed"
+    assert attempts[-1]["result"] == "Succeeded"
+    assert attempts[-1]["migrationName"] != first_name
+    assert attempts[-1]["attempt"] > attempts[0]["attempt"]
+    assert [m["metadata"]["name"] for m in migrations(kube, "vm-r")] == [
+        attempts[-1]["migrationName"]
+    ]
+
+
+def test_a_migration_gone_with_its_vmi_is_never_created_again(
+    operator: OperatorProcess, kube: Kube, kube_api: KubeApi
+):
+    kube.create("securevms", securevm("vm-v", VM_B), api_version=SOD)
+    source = ready(kube, "vm-v")["status"]["nodeName"]
+    old = kube.vmi("vm-v")
+    assert old is not None
+    # The player holds the migration Running until the annotation goes.
+    kube.api.merge_patch(
+        kube.path("virtualmachineinstances", "vm-v"), {"metadata": {"annotations": {HOLD: "true"}}}
+    )
+    Trust(kube_api).set(source)
+    (mig,) = wait_for(
+        lambda: [m for m in migrations(kube, "vm-v") if m.get("status", {}).get("phase")],
+        lambda ms: len(ms) == 1,
+        "the operator's migration of vm-v under way",
+        60,
+    )
+    name = mig["metadata"]["name"]
+    recorded = svm(kube, "vm-v")["status"]["relocation"]
+    assert recorded["migrationName"] == name
+    assert recorded["vmiUid"] == old["metadata"]["uid"]
+    # The instance goes (the VM restarts it); virt-controller deletes its migrations with it.
+    kube.api.delete(kube.path("virtualmachineinstances", "vm-v"))
+    final = wait_for(
+        lambda: svm(kube, "vm-v"),
+        lambda o: (
+            any(
+                h.get("migrationName") == name and h["result"] == "Abandoned"
+                for h in o["status"].get("history") or []
+            )
+            and (condition(o, "Ready") or {}).get("status") == "True"
+        ),
+        "vm-v's vanished migration abandoned and vm-v Ready again",
+        120,
+    )
+    (abandoned,) = [h for h in final["status"]["history"] if h.get("migrationName") == name]
+    assert "was replaced" in abandoned["message"]
+    new = kube.vmi("vm-v")
+    assert new is not None
+    assert new["metadata"]["uid"] != old["metadata"]["uid"]
+    assert name not in [m["metadata"]["name"] for m in migrations(kube, "vm-v")]
