@@ -96,12 +96,22 @@ def our_migration_running(s: Situation) -> Decision | None:
     rec = s.record
     if not s.migrating or rec is None:
         return None
-    if not any(m.name == rec.migration_name for m in s.obs.migrations if not m.final):
+    mig = next((m for m in s.obs.migrations if m.name == rec.migration_name), None)
+    if mig is None or mig.final:
         return None
     return relocating(
         Reason.MIGRATING,
-        f"migration {rec.migration_name} (attempt {rec.attempt}) from {rec.from_node}",
+        f"migration {rec.migration_name} (attempt {rec.attempt}) from {rec.from_node}"
+        + _queued(mig.phase),
     )
+
+
+def _queued(phase: str) -> str:
+    """KubeVirt queues a migration beyond its parallel limits (per cluster, outbound per node)
+    as Pending: it is waited for, neither failed nor issued again."""
+    if phase in ("", "Pending"):
+        return ": Pending (queued by KubeVirt within its parallel migration limits)"
+    return f": {phase}"
 
 
 def other_migration_running(s: Situation) -> Decision | None:
@@ -237,7 +247,7 @@ def restart_or_flag(s: Situation, reason: str, why: str, *, same_node: bool = Fa
     compliant node: its affinity admits only those), else say what would allow it."""
     if not s.restart_allowed:
         hint = "set spec.relocation.restartAllowed to relocate it by a restart"
-        return not_relocating(reason, f"{why}; {hint}")
+        return not_relocating(reason, f"{why}; {hint}; {_meanwhile(s)}")
     if not (s.eligible if same_node else s.targets):
         return not_relocating(
             Reason.NO_COMPLIANT_NODE, "no compliant node to restart on", starved=True
@@ -256,6 +266,17 @@ def restart_or_flag(s: Situation, reason: str, why: str, *, same_node: bool = Fa
         signals=(RelocationStarted(s.trigger),),
         record=record,
         relocation_count=s.relocation_count + 1,
+    )
+
+
+def _meanwhile(s: Situation) -> str:
+    """What happens while the VM waits for a restart nobody allowed: it keeps running where
+    it is until its fail-closed deadline, then the policy's action."""
+    policy, deadline = fail_closed_deadline(s.spec, s.since)
+    then = "stopped" if policy.action is FailClosedAction.STOP else "reported (Alert)"
+    return (
+        f"meanwhile it keeps running on {s.node}; at {deadline.isoformat()} (fail-closed "
+        f"deadline) it is {then}; a restart by the tenant starts it on a compliant node"
     )
 
 

@@ -133,3 +133,38 @@ def test_a_retry_is_steered_to_a_node_of_its_own_cpu_never_to_another_vendor():
 def test_a_vm_with_a_named_cpu_model_may_go_to_any_compliant_node():
     plan = mixed(("amd-1", AMD), cpu_model="Skylake-Server").plan("vm")
     assert len(actions(plan, CreateMigration)) == 1
+
+
+# ------------------------------------------------------------------ (c) RestartRequired, (e) queued
+
+
+def test_restart_required_says_what_happens_meanwhile_and_what_will_be_done():
+    from sod_operator.policy import rules
+
+    from tests.unit.policy.test_rules import situation, world
+
+    s = world(relocation={"failClosed": {"action": "Stop", "deadlineSeconds": 600}})
+    s.vm_for("vm", restart_required=True)
+    d = rules.affinity_needs_restart(situation(s, affinity_propagated=False))
+    assert d is not None
+    assert d.reason == "RelocationRequiresRestart"
+    assert "RestartRequired" in d.message
+    assert "spec.relocation.restartAllowed" in d.message
+    assert "keeps running on hw-1" in d.message
+    assert "2026-01-01T12:10:00+00:00 (fail-closed deadline) it is stopped" in d.message
+
+
+def test_a_migration_kubevirt_queues_as_pending_is_waited_for_never_failed_or_reissued():
+    s = revoked()
+    first = s.plan("vm")
+    (mig,) = actions(first, CreateMigration)
+    s.apply_status("vm", first).later(600)  # queued for long: still no timeout of ours
+    s.migration(mig.name, "vm", "Pending")
+    plan = s.plan("vm")
+    assert actions(plan, CreateMigration) == []
+    assert condition(plan, "Relocating") == ("True", "Migrating")
+    relocating = next(c for c in plan.status.conditions or [] if c.type == "Relocating")
+    assert "Pending (queued by KubeVirt" in relocating.message
+    assert condition(plan, "RelocationFailed") == ("False", "NoFailure")
+    assert plan.status.relocation is not None
+    assert plan.status.relocation.result is RelocationResult.IN_PROGRESS
