@@ -7,7 +7,11 @@ operator's migrations, and what the operator does about it (issue 13 item 5).
   (in flight, not live-migratable, not running) are races the rule chain otherwise prevents,
   and they take the same path (an admission denial of the create);
 * a migration that vanished with its VMI (virt-controller deletes a VMI's migrations with it):
-  the record is abandoned and the name never created again for the new instance.
+  the record is abandoned and the name never created again for the new instance;
+* a migration KubeVirt queues beyond its parallel limits stays Pending: waited for, reported as
+  queued, never failed or issued twice;
+* a mixed AMD/Intel fleet: a host-model VM is never sent to a compliant node of another CPU
+  (KubeVirt pins the target pod to the source's CPU model and vendor).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sod_testbed.cluster import LocalCluster
 from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
+from sod_testbed.nodes import NodeSpec
 
 from tests.e2e.harness import Kube, condition, wait_for
 from tests.e2e.operator_run import SOD, OperatorProcess, Trust, install_catalog, securevm
@@ -213,3 +219,123 @@ def test_a_migration_gone_with_its_vmi_is_never_created_again(
     assert new is not None
     assert new["metadata"]["uid"] != old["metadata"]["uid"]
     assert name not in [m["metadata"]["name"] for m in migrations(kube, "vm-v")]
+
+
+def test_a_migration_kubevirt_queues_is_waited_for_and_never_issued_twice(
+    kubeconfig: Path, namespace: str, tmp_path: Path, kube: Kube, kube_api: KubeApi
+):
+    """KubeVirt runs at most 2 outbound migrations per node; the operator, told it may run 5
+    (as if it could not see the others), leaves the third queued: Pending, waited for."""
+    install_catalog(kube_api)
+    trust = Trust(kube_api)
+    trust.baseline({X: ("hyperwall",)})
+    op = OperatorProcess(
+        kubeconfig, namespace, tmp_path / "operator.log", "--max-outbound-per-node", "5"
+    ).start()
+    vms = ("vm-q1", "vm-q2", "vm-q3")
+    try:
+        for vm in vms:
+            kube.create("securevms", securevm(vm, VM_B), api_version=SOD)
+        for vm in vms:
+            assert ready(kube, vm)["status"]["nodeName"] == X
+            kube.api.merge_patch(
+                kube.path("virtualmachineinstances", vm),
+                {"metadata": {"annotations": {HOLD: "true"}}},
+            )
+        trust.set(Y, "hyperwall")
+        trust.set(X)
+        each = wait_for(
+            lambda: {vm: migrations(kube, vm) for vm in vms},
+            lambda by_vm: (
+                all(len(m) == 1 and m[0].get("status") for m in by_vm.values())
+                and sorted(m[0]["status"].get("phase", "") for m in by_vm.values()).count("Pending")
+                == 1
+            ),
+            "three migrations, one queued by KubeVirt as Pending",
+            60,
+        )
+        (queued,) = [vm for vm, ms in each.items() if ms[0]["status"]["phase"] == "Pending"]
+        status = wait_for(
+            lambda: svm(kube, queued),
+            lambda o: "queued by KubeVirt" in (condition(o, "Relocating") or {}).get("message", ""),
+            f"{queued} reported as queued",
+            30,
+        )
+        assert (condition(status, "Relocating") or {})["reason"] == "Migrating"
+        assert (condition(status, "RelocationFailed") or {})["status"] == "False"
+        for vm in vms:
+            kube.api.json_patch(
+                kube.path("virtualmachineinstances", vm),
+                [{"op": "remove", "path": "/metadata/annotations/sim.sod.dev~1hold-migration"}],
+            )
+        for vm in vms:
+            final = wait_for(
+                lambda vm=vm: svm(kube, vm),
+                lambda o: (
+                    o["status"].get("nodeName") == Y
+                    and (condition(o, "Ready") or {}).get("status") == "True"
+                    and o["status"].get("relocation") is None
+                ),
+                f"{vm} Ready on {Y}",
+                120,
+            )
+            assert [h["result"] for h in final["status"]["history"]] == ["Succeeded"]
+            assert len(migrations(kube, vm)) == 1  # never issued twice
+    finally:
+        op.stop()
+        trust.baseline({})
+        print(f"--- sod-operator log (tail) ---\n{op.log(4000)}")
+
+
+def test_a_host_model_vm_never_tries_a_compliant_node_of_another_cpu(
+    operator: OperatorProcess, kube: Kube, kube_api: KubeApi, sandbox: LocalCluster
+):
+    """A mixed fleet: the only other compliant node is AMD, the VM runs host-model on Intel.
+    No migration is created (it would wait unschedulable and fail after 5 minutes); the
+    SecureVM says why; an Intel node gaining trust then takes the VM."""
+    amd = NodeSpec("hyperwall-amd-e2e", "hyperwall", cpu_kind="amd")
+    sandbox.create_nodes([amd])
+    amd_path = resource_path("v1", "nodes", name=amd.name)
+    taint = {"key": "sod.dev/e2e-only", "value": "amd", "effect": "NoSchedule"}
+    kube_api.merge_patch(amd_path, {"spec": {"taints": [taint]}})
+    trust = Trust(kube_api)
+    try:
+        trust.baseline({X: ("hyperwall",)})
+        body = securevm("vm-cpu", VM_B)
+        body["spec"]["template"]["template"]["spec"]["tolerations"] = [
+            {"key": "sod.dev/e2e-only", "operator": "Exists"}
+        ]
+        kube.create("securevms", body, api_version=SOD)
+        assert ready(kube, "vm-cpu")["status"]["nodeName"] == X
+        trust.set(amd.name, "hyperwall")
+        trust.set(X)
+        blocked = wait_for(
+            lambda: svm(kube, "vm-cpu"),
+            lambda o: (
+                (condition(o, "Relocating") or {}).get("reason") == "NoReachableCompliantNode"
+            ),
+            "vm-cpu NoReachableCompliantNode",
+            60,
+        )
+        message = (condition(blocked, "Pending") or {}).get("message", "")
+        assert amd.name in message
+        assert "SapphireRapids" in message
+        assert migrations(kube, "vm-cpu") == []
+        trust.set(Y, "hyperwall")
+        final = wait_for(
+            lambda: svm(kube, "vm-cpu"),
+            lambda o: (
+                o["status"].get("nodeName") == Y
+                and (condition(o, "Ready") or {}).get("status") == "True"
+                and o["status"].get("relocation") is None
+            ),
+            f"vm-cpu Ready on {Y}",
+            120,
+        )
+        assert [h["result"] for h in final["status"]["history"]] == ["Succeeded"]
+        assert len(migrations(kube, "vm-cpu")) == 1
+    finally:
+        trust.set(amd.name)
+        kube.api.delete(kube.path("securevms", "vm-cpu", SOD))
+        wait_for(lambda: kube.vmi("vm-cpu"), lambda v: v is None, "vm-cpu gone", 60)
+        kube_api.delete(amd_path)
