@@ -339,3 +339,45 @@ def test_a_host_model_vm_never_tries_a_compliant_node_of_another_cpu(
         kube.api.delete(kube.path("securevms", "vm-cpu", SOD))
         wait_for(lambda: kube.vmi("vm-cpu"), lambda v: v is None, "vm-cpu gone", 60)
         kube_api.delete(amd_path)
+
+
+def test_restart_required_says_what_happens_and_what_will_be_done(
+    operator: OperatorProcess, kube: Kube, kube_api: KubeApi
+):
+    """A template change KubeVirt cannot apply live (CPU cores) puts RestartRequired on the VM;
+    from then on KubeVirt copies no template change to the running VMI, so a raised request's
+    new affinity never reaches it. The SecureVM says so, what happens meanwhile and what will
+    be done (a migration would carry the old affinity: none is created)."""
+    Trust(kube_api).baseline({X: ("tpm-measured-boot",), Y: ("hyperwall",)})
+    basic = {"options": ["Basic"], "properties": ["Confidentiality", "Integrity"]}
+    fail_closed = {"failClosed": {"action": "Alert", "deadlineSeconds": 3600}}
+    kube.create("securevms", securevm("vm-rr", basic, relocation=fail_closed), api_version=SOD)
+    assert ready(kube, "vm-rr")["status"]["nodeName"] == X  # the cheapest sufficient class
+    kube.api.json_patch(
+        kube.path("securevms", "vm-rr", SOD),
+        [{"op": "replace", "path": "/spec/template/template/spec/domain/cpu/cores", "value": 2}],
+    )
+    wait_for(
+        lambda: kube.vm("vm-rr"),
+        lambda vm: (condition(vm or {}, "RestartRequired") or {}).get("status") == "True",
+        "KubeVirt's RestartRequired on vm-rr",
+        60,
+    )
+    raised = {**VM_B, "properties": ["Confidentiality", "Integrity"]}
+    kube.api.json_patch(
+        kube.path("securevms", "vm-rr", SOD),
+        [{"op": "replace", "path": "/spec/security", "value": raised}],
+    )
+    flagged = wait_for(
+        lambda: svm(kube, "vm-rr"),
+        lambda o: (condition(o, "Relocating") or {}).get("reason") == "RelocationRequiresRestart",
+        "vm-rr RelocationRequiresRestart",
+        60,
+    )
+    message = condition(flagged, "Relocating")["message"]
+    assert "RestartRequired" in message
+    assert f"keeps running on {X}" in message
+    assert "(fail-closed deadline) it is reported (Alert)" in message
+    assert "spec.relocation.restartAllowed" in message
+    assert (condition(flagged, "Compliant") or {}).get("reason") == "RequestRaised"
+    assert migrations(kube, "vm-rr") == []
