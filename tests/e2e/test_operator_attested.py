@@ -190,7 +190,9 @@ def test_without_any_verifier_expired_verdicts_void_the_labels_and_fail_closed_a
 
         wait_for(svm, lambda o: (condition(o, "Ready") or {}).get("status") == "True",
                  "vm-x Ready", 60)  # fmt: skip
-        sandbox.processes.pop("verifier").stop()  # the only replica: nobody renews or revokes
+        # Every replica: nobody is left to renew a verdict or remove a label.
+        for name in [n for n in sandbox.processes if n.split("-", 1)[0] == "verifier"]:
+            sandbox.processes.pop(name).stop()
         expired = wait_for(
             svm,
             lambda o: (condition(o, "Compliant") or {}).get("reason") == "TrustExpired",
@@ -214,4 +216,4 @@ def test_without_any_verifier_expired_verdicts_void_the_labels_and_fail_closed_a
         op.stop()
         print(f"--- sod-operator log (tail) ---\n{op.log(3000)}")
         if "verifier" not in sandbox.processes:
-            bed.start_verifier()  # the module's teardown stops it
+            bed.start_verifier()  # replica 0: the module's teardown stops it
