@@ -249,6 +249,13 @@ def _start_virt_controller(cluster: LocalCluster) -> None:
     cluster.run_process(
         "virt-controller",
         [
+            # Restarted when it exits, as its Deployment's pod would be: virt-controller exits
+            # when it loses its Lease (e.g. while kube-apiserver restarts). The loop shares the
+            # process group, so stopping the sandbox stops both.
+            "/bin/sh",
+            "-c",
+            'while :; do "$@"; echo "virt-controller exited ($?); restarting" >&2; sleep 1; done',
+            "virt-controller",
             str(cluster.binaries.virt_controller),
             f"--kubeconfig={kubeconfig}",
             "--listen=127.0.0.1",

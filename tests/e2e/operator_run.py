@@ -27,16 +27,6 @@ from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
 
 ROOT = Path(__file__).resolve().parents[2]
 SOD = "sod.dev/v1alpha1"
-NODES = (
-    "hyperwall-1",
-    "hyperwall-2",
-    "datasafe-1",
-    "plain-1",
-    "plain-2",
-    "sev-snp-1",
-    "sev-snp-2",
-    "tdx-1",
-)
 
 
 def free_port() -> int:
@@ -174,8 +164,10 @@ class Trust:
         return time.monotonic()
 
     def baseline(self, assignment: Mapping[str, Iterable[str]]) -> None:
-        """Every sandbox node gets exactly the profiles in `assignment` (others: none)."""
-        for node in NODES:
+        """Every node of the bed gets exactly the profiles in `assignment` (others: none); the
+        beds differ in their nodes, so they are listed, not assumed."""
+        for item in self.api.list(resource_path("v1", "nodes"))["items"]:
+            node = item["metadata"]["name"]
             self.set(node, *assignment.get(node, ()))
 
 

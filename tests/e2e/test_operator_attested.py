@@ -140,11 +140,15 @@ def test_evidence_of_a_violation_moves_the_vm_through_real_attestation(
         assert items[0]["metadata"]["labels"]["sod.dev/trigger"] == "TrustRevoked"
         moved = wait_for(
             svm,
+            # Relocating closed too: KubeVirt reports the target node one write before the
+            # migration completes, so Ready on the target can precede the history record.
             lambda o: (
                 o["status"].get("nodeName") == target
                 and (condition(o, "Ready") or {}).get("status") == "True"
+                and (condition(o, "Relocating") or {}).get("status") != "True"
+                and bool(o["status"].get("history"))
             ),
-            f"vm-b Ready on {target}",
+            f"vm-b Ready on {target}, its relocation recorded",
             60,
         )
         assert moved["status"]["history"][-1]["fromNode"] == source

@@ -53,6 +53,7 @@ RBAC = "rbac.authorization.k8s.io/v1"
 RELEASE, RELEASE_NS = "sod", "sod-system"
 TEAM_A, TEAM_B = "team-a", "team-b"
 X, Y, Z = "hyperwall-1", "hyperwall-2", "datasafe-1"
+S1, S2 = "sev-snp-1", "sev-snp-2"  # where the confidential VM can run
 PLURALS = {
     "ServiceAccount": "serviceaccounts",
     "ClusterRole": "clusterroles",
@@ -91,7 +92,7 @@ class Chart:
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBed]:
     bed = PrivateBed(
         tmp_path_factory.mktemp("authz-bed"),
-        parse_nodes("hyperwall=2,datasafe=1,plain=2"),
+        parse_nodes("hyperwall=2,datasafe=1,plain=2,sev-snp=2"),
         PlayerConfig(time_scale=0.05, resync_seconds=2.0),
         audit=True,
     )
@@ -476,8 +477,12 @@ def test_the_operator_needs_exactly_its_role(
         {"apiVersion": SOD, "kind": "SecureVM", "metadata": {"name": "legacy"},
          "spec": {"security": {"options": ["Basic"]}, "vmRef": {"name": "legacy"}}},
     )  # fmt: skip
-    # A confidential VM relocated by restart.
-    sev = vm_manifest("confidential", launch_security={"sev": {}})["spec"]
+    # A confidential VM relocated by restart: an SNP guest needs SNP nodes (KubeVirt selects
+    # kubevirt.io/sev-snp). They gain trust only now, so `mover` (placed on the cheapest class
+    # with a verified node) stayed a HyperWall VM.
+    trust.set(S1, "sev-snp")
+    trust.set(S2, "sev-snp")
+    sev = vm_manifest("confidential", launch_security={"snp": {}})["spec"]
     admin.create(
         path,
         {"apiVersion": SOD, "kind": "SecureVM", "metadata": {"name": "confidential"},
@@ -499,7 +504,8 @@ def test_the_operator_needs_exactly_its_role(
     nodes = {n: _svm(admin, TEAM_A, n)["status"]["nodeName"] for n in ("mover", "confidential")}
     revoked = {nodes["mover"], nodes["confidential"]}
     keep = [n for n in (X, Y, Z) if n not in revoked]
-    trust.baseline({n: ("hyperwall",) for n in keep})
+    kept_snp = {n: ("sev-snp",) for n in (S1, S2) if n not in revoked}
+    trust.baseline({**{n: ("hyperwall",) for n in keep}, **kept_snp})
     # Ready alone may still be the pre-revocation status; wait for the move itself.
     wait_for(
         lambda: _svm(admin, TEAM_A, "mover"),
@@ -520,7 +526,7 @@ def test_the_operator_needs_exactly_its_role(
     )  # fmt: skip
     stopper_node = _ready(admin, TEAM_A, "stopper")["status"]["nodeName"]
     trust.set(stopper_node)
-    for other in (X, Y, Z):
+    for other in (X, Y, Z, S1, S2):
         if other != stopper_node:
             trust.set(other)
     wait_for(
