@@ -57,11 +57,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sod_testbed.informer import Informer, key_of, label_index
+from sod_operator.kube import Informer
+from sod_operator.kube import object_key as key_of
+
 from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
 from sod_testbed.kubevirt import HANDLER_SA, NAMESPACE, request_token, write_token_kubeconfig
 from sod_testbed.migration_model import MigrationModel, PrecopyPlan, parse_quantity, plan_precopy
@@ -251,6 +254,11 @@ def plan_of(vmi: JsonObj, model: MigrationModel) -> PrecopyPlan:
 # ---- the player ---------------------------------------------------------------------------------
 
 
+def _label(key: str) -> Callable[[JsonObj], str | None]:
+    """An indexer by the value of one label."""
+    return lambda obj: (obj["metadata"].get("labels") or {}).get(key)
+
+
 class HandlerPlayer:
     def __init__(self, kubeconfig: Path, state_dir: Path, config: PlayerConfig | None = None):
         self.config = config or PlayerConfig()
@@ -258,19 +266,20 @@ class HandlerPlayer:
         self.admin = KubeApi(kubeconfig, user_agent="virt-handler-player")
         self._stop = threading.Event()
         self._wake = threading.Event()
+        # One pass of the loop per batch of events: any event (or SYNCED) wakes it.
         self.vmis = Informer(
             self.admin,
             resource_path(KUBEVIRT, "virtualmachineinstances"),
-            self._wake.set,
-            self._stop,
+            handler=lambda _etype, _obj: self._wake.set(),
+            stop=self._stop,
         )
         self.pods = Informer(
             self.admin,
             resource_path("v1", "pods"),
-            self._wake.set,
-            self._stop,
+            handler=lambda _etype, _obj: self._wake.set(),
+            stop=self._stop,
             label_selector="kubevirt.io=virt-launcher",
-            indexers={"created-by": label_index(CREATED_BY_LABEL)},
+            indexers={"created-by": _label(CREATED_BY_LABEL)},
         )
         self._handlers: dict[str, KubeApi] = {}
         self._since: dict[tuple[str, str], float] = {}  # (migration uid, step) -> monotonic
