@@ -35,8 +35,8 @@ from typing import Any
 import pytest
 from sod_operator.api.constants import profile_label
 from sod_operator.verifier import rbac
+from sod_testbed.handler_player import PlayerConfig
 from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
-from sod_testbed.kubevirt_sim import SimConfig
 from sod_testbed.nodes import parse_nodes
 from sod_testbed.trust import TrustBed, TrustConfig
 
@@ -60,7 +60,7 @@ LABEL = profile_label(TPM)
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivateBed, TrustBed]]:
-    bed = PrivateBed(tmp_path_factory.mktemp("verifier-ha"), parse_nodes("plain=4"), SimConfig())
+    bed = PrivateBed(tmp_path_factory.mktemp("verifier-ha"), parse_nodes("plain=4"), PlayerConfig())
     try:
         bed.start()
         trust = TrustBed(
