@@ -380,6 +380,8 @@ def test_operator_role_is_the_briefs(helm: Helm):
         ("sod.dev", "serversecurityprofiles/status", "patch"),
         *(("", "nodes", v) for v in ("get", "list", "watch")),
         *(("", "pods", v) for v in ("get", "list", "watch")),  # virt-launcher pods (issue 19)
+        # verdict expiry: a label outliving its verdict is void (issue 17)
+        *(("sod.dev", "nodeattestations", v) for v in ("get", "list", "watch")),
         *(("kubevirt.io", "virtualmachines", v)
           for v in ("get", "list", "watch", "create", "patch")),
         *(("kubevirt.io", "virtualmachineinstances", v)
