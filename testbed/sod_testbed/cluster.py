@@ -539,6 +539,19 @@ class LocalCluster:
             )
         self._write_state()
 
+    def delete_nodes(self, names: Sequence[str]) -> None:
+        """Delete Nodes made by `create_nodes` and forget them: later users of `nodes` (e.g. a
+        trust monitor starting one agent per node) must not find a node that is gone."""
+        api = self.api()
+        for name in names:
+            try:
+                api.delete(resource_path("v1", "nodes", name=name))
+            except ApiError as err:
+                if err.status != 404:
+                    raise
+        self.nodes = [n for n in self.nodes if n.name not in names]
+        self._write_state()
+
     def wait_for_service_account(self, namespace: str, timeout: float | None = None) -> None:
         """Wait until the controller-manager created the namespace's `default` ServiceAccount
         (pods cannot be created in a namespace before that)."""

@@ -338,7 +338,7 @@ def test_a_host_model_vm_never_tries_a_compliant_node_of_another_cpu(
         trust.set(amd.name)
         kube.api.delete(kube.path("securevms", "vm-cpu", SOD))
         wait_for(lambda: kube.vmi("vm-cpu"), lambda v: v is None, "vm-cpu gone", 60)
-        kube_api.delete(amd_path)
+        sandbox.delete_nodes([amd.name])
 
 
 def test_restart_required_says_what_happens_and_what_will_be_done(

@@ -38,12 +38,12 @@ from sod_operator.verifier import rbac
 from sod_testbed.handler_player import PlayerConfig
 from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
 from sod_testbed.nodes import parse_nodes
+from sod_testbed.swtpm import golden_pcrs
 from sod_testbed.trust import TrustBed, TrustConfig
 
 from tests.e2e.harness import wait_for
 from tests.reliability.bed import PrivateBed
 from tests.reliability.figures import record
-from tests.unit.attestation.golden import GOLDEN_PCRS
 
 NATT = "sod.dev/v1alpha1"
 TPM = "failover-tpm"
@@ -76,7 +76,9 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivateBed, 
             {"apiVersion": NATT, "kind": "ServerSecurityProfile", "metadata": {"name": TPM},
              "spec": {"scope": "FullVM", "protections": [], "attestation": {
                  "tpm": {"pcrBank": "SHA256",
-                         "pcrs": [{"index": i, "values": [v]} for i, v in GOLDEN_PCRS.items()]},
+                         # the plain nodes' own boot chain (each architecture boots its own)
+                         "pcrs": [{"index": i, "values": [v]}
+                                  for i, v in golden_pcrs("plain").items()]},
                  "freshnessSeconds": FRESHNESS}}},
             "e2e",
         )  # fmt: skip

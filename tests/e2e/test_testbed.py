@@ -198,10 +198,15 @@ def test_required_node_affinity_places_vms_only_on_matching_nodes(
         handler_pod = kube.api.get(resource_path("v1", "pods", NAMESPACE, f"virt-handler-{node}"))
         assert handler_pod["spec"]["nodeName"] == node
         assert all("lastProbeTime" in c for c in vmi["status"]["conditions"])
+        # virt-controller writes printableStatus and ready in separate syncs: wait for both.
         vm = wait_for(
             lambda n=name: kube.vm(n),
-            lambda v: v is not None and v.get("status", {}).get("printableStatus") == "Running",
-            f"VM {name} Running",
+            lambda v: (
+                v is not None
+                and v.get("status", {}).get("printableStatus") == "Running"
+                and "ready" in v.get("status", {})
+            ),
+            f"VM {name} Running and its readiness reported",
         )
         assert vm is not None
         assert vm["status"]["ready"] is True
@@ -288,6 +293,12 @@ def test_vmim_moves_the_vmi_to_another_matching_node(kube: Kube, kube_api: KubeA
     assert pods[0]["spec"]["nodeSelector"][INTEL_VENDOR] == "true"
     # KubeVirt keeps the exited source pod in activePods until it is deleted.
     assert state["targetNode"] in moved["status"]["activePods"].values()
+    # The target handler drops the label in the write after `completed` (migration-target.go).
+    moved = wait_for(
+        lambda: kube.vmi("mover"),
+        lambda v: "kubevirt.io/migrationTargetNodeName" not in v["metadata"]["labels"],
+        "the migration target label dropped",
+    )
     assert "kubevirt.io/migrationTargetNodeName" not in moved["metadata"]["labels"]
 
 
