@@ -81,17 +81,23 @@ def _row(timelines: Sequence[Timeline], start: str, end: str, kind: str) -> dict
 def span_summaries(timelines: Sequence[Timeline], stages: Sequence[str]) -> list[dict[str, Any]]:
     """One dict per span: every step between adjacent stages ("step"), then the cumulative
     span from the first stage to each later one ("cumulative"), then the span the paper's
-    figure corresponds to, decision -> migration_started ("paper"), when `stages` has both.
+    figure corresponds to, decision -> migration_started ("paper"), when `stages` has both (a
+    cumulative span that is the same span is left out: the "paper" row is it).
 
     A timeline contributes to a span only if it observed both ends; `n` says how many did, and
     `summary` (bench.stats.summarize of the milliseconds) is None when none did.
     """
     stages = list(stages)
     rows = [_row(timelines, a, b, "step") for a, b in pairwise(stages)]
-    rows += [_row(timelines, stages[0], b, "cumulative") for b in stages[2:]]
     decision = next((s for s in stages if s in DECISION_STAGES), None)
-    if decision is not None and PAPER_END in stages:
-        rows.append(_row(timelines, decision, PAPER_END, "paper"))
+    paper = decision is not None and PAPER_END in stages
+    rows += [
+        _row(timelines, stages[0], b, "cumulative")
+        for b in stages[2:]
+        if not (paper and decision == stages[0] and b == PAPER_END)  # the "paper" row says it
+    ]
+    if paper:
+        rows.append(_row(timelines, str(decision), PAPER_END, "paper"))
     return rows
 
 

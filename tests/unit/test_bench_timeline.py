@@ -29,7 +29,8 @@ def test_steps_cumulative_and_paper_span():
     rows = timeline.span_summaries(tls, REQUEST_STAGES)
     kinds = [r["kind"] for r in rows]
     assert kinds.count("step") == len(REQUEST_STAGES) - 1
-    assert kinds.count("cumulative") == len(REQUEST_STAGES) - 2
+    # request_raised -> migration_started is the decision span: once, as the "paper" row.
+    assert kinds.count("cumulative") == len(REQUEST_STAGES) - 3
     paper = [r for r in rows if r["kind"] == "paper"]
     assert [(r["from"], r["to"]) for r in paper] == [("request_raised", "migration_started")]
     assert paper[0]["samples"] == pytest.approx([300.0, 900.0])
@@ -46,6 +47,8 @@ def test_a_timeline_counts_only_for_spans_whose_ends_it_observed():
     assert rows["label_removed -> vmim_created"]["n"] == 2
     assert rows["evidence_changed -> vm_running"]["n"] == 1
     assert rows["label_removed -> migration_started"]["n"] == 2
+    assert rows["label_removed -> migration_started"]["kind"] == "paper"
+    assert rows["evidence_changed -> migration_started"]["kind"] == "cumulative"
 
 
 def test_unobserved_span_has_no_summary_and_a_dash_in_the_table():
