@@ -78,8 +78,9 @@ REALITY: dict[str, tuple[str, str]] = {
         "sources, the operator as a process, its watches and writes",
         "the nodes (kwok), KubeVirt's node side (the test bed's virt-handler player; "
         "virt-controller and virt-api are KubeVirt's own v1.9.0 binaries) and the migration "
-        "itself (a duration from the migration model); the baseline is the same operator in a "
-        "periodic-resync mode, not a separate product",
+        "itself (a duration from the migration model); kwok pods start at once (no image "
+        "pull, no kubelet, no QEMU start); the trust-revoked timelines start at the label's "
+        "removal (the bench writes the verifier's labels)",
     ),
     "fanout": (
         "the same control plane and operator as the reaction benchmark",
