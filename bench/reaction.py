@@ -96,11 +96,19 @@ def trial_timeline(
     vmi: str,
     node: str | None = None,
     label: str | None = None,
+    profile: str | None = None,
 ) -> tuple[Timeline, float | None]:
     """The stages observed since `t0` for the migration of `vmi` (the first VMIM for it created
     after `t0`), and KubeVirt's own startTimestamp of that migration (epoch s) if seen.
-    `events` per kind ("node", "vmim", "pod", "vmi") in the order they were observed."""
+    `events` per kind ("natt", "node", "vmim", "pod", "vmi") in observation order; the
+    verdict (NodeAttestation of `node` rejecting `profile`) is looked for only with `profile`."""
     tl: Timeline = {}
+    if node is not None and profile is not None:
+        rejected = _first(
+            events["natt"], t0, lambda k, o: k[1] == node and _verdict(o, profile) == "Rejected"
+        )
+        if rejected:
+            tl["verdict_written"] = rejected[0]
     if node is not None and label is not None:
         gone = _first(events["node"], t0, lambda k, o: k[1] == node and label not in _labels(o))
         if gone:
@@ -127,6 +135,13 @@ def trial_timeline(
     if running:
         tl["vm_running"] = running[0]
     return tl, stamp
+
+
+def _verdict(natt: dict[str, Any], profile: str) -> str | None:
+    for v in (natt.get("status") or {}).get("verdicts") or []:
+        if v.get("profile") == profile:
+            return str(v.get("result"))
+    return None
 
 
 def _labels(obj: dict[str, Any]) -> dict[str, str]:
@@ -168,7 +183,12 @@ class Watches:
             return {"metadata": {"labels": obj["metadata"].get("labels") or {}}}
 
         self.vmim = testbed.migration_watch(kubeconfig, keep_history=True)
+        from sod_operator.api.constants import API_VERSION
+
         self.kinds = {
+            "natt": testbed.ObjectWatch(
+                kubeconfig, resource_path(API_VERSION, "nodeattestations"), True
+            ),
             "node": testbed.ObjectWatch(
                 kubeconfig, resource_path("v1", "nodes"), True, reduce=brief
             ),
@@ -239,6 +259,81 @@ def revocation_trials(
     return out
 
 
+def start_trust(bed: Any, nodes: Sequence[Any], timeout: float) -> Any:
+    """The trust monitor on `nodes` (a swtpm and a node-agent each, one verifier), as
+    `sodctl sandbox up` runs it; returns the TrustBed once every node is verified by it."""
+    from sod_operator.api.constants import VERIFIED, profile_label
+    from sod_testbed.trust import TrustBed, TrustConfig
+
+    trust = TrustBed(bed.cluster, TrustConfig(agent_interval=1.0, verifier_resync=10.0))
+    trust.install()
+    for node in nodes:
+        trust.start_node(node)
+    trust.start_verifier()
+    for node in nodes:
+        label = profile_label(node.architecture)
+        _wait(lambda n=node.name, lb=label: bed.node_labels(n).get(lb) == VERIFIED, timeout,
+              f"the verifier verifying {node.name}")  # fmt: skip
+    return trust
+
+
+def evidence_phase(
+    bed: Any, watches: Watches, nodes: Sequence[Any], trials: int, result: Result
+) -> list[tuple[Timeline, float | None]]:
+    """The real-evidence trials, last in the bed; a failure of the trust monitor is reported
+    (not_run, with the reason and where the logs are) and keeps the other trials' figures."""
+    from sod_testbed.cluster import SandboxError
+
+    try:
+        trust = start_trust(bed, nodes, 120)
+        bed.start_operator()
+        ns = bed.namespace("revoke-evidence")
+        return evidence_trials(bed, trust, watches, ns, trials, 120)
+    except (TimeoutError, SandboxError, OSError) as err:
+        result.not_run["trust revoked by broken evidence"] = (
+            f"{type(err).__name__}: {err} (logs: {bed.cluster.log_dir})"
+        )
+        return []
+    finally:
+        bed.stop_operator()
+
+
+def _wait(ok: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def evidence_trials(
+    bed: Any, trust: Any, watches: Watches, namespace: str, trials: int, timeout: float
+) -> list[tuple[Timeline, float | None]]:
+    """Break the evidence of the node the VM runs on (an unexpected measurement extended into
+    its swtpm's PCR 4, `sodctl sandbox break --how pcr`); follow the node-agent's next quote,
+    the verifier's verdict and label removal, and the VM to its new node; then reboot the node
+    (`sandbox heal`) and wait until the verifier labels it again."""
+    from sod_operator.api.constants import VERIFIED, profile_label
+
+    vm, label = "revoke-me", profile_label("hyperwall")
+    bed.create_securevm(namespace, vm, HIGH)
+    out = []
+    for _ in range(trials):
+        node = bed.wait_running(namespace, [vm], timeout)[vm]
+        watches.forget()
+        time.sleep(random.uniform(0.05, 0.25))
+        t0 = time.time()
+        trust.break_node(node, "pcr")
+        where = {"namespace": namespace, "vmi": vm, "node": node, "label": label}
+        tl, stamp = observe(watches, t0, timeout, profile="hyperwall", **where)
+        out.append(({"evidence_changed": t0, **tl}, stamp))
+        bed.wait_running(namespace, [vm], timeout)
+        trust.heal_node(node)
+        _wait(lambda n=node: bed.node_labels(n).get(label) == VERIFIED, timeout,
+              f"{node} verified again")  # fmt: skip
+    return out
+
+
 def raise_trials(
     bed: Any, watches: Watches, namespace: str, trials: int, timeout: float, hyperwall: list[str]
 ) -> list[tuple[Timeline, float | None]]:
@@ -282,6 +377,7 @@ def run(quick: bool = False) -> Result:
     from sod_testbed.nodes import parse_nodes
 
     trials = 3 if quick else 30
+    evidence = 2 if quick else 10
     nodes = parse_nodes("hyperwall=4,tpm-measured-boot=3")
     hyperwall = [n.name for n in nodes if n.architecture == "hyperwall"]
     model, model_source = migration_model()
@@ -289,6 +385,7 @@ def run(quick: bool = False) -> Result:
     result = Result(name=NAME, title=TITLE)
     result.params = {
         "trials_per_trigger": trials,
+        "evidence_trials": evidence,
         "nodes": "hyperwall=4,tpm-measured-boot=3",
         "migration_model": model_source,
         "player_time_scale": player.time_scale,
@@ -310,10 +407,14 @@ def run(quick: bool = False) -> Result:
             bed.stop_operator()
             watches.forget()
             run_baseline(bed, watches.vmim, result, quick)
+            # Last: from here on the verifier owns the hyperwall labels (and its admission
+            # policies keep everyone else from writing them).
+            broken = evidence_phase(bed, watches, [n for n in nodes if n.name in hyperwall],
+                                    evidence, result)  # fmt: skip
         finally:
             watches.stop()
-    report(result, revoked, raised)
-    result.method = method(trials, len(nodes), model_source)
+    report(result, revoked, raised, broken)
+    result.method = method(trials, evidence, len(nodes), model_source)
     return result
 
 
@@ -340,25 +441,28 @@ PAPER_NOTE = (
 )
 
 
-def _figure(fid: str, label: str, samples: list[float], paper: bool) -> Figure:
+def _figure(
+    fid: str, label: str, samples: list[float], paper: bool, targets: list[Target] | None = None
+) -> Figure:
     return Figure(
         id=fid,
         label=label,
         unit="ms",
         better="lower",
         samples=samples,
-        targets=[] if paper else TARGETS,
+        targets=[] if paper else (TARGETS if targets is None else targets),
         reference_label=PAPER_LABEL if paper else None,
         reference_value=PAPER_SECONDS * 1000 if paper else None,
         note=PAPER_NOTE if paper else "",
     )
 
 
-def report(result: Result, revoked: list[Any], raised: list[Any]) -> None:
+def report(result: Result, revoked: list[Any], raised: list[Any], broken: list[Any]) -> None:
     """Figures for the spans with a target or the paper's reference; the full timelines as
     tables; KubeVirt's own startTimestamp against the bench's observation of it."""
     rev = [tl for tl, _ in revoked]
     req = [tl for tl, _ in raised]
+    real = [tl for tl, _ in broken]
     spans = (
         ("revoke", "node's verdict label removed", rev, LABEL_STAGES),
         ("raise", "SecureVM request raised", req, REQUEST_STAGES),
@@ -371,18 +475,33 @@ def report(result: Result, revoked: list[Any], raised: list[Any]) -> None:
             _figure(f"{prefix}_to_migration_started", f"{what} -> migration started",
                     span_ms(tls, start, PAPER_END), paper=True),
         ]  # fmt: skip
+    if real:
+        what = "node's evidence broken (swtpm PCR 4 extended) -> VMIM created"
+        samples = span_ms(real, "evidence_changed", "vmim_created")
+        result.figures.append(_figure("evidence_to_vmim", what, samples, False, targets=[]))
     note_rev = (
-        "Trials start at label_removed: evidence_changed and verdict_written are not observed "
-        "here (the bench removes the verifier's label itself; see the method)."
+        "Trials start at label_removed: the bench removes the verifier's label itself, so "
+        "evidence_changed and verdict_written are not part of these trials (see the next table)."
+    )
+    note_real = (
+        "Real evidence: a node-agent per hyperwall node quoting its swtpm every second, the "
+        "verifier judging the quotes; the trial extends an unexpected measurement into PCR 4."
     )
     for title, tls, stages, note in (
-        ("Trust revoked: timeline per stage", rev, LABEL_STAGES, note_rev),
+        ("Trust revoked (label removed by the bench): timeline per stage", rev, LABEL_STAGES,
+         note_rev),
+        ("Trust revoked (node's evidence broken): timeline per stage", real, REVOCATION_STAGES,
+         note_real),
         ("Request raised: timeline per stage", req, REQUEST_STAGES, ""),
-    ):
+    ):  # fmt: skip
         table = timeline_table(title, tls, stages, note)
         result.add_table(table["title"], table["columns"], table["rows"], table["note"])
     rows = []
-    for trigger, trials in (("trust revoked", revoked), ("request raised", raised)):
+    for trigger, trials in (
+        ("trust revoked (label)", revoked),
+        ("trust revoked (evidence)", broken),
+        ("request raised", raised),
+    ):
         lags = [(tl[PAPER_END] - s) * 1000 for tl, s in trials if s and PAPER_END in tl]
         if lags:
             s = summarize(lags)
@@ -397,7 +516,7 @@ def report(result: Result, revoked: list[Any], raised: list[Any]) -> None:
     )
 
 
-def method(trials: int, nodes: int, model_source: str) -> str:
+def method(trials: int, evidence: int, nodes: int, model_source: str) -> str:
     return f"""\
 Sandbox: real control plane, {nodes} kwok nodes (4 `hyperwall`, 3 `tpm-measured-boot`, verdict
 labels written as the verifier writes them), KubeVirt's own virt-api and virt-controller
@@ -418,10 +537,18 @@ target, so no trial waits for a migration slot. Between `target_scheduled` and
 * **Trust revoked**: one SecureVM asking for Basic + HypervisorProtection runs on a hyperwall
   node; the trial removes that node's `profile.hyperwall=verified` label, as the verifier does
   when the node's evidence fails, and restores it once the VM has moved; the next trial revokes
-  the VM's new node. The timeline starts at `label_removed` (the bench's watch seeing the label
-  gone): the node-agent -> verifier part (`evidence_changed -> verdict_written ->
-  label_removed`) is not in this benchmark; the attestation benchmark measures the verifier
-  and `make demo` shows one real break -> verdict -> label removal.
+  the VM's new node. These timelines start at `label_removed` (the bench's watch seeing the
+  label gone), so many trials fit.
+* **Trust revoked by broken evidence** ({evidence} trials, fewer: each needs a reboot of the
+  node's TPM): last in the same bed, after the baseline, the trust monitor runs on the 4
+  hyperwall nodes as `sodctl sandbox up` runs it (a swtpm and a `sod-node-agent` per node
+  answering the verifier's nonce every second, one `sod-verifier`; from here on only the
+  verifier writes the hyperwall labels). A trial extends an unexpected measurement into
+  PCR 4 of the VM's node's swtpm (`sodctl sandbox break --how pcr`; `evidence_changed` is the
+  moment before), then follows `verdict_written` (that node's NodeAttestation observed
+  rejecting `hyperwall`) and the label's removal by the verifier through the same stages;
+  then the node is rebooted (swtpm restarted, boot log measured again, `sandbox heal`) and
+  the next trial waits until the verifier labels it again.
 * **Request raised**: {trials} SecureVMs asking for Basic start on tpm-measured-boot nodes;
   each trial raises one to Basic + HypervisorProtection (a merge patch of
   `spec.security.options`); `request_raised` is the moment just before the patch.

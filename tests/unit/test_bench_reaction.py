@@ -87,6 +87,24 @@ def test_trial_timeline_takes_the_first_observation_of_each_stage():
     assert list(tl) == [s for s in reaction.LABEL_STAGES if s in tl]
 
 
+def _natt(result, profile="hyperwall"):
+    verdicts = [{"profile": "tpm", "result": "Verified"}, {"profile": profile, "result": result}]
+    return {"metadata": {"name": NODE}, "status": {"verdicts": verdicts}}
+
+
+def test_verdict_written_is_the_first_rejection_of_the_profile_on_that_node():
+    events = _events()
+    events["natt"] = [
+        (100.005, ("", NODE), _natt("Verified")),
+        (100.008, ("", "hyperwall-2"), _natt("Rejected")),
+        (100.009, ("", NODE), _natt("Rejected", profile="tpm")),
+        (100.01, ("", NODE), _natt("Rejected")),
+    ]
+    tl, _ = reaction.trial_timeline(events, 100.0, NS, VM, NODE, LABEL, "hyperwall")
+    assert tl["verdict_written"] == pytest.approx(100.01)
+    assert list(tl)[:2] == ["verdict_written", "label_removed"]
+
+
 def test_stages_not_yet_observed_are_absent():
     events = _events()
     events["vmi"] = events["vmi"][:2]
@@ -109,11 +127,18 @@ def test_report_compares_with_the_paper_only_on_decision_to_migration_started():
     raised = [({"request_raised": 99.9, **{k: v for k, v in tl.items() if k != "label_removed"}},
                stamp)]  # fmt: skip
     result = Result(name="reaction", title="t")
-    reaction.report(result, [(tl, stamp)], raised)
+    events = _events()
+    events["natt"] = [(100.01, ("", NODE), _natt("Rejected"))]
+    real, _ = reaction.trial_timeline(events, 100.0, NS, VM, NODE, LABEL, "hyperwall")
+    broken = [({"evidence_changed": 100.0, **real}, stamp)]
+    reaction.report(result, [(tl, stamp)], raised, broken)
+    assert next(f for f in result.figures if f.id == "evidence_to_vmim").samples == [
+        pytest.approx(50.0)
+    ]
     with_paper = {f.id for f in result.figures if f.reference_value is not None}
     assert with_paper == {"revoke_to_migration_started", "raise_to_migration_started"}
     assert {f.id for f in result.figures} >= {"revoke_to_vmim", "raise_to_vmim"}
     revoke = next(f for f in result.figures if f.id == "revoke_to_migration_started")
     assert revoke.samples == pytest.approx([180.0])
-    assert len(result.tables) == 3
+    assert len(result.tables) == 4
     assert all(f.to_json()["summary"]["n"] == 1 for f in result.figures)
