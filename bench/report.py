@@ -75,11 +75,14 @@ REALITY: dict[str, tuple[str, str]] = {
     ),
     "reaction": (
         "kube-apiserver, etcd, scheduler and controller manager built from the Kubernetes "
-        "sources, the operator as a process, its watches and writes",
+        "sources, the operator as a process, its watches and writes; in the broken-evidence "
+        "trials also swtpm TPMs, the node-agents and the verifier",
         "the nodes (kwok), KubeVirt's node side (the test bed's virt-handler player; "
         "virt-controller and virt-api are KubeVirt's own v1.9.0 binaries) and the migration "
-        "itself (a duration from the migration model); the baseline is the same operator in a "
-        "periodic-resync mode, not a separate product",
+        "itself (a duration from the migration model); kwok pods start at once (no image "
+        "pull, no kubelet, no QEMU start); in the label-removal trials the bench writes the "
+        "verifier's labels itself; the boot a broken-evidence trial breaks is a simulated "
+        "event log measured into the swtpm",
     ),
     "fanout": (
         "the same control plane and operator as the reaction benchmark",

@@ -1,0 +1,144 @@
+"""bench.reaction: a trial's timeline from the watches' events (pure; no cluster, no clock),
+and the report it makes from timelines."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import reaction
+from bench.stats import Result
+
+NS, VM, NODE, LABEL = "revoke", "revoke-me", "hyperwall-1", "profile.hyperwall"
+UID = "uid-1"
+
+
+def _vmi(phase="Running", node=NODE, **mig):
+    return {"metadata": {"name": VM}, "status": {"phase": phase, "nodeName": node, **(
+        {"migrationState": mig} if mig else {})}}  # fmt: skip
+
+
+def _events(t0=100.0):
+    return {
+        "node": [
+            (t0 - 5, ("", NODE), {"metadata": {"labels": {}}}),  # before the trial: ignored
+            (t0 + 0.01, ("", "hyperwall-2"), {"metadata": {"labels": {}}}),
+            (t0 + 0.02, ("", NODE), {"metadata": {"labels": {"other": "x"}}}),
+        ],
+        "vmim": [
+            (t0 + 0.05, (NS, "m1"), {"metadata": {"uid": UID}, "spec": {"vmiName": VM}}),
+        ],
+        "pod": [
+            (
+                t0 + 0.06,
+                (NS, "virt-launcher-x"),
+                {  # not yet scheduled
+                    "metadata": {"labels": {reaction.MIGRATION_JOB_LABEL: UID}},
+                    "spec": {},
+                },
+            ),
+            (
+                t0 + 0.08,
+                (NS, "virt-launcher-x"),
+                {
+                    "metadata": {"labels": {reaction.MIGRATION_JOB_LABEL: UID}},
+                    "spec": {"nodeName": "hyperwall-2"},
+                },
+            ),
+        ],
+        "vmi": [
+            (t0 + 0.09, (NS, "another"), _vmi(migrationUid=UID, startTimestamp="x")),
+            (t0 + 0.10, (NS, VM), _vmi(migrationUid=UID, targetNode="hyperwall-2")),
+            (
+                t0 + 0.20,
+                (NS, VM),
+                _vmi(
+                    migrationUid=UID,
+                    targetNode="hyperwall-2",
+                    startTimestamp="1970-01-01T00:01:40Z",
+                ),
+            ),
+            (
+                t0 + 9.0,
+                (NS, VM),
+                _vmi(
+                    node="hyperwall-2",
+                    migrationUid=UID,
+                    targetNode="hyperwall-2",
+                    startTimestamp="1970-01-01T00:01:40Z",
+                    completed=True,
+                ),
+            ),
+        ],
+    }
+
+
+def test_trial_timeline_takes_the_first_observation_of_each_stage():
+    tl, stamp = reaction.trial_timeline(_events(), 100.0, NS, VM, node=NODE, label=LABEL)
+    assert tl == pytest.approx(
+        {
+            "label_removed": 100.02,
+            "vmim_created": 100.05,
+            "target_scheduled": 100.08,
+            "migration_started": 100.20,
+            "vm_running": 109.0,
+        }
+    )
+    assert stamp == pytest.approx(100.0)
+    assert list(tl) == [s for s in reaction.LABEL_STAGES if s in tl]
+
+
+def _natt(result, profile="hyperwall"):
+    verdicts = [{"profile": "tpm", "result": "Verified"}, {"profile": profile, "result": result}]
+    return {"metadata": {"name": NODE}, "status": {"verdicts": verdicts}}
+
+
+def test_verdict_written_is_the_first_rejection_of_the_profile_on_that_node():
+    events = _events()
+    events["natt"] = [
+        (100.005, ("", NODE), _natt("Verified")),
+        (100.008, ("", "hyperwall-2"), _natt("Rejected")),
+        (100.009, ("", NODE), _natt("Rejected", profile="tpm")),
+        (100.01, ("", NODE), _natt("Rejected")),
+    ]
+    tl, _ = reaction.trial_timeline(events, 100.0, NS, VM, NODE, LABEL, "hyperwall")
+    assert tl["verdict_written"] == pytest.approx(100.01)
+    assert list(tl)[:2] == ["verdict_written", "label_removed"]
+
+
+def test_stages_not_yet_observed_are_absent():
+    events = _events()
+    events["vmi"] = events["vmi"][:2]
+    tl, stamp = reaction.trial_timeline(events, 100.0, NS, VM)
+    assert set(tl) == {"vmim_created", "target_scheduled"}
+    assert stamp is None
+    events["vmim"] = []
+    assert reaction.trial_timeline(events, 100.0, NS, VM) == ({}, None)
+
+
+def test_a_migration_of_another_vm_or_before_the_trial_does_not_count():
+    tl, _ = reaction.trial_timeline(_events(), 100.0, NS, "other-vm")
+    assert tl == {}
+    tl, _ = reaction.trial_timeline(_events(), 200.0, NS, VM, node=NODE, label=LABEL)
+    assert tl == {}
+
+
+def test_report_compares_with_the_paper_only_on_decision_to_migration_started():
+    tl, stamp = reaction.trial_timeline(_events(), 100.0, NS, VM, node=NODE, label=LABEL)
+    raised = [({"request_raised": 99.9, **{k: v for k, v in tl.items() if k != "label_removed"}},
+               stamp)]  # fmt: skip
+    result = Result(name="reaction", title="t")
+    events = _events()
+    events["natt"] = [(100.01, ("", NODE), _natt("Rejected"))]
+    real, _ = reaction.trial_timeline(events, 100.0, NS, VM, NODE, LABEL, "hyperwall")
+    broken = [({"evidence_changed": 100.0, **real}, stamp)]
+    reaction.report(result, [(tl, stamp)], raised, broken)
+    assert next(f for f in result.figures if f.id == "evidence_to_vmim").samples == [
+        pytest.approx(50.0)
+    ]
+    with_paper = {f.id for f in result.figures if f.reference_value is not None}
+    assert with_paper == {"revoke_to_migration_started", "raise_to_migration_started"}
+    assert {f.id for f in result.figures} >= {"revoke_to_vmim", "raise_to_vmim"}
+    revoke = next(f for f in result.figures if f.id == "revoke_to_migration_started")
+    assert revoke.samples == pytest.approx([180.0])
+    assert len(result.tables) == 4
+    assert all(f.to_json()["summary"]["n"] == 1 for f in result.figures)
