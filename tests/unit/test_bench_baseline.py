@@ -148,3 +148,22 @@ def test_baseline_samples_go_to_matching_figures_and_a_note_when_none():
     baseline._attach(res, [{"request_raised": 0.0}], "request_raised", "edit", "no migration")
     assert res.figures[1].baseline_samples is None
     assert "no migration" in res.figures[1].note
+
+
+def test_a_vm_has_moved_only_once_its_migration_completed_on_the_target():
+    started = {"migrationUid": "u1", "startTimestamp": "t", "targetNode": "n2"}
+    done = {**started, "completed": True, "endTimestamp": "t"}
+    assert not baseline.moved(_vmi(0, started, node="n1")[2], "n1")
+    assert not baseline.moved(_vmi(0, done, node="n1")[2], "n1")  # not yet handed over
+    assert baseline.moved(_vmi(0, done, node="n2")[2], "n1")
+    assert not baseline.moved(_vmi(0, {**done, "failed": True}, node="n2")[2], "n1")
+
+
+def test_eviction_moment_is_the_vms_own_launcher_pod():
+    evictions = [(5.0, "baseline-revoke/virt-launcher-revoke-1-abc"),
+                 (6.0, "baseline-revoke/virt-launcher-revoke-10-abc"),
+                 (7.0, "baseline-revoke/virt-launcher-revoke-1-def")]  # fmt: skip
+    assert baseline.evicted_at(evictions, "revoke-1", 0.0) == 5.0
+    assert baseline.evicted_at(evictions, "revoke-1", 5.5) == 7.0
+    assert baseline.evicted_at(evictions, "revoke-10", 0.0) == 6.0
+    assert baseline.evicted_at(evictions, "revoke-2", 0.0) is None
