@@ -409,6 +409,20 @@ def _pool(plan: Plan) -> list[Any]:
     ]
 
 
+def _check_labels_kept(bed: Any, pool: list[Any]) -> None:
+    """The benchmark writes the pool's verdict labels itself; a verifier running in the bed
+    removes trust labels from nodes without a NodeAttestation (verifier/controller.py), which
+    would make every baseline VM unschedulable or evicted for the wrong reason."""
+    for spec in pool:
+        have = bed.node_labels(spec.name)
+        lost = [k for k, v in spec.labels.items() if have.get(k) != v]
+        if lost:
+            raise RuntimeError(
+                f"baseline: node {spec.name} lost its labels {lost}; is a verifier running in "
+                "the bed? The baseline writes the verifier's labels itself and needs none."
+            )
+
+
 def _create_vms(bed: Any, namespace: str, names: list[str], profile: str) -> None:
     from sod_testbed.kubeapi import resource_path
 
@@ -569,7 +583,8 @@ def _attach(result: Result, timelines: list[Timeline], start: str, label: str, e
 def run_in(
     bed: Any, watch: Any, result: Result, quick: bool = False, plan: Plan | None = None
 ) -> None:
-    """Run the baseline scenarios in `bed` (sod-operator stopped) in their own namespaces and
+    """Run the baseline scenarios in `bed` (sod-operator stopped, and no verifier managing
+    labels: the baseline writes the verifier's labels on its own nodes) in their own namespaces and
     nodes; add their tables, figure baselines and method text to `result`. `watch` (the
     caller's VMIM watch) is not needed: the baseline keeps its own watches, with history."""
     from sod_testbed.binaries import MissingBinaries
@@ -596,6 +611,7 @@ def run_in(
             bed.namespace(ns)
         _create_vms(bed, REVOKE_NS, revoke_vms, HIGH_PROFILE)
         _create_vms(bed, RAISE_NS, raise_vms, LOW_PROFILE)
+        _check_labels_kept(bed, pool)
 
         def raise_once() -> None:
             if not raised:
