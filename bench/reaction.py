@@ -406,6 +406,7 @@ def run(quick: bool = False) -> Result:
             bed.delete_namespace(ns)
             bed.stop_operator()
             watches.forget()
+            decision_figures(result, revoked, raised)
             run_baseline(bed, watches.vmim, result, quick)
             # Last: from here on the verifier owns the hyperwall labels (and its admission
             # policies keep everyone else from writing them).
@@ -457,28 +458,35 @@ def _figure(
     )
 
 
+def decision_figures(result: Result, revoked: list[Any], raised: list[Any]) -> None:
+    """Figures for the spans from the decision with a target or the paper's reference. Made
+    before the baseline runs: it adds its samples to the figures of the same span (their ids
+    are `<start>_to_<end>`, bench.baseline.figure_matches)."""
+    spans = (
+        ("node's verdict label removed", [tl for tl, _ in revoked], LABEL_STAGES),
+        ("SecureVM request raised", [tl for tl, _ in raised], REQUEST_STAGES),
+    )
+    for what, tls, stages in spans:
+        start = decision_stage(stages)
+        result.figures += [
+            _figure(f"{start}_to_vmim_created", f"{what} -> VMIM created",
+                    span_ms(tls, start, "vmim_created"), paper=False),
+            _figure(f"{start}_to_{PAPER_END}", f"{what} -> migration started",
+                    span_ms(tls, start, PAPER_END), paper=True),
+        ]  # fmt: skip
+
+
 def report(result: Result, revoked: list[Any], raised: list[Any], broken: list[Any]) -> None:
-    """Figures for the spans with a target or the paper's reference; the full timelines as
-    tables; KubeVirt's own startTimestamp against the bench's observation of it."""
+    """The evidence trials' figure; the full timelines as tables; KubeVirt's own
+    startTimestamp against the bench's observation of it."""
     rev = [tl for tl, _ in revoked]
     req = [tl for tl, _ in raised]
     real = [tl for tl, _ in broken]
-    spans = (
-        ("revoke", "node's verdict label removed", rev, LABEL_STAGES),
-        ("raise", "SecureVM request raised", req, REQUEST_STAGES),
-    )
-    for prefix, what, tls, stages in spans:
-        start = decision_stage(stages)
-        result.figures += [
-            _figure(f"{prefix}_to_vmim", f"{what} -> VMIM created",
-                    span_ms(tls, start, "vmim_created"), paper=False),
-            _figure(f"{prefix}_to_migration_started", f"{what} -> migration started",
-                    span_ms(tls, start, PAPER_END), paper=True),
-        ]  # fmt: skip
     if real:
         what = "node's evidence broken (swtpm PCR 4 extended) -> VMIM created"
         samples = span_ms(real, "evidence_changed", "vmim_created")
-        result.figures.append(_figure("evidence_to_vmim", what, samples, False, targets=[]))
+        fid = "evidence_changed_to_vmim_created"
+        result.figures.append(_figure(fid, what, samples, False, targets=[]))
     note_rev = (
         "Trials start at label_removed: the bench removes the verifier's label itself, so "
         "evidence_changed and verdict_written are not part of these trials (see the next table)."

@@ -131,14 +131,36 @@ def test_report_compares_with_the_paper_only_on_decision_to_migration_started():
     events["natt"] = [(100.01, ("", NODE), _natt("Rejected"))]
     real, _ = reaction.trial_timeline(events, 100.0, NS, VM, NODE, LABEL, "hyperwall")
     broken = [({"evidence_changed": 100.0, **real}, stamp)]
+    reaction.decision_figures(result, [(tl, stamp)], raised)
     reaction.report(result, [(tl, stamp)], raised, broken)
-    assert next(f for f in result.figures if f.id == "evidence_to_vmim").samples == [
-        pytest.approx(50.0)
-    ]
+    assert next(
+        f for f in result.figures if f.id == "evidence_changed_to_vmim_created"
+    ).samples == [pytest.approx(50.0)]
     with_paper = {f.id for f in result.figures if f.reference_value is not None}
-    assert with_paper == {"revoke_to_migration_started", "raise_to_migration_started"}
-    assert {f.id for f in result.figures} >= {"revoke_to_vmim", "raise_to_vmim"}
-    revoke = next(f for f in result.figures if f.id == "revoke_to_migration_started")
+    assert with_paper == {
+        "label_removed_to_migration_started",
+        "request_raised_to_migration_started",
+    }
+    assert {f.id for f in result.figures} >= {
+        "label_removed_to_vmim_created",
+        "request_raised_to_vmim_created",
+    }
+    revoke = next(f for f in result.figures if f.id == "label_removed_to_migration_started")
     assert revoke.samples == pytest.approx([180.0])
     assert len(result.tables) == 4
     assert all(f.to_json()["summary"]["n"] == 1 for f in result.figures)
+
+
+def test_the_baseline_finds_the_figures_of_its_spans():
+    from bench import baseline
+
+    tl, stamp = reaction.trial_timeline(_events(), 100.0, NS, VM, node=NODE, label=LABEL)
+    result = Result(name="reaction", title="t")
+    reaction.decision_figures(result, [(tl, stamp)], [])
+    matched = {
+        f.id
+        for f in result.figures
+        for end in ("vmim_created", "migration_started")
+        if baseline.figure_matches(f, "label_removed", end)
+    }
+    assert matched == {"label_removed_to_vmim_created", "label_removed_to_migration_started"}
