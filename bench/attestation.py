@@ -315,7 +315,9 @@ def _verdict_table(result: Result, verdicts: list[Any]) -> None:
     )
 
 
-def _latency(result: Result, workdir: Path, trials: int, base_trials: int) -> None:
+def _latency(result: Result, workdir: Path, trials: int, base_trials: int) -> dict[str, Any]:
+    """The latency figures; returns the node's last NodeAttestation (spec and status, as the
+    API holds them) for `_write_costs`."""
     from sod_testbed import swtpm
 
     ca = swtpm.LocalCa(workdir / "ca")
@@ -348,6 +350,10 @@ def _latency(result: Result, workdir: Path, trials: int, base_trials: int) -> No
                 cli_agent.append(a)
                 cli_verify.append(v)
         _versus_keylime(result, node, workdir, ca, trials)
+        sample = {
+            part: getattr(node.att, part).model_dump(mode="json", by_alias=True, exclude_none=True)
+            for part in ("spec", "status")
+        }
     finally:
         node.stop()
     total = [a + v for a, v in zip(agent_ms, verify_ms, strict=True)]
@@ -387,6 +393,7 @@ def _latency(result: Result, workdir: Path, trials: int, base_trials: int) -> No
             baseline_samples=cli_verify or None,
         ),
     ]
+    return sample
 
 
 BEFORE = Path(__file__).parent / "results" / "history" / "67ced2f" / "attestation.json"
@@ -432,6 +439,130 @@ def _before_after(result: Result, after: dict[str, tuple[float, float]]) -> None
         f"{'clean' if doc.get('clean') else 'dirty'} tree, quick={doc.get('quick')}); after: "
         "this run. Both drain the same bursts; their machines' load is in each file.",
     )  # fmt: skip
+
+
+WRITE_OBJECTS = 8
+WRITE_WATCHERS = 4
+
+
+def write_shapes(sample: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
+    """Objects of the shapes whose writes `_write_costs` times: shape -> (object body without
+    metadata, which part is rewritten). `full` is a real node's NodeAttestation; `round` holds
+    only what changes every round (the nonce and the evidence record), the size a per-round
+    object would have; `quote` is the agent's per-round evidence alone."""
+    status = sample["status"]
+    quote = dict((sample["spec"].get("tpm") or {}).get("quote") or {})
+    quote.pop("eventLog", None)
+    small = {k: status[k] for k in ("challenge", "evidence") if k in status}
+    return {
+        "full object, status write (the verifier's round)": (sample, "status"),
+        "full object, spec write (the agent's round)": (sample, "spec"),
+        "round-sized object, status write": ({"spec": {}, "status": small}, "status"),
+        "quote-sized object, spec write": ({"spec": {"tpm": {**_identity(sample),
+                                                            "quote": quote}}}, "spec"),
+    }  # fmt: skip
+
+
+def _identity(sample: dict[str, Any]) -> dict[str, Any]:
+    tpm = sample["spec"].get("tpm") or {}
+    # Placeholders of the schema's shape: the apiserver does not decode them.
+    return {k: "AA==" for k in ("ekCertificate", "ekPublic", "akPublic") if k in tpm}
+
+
+def _write_costs(result: Result, sample: dict[str, Any], rounds: int) -> None:
+    """kube-apiserver + etcd CPU of one write by object shape, on a bare control plane (our
+    CRDs, no other client): where the API CPU of a round goes."""
+    from sod_testbed.cluster import LocalCluster
+
+    rows = []
+    state = Path(tempfile.mkdtemp(prefix="sod-bench-att-writes-"))
+    cluster = LocalCluster(state, (), kubevirt=False, start_timeout=180.0)
+    cluster.start()
+    try:
+        pids = [cluster.processes[p].record.pid for p in ("kube-apiserver", "etcd")]
+        for i, (shape, (body, part)) in enumerate(write_shapes(sample).items()):
+            ms, size, managed = _time_writes(cluster, pids, body, part, rounds, f"w{i}")
+            rows.append([shape, size, managed, f"{ms:.2f}"])
+            result.figures.append(
+                Figure(
+                    id=f"write_cpu_{i}",
+                    label=f"kube-apiserver + etcd CPU per write: {shape}",
+                    unit="ms",
+                    better="lower",
+                    samples=[ms],
+                    note=f"{size} B object, {managed} B of it managedFields",
+                )
+            )
+    finally:
+        cluster.stop(remove_state=True)
+    result.add_table(
+        "Where the API CPU of a round goes: one write by object shape",
+        ["object and write", "object bytes", "managedFields bytes", "apiserver + etcd ms/write"],
+        rows,
+        note=f"A bare control plane (kube-apiserver, etcd, our CRDs), {WRITE_OBJECTS} "
+        f"NodeAttestations with {WRITE_WATCHERS} watches on them, {rounds} rounds of one "
+        "PUT each (a new nonce or a new quote each time), CPU time of both processes from /proc "
+        "over all rounds divided by the writes. The full object is the latency run's node.",
+    )
+
+
+def _time_writes(
+    cluster: Any, pids: list[int], body: dict[str, Any], part: str, rounds: int, prefix: str
+) -> tuple[float, int, int]:
+    """(apiserver + etcd CPU ms per write, object bytes, managedFields bytes)."""
+    from sod_testbed.kubeapi import resource_path
+
+    from bench import testbed
+
+    plural = resource_path("sod.dev/v1alpha1", "nodeattestations")
+    api = cluster.api()
+    watches = [testbed.ObjectWatch(cluster.kubeconfig, plural) for _ in range(WRITE_WATCHERS)]
+    names = [f"{prefix}-{i}" for i in range(WRITE_OBJECTS)]
+    current: dict[str, Any] = {}
+    try:
+        for w in watches:
+            w.start()
+        for name in names:
+            meta = {"name": name}
+            made = api.create(plural, {"apiVersion": "sod.dev/v1alpha1",
+                                       "kind": "NodeAttestation", "metadata": meta,
+                                       "spec": body.get("spec", {})})  # fmt: skip
+            current[name] = _rewrite(api, plural, made, body, "status")
+        cpu0 = sum(testbed.process_usage(p)[0] for p in pids)
+        for _ in range(rounds):
+            for name in names:
+                current[name] = _rewrite(api, plural, current[name], body, part)
+        cpu1 = sum(testbed.process_usage(p)[0] for p in pids)
+        last = current[names[0]]
+        size = len(json.dumps(last, separators=(",", ":")).encode())
+        managed = len(json.dumps(last["metadata"].get("managedFields") or [],
+                                 separators=(",", ":")).encode())  # fmt: skip
+    finally:
+        for w in watches:
+            w.stop()
+        for name in names:
+            api.delete(resource_path("sod.dev/v1alpha1", "nodeattestations", name=name))
+    return (cpu1 - cpu0) * 1000 / (rounds * len(names)), size, managed
+
+
+def _rewrite(
+    api: Any, plural: str, obj: dict[str, Any], body: dict[str, Any], part: str
+) -> dict[str, Any]:
+    """PUT `part` of `obj` from `body` with a fresh nonce, as the agent or the verifier does."""
+    new = json.loads(json.dumps(body.get(part) or {}))
+    nonce = os.urandom(32).hex()
+    if part == "status" and "challenge" in new:
+        new["challenge"]["nonce"] = nonce
+    quote = (new.get("tpm") or {}).get("quote") if part == "spec" else None
+    if quote:
+        quote["nonce"] = nonce
+    meta = obj["metadata"]
+    out = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+           "metadata": {"name": meta["name"], "resourceVersion": meta["resourceVersion"]},
+           "spec": obj.get("spec") or {}, "status": obj.get("status") or {}}  # fmt: skip
+    out[part] = new
+    path = f"{plural}/{meta['name']}" + ("/status" if part == "status" else "")
+    return dict(api.replace(path, out))
 
 
 def _hold_figures(agents: int, run_: Drain) -> list[Figure]:
@@ -506,13 +637,14 @@ base64 and checks the PCR selection for.
 """
     workdir = Path(tempfile.mkdtemp(prefix="sod-bench-att-"))
     try:
-        _latency(result, workdir, trials, base_trials)
+        sample = _latency(result, workdir, trials, base_trials)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     why = deps.reason(VERIFIER_MODULES, testbed=True)
     if why:
         result.not_run["verifier throughput with 8 and 32 concurrent agents"] = why
         return result
+    _write_costs(result, sample, rounds=10 if quick else 40)
     bursts = 5 if quick else 12
     result.params.update({"throughput_bursts": bursts})
     if quick:

@@ -82,3 +82,30 @@ def test_before_after_table_cites_the_archived_run() -> None:
     assert row[0] == "verifier_throughput_8"
     assert row[2] == "4.00"
     assert row[5] == "50.0"
+
+
+def test_write_shapes_keep_only_what_a_round_changes() -> None:
+    sample = {
+        "spec": {
+            "tpm": {
+                "ekCertificate": "Q0VSVA==",
+                "ekPublic": "RUs=",
+                "akPublic": "QUs=",
+                "quote": {"nonce": "ab" * 32, "attest": "AA==", "eventLog": "TE9H"},
+            },
+            "claims": {"cpuFlags": ["sse"]},
+        },
+        "status": {"challenge": {"nonce": "cd" * 32}, "evidence": {}, "verdicts": []},
+    }
+    shapes = attestation.write_shapes(sample)
+    assert len(shapes) == 4
+    full, part = next(iter(shapes.values()))
+    assert full is sample
+    assert part == "status"
+    (small, small_part), (quote, quote_part) = list(shapes.values())[2:]
+    assert small == {"spec": {}, "status": {"challenge": {"nonce": "cd" * 32}, "evidence": {}}}
+    assert small_part == "status"
+    assert quote_part == "spec"
+    assert "eventLog" not in quote["spec"]["tpm"]["quote"]
+    assert quote["spec"]["tpm"]["ekCertificate"] == "AA=="
+    assert "claims" not in quote["spec"]
