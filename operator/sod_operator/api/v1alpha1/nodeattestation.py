@@ -66,10 +66,10 @@ VerdictMessage = Annotated[str, Field(max_length=4096)]
 ATOMIC: Final[dict[str, Any]] = {"x-kubernetes-list-type": "atomic"}
 """Every list of a NodeAttestation but its conditions is atomic, its keys unique by a validator
 (`unique_map`, `UNIQUE_SET`: the verifier refuses an object with duplicates as malformed).
-Measured (issue 17 item 3): with list-type map/set, each module parameter, PCR and verdict is a
-managedFields entry the apiserver tracks on every write (4.7 KB of managedFields on a 12.7 KB
-object); atomic lists cut that to 1.1 KB and the apiserver + etcd CPU of a status write by about
-a third. Each list has one writer that replaces it whole, so no merge by key is lost."""
+With list-type map/set, each module parameter, PCR and verdict is a managedFields entry the
+apiserver tracks on every write, and every round writes the object twice (issue 17 item 3;
+bench/attestation.py times one write by object shape). Each list has one writer that replaces
+it whole, so no merge by key is lost."""
 
 
 # --------------------------------------------------------------------------- spec (evidence)
