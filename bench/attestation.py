@@ -413,7 +413,7 @@ def before_figures(doc: dict[str, Any]) -> dict[str, tuple[float, float]]:
     return out
 
 
-def _before_after(result: Result, after: dict[str, tuple[float, float]]) -> None:
+def _before_after(result: Result, after: dict[str, tuple[float, float]], quick: bool) -> None:
     """The before/after table of issue 17 item 3: before cited from `BEFORE`, after this run."""
     cite = BEFORE.relative_to(BEFORE.parents[4]).as_posix()
     if not BEFORE.is_file():
@@ -437,7 +437,8 @@ def _before_after(result: Result, after: dict[str, tuple[float, float]]) -> None
         rows,
         note=f"Before: `{cite}` (commit {doc.get('commit', '?')[:7]}, "
         f"{'clean' if doc.get('clean') else 'dirty'} tree, quick={doc.get('quick')}); after: "
-        "this run. Both drain the same bursts; their machines' load is in each file.",
+        f"this run (quick={quick}). Both drain bursts of the same protocol; their machines' "
+        "load is in each file.",
     )  # fmt: skip
 
 
@@ -669,13 +670,14 @@ base64 and checks the PCR selection for.
                     note=f"CPU per verified quote (medians): verifier {cpu:.2f} ms "
                     f"({1000 / max(cpu, 1e-9):.0f} nodes/s per core), kube-apiserver + etcd "
                     f"{server:.2f} ms; the whole machine was busy {run_.busy:.0f} % during the "
-                    "bursts.",
+                    f"bursts. At these costs {CORES} cores doing nothing else verify at most "
+                    f"{ceiling(CORES, cpu, server):.0f} nodes/s.",
                 )
             )
             if hold:
                 result.figures += _hold_figures(agents, run_)
                 _where_table(result, agents, run_)
-    _before_after(result, after)
+    _before_after(result, after, quick)
     result.method += f"""
 **Verifier throughput.** A sandbox with N = 8, then 32 kwok nodes and the sandbox's trust
 monitor (`sod_testbed.trust`): per node a swtpm and a `sod-node-agent` process with a
@@ -746,6 +748,15 @@ class Drain:
     (from the apiserver's own `apiserver_request_total`)."""
     sizes: dict[str, int] = field(default_factory=dict)
     """Bytes of compact JSON of one NodeAttestation's parts after the last burst."""
+
+
+CORES = len(os.sched_getaffinity(0))
+
+
+def ceiling(cores: int, verifier_ms: float, server_ms: float) -> float:
+    """Nodes per second `cores` could verify if the verifier, kube-apiserver and etcd had them
+    to themselves, at the measured CPU per verified quote: the bound the throughput meets."""
+    return cores * 1000 / max(verifier_ms + server_ms, 1e-9)
 
 
 def _median(xs: list[float]) -> float:

@@ -75,7 +75,7 @@ def test_object_sizes_by_part() -> None:
 
 def test_before_after_table_cites_the_archived_run() -> None:
     result = Result(name="attestation", title="Attestation")
-    attestation._before_after(result, {"verifier_throughput_8": (4.0, 50.0)})
+    attestation._before_after(result, {"verifier_throughput_8": (4.0, 50.0)}, quick=True)
     (table,) = result.tables
     assert "bench/results/history/67ced2f/attestation.json" in table["note"]
     (row,) = table["rows"]
@@ -109,3 +109,8 @@ def test_write_shapes_keep_only_what_a_round_changes() -> None:
     assert "eventLog" not in quote["spec"]["tpm"]["quote"]
     assert quote["spec"]["tpm"]["ekCertificate"] == "AA=="
     assert "claims" not in quote["spec"]
+
+
+def test_ceiling_is_cores_over_the_cpu_of_one_quote() -> None:
+    assert attestation.ceiling(2, 4.0, 6.0) == 200.0
+    assert attestation.ceiling(1, 5.0, 5.0) == 100.0
