@@ -13,12 +13,15 @@ favours the baseline.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -312,7 +315,9 @@ def _verdict_table(result: Result, verdicts: list[Any]) -> None:
     )
 
 
-def _latency(result: Result, workdir: Path, trials: int, base_trials: int) -> None:
+def _latency(result: Result, workdir: Path, trials: int, base_trials: int) -> dict[str, Any]:
+    """The latency figures; returns the node's last NodeAttestation (spec and status, as the
+    API holds them) for `_write_costs`."""
     from sod_testbed import swtpm
 
     ca = swtpm.LocalCa(workdir / "ca")
@@ -345,6 +350,10 @@ def _latency(result: Result, workdir: Path, trials: int, base_trials: int) -> No
                 cli_agent.append(a)
                 cli_verify.append(v)
         _versus_keylime(result, node, workdir, ca, trials)
+        sample = {
+            part: getattr(node.att, part).model_dump(mode="json", by_alias=True, exclude_none=True)
+            for part in ("spec", "status")
+        }
     finally:
         node.stop()
     total = [a + v for a, v in zip(agent_ms, verify_ms, strict=True)]
@@ -384,6 +393,214 @@ def _latency(result: Result, workdir: Path, trials: int, base_trials: int) -> No
             baseline_samples=cli_verify or None,
         ),
     ]
+    return sample
+
+
+BEFORE = Path(__file__).parent / "results" / "history" / "67ced2f" / "attestation.json"
+"""The run before issue 17 item 3 (cheaper rounds for the API server), archived unchanged."""
+_SERVER_NOTE = re.compile(r"kube-apiserver \+ etcd ([0-9.]+) ms")
+
+
+def before_figures(doc: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """figure id -> (kube-apiserver + etcd CPU ms per verified quote, median nodes/s) of an
+    archived result file. That run printed the CPU only in each throughput figure's note, so it
+    is read from there."""
+    out: dict[str, tuple[float, float]] = {}
+    for fig in doc.get("figures", []):
+        found = _SERVER_NOTE.search(fig.get("note") or "")
+        if found and fig.get("unit") == "nodes/s":
+            out[fig["id"]] = (float(found.group(1)), float(fig["summary"]["median"]))
+    return out
+
+
+def _before_after(result: Result, after: dict[str, tuple[float, float]], quick: bool) -> None:
+    """The before/after table of issue 17 item 3: before cited from `BEFORE`, after this run."""
+    cite = BEFORE.relative_to(BEFORE.parents[4]).as_posix()
+    if not BEFORE.is_file():
+        result.not_run["before/after of API CPU per quote"] = f"{cite} is missing"
+        return
+    doc = json.loads(BEFORE.read_text())
+    before = before_figures(doc)
+    rows = []
+    for fid, (server, rate) in after.items():
+        if fid not in before:
+            continue
+        b_server, b_rate = before[fid]
+        rows.append(
+            [fid, f"{b_server:.2f}", f"{server:.2f}", f"{b_server / max(server, 1e-9):.2f}x",
+             f"{b_rate:.1f}", f"{rate:.1f}"]
+        )  # fmt: skip
+    result.add_table(
+        "API-server + etcd CPU per verified quote and verifier throughput: before and after",
+        ["figure", "API CPU before (ms)", "API CPU after (ms)", "API CPU cut",
+         "nodes/s before (median)", "nodes/s after (median)"],
+        rows,
+        note=f"Before: `{cite}` (commit {doc.get('commit', '?')[:7]}, "
+        f"{'clean' if doc.get('clean') else 'dirty'} tree, quick={doc.get('quick')}); after: "
+        f"this run (quick={quick}). Both drain bursts of the same protocol; their machines' "
+        "load is in each file.",
+    )  # fmt: skip
+
+
+WRITE_OBJECTS = 8
+WRITE_WATCHERS = 4
+
+
+def write_shapes(sample: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
+    """Objects of the shapes whose writes `_write_costs` times: shape -> (object body without
+    metadata, which part is rewritten). `full` is a real node's NodeAttestation; `round` holds
+    only what changes every round (the nonce and the evidence record), the size a per-round
+    object would have; `quote` is the agent's per-round evidence alone."""
+    status = sample["status"]
+    quote = dict((sample["spec"].get("tpm") or {}).get("quote") or {})
+    quote.pop("eventLog", None)
+    small = {k: status[k] for k in ("challenge", "evidence") if k in status}
+    return {
+        "full object, status write (the verifier's round)": (sample, "status"),
+        "full object, spec write (the agent's round)": (sample, "spec"),
+        "round-sized object, status write": ({"spec": {}, "status": small}, "status"),
+        "quote-sized object, spec write": ({"spec": {"tpm": {**_identity(sample),
+                                                            "quote": quote}}}, "spec"),
+    }  # fmt: skip
+
+
+def _identity(sample: dict[str, Any]) -> dict[str, Any]:
+    tpm = sample["spec"].get("tpm") or {}
+    # Placeholders of the schema's shape: the apiserver does not decode them.
+    return {k: "AA==" for k in ("ekCertificate", "ekPublic", "akPublic") if k in tpm}
+
+
+def _write_costs(result: Result, sample: dict[str, Any], rounds: int) -> None:
+    """kube-apiserver + etcd CPU of one write by object shape, on a bare control plane (our
+    CRDs, no other client): where the API CPU of a round goes."""
+    from sod_testbed.cluster import LocalCluster
+
+    rows = []
+    state = Path(tempfile.mkdtemp(prefix="sod-bench-att-writes-"))
+    cluster = LocalCluster(state, (), kubevirt=False, start_timeout=180.0)
+    cluster.start()
+    try:
+        pids = [cluster.processes[p].record.pid for p in ("kube-apiserver", "etcd")]
+        for i, (shape, (body, part)) in enumerate(write_shapes(sample).items()):
+            ms, size, managed = _time_writes(cluster, pids, body, part, rounds, f"w{i}")
+            rows.append([shape, size, managed, f"{ms:.2f}"])
+            result.figures.append(
+                Figure(
+                    id=f"write_cpu_{i}",
+                    label=f"kube-apiserver + etcd CPU per write: {shape}",
+                    unit="ms",
+                    better="lower",
+                    samples=[ms],
+                    note=f"{size} B object, {managed} B of it managedFields",
+                )
+            )
+    finally:
+        cluster.stop(remove_state=True)
+    result.add_table(
+        "Where the API CPU of a round goes: one write by object shape",
+        ["object and write", "object bytes", "managedFields bytes", "apiserver + etcd ms/write"],
+        rows,
+        note=f"A bare control plane (kube-apiserver, etcd, our CRDs), {WRITE_OBJECTS} "
+        f"NodeAttestations with {WRITE_WATCHERS} watches on them, {rounds} rounds of one "
+        "PUT each (a new nonce or a new quote each time), CPU time of both processes from /proc "
+        "over all rounds divided by the writes. The full object is the latency run's node.",
+    )
+
+
+def _time_writes(
+    cluster: Any, pids: list[int], body: dict[str, Any], part: str, rounds: int, prefix: str
+) -> tuple[float, int, int]:
+    """(apiserver + etcd CPU ms per write, object bytes, managedFields bytes)."""
+    from sod_testbed.kubeapi import resource_path
+
+    from bench import testbed
+
+    plural = resource_path("sod.dev/v1alpha1", "nodeattestations")
+    api = cluster.api()
+    watches = [testbed.ObjectWatch(cluster.kubeconfig, plural) for _ in range(WRITE_WATCHERS)]
+    names = [f"{prefix}-{i}" for i in range(WRITE_OBJECTS)]
+    current: dict[str, Any] = {}
+    try:
+        for w in watches:
+            w.start()
+        for name in names:
+            meta = {"name": name}
+            made = api.create(plural, {"apiVersion": "sod.dev/v1alpha1",
+                                       "kind": "NodeAttestation", "metadata": meta,
+                                       "spec": body.get("spec", {})})  # fmt: skip
+            current[name] = _rewrite(api, plural, made, body, "status")
+        cpu0 = sum(testbed.process_usage(p)[0] for p in pids)
+        for _ in range(rounds):
+            for name in names:
+                current[name] = _rewrite(api, plural, current[name], body, part)
+        cpu1 = sum(testbed.process_usage(p)[0] for p in pids)
+        last = current[names[0]]
+        size = len(json.dumps(last, separators=(",", ":")).encode())
+        managed = len(json.dumps(last["metadata"].get("managedFields") or [],
+                                 separators=(",", ":")).encode())  # fmt: skip
+    finally:
+        for w in watches:
+            w.stop()
+        for name in names:
+            api.delete(resource_path("sod.dev/v1alpha1", "nodeattestations", name=name))
+    return (cpu1 - cpu0) * 1000 / (rounds * len(names)), size, managed
+
+
+def _rewrite(
+    api: Any, plural: str, obj: dict[str, Any], body: dict[str, Any], part: str
+) -> dict[str, Any]:
+    """PUT `part` of `obj` from `body` with a fresh nonce, as the agent or the verifier does."""
+    new = json.loads(json.dumps(body.get(part) or {}))
+    nonce = os.urandom(32).hex()
+    if part == "status" and "challenge" in new:
+        new["challenge"]["nonce"] = nonce
+    quote = (new.get("tpm") or {}).get("quote") if part == "spec" else None
+    if quote:
+        quote["nonce"] = nonce
+    meta = obj["metadata"]
+    out = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+           "metadata": {"name": meta["name"], "resourceVersion": meta["resourceVersion"]},
+           "spec": obj.get("spec") or {}, "status": obj.get("status") or {}}  # fmt: skip
+    out[part] = new
+    path = f"{plural}/{meta['name']}" + ("/status" if part == "status" else "")
+    return dict(api.replace(path, out))
+
+
+def _hold_figures(agents: int, run_: Drain) -> list[Figure]:
+    return [
+        Figure(
+            id=f"verifier_cpu_per_node_{agents}",
+            label=f"verifier CPU per verified quote, {agents} agents",
+            unit="ms",
+            better="lower",
+            samples=run_.cpu_ms,
+        ),
+        Figure(
+            id=f"apiserver_cpu_per_node_{agents}",
+            label=f"kube-apiserver + etcd CPU per verified quote, {agents} agents",
+            unit="ms",
+            better="lower",
+            samples=run_.server_ms,
+            note=f"of which kube-apiserver {_median(run_.apiserver_ms):.2f} ms, etcd "
+            f"{_median(run_.etcd_ms):.2f} ms (medians)",
+        ),
+    ]
+
+
+def _where_table(result: Result, agents: int, run_: Drain) -> None:
+    """Where the API CPU per quote goes: the requests it serves per quote, the object's size."""
+    rows: list[list[Any]] = [[k, f"{v:.2f}", "requests per verified quote"] for k, v in
+                             run_.requests.items()]  # fmt: skip
+    rows += [[k, v, "bytes (compact JSON)"] for k, v in run_.sizes.items()]
+    result.add_table(
+        f"Where the API-server CPU per quote goes, {agents} agents (agents paused)",
+        ["what", "value", "unit"],
+        rows,
+        note="Requests: the apiserver's `apiserver_request_total` (watches excluded) over the "
+        "drains of every burst, divided by the quotes verified; sizes: one NodeAttestation "
+        "after the last burst. Every write re-encodes, validates and stores the whole object "
+        "and computes its managedFields.",
+    )
 
 
 def run(quick: bool = False) -> Result:
@@ -421,48 +638,46 @@ base64 and checks the PCR selection for.
 """
     workdir = Path(tempfile.mkdtemp(prefix="sod-bench-att-"))
     try:
-        _latency(result, workdir, trials, base_trials)
+        sample = _latency(result, workdir, trials, base_trials)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     why = deps.reason(VERIFIER_MODULES, testbed=True)
     if why:
         result.not_run["verifier throughput with 8 and 32 concurrent agents"] = why
         return result
+    _write_costs(result, sample, rounds=10 if quick else 40)
     bursts = 5 if quick else 12
     result.params.update({"throughput_bursts": bursts})
     if quick:
         result.not_run["verifier throughput with 32 concurrent agents"] = "skipped in --quick"
+    after: dict[str, tuple[float, float]] = {}
     for agents in (8,) if quick else (8, 32):
         for hold, fid, what in (
             (True, f"verifier_throughput_{agents}", "agents paused while it drains"),
             (False, f"sandbox_throughput_{agents}", "agents answering meanwhile, same cores"),
         ):
-            rates, cpu_ms, sys_cpu, server_ms = _throughput(agents, bursts, hold)
-            cpu = sorted(cpu_ms)[len(cpu_ms) // 2]
+            run_ = _throughput(agents, bursts, hold)
+            cpu, server = _median(run_.cpu_ms), _median(run_.server_ms)
+            after[fid] = (server, _median(run_.rates))
             result.figures.append(
                 Figure(
                     id=fid,
                     label=f"verifier throughput, {agents} concurrent agents ({what})",
                     unit="nodes/s",
                     better="higher",
-                    samples=rates,
+                    samples=run_.rates,
                     targets=[Target("median", ">=", 200.0)] if hold else [],
                     note=f"CPU per verified quote (medians): verifier {cpu:.2f} ms "
                     f"({1000 / max(cpu, 1e-9):.0f} nodes/s per core), kube-apiserver + etcd "
-                    f"{server_ms:.2f} ms; the whole machine was busy {sys_cpu:.0f} % during the "
-                    "bursts.",
+                    f"{server:.2f} ms; the whole machine was busy {run_.busy:.0f} % during the "
+                    f"bursts. At these costs {CORES} cores doing nothing else verify at most "
+                    f"{ceiling(CORES, cpu, server):.0f} nodes/s.",
                 )
             )
             if hold:
-                result.figures.append(
-                    Figure(
-                        id=f"verifier_cpu_per_node_{agents}",
-                        label=f"verifier CPU per verified quote, {agents} agents",
-                        unit="ms",
-                        better="lower",
-                        samples=cpu_ms,
-                    )
-                )
+                result.figures += _hold_figures(agents, run_)
+                _where_table(result, agents, run_)
+    _before_after(result, after, quick)
     result.method += f"""
 **Verifier throughput.** A sandbox with N = 8, then 32 kwok nodes and the sandbox's trust
 monitor (`sod_testbed.trust`): per node a swtpm and a `sod-node-agent` process with a
@@ -477,9 +692,11 @@ drains, as their nodes would be other machines in a cluster: the verifier, kube-
 etcd share the two cores. The second figure lets the agents run on (they answer the new nonces,
 quoting on their swtpms): the rate of the whole sandbox under contention. The verifier runs
 `--workers 4` (the chart's default). CPU per verified quote of the verifier and of
-kube-apiserver + etcd is given, so the ceiling of two cores can be read off. No baseline:
-no peer verifier service (Keylime's verifier with its agents) ran on this bed, and a rate
-derived from a latency is not a measurement; Keylime's own quote check is measured on the
+kube-apiserver + etcd is given (each process's CPU time from /proc over the drain), so the
+ceiling of two cores can be read off, with the apiserver requests served per quote and the
+object's size; the before/after table cites the archived run `67ced2f` (issue 17 item 3).
+No baseline: no peer verifier service (Keylime's verifier with its agents) ran on this bed,
+and a rate derived from a latency is not a measurement; Keylime's own quote check is measured on the
 same quotes above (`quote_checks_per_second`), in process on one core, without the
 apiserver write that dominates here.
 """
@@ -512,11 +729,42 @@ def _pending(api: Any) -> dict[str, tuple[int, int]]:
     }
 
 
-def _throughput(
-    agents: int, bursts: int, hold_agents: bool
-) -> tuple[list[float], list[float], float, float]:
-    """(nodes/s per burst, verifier CPU ms per verified quote per burst, machine busy %,
-    kube-apiserver + etcd CPU ms per verified quote (median)).
+@dataclass
+class Drain:
+    """What the bursts of one `_throughput` run measured (per burst unless said otherwise)."""
+
+    rates: list[float] = field(default_factory=list)
+    """Nodes per second."""
+    cpu_ms: list[float] = field(default_factory=list)
+    """Verifier CPU per verified quote."""
+    server_ms: list[float] = field(default_factory=list)
+    """kube-apiserver + etcd CPU per verified quote."""
+    apiserver_ms: list[float] = field(default_factory=list)
+    etcd_ms: list[float] = field(default_factory=list)
+    busy: float = 0.0
+    """Whole machine busy, % (median of the bursts)."""
+    requests: dict[str, float] = field(default_factory=dict)
+    """`verb resource[/subresource]` -> apiserver requests per verified quote, over all bursts
+    (from the apiserver's own `apiserver_request_total`)."""
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Bytes of compact JSON of one NodeAttestation's parts after the last burst."""
+
+
+CORES = len(os.sched_getaffinity(0))
+
+
+def ceiling(cores: int, verifier_ms: float, server_ms: float) -> float:
+    """Nodes per second `cores` could verify if the verifier, kube-apiserver and etcd had them
+    to themselves, at the measured CPU per verified quote: the bound the throughput meets."""
+    return cores * 1000 / max(verifier_ms + server_ms, 1e-9)
+
+
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+def _throughput(agents: int, bursts: int, hold_agents: bool) -> Drain:
+    """Bursts of N pieces of evidence drained by the verifier (see the method text).
 
     With `hold_agents` the agents are paused while the verifier drains (in a cluster they run on
     other machines); otherwise they answer the new nonces meanwhile, on the same two cores."""
@@ -542,73 +790,159 @@ def _throughput(
             for n in nodes:
                 trust.start_node(n)
             trust.start_verifier()
-            verifier = bed.cluster.processes["verifier"]
-            deadline = time.monotonic() + 120 + 3 * agents
-            while True:
-                ok = [n for n, (_, v) in _generations(bed.api).items() if ARCHITECTURE in v]
-                if len(ok) == agents:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"only {len(ok)} of {agents} nodes verified after enrolment")
-                time.sleep(0.5)
+            _wait_verified(bed.api, agents, time.monotonic() + 120 + 3 * agents)
             watch.start()
-            pid = verifier.record.pid
-            agent_pids = [bed.cluster.processes[f"agent-{n.name}"].record.pid for n in nodes]
-            control_plane = [
-                bed.cluster.processes[p].record.pid for p in ("kube-apiserver", "etcd")
-            ]
-            server_ms: list[float] = []
-            rates: list[float] = []
-            cpu_ms: list[float] = []
+            procs = bed.cluster.processes
+            pids = _Pids(
+                verifier=procs["verifier"].record.pid,
+                agents=[procs[f"agent-{n.name}"].record.pid for n in nodes],
+                apiserver=procs["kube-apiserver"].record.pid,
+                etcd=procs["etcd"].record.pid,
+            )
+            drain = Drain()
             busy: list[float] = []
+            requests: dict[str, float] = {}
             for _ in range(bursts):
-                # Hold the verifier while every agent answers its outstanding nonce: then all
-                # N pieces of evidence are waiting for it at once.
-                os.kill(pid, signal.SIGSTOP)
-                try:
-                    until = time.monotonic() + 30
-                    while True:
-                        state = _pending(bed.api)
-                        if len(state) == agents and all(g > o for g, o in state.values()):
-                            break
-                        if time.monotonic() > until:
-                            raise RuntimeError(f"agents did not all answer: {state}")
-                        time.sleep(0.1)
-                    target = {n: g for n, (g, _) in state.items()}
-                    if hold_agents:
-                        for p in agent_pids:
-                            os.kill(p, signal.SIGSTOP)
-                    c0, _ = testbed.process_usage(pid)
-                    s0 = sum(testbed.process_usage(p)[0] for p in control_plane)
-                    m0 = _machine_busy()
-                    with watch.changed:
-                        mark = len(watch.history)
-                    t0 = time.perf_counter()
-                finally:
-                    os.kill(pid, signal.SIGCONT)
-                try:
-                    done = watch.wait(
-                        lambda w, t=target, m=mark: _drained(w.history[m:], t),
-                        60,
-                        "the verifier to consume every node's evidence",
-                    )
-                    c1, _ = testbed.process_usage(pid)
-                    s1 = sum(testbed.process_usage(p)[0] for p in control_plane)
-                    m1 = _machine_busy()
-                finally:
-                    if hold_agents:
-                        for p in agent_pids:
-                            os.kill(p, signal.SIGCONT)
-                rates.append(agents / (done - t0))
-                cpu_ms.append((c1 - c0) * 1000 / agents)
-                server_ms.append((s1 - s0) * 1000 / agents)
-                busy.append(100 * (m1[0] - m0[0]) / max(m1[1] - m0[1], 1e-9))
+                busy.append(_burst(bed.api, watch, pids, agents, hold_agents, drain, requests))
                 lost = [n for n, (_, v) in _generations(bed.api).items() if ARCHITECTURE not in v]
                 if lost:
                     raise RuntimeError(f"nodes lost their verdict under load: {lost}")
+            drain.busy = _median(busy)
+            drain.requests = {k: v / (agents * bursts) for k, v in sorted(requests.items()) if v}
+            drain.sizes = _object_sizes(bed.api, nodes[0].name)
         finally:
             watch.stop()
-    return rates, cpu_ms, sorted(busy)[len(busy) // 2], sorted(server_ms)[len(server_ms) // 2]
+    return drain
+
+
+@dataclass(frozen=True)
+class _Pids:
+    verifier: int
+    agents: list[int]
+    apiserver: int
+    etcd: int
+
+
+def _wait_verified(api: Any, agents: int, deadline: float) -> None:
+    while True:
+        ok = [n for n, (_, v) in _generations(api).items() if ARCHITECTURE in v]
+        if len(ok) == agents:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(ok)} of {agents} nodes verified after enrolment")
+        time.sleep(0.5)
+
+
+def _burst(
+    api: Any,
+    watch: Any,
+    pids: _Pids,
+    agents: int,
+    hold_agents: bool,
+    drain: Drain,
+    requests: dict[str, float],
+) -> float:
+    """One burst: hold the verifier until every agent answered its outstanding nonce, release
+    it, time the drain. Appends to `drain`, adds the apiserver's requests; returns the machine's
+    busy %."""
+    from bench import testbed
+
+    os.kill(pids.verifier, signal.SIGSTOP)
+    try:
+        until = time.monotonic() + 30
+        while True:
+            state = _pending(api)
+            if len(state) == agents and all(g > o for g, o in state.values()):
+                break
+            if time.monotonic() > until:
+                raise RuntimeError(f"agents did not all answer: {state}")
+            time.sleep(0.1)
+        target = {n: g for n, (g, _) in state.items()}
+        if hold_agents:
+            for p in pids.agents:
+                os.kill(p, signal.SIGSTOP)
+        r0 = _request_counts(api)
+        c0 = testbed.process_usage(pids.verifier)[0]
+        a0, e0 = (testbed.process_usage(p)[0] for p in (pids.apiserver, pids.etcd))
+        m0 = _machine_busy()
+        with watch.changed:
+            mark = len(watch.history)
+        t0 = time.perf_counter()
+    finally:
+        os.kill(pids.verifier, signal.SIGCONT)
+    try:
+        done = watch.wait(
+            lambda w, t=target, m=mark: _drained(w.history[m:], t),
+            60,
+            "the verifier to consume every node's evidence",
+        )
+        c1 = testbed.process_usage(pids.verifier)[0]
+        a1, e1 = (testbed.process_usage(p)[0] for p in (pids.apiserver, pids.etcd))
+        m1 = _machine_busy()
+    finally:
+        if hold_agents:
+            for p in pids.agents:
+                os.kill(p, signal.SIGCONT)
+    # Read after the CPU figures: the scrape itself costs the apiserver CPU.
+    for key, n in _request_counts(api).items():
+        requests[key] = requests.get(key, 0.0) + n - r0.get(key, 0.0)
+    drain.rates.append(agents / (done - t0))
+    drain.cpu_ms.append((c1 - c0) * 1000 / agents)
+    drain.apiserver_ms.append((a1 - a0) * 1000 / agents)
+    drain.etcd_ms.append((e1 - e0) * 1000 / agents)
+    drain.server_ms.append(drain.apiserver_ms[-1] + drain.etcd_ms[-1])
+    return 100 * (m1[0] - m0[0]) / max(m1[1] - m0[1], 1e-9)
+
+
+def _request_counts(api: Any) -> dict[str, float]:
+    """`verb resource[/subresource]` -> the apiserver's `apiserver_request_total` (writes and
+    reads of our objects, Nodes and Events; watches excluded: they are long-lived)."""
+    resp = api._send("GET", "/metrics", query=None, body=None, content_type="", timeout=30.0)
+    return request_counts(resp.data.decode())
+
+
+def request_counts(metrics: str) -> dict[str, float]:
+    """Sum `apiserver_request_total` of a Prometheus text exposition by verb and resource."""
+    out: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels_text, _, value = line.rpartition("} ")
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', labels_text))
+        if labels.get("verb") in ("WATCH", "CONNECT") or labels.get("resource") not in (
+            "nodeattestations", "nodes", "events", "leases",
+        ):  # fmt: skip
+            continue
+        key = f"{labels['verb']} {labels['resource']}"
+        if labels.get("subresource"):
+            key += "/" + labels["subresource"]
+        out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def _object_sizes(api: Any, name: str) -> dict[str, int]:
+    from sod_testbed.kubeapi import resource_path
+
+    obj = api.get(resource_path("sod.dev/v1alpha1", "nodeattestations", name=name))
+    return object_sizes(obj)
+
+
+def object_sizes(obj: dict[str, Any]) -> dict[str, int]:
+    """Bytes of compact JSON of a stored object, whole and by part (managedFields, spec,
+    status, and the spec's event log): what every write of it re-encodes and stores."""
+    meta = obj.get("metadata") or {}
+    quote = ((obj.get("spec") or {}).get("tpm") or {}).get("quote") or {}
+
+    def size(x: Any) -> int:
+        return len(json.dumps(x, separators=(",", ":")).encode())
+
+    return {
+        "object": size(obj),
+        "metadata.managedFields": size(meta.get("managedFields") or []),
+        "spec": size(obj.get("spec") or {}),
+        "spec.tpm.quote.eventLog": len(quote.get("eventLog") or ""),
+        "status": size(obj.get("status") or {}),
+    }
 
 
 def _drained(events: list[tuple[float, tuple[str, str], Any]], target: dict[str, int]) -> float:

@@ -35,12 +35,14 @@ from sod_operator.api.v1alpha1.attestation_policy import (
 )
 from sod_operator.api.v1alpha1.base import (
     CONDITIONS_LIST,
+    UNIQUE_SET,
     ApiModel,
     Condition,
     DNS1123Name,
     Generation,
     Reason,
     ShortText,
+    unique_map,
 )
 
 MAX_EVENT_LOG_BASE64: Final = 512 * 1024
@@ -61,8 +63,13 @@ TpmNameHex = Annotated[str, Field(min_length=4, max_length=132, pattern=r"^([0-9
 VerdictMessage = Annotated[str, Field(max_length=4096)]
 
 
-def _map(*keys: str) -> dict[str, Any]:
-    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+ATOMIC: Final[dict[str, Any]] = {"x-kubernetes-list-type": "atomic"}
+"""Every list of a NodeAttestation but its conditions is atomic, its keys unique by a validator
+(`unique_map`, `UNIQUE_SET`: the verifier refuses an object with duplicates as malformed).
+With list-type map/set, each module parameter, PCR and verdict is a managedFields entry the
+apiserver tracks on every write, and every round writes the object twice (issue 17 item 3;
+bench/attestation.py times one write by object shape). Each list has one writer that replaces
+it whole, so no merge by key is lost."""
 
 
 # --------------------------------------------------------------------------- spec (evidence)
@@ -107,11 +114,11 @@ class Claims(ApiModel):
     cpu_flags: Annotated[list[FactName], Field(max_length=512)] = []
     """CPU flags from /proc/cpuinfo (sorted, unique), plus any the simulated source adds."""
     module_parameters: Annotated[
-        list[ModuleParameter], Field(max_length=256, json_schema_extra=_map("name"))
+        list[ModuleParameter], Field(max_length=256, json_schema_extra=ATOMIC), unique_map("name")
     ] = []
     """Parameters of the kvm modules (kvm, kvm_amd, kvm_intel)."""
     counters: Annotated[
-        list[RuntimeCounter], Field(max_length=32, json_schema_extra=_map("name"))
+        list[RuntimeCounter], Field(max_length=32, json_schema_extra=ATOMIC), unique_map("name")
     ] = []
     """Runtime trust-evidence counters."""
 
@@ -136,7 +143,9 @@ class Quote(ApiModel):
     """The TPMT_SIGNATURE over `attest` by the attestation key, base64."""
     pcr_bank: PcrBank
     """The PCR bank that was quoted."""
-    pcrs: Annotated[list[PcrValue], Field(max_length=24, json_schema_extra=_map("index"))]
+    pcrs: Annotated[
+        list[PcrValue], Field(max_length=24, json_schema_extra=ATOMIC), unique_map("index")
+    ]
     """The values of every quoted PCR; the verifier recomputes the quote's PCR digest."""
     event_log: Annotated[Base64, Field(max_length=MAX_EVENT_LOG_BASE64)] | None = None
     """The boot event log (binary TCG format, as in
@@ -332,12 +341,11 @@ class NodeAttestationStatus(ApiModel):
     evidence: EvidenceRecord | None = None
     """What the verifier recorded about the latest evidence."""
     verdicts: Annotated[
-        list[ProfileVerdict], Field(max_length=256, json_schema_extra=_map("profile"))
+        list[ProfileVerdict], Field(max_length=256, json_schema_extra=ATOMIC), unique_map("profile")
     ] = []
     """One verdict per ServerSecurityProfile."""
     verified_profiles: Annotated[
-        list[DNS1123Name],
-        Field(max_length=256, json_schema_extra={"x-kubernetes-list-type": "set"}),
+        list[DNS1123Name], Field(max_length=256, json_schema_extra=ATOMIC), UNIQUE_SET
     ] = []
     """Profiles verified on the node (sorted): the node carries their labels."""
     conditions: (
