@@ -45,6 +45,9 @@ from tests.e2e.operator_run import OperatorProcess, install_catalog
 from tests.reliability.bed import PrivateBed
 from tests.reliability.figures import record
 
+RELIABILITY_ITEM = "2"
+"""A failure of any test here is a failed row of this item in docs/RELIABILITY.md."""
+
 SOD = "sod.dev/v1alpha1"
 KV = "kubevirt.io/v1"
 NS = "controlplane"

@@ -49,6 +49,9 @@ from tests.e2e.operator_run import OperatorProcess, install_catalog
 from tests.reliability.bed import PrivateBed
 from tests.reliability.figures import record
 
+RELIABILITY_ITEM = "3"
+"""A failure of any test here is a failed row of this item in docs/RELIABILITY.md."""
+
 SOD = "sod.dev/v1alpha1"
 KV = "kubevirt.io/v1"
 H1, H2, H3, H4 = (f"hyperwall-{i}" for i in range(1, 5))

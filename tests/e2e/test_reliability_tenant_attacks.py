@@ -46,6 +46,9 @@ from tests.e2e.operator_run import OperatorProcess, Trust, install_catalog, secu
 from tests.reliability.bed import PrivateBed
 from tests.reliability.figures import record
 
+RELIABILITY_ITEM = "7"
+"""A failure of any test here is a failed row of this item in docs/RELIABILITY.md."""
+
 SOD = "sod.dev/v1alpha1"
 KV = "kubevirt.io/v1"
 RBAC = "rbac.authorization.k8s.io/v1"
