@@ -126,13 +126,24 @@ class PrivateBed:
         raise AssertionError(f"{component} not healthy {timeout:.0f}s after its restart")
 
     def _health(self, component: str) -> tuple[str, ssl.SSLContext | None]:
+        """What its Deployment's readiness probe would ask (virt-controller: `/leader`, ready
+        only once it holds its Lease again; virt-api: its subresource API's health)."""
+        ports = self.cluster.ports
         if component == "etcd":
-            return f"http://127.0.0.1:{self.cluster.ports['etcd']}/health", None
+            return f"http://127.0.0.1:{ports['etcd']}/health", None
         if component == "kube-apiserver":
             pki = self.cluster.pki
             ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
             ctx.load_cert_chain(str(pki.admin.cert), str(pki.admin.key))
             return f"{self.cluster.server}/readyz", ctx
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # a probe, as the kubelet's: no identity check
+        if component == "virt-controller":
+            return f"https://127.0.0.1:{ports['virt-controller']}/leader", insecure
+        if component == "virt-api":
+            path = "/apis/subresources.kubevirt.io/v1/healthz"
+            return f"https://127.0.0.1:{ports['virt-api']}{path}", insecure
         raise ValueError(f"no health check for {component}")
 
     def audit_events(self) -> Iterator[dict[str, Any]]:
