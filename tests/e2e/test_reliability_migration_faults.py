@@ -16,8 +16,11 @@ target pod stays unschedulable after its fixed 300 s) and one
 * **the target revoked mid-migration**: the migration is held in flight while its target loses
   trust; once it lands the VM is moved again, to the remaining compliant node, never with two
   migrations at once;
-* **two nodes flapping** between verified and revoked, with and without the node cooldown:
-  migrations per flap, and where the VMs end;
+* **two nodes flapping** between verified and revoked (`FLAPS` = 10 flaps, a third node stays
+  verified), with and without the node cooldown: migrations per flap, counted by a watch
+  started before the flaps (KubeVirt keeps only five finished migrations per VMI); only a VM on
+  the node that lost trust may move, once per flap; with the cooldown every VM ends on the
+  stable node;
 * **fail-closed deadlines**: `Alert` and `Stop` act no earlier than `deadlineSeconds` after the
   VM became non-compliant, `Stop` halts the VM, and it is started again on a compliant node once
   one exists.
@@ -244,7 +247,7 @@ def test_a_target_that_never_schedules(world: Any):
             lambda ms: any((m.get("status") or {}).get("phase") == "Failed" for m in ms),
             "KubeVirt to fail the migration whose target never schedules",
             # virt-controller's unschedulable-target timeout is 300 s (per VMIM annotation
-            # only; the operator sets none), not the simulator's configurable 3 s.
+            # only; the operator sets none).
             400,
         )
         w.trust(H2, H3)

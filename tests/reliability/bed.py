@@ -24,6 +24,7 @@ from typing import Any
 
 from sod_testbed.cluster import LocalCluster
 from sod_testbed.handler_player import PlayerConfig
+from sod_testbed.kubeapi import KubeApi, resource_path
 from sod_testbed.nodes import NodeSpec
 from sod_testbed.trust import TrustBed, TrustConfig
 
@@ -89,6 +90,14 @@ class PrivateBed:
     def stop(self) -> None:
         self.cluster.stop(remove_state=False)
 
+    def create_namespace(self, name: str) -> None:
+        """A namespace, once its default ServiceAccount exists (pods and tokens need it)."""
+        self.cluster.api().create(
+            resource_path("v1", "namespaces"),
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+        )
+        self.cluster.wait_for_service_account(name, timeout=30)
+
     def restart(
         self, component: str, extra: Sequence[str] = (), down_seconds: float = 0.0
     ) -> float:
@@ -152,3 +161,13 @@ class PrivateBed:
         for line in self.audit_log.read_text().splitlines():
             if line.strip():
                 yield json.loads(line)
+
+
+class As(KubeApi):
+    """The admin client, impersonating `user` (in `group`): a tenant's requests, as the
+    apiserver authorizes them, without minting its credentials."""
+
+    def __init__(self, kubeconfig: Path, user: str, group: str = "system:authenticated"):
+        super().__init__(kubeconfig, user_agent=f"reliability-as-{user}")
+        self._headers["Impersonate-User"] = user
+        self._headers["Impersonate-Group"] = group

@@ -204,7 +204,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines.append("")
     lines.append(
         f"{len(rows)} experiments ({failed} failed), {total} trials, recorded from {first} to "
-        f"{last} at commit {', '.join(commits)} in one run of `make test` (run {runs[0]})."
+        f"{last} at commit {', '.join(commits)} in one test run ({runs[0]})."
     )
     return "\n".join(lines)
 
