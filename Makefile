@@ -37,8 +37,14 @@ crds: venv
 	$(BIN)/python -m sod_codegen.crdgen --write
 
 # Everything CI runs: lint, the unit tiers, then the e2e tier on the real local control plane.
+# The reliability figures of this run go to $(FIGURES) (one file per run: removed here, and
+# truncated by the run's first row); docs/RELIABILITY.md is regenerated from it, never by hand.
+FIGURES ?= $(CURDIR)/build/reliability/figures.jsonl
 test: venv testbed
-	@tools/run-tests.sh
+	@rm -f $(FIGURES); SOD_RELIABILITY_FIGURES=$(FIGURES) tools/run-tests.sh; rc=$$?; \
+	echo "[test] reliability figures of this run: $(FIGURES); regenerate the doc with:" >&2; \
+	echo "[test]   SOD_RELIABILITY_FIGURES=$(FIGURES) $(BIN)/python -m tests.reliability.figures --write docs/RELIABILITY.md" >&2; \
+	exit $$rc
 
 test-unit: venv
 	$(BIN)/pytest tests/unit tests/node_agent -q

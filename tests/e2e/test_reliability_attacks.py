@@ -42,6 +42,9 @@ from tests.e2e.operator_run import install_catalog
 from tests.reliability.bed import PrivateBed
 from tests.reliability.figures import record
 
+RELIABILITY_ITEM = "6"
+"""A failure of any test here is a failed row of this item in docs/RELIABILITY.md."""
+
 SOD = "sod.dev/v1alpha1"
 VICTIM, THIEF = "hyperwall-1", "plain-1"
 NATT = resource_path(SOD, "nodeattestations")

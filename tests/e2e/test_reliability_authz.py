@@ -31,7 +31,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,8 +43,11 @@ from sod_testbed.trust import token_kubeconfig
 from tests.chart.helmcli import VALUES_DIR, Helm, find_helm, parse_rendered
 from tests.e2e.harness import condition, vm_manifest, wait_for
 from tests.e2e.operator_run import OperatorProcess, Trust, install_catalog, securevm
-from tests.reliability.bed import PrivateBed
+from tests.reliability.bed import As, PrivateBed
 from tests.reliability.figures import record
+
+RELIABILITY_ITEM = "5"
+"""A failure of any test here is a failed row of this item in docs/RELIABILITY.md."""
 
 SOD = "sod.dev/v1alpha1"
 KV = "kubevirt.io/v1"
@@ -65,15 +67,6 @@ PLURALS = {
 }
 APPLIED_KINDS = tuple(PLURALS)
 VM_B = {"options": ["Basic", "HypervisorProtection"]}
-
-
-class As(KubeApi):
-    """The admin client, impersonating `user` (in `system:authenticated`)."""
-
-    def __init__(self, kubeconfig: Path, user: str, group: str = "system:authenticated"):
-        super().__init__(kubeconfig, user_agent=f"reliability-as-{user}")
-        self._headers["Impersonate-User"] = user
-        self._headers["Impersonate-Group"] = group
 
 
 @dataclass
@@ -108,11 +101,7 @@ def admin(bed: PrivateBed) -> KubeApi:
     api = bed.cluster.api()
     install_catalog(api)
     for ns in (RELEASE_NS, TEAM_A, TEAM_B):
-        api.create(
-            resource_path("v1", "namespaces"),
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
-        )
-        bed.cluster.wait_for_service_account(ns, timeout=30)
+        bed.create_namespace(ns)
     return api
 
 

@@ -51,6 +51,9 @@ from tests.reliability.manifests import (
     plural,
 )
 
+RELIABILITY_ITEM = "4"
+"""A failure of any test here is a failed row of this item in docs/RELIABILITY.md."""
+
 SOD = "sod.dev/v1alpha1"
 SEED = int(os.environ.get("SOD_RELIABILITY_SEED", "20260801"))
 PER_KIND = int(os.environ.get("SOD_BAD_INPUT_PER_KIND", "180"))

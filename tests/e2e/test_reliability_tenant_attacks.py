@@ -12,8 +12,9 @@ within the waits below comes from watch events, not from the periodic pass. Atta
   ends Compliant on a HyperWall node; `shadow` shows VirtualMachineConflict with no NODE or
   PROFILE; after `shadow` is deleted `web` still relocates on a revocation;
 * **a tenant-written VMI `status.nodeName`** (VMIs have no status subresource): an adopted VM on a
-  plain node stays non-compliant with a message naming the disagreement; before, it turned
-  Compliant;
+  plain node stays non-compliant; real virt-api's mutating webhook restores the status a
+  non-KubeVirt user wrote, and where a forgery sticks the operator names the disagreement
+  (before the fix, it turned Compliant);
 * **nodeSelector**: that adopted VM is pinned to the plain node by `nodeSelector`: no migration
   is created (its target pod could never be scheduled), NoCompliantNode instead;
 * **an affinity edit during a migration**: reverted; the VMI never carries the tenant's affinity;
@@ -21,9 +22,9 @@ within the waits below comes from watch events, not from the periodic pass. Atta
   affinity it owns nothing the operator writes (no conflict); with it, the apiserver reports
   the conflict docs/OPERATOR.md says to avoid (ignore-differences for that field).
 
-Relies only on what real KubeVirt also does: launcher pods labelled `kubevirt.io=virt-launcher`
-and `kubevirt.io/created-by=<vmi uid>`, the VMI label `kubevirt.io/nodeName`. Not covered here:
-virt-api refusing the tenant's write of that label (on the real-KubeVirt bed).
+A private bed (`tests.reliability.bed`): two HyperWall nodes and a plain one, real virt-api and
+virt-controller, the virt-handler player; the nodes' trust labels are set by the test (no
+trust monitor: these attacks are on ownership and placement, not on evidence).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,8 +43,11 @@ from sod_testbed.nodes import parse_nodes
 from tests.chart.helmcli import VALUES_DIR, Helm, find_helm, parse_rendered
 from tests.e2e.harness import condition, vm_manifest, vmim_manifest, wait_for
 from tests.e2e.operator_run import OperatorProcess, Trust, install_catalog, securevm
-from tests.reliability.bed import PrivateBed
+from tests.reliability.bed import As, PrivateBed
 from tests.reliability.figures import record
+
+RELIABILITY_ITEM = "7"
+"""A failure of any test here is a failed row of this item in docs/RELIABILITY.md."""
 
 SOD = "sod.dev/v1alpha1"
 KV = "kubevirt.io/v1"
@@ -61,15 +64,6 @@ def _kubevirt_role(name: str) -> JsonObj:
     """A ClusterRole from KubeVirt's own RBAC, as generated from its code into the cache."""
     items = json.loads(find_binaries().kubevirt_rbac.read_text())["items"]
     return next(i for i in items if i["kind"] == "ClusterRole" and i["metadata"]["name"] == name)
-
-
-class As(KubeApi):
-    """The admin client, impersonating `user` (in `system:authenticated`)."""
-
-    def __init__(self, kubeconfig: Path, user: str):
-        super().__init__(kubeconfig, user_agent=f"reliability-as-{user}")
-        self._headers["Impersonate-User"] = user
-        self._headers["Impersonate-Group"] = "system:authenticated"
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +84,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBed]:
 def admin(bed: PrivateBed) -> KubeApi:
     api = bed.cluster.api()
     install_catalog(api)
-    api.create(
-        resource_path("v1", "namespaces"),
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
-    )
-    bed.cluster.wait_for_service_account(NS, timeout=30)
+    bed.create_namespace(NS)
     trust = Trust(api)
     trust.set(HW1, "hyperwall")
     trust.set(HW2, "hyperwall")

@@ -45,6 +45,9 @@ from tests.e2e.harness import wait_for
 from tests.reliability.bed import PrivateBed
 from tests.reliability.figures import record
 
+RELIABILITY_ITEM = "8"
+"""A failure of any test here is a failed row of this item in docs/RELIABILITY.md."""
+
 NATT = "sod.dev/v1alpha1"
 TPM = "failover-tpm"
 SEED = int(os.environ.get("SOD_RELIABILITY_SEED", "20260801"))

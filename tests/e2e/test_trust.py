@@ -44,7 +44,7 @@ from sod_testbed.nodes import PLAIN, NodeSpec
 from sod_testbed.trust import TrustBed, TrustConfig, token_kubeconfig
 
 from tests.e2e.harness import wait_for
-from tests.reliability.figures import record
+from tests.reliability.figures import record, reliability
 from tests.unit.attestation.golden import GOLDEN_PCRS
 
 NATT = "sod.dev/v1alpha1"
@@ -445,6 +445,7 @@ def test_an_unexpected_boot_component_is_named_until_a_reboot(
     wait_verified(kube_api, node)
 
 
+@reliability("6")
 def test_a_silent_agent_is_revoked_when_its_evidence_goes_stale(
     bed: TrustBed, kube_api: KubeApi, broken: Callable[[str, str], None]
 ) -> None:
@@ -499,6 +500,7 @@ def test_restarting_the_verifier_and_an_agent_loses_and_duplicates_nothing(
 # --------------------------------------------------------------------------- a compromised agent
 
 
+@reliability("6")
 def test_forged_signature(
     bed: TrustBed, kube_api: KubeApi, compromised: Callable[[str], KubeApi]
 ) -> None:
@@ -518,6 +520,7 @@ def test_forged_signature(
     )
 
 
+@reliability("6")
 def test_a_different_ak(
     bed: TrustBed, kube_api: KubeApi, compromised: Callable[[str], KubeApi]
 ) -> None:
@@ -536,6 +539,7 @@ def test_a_different_ak(
     )
 
 
+@reliability("6")
 def test_a_replayed_nonce(
     bed: TrustBed, kube_api: KubeApi, compromised: Callable[[str], KubeApi]
 ) -> None:
@@ -562,6 +566,7 @@ def test_a_replayed_nonce(
     )
 
 
+@reliability("6")
 def test_a_tampered_pcr_value(
     bed: TrustBed, kube_api: KubeApi, compromised: Callable[[str], KubeApi]
 ) -> None:
@@ -584,6 +589,7 @@ def test_a_tampered_pcr_value(
     )
 
 
+@reliability("6")
 def test_altered_claims(
     bed: TrustBed, kube_api: KubeApi, compromised: Callable[[str], KubeApi]
 ) -> None:
@@ -607,6 +613,7 @@ def test_altered_claims(
 # --------------------------------------------------------------------------- the apiserver's rules
 
 
+@reliability("5")
 def test_an_agent_cannot_write_another_nodes_attestation(bed: TrustBed) -> None:
     agent = KubeApi(bed.kubeconfig_for("agent-hyperwall-1"))
     other = resource_path(NATT, "nodeattestations", name="datasafe-1")
@@ -635,6 +642,7 @@ def test_an_agent_cannot_write_another_nodes_attestation(bed: TrustBed) -> None:
     )
 
 
+@reliability("5")
 def test_an_agent_cannot_label_its_node(bed: TrustBed) -> None:
     agent = KubeApi(bed.kubeconfig_for("agent-hyperwall-1"))
     patch = {"metadata": {"labels": {profile_label("datasafe"): "verified"}}}
@@ -650,6 +658,7 @@ def test_an_agent_cannot_label_its_node(bed: TrustBed) -> None:
     )
 
 
+@reliability("5")
 def test_an_agent_cannot_write_the_verdict_or_delete_evidence(bed: TrustBed) -> None:
     agent = KubeApi(bed.kubeconfig_for("agent-plain-1"))
     path = resource_path(NATT, "nodeattestations", name="plain-1")
@@ -661,6 +670,7 @@ def test_an_agent_cannot_write_the_verdict_or_delete_evidence(bed: TrustBed) -> 
     record("5", "node-agent writes its verdict (/status) or deletes its evidence", 2, "refused 403")
 
 
+@reliability("5")
 def test_an_agent_token_without_a_node_binding_is_refused(
     bed: TrustBed, sandbox: LocalCluster
 ) -> None:
@@ -726,6 +736,7 @@ def _bind(kube_api: KubeApi, kind: str, role: str, namespace: str, sa: str) -> N
     )
 
 
+@reliability("5")
 def test_tenants_cannot_read_or_write_attestations(
     bed: TrustBed, sandbox: LocalCluster, kube_api: KubeApi, namespace: str
 ) -> None:
@@ -762,6 +773,7 @@ def test_tenants_cannot_read_or_write_attestations(
     )
 
 
+@reliability("5")
 def test_only_the_verifier_sets_trust_labels(
     bed: TrustBed, sandbox: LocalCluster, kube_api: KubeApi
 ) -> None:

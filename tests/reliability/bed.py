@@ -24,6 +24,7 @@ from typing import Any
 
 from sod_testbed.cluster import LocalCluster
 from sod_testbed.handler_player import PlayerConfig
+from sod_testbed.kubeapi import KubeApi, resource_path
 from sod_testbed.nodes import NodeSpec
 from sod_testbed.trust import TrustBed, TrustConfig
 
@@ -89,6 +90,14 @@ class PrivateBed:
     def stop(self) -> None:
         self.cluster.stop(remove_state=False)
 
+    def create_namespace(self, name: str) -> None:
+        """A namespace, once its default ServiceAccount exists (pods and tokens need it)."""
+        self.cluster.api().create(
+            resource_path("v1", "namespaces"),
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+        )
+        self.cluster.wait_for_service_account(name, timeout=30)
+
     def restart(
         self, component: str, extra: Sequence[str] = (), down_seconds: float = 0.0
     ) -> float:
@@ -126,13 +135,24 @@ class PrivateBed:
         raise AssertionError(f"{component} not healthy {timeout:.0f}s after its restart")
 
     def _health(self, component: str) -> tuple[str, ssl.SSLContext | None]:
+        """What its Deployment's readiness probe would ask (virt-controller: `/leader`, ready
+        only once it holds its Lease again; virt-api: its subresource API's health)."""
+        ports = self.cluster.ports
         if component == "etcd":
-            return f"http://127.0.0.1:{self.cluster.ports['etcd']}/health", None
+            return f"http://127.0.0.1:{ports['etcd']}/health", None
         if component == "kube-apiserver":
             pki = self.cluster.pki
             ctx = ssl.create_default_context(cafile=str(pki.ca.cert))
             ctx.load_cert_chain(str(pki.admin.cert), str(pki.admin.key))
             return f"{self.cluster.server}/readyz", ctx
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # a probe, as the kubelet's: no identity check
+        if component == "virt-controller":
+            return f"https://127.0.0.1:{ports['virt-controller']}/leader", insecure
+        if component == "virt-api":
+            path = "/apis/subresources.kubevirt.io/v1/healthz"
+            return f"https://127.0.0.1:{ports['virt-api']}{path}", insecure
         raise ValueError(f"no health check for {component}")
 
     def audit_events(self) -> Iterator[dict[str, Any]]:
@@ -141,3 +161,13 @@ class PrivateBed:
         for line in self.audit_log.read_text().splitlines():
             if line.strip():
                 yield json.loads(line)
+
+
+class As(KubeApi):
+    """The admin client, impersonating `user` (in `group`): a tenant's requests, as the
+    apiserver authorizes them, without minting its credentials."""
+
+    def __init__(self, kubeconfig: Path, user: str, group: str = "system:authenticated"):
+        super().__init__(kubeconfig, user_agent=f"reliability-as-{user}")
+        self._headers["Impersonate-User"] = user
+        self._headers["Impersonate-Group"] = group

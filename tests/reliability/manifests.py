@@ -218,7 +218,7 @@ matrices = st.lists(
     ),
     min_size=1,
     max_size=7,
-    unique_by=lambda r: r["entity"],
+    unique_by=lambda r: str(r["entity"]),
 ).filter(_matrix_ok)
 
 
@@ -339,7 +339,7 @@ def valid_specs(kind: str) -> st.SearchStrategy[dict[str, Any]]:
         }
         rest = from_schema({"type": "object", "properties": rest_props}, (), overrides)
         return _securevm_spec(rest)
-    return from_schema(schema, (), overrides)  # type: ignore[no-any-return]
+    return from_schema(schema, (), overrides)
 
 
 # --- single-field mutations -------------------------------------------------------------------
@@ -553,8 +553,10 @@ def cel_violations(draw: st.DrawFn, kind: str) -> Case:
     elif how == "matrix-with-properties":
         spec["security"] = {"matrix": draw(matrices), "properties": draw(property_lists)}
     elif how == "option-conflict":
-        in_vm = draw(st.sampled_from(IN_VM_OPTIONS)).value
-        spec["security"] = {"options": [SecurityOption.HYPERVISOR_PROTECTION.value, in_vm]}
+        conflicting = draw(st.sampled_from(IN_VM_OPTIONS))
+        spec["security"] = {
+            "options": [SecurityOption.HYPERVISOR_PROTECTION.value, conflicting.value]
+        }
         where = "spec.security.options"
     elif how == "matrix-conflict":
         entity = draw(st.sampled_from(sorted(_IN_VM_ENTITIES)))
