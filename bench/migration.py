@@ -1,6 +1,7 @@
 """Real pre-copy live migrations on this machine, shaped like the paper's Table V (issue 18).
 
-`make bench-migration` (= `python -m bench.run --only migration`). Each configuration boots one
+`make bench-migration` (= `python -m bench.run --only migration`); then the end-to-end
+revocation timeline with a real migration in the loop (bench.migration_e2e). Each configuration boots one
 guest (sod_testbed.qemu: stock Debian kernel, busybox initramfs, QEMU 7.2 under TCG, 1 vCPU,
 1 GiB as the paper's VMs) in one of two network namespaces joined by a veth pair shaped to
 1 Gbit/s with tc tbf (the paper's 1 Gbps link), then migrates it back and forth between the two
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench import migration_fit
+from bench import migration_e2e, migration_fit
 from bench.stats import Figure, Result, fmt
 
 TITLE = "Live migration: real QEMU pre-copy (Table V)"
@@ -78,7 +79,10 @@ def run(quick: bool = False) -> Result:
         runs = min(cfg.runs, 2) if quick else cfg.runs
         print(f"[bench] migration: {cfg.name} x{runs}", flush=True)
         records += run_config(cfg, image, runs)
-    return report(records, quick, image)
+    result = report(records, quick, image)
+    print("[bench] migration: end to end (attestation, operator, KubeVirt, QEMU)", flush=True)
+    migration_e2e.run_into(result, quick)
+    return result
 
 
 def run_config(cfg: Config, image: Any, runs: int) -> list[dict[str, Any]]:
