@@ -2,8 +2,8 @@
 
 `make bench-migration` (= `python -m bench.run --only migration`); then the end-to-end
 revocation timeline with a real migration in the loop (bench.migration_e2e). Each configuration
-boots one guest (sod_testbed.qemu: stock Debian kernel, busybox initramfs, QEMU 7.2 under TCG, 1 vCPU,
-1 GiB as the paper's VMs) in one of two network namespaces joined by a veth pair shaped to
+boots one guest (sod_testbed.qemu: stock Debian kernel, busybox initramfs, QEMU 7.2 under TCG,
+1 vCPU, 1 GiB as the paper's VMs) in one of two network namespaces joined by a veth pair shaped to
 1 Gbit/s with tc tbf (the paper's 1 Gbps link), then migrates it back and forth between the two
 namespaces, each migration into a fresh destination QEMU. Every run checks the guest on the
 destination (heartbeats continue, integrity checksum unchanged) and counts as ok only then.
