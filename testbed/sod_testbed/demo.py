@@ -994,7 +994,7 @@ class Story:
             (
                 done.t,
                 f"kubevirt: {done.name} Succeeded: {MOVER} live-migrated "
-                f"{state.get('sourceNode', node)} -> {state.get('targetNode', '?')}",
+                f"{state.get('sourceNode', node)} -> {state.get('targetNode') or m.target_node}",
                 [f"KubeVirt's phase timestamps: {stamps}"],
             ),
             (

@@ -12,7 +12,9 @@ And in the loop (the session's control plane, real virt-controller, the virt-han
 QEMU backend, sod-operator): a SecureVM whose VMI carries `sod.dev/real-vm: idle` runs a real
 guest; removing its node's profile label makes the operator relocate it, by a real pre-copy
 between two QEMU processes; the VMI's migrationState carries QEMU's moments and the guest is
-checked alive and intact on the target (the player's run record).
+checked alive and intact on the target (the player's run record). A real migration that QEMU
+cancels (KubeVirt's force-failure annotation) is a Failed VMIM with QEMU's reason, and the
+guest goes on at the source.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from sod_testbed.qemu.image import GuestImage, GuestImageError, build_guest
 from sod_testbed.qemu.migrate import MigrationOptions, free_port, migrate
 from sod_testbed.qemu.vm import QEMU, GuestSpec, QemuGuest, Workload, short_run_dir
 
-from tests.e2e.harness import Kube, condition, wait_for
+from tests.e2e.harness import Kube, condition, vm_manifest, vmim_manifest, wait_for
 from tests.e2e.operator_run import SOD, OperatorProcess, Trust, install_catalog, securevm
 
 X, Y = "hyperwall-1", "hyperwall-2"
@@ -153,3 +155,26 @@ def test_the_operator_relocates_a_real_guest_by_a_real_migration(
         if m["metadata"]["uid"] == state["migrationUid"]
     ]
     assert vmim["status"]["phase"] == "Succeeded"
+
+
+def test_a_real_migration_qemu_cancels_is_a_failed_migration(
+    image: GuestImage, kube: Kube, sandbox: LocalCluster
+) -> None:
+    annotations = {
+        REAL_VM_ANNOTATION: "idle",
+        "kubevirt.io/func-test-force-launcher-migration-failure": "true",
+    }
+    kube.create("virtualmachines", vm_manifest("real-2", annotations=annotations))
+    source = kube.wait_vmi_phase("real-2", "Running", timeout=300)["status"]["nodeName"]
+    kube.create("virtualmachineinstancemigrations", vmim_manifest("mig-2", "real-2"))
+    vmim = kube.wait_vmim_final("mig-2", timeout=180)
+    assert vmim["status"]["phase"] == "Failed"
+    vmi = kube.vmi("real-2") or {}
+    state = vmi["status"]["migrationState"]
+    assert state["failed"] is True
+    assert state["failureReason"].startswith("QEMU: pre-copy cancelled")
+    assert vmi["status"]["nodeName"] == source
+    records = read_records(sandbox.state_dir / "handler-player" / "real-vms.jsonl")
+    (run,) = [r for r in records if r.get("migration_uid") == state["migrationUid"]]
+    assert run["status"] == "cancelled"
+    assert run["outcome"] == "failed"
