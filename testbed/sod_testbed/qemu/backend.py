@@ -83,6 +83,11 @@ class RealMigration:
         self.update(released=True)
         self._go.set()
 
+    def wait_released(self) -> bool:
+        """Block until `release()` or `abort()`; True when released (not aborted)."""
+        self._go.wait()
+        return not self._abort.is_set()
+
     def abort(self) -> None:
         """Before `release()`: the migration never starts. After it QEMU runs to its end (QMP is
         driven by the migration thread alone), as a KubeVirt migration in its last phase does."""
@@ -185,8 +190,7 @@ class RealGuest:
         if name == "target-ready":  # the destination listens: wait for the player's go
             job.update(target_port=port)
             self.notify()
-            job._go.wait()
-            if job._abort.is_set():
+            if not job.wait_released():
                 raise _Aborted
         elif name in RUNNING_STATES and job.view().started_at is None:
             job.update(started_at=now)
