@@ -107,7 +107,8 @@ def test_the_report_gives_the_stage_table_the_paper_span_and_qemus_figures() -> 
     }
     result = Result(name="migration", title="t")
     e2e.report_into(result, [trial, trial])
-    stages, runs = result.tables
+    stages, every, runs = result.tables
+    assert every["rows"][0] == [1, 100.0, "0.400", "0.500", "0.600", "0.800", "1.50", "3.20"]
     assert [r[0] for r in stages["rows"]] == list(e2e.STAGES)
     assert stages["rows"][-1][1:] == ["2/2", "3.20 [3.20-3.20]", "1.70 [1.70-1.70]"]
     assert runs["rows"][0][1:6] == ["hyperwall-1 -> hyperwall-2", "900", "60", "88.0", "ok"]
