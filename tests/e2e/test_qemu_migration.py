@@ -118,8 +118,8 @@ def test_the_operator_relocates_a_real_guest_by_a_real_migration(
     body["spec"]["template"]["template"]["metadata"]["annotations"] = {REAL_VM_ANNOTATION: "idle"}
     kube.create("securevms", body, api_version=SOD)
     ready = wait_for(
-        lambda: kube.get("securevms", "real-1", api_version=SOD),
-        lambda o: bool(o) and (condition(o, "Ready") or {}).get("status") == "True",
+        lambda: kube.get("securevms", "real-1", api_version=SOD) or {},
+        lambda o: (condition(o, "Ready") or {}).get("status") == "True",
         "real-1 Ready (its guest booted under TCG)",
         300,
     )
@@ -130,7 +130,7 @@ def test_the_operator_relocates_a_real_guest_by_a_real_migration(
 
     Trust(kube_api).set(source)  # the verifier's revocation: the profile label goes
     vmi = wait_for(
-        lambda: kube.vmi("real-1"),
+        lambda: kube.vmi("real-1") or {},
         lambda v: (
             bool(v)
             and (v["status"].get("migrationState") or {}).get("completed") is True

@@ -4,6 +4,7 @@ with what workload, and which migrationState write follows which QEMU state."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from sod_testbed.handler_player import (
@@ -19,7 +20,7 @@ from sod_testbed.qemu.vm import Workload
 T0 = dt.datetime(2026, 12, 7, 0, 53, 20, tzinfo=dt.UTC).timestamp()
 
 
-def _vmi(annotations: dict[str, str] | None = None, memory: str = "1Gi") -> dict:
+def _vmi(annotations: dict[str, str] | None = None, memory: str = "1Gi") -> dict[str, Any]:
     return {
         "metadata": {"name": "v", "annotations": annotations or {}},
         "spec": {"domain": {"memory": {"guest": memory}}},
@@ -64,7 +65,7 @@ def test_guest_memory_is_the_vmis_capped() -> None:
 
 
 def test_a_real_migration_is_written_step_by_step_as_qemu_reports_it() -> None:
-    state: dict = {"targetNode": "n2", "sourceNode": "n1"}
+    state: dict[str, Any] = {"targetNode": "n2", "sourceNode": "n1"}
     assert real_migration_step(state, None, held=False, aborted=False).action == "prepare"
     view = MigrationView()
     assert real_migration_step(state, view, held=False, aborted=False).action == "wait"
@@ -106,7 +107,7 @@ def test_a_failed_real_migration_carries_qemus_reason() -> None:
 
 
 def test_an_abort_is_honoured_until_the_source_starts() -> None:
-    state: dict = {"targetNode": "n2", "abortRequested": True}
+    state: dict[str, Any] = {"targetNode": "n2", "abortRequested": True}
     assert real_migration_step(state, None, held=False, aborted=True).action == "abort"
     state["targetNodeAddress"] = "127.0.0.1"
     ready = MigrationView(target_port=4444)
