@@ -149,11 +149,16 @@ def test_the_operator_relocates_a_real_guest_by_a_real_migration(
     assert run["target_node"] == vmi["status"]["nodeName"]
     assert run["migration_uid"] == state["migrationUid"]
     assert run["transferred_bytes"] > 16 * 2**20  # a real guest's memory went over the wire
-    (vmim,) = [
-        m
-        for m in kube.api.list(kube.path("virtualmachineinstancemigrations"))["items"]
-        if m["metadata"]["uid"] == state["migrationUid"]
-    ]
+    (vmim,) = wait_for(  # virt-controller sets the VMIM's phase a sync after the VMI's state
+        lambda: [
+            m
+            for m in kube.api.list(kube.path("virtualmachineinstancemigrations"))["items"]
+            if m["metadata"]["uid"] == state["migrationUid"]
+        ],
+        lambda ms: len(ms) == 1 and ms[0]["status"].get("phase") in ("Succeeded", "Failed"),
+        "the migration's final phase",
+        60,
+    )
     assert vmim["status"]["phase"] == "Succeeded"
 
 
