@@ -1,8 +1,9 @@
 """Real pre-copy live migrations on this machine, shaped like the paper's Table V (issue 18).
 
-`make bench-migration` (= `python -m bench.run --only migration`). Each configuration boots one
-guest (sod_testbed.qemu: stock Debian kernel, busybox initramfs, QEMU 7.2 under TCG, 1 vCPU,
-1 GiB as the paper's VMs) in one of two network namespaces joined by a veth pair shaped to
+`make bench-migration` (= `python -m bench.run --only migration`); then the end-to-end
+revocation timeline with a real migration in the loop (bench.migration_e2e). Each configuration
+boots one guest (sod_testbed.qemu: stock Debian kernel, busybox initramfs, QEMU 7.2 under TCG,
+1 vCPU, 1 GiB as the paper's VMs) in one of two network namespaces joined by a veth pair shaped to
 1 Gbit/s with tc tbf (the paper's 1 Gbps link), then migrates it back and forth between the two
 namespaces, each migration into a fresh destination QEMU. Every run checks the guest on the
 destination (heartbeats continue, integrity checksum unchanged) and counts as ok only then.
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench import migration_fit
+from bench import migration_e2e, migration_fit
 from bench.stats import Figure, Result, fmt
 
 TITLE = "Live migration: real QEMU pre-copy (Table V)"
@@ -78,7 +79,10 @@ def run(quick: bool = False) -> Result:
         runs = min(cfg.runs, 2) if quick else cfg.runs
         print(f"[bench] migration: {cfg.name} x{runs}", flush=True)
         records += run_config(cfg, image, runs)
-    return report(records, quick, image)
+    result = report(records, quick, image)
+    print("[bench] migration: end to end (attestation, operator, KubeVirt, QEMU)", flush=True)
+    migration_e2e.run_into(result, quick)
+    return result
 
 
 def run_config(cfg: Config, image: Any, runs: int) -> list[dict[str, Any]]:
@@ -301,6 +305,13 @@ QEMU reports completed **and** the destination's console shows the heartbeats go
 boot checksum. Figures are QEMU's `query-migrate` (total time, downtime, data sent =
 ram.transferred, dirty syncs); the pause is the host-clock gap between the source's STOP and the
 destination's RESUME events. Non-convergence is stopped with `migrate_cancel` at the timeout.
+
+Then the end-to-end timeline (bench/migration_e2e.py): a sandbox with two hyperwall nodes, each
+with swtpm + node-agent, the verifier, sod-operator, KubeVirt's virt-api and virt-controller,
+and the virt-handler player running VM-B as a real 1 GiB idle QEMU guest; each trial breaks the
+runtime evidence of the VM's node and records when each stage was observed, up to the VM
+running on the other node after a real pre-copy (what is real and what is played: the note
+under its table).
 """
 
 CONDITIONS = """\

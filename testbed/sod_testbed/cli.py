@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from sod_testbed.cluster import (
 from sod_testbed.handler_player import PlayerConfig
 from sod_testbed.kubeapi import ApiError, resource_path
 from sod_testbed.nodes import NodeSpecError, apply_cpus, apply_labels, parse_nodes
+from sod_testbed.qemu.vm import QEMU
 
 DEFAULT_NODES = "hyperwall=2,datasafe=1,plain=1"
 PLAYER = "handler-player"
@@ -90,6 +92,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=float,
         default=1.0,
         help="multiply modelled migration durations (default 1: the paper's ~7.6 s per GiB)",
+    )
+    up.add_argument(
+        "--real-vms",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the first N VMIs to start as real QEMU guests (TCG; their migrations are real "
+        "pre-copy migrations) instead of the model; a VMI annotated sod.dev/real-vm "
+        "(idle | dirty:<MiB/s>:<MiB>) always is one. Needs qemu-system-x86 (make deps)",
     )
     up.add_argument(
         "--no-player",
@@ -148,6 +159,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     if args.time_scale <= 0:
         raise UsageError("--time-scale must be positive")
+    if args.real_vms < 0:
+        raise UsageError("--real-vms must be 0 or more")
+    if args.real_vms and shutil.which(QEMU) is None:
+        raise UsageError(f"--real-vms needs {QEMU}: run `make deps` (tools/install-system-deps.sh)")
     existing = _running(state_dir)
     if existing is not None:
         print(f"sandbox already running from {state_dir}")
@@ -160,7 +175,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="[sandbox] %(message)s", stream=sys.stderr)
 
-    player_config = PlayerConfig(time_scale=args.time_scale)
+    player_config = PlayerConfig(time_scale=args.time_scale, real_vms=args.real_vms)
     services: list[ClusterService] = []
     node_services: list[NodeService] = []
     if not args.no_examples:

@@ -42,6 +42,31 @@ Sandbox-only knobs (annotations on the VMI, not KubeVirt API): `sim.sod.dev/hold
 "true"` keeps a running migration from ending until removed (tests act during a migration
 without timing); `sim.sod.dev/dirty-rate` (bytes/s) overrides the model's dirty rate.
 
+Real guests (issue 18): a VMI annotated `sod.dev/real-vm` (or, without it, one of the first
+`PlayerConfig.real_vms` VMIs to start: `sodctl sandbox up --real-vms N`) runs a real guest,
+`qemu-system-x86_64` under TCG (sod_testbed.qemu; the guest is built from Debian packages),
+instead of the model. The annotation's value is the guest's workload:
+
+    sod.dev/real-vm: idle                  heartbeat only (also "true" or "")
+    sod.dev/real-vm: dirty:<MiB/s>:<MiB>   rewrites a working set of <MiB> at <MiB/s> of random
+                                           data (`max` or 0: as fast as the vCPU can)
+
+Such a VMI becomes Running only once its guest has booted (a malformed value or a guest that
+does not boot: Failed). Its migration is a real pre-copy between two QEMU processes
+(sod_testbed.qemu.backend), and step 2 follows QEMU instead of the model: (a) the target's
+address and port are written once the destination QEMU listens; (b) the source starts `migrate`
+once that is written, and `startTimestamp`/`mode` are written when QEMU reports it running
+(`PostCopy` if QEMU switched); (c) the hand-off (`endTimestamp` = QEMU's completion) is written
+only when QEMU reports completed AND the guest's console on the destination shows it alive and
+intact; anything else (QEMU failed, cancelled at `real_timeout_seconds` because pre-copy did
+not converge, or the guest did not come through) is a failed migration with QEMU's reason. The
+hold annotation holds the source before `migrate`; the force-failure annotation cancels the
+real pre-copy at once; an abort is honoured until the source starts. Guests are the player's
+child processes: a restarted player has lost them, and their VMIs then migrate by the model.
+The link is loopback capped at 1 Gbit/s by QEMU (its downtime is not a 1 Gbit/s link's).
+Each boot and migration is recorded with QEMU's figures in
+`<state dir>/handler-player/real-vms.jsonl`.
+
 Not played: domain, guest agent, network and volume status, hotplug, post-copy, heartbeats
 (nodes without `kubevirt.io/heartbeat` are never marked unresponsive), node-labeller and device
 plugins (nodes.py writes their result once), decentralized migrations.
@@ -68,6 +93,9 @@ from sod_operator.kube import object_key as key_of
 from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
 from sod_testbed.kubevirt import HANDLER_SA, NAMESPACE, request_token, write_token_kubeconfig
 from sod_testbed.migration_model import MigrationModel, PrecopyPlan, parse_quantity, plan_precopy
+from sod_testbed.qemu.backend import Backend, MigrationView, RealGuest
+from sod_testbed.qemu.migrate import MigrationOptions
+from sod_testbed.qemu.vm import Workload
 
 log = logging.getLogger("sod.handler_player")
 
@@ -80,17 +108,24 @@ FORCE_MIGRATION_FAILURE_ANNOTATION = "kubevirt.io/func-test-force-launcher-migra
 BRIDGE_MIGRATION_ANNOTATION = "kubevirt.io/allow-pod-bridge-network-live-migration"
 HOLD_MIGRATION_ANNOTATION = "sim.sod.dev/hold-migration"
 DIRTY_RATE_ANNOTATION = "sim.sod.dev/dirty-rate"
+REAL_VM_ANNOTATION = "sod.dev/real-vm"
 MIGRATION_PORTS = {"49152": 0, "49153": 0}
 DEFAULT_MEMORY = "1Gi"
 
 
 @dataclass(frozen=True)
 class PlayerConfig:
-    """Modelled migration durations are multiplied by `time_scale`."""
+    """Modelled migration durations are multiplied by `time_scale`. `real_vms`: how many VMIs
+    (the first to start, not counting those annotated `sod.dev/real-vm`) get a real QEMU guest
+    (idle); `real_*`: the real guests' memory cap, pre-copy timeout and QEMU's bandwidth cap."""
 
     time_scale: float = 1.0
     resync_seconds: float = 2.0
     model: MigrationModel = field(default_factory=MigrationModel)
+    real_vms: int = 0
+    real_memory_mib: int = 512
+    real_timeout_seconds: float = 60.0
+    real_bandwidth_bytes: int = 125_000_000  # 1 Gbit/s, as the model's link
 
     def argv(self) -> list[str]:
         return [
@@ -98,7 +133,18 @@ class PlayerConfig:
             f"--resync={self.resync_seconds}",
             f"--bandwidth-bps={self.model.bandwidth_bits_per_second}",
             f"--dirty-rate={self.model.dirty_rate_bytes_per_second}",
+            f"--real-vms={self.real_vms}",
+            f"--real-memory-mib={self.real_memory_mib}",
+            f"--real-timeout={self.real_timeout_seconds}",
         ]
+
+    def migration_options(self, forced_failure: bool) -> MigrationOptions:
+        """A forced failure (KubeVirt's func-test annotation) cancels the real pre-copy at its
+        first poll: QEMU itself reports it cancelled."""
+        return MigrationOptions(
+            max_bandwidth_bytes=self.real_bandwidth_bytes,
+            timeout_seconds=0.0 if forced_failure else self.real_timeout_seconds,
+        )
 
 
 def _ts(t: dt.datetime) -> str:
@@ -251,7 +297,101 @@ def plan_of(vmi: JsonObj, model: MigrationModel) -> PrecopyPlan:
     return plan_precopy(model, vmi_memory_bytes(vmi), parse_quantity(dirty) if dirty else None)
 
 
+# ---- pure decisions: real guests (sod_testbed.qemu.backend runs them) ------------------------
+
+
+def parse_real_vm(value: str) -> Workload:
+    """The workload of annotation `sod.dev/real-vm`: `idle` (or `true`), or
+    `dirty:<MiB/s>:<working set MiB>` (rate 0 or `max`: as fast as the vCPU can)."""
+    text = value.strip().lower()
+    if text in ("", "idle", "true"):
+        return Workload()
+    parts = text.split(":")
+    if len(parts) == 3 and parts[0] == "dirty":
+        try:
+            rate = 0 if parts[1] == "max" else int(parts[1])
+            return Workload.dirty(rate, int(parts[2]))
+        except ValueError as err:
+            raise ValueError(f"{REAL_VM_ANNOTATION}={value!r}: {err}") from None
+    raise ValueError(
+        f"{REAL_VM_ANNOTATION}={value!r}: want idle or dirty:<MiB/s|max>:<working set MiB>"
+    )
+
+
+def choose_backend(vmi: JsonObj, chosen_by_option: int, real_vms: int) -> Workload | None:
+    """A real guest's workload for a VMI about to run, or None (the model). The annotation
+    decides; without it the first `real_vms` VMIs get an idle real guest. A malformed
+    annotation raises ValueError (the VMI fails rather than silently running a model)."""
+    value = (vmi["metadata"].get("annotations") or {}).get(REAL_VM_ANNOTATION)
+    if value is not None:
+        return parse_real_vm(value)
+    return Workload() if chosen_by_option < real_vms else None
+
+
+def guest_memory_mib(vmi: JsonObj, cap_mib: int) -> int:
+    """The VMI's guest memory, capped (the machine has 2 cores and the guests share it)."""
+    return max(64, min(cap_mib, int(vmi_memory_bytes(vmi) // 2**20)))
+
+
+@dataclass(frozen=True)
+class RealStep:
+    """What the player does next for a real migration: `prepare` (start the target QEMU),
+    `wait`, `abort` (before the source started), `release` (let the source start), or write
+    (`target-ready`, `started`, `succeeded`, `failed`) the migrationState `fields`."""
+
+    action: str
+    fields: JsonObj = field(default_factory=dict)
+
+
+def real_migration_step(
+    state: JsonObj, view: MigrationView | None, held: bool, aborted: bool
+) -> RealStep:
+    """virt-handler's steps (see the module docstring, 2.a-c) for a real migration: each write
+    follows what QEMU reported, as `view` shows it; timestamps are QEMU's moments."""
+    if view is None:
+        return RealStep("abort") if aborted else RealStep("prepare")
+    if view.outcome == "failed":
+        reason = "Migration aborted" if aborted and not view.started_at else view.reason
+        fields = {"failed": True, "completed": True, "failureReason": reason}
+        if aborted:
+            fields["abortStatus"] = "Succeeded"
+        return RealStep("failed", {**fields, "endTimestamp": _epoch_ts(view.ended_at)})
+    if not state.get("targetNodeAddress"):
+        if view.target_port is None:
+            return RealStep("wait")
+        ports = {str(view.target_port): 0}
+        return RealStep(
+            "target-ready",
+            {"targetNodeAddress": "127.0.0.1", "targetDirectMigrationNodePorts": ports},
+        )
+    if not view.released:
+        return RealStep("abort" if aborted else "wait" if held else "release")
+    if not state.get("startTimestamp"):
+        if view.started_at is None:
+            return RealStep("wait")
+        return RealStep(
+            "started", {"startTimestamp": _epoch_ts(view.started_at), "mode": view.mode}
+        )
+    if view.outcome == "ok":
+        return RealStep("succeeded", {"endTimestamp": _epoch_ts(view.ended_at)})
+    return RealStep("wait")
+
+
+def _epoch_ts(t: float | None) -> str:
+    moment = dt.datetime.now(dt.UTC) if t is None else dt.datetime.fromtimestamp(t, dt.UTC)
+    return _ts(moment)
+
+
 # ---- the player ---------------------------------------------------------------------------------
+
+
+def _uid(vmi: JsonObj) -> str:
+    return str(vmi["metadata"].get("uid", ""))
+
+
+def _final(vmi: JsonObj) -> bool:
+    phase = (vmi.get("status") or {}).get("phase")
+    return bool(vmi["metadata"].get("deletionTimestamp")) or phase in ("Succeeded", "Failed")
 
 
 def _label(key: str) -> Callable[[JsonObj], str | None]:
@@ -285,6 +425,8 @@ class HandlerPlayer:
         self._since: dict[tuple[str, str], float] = {}  # (migration uid, step) -> monotonic
         self._thread = threading.Thread(target=self._loop, name="handler-player", daemon=True)
         self._next_due: float | None = None
+        self.backend = Backend(state_dir, self._wake.set)  # real guests, by VMI uid
+        self._chosen: set[str] = set()  # VMI uids given a real guest by `real_vms`
 
     # ---- lifecycle ----
 
@@ -307,6 +449,7 @@ class HandlerPlayer:
         for thread in (self._thread, self.vmis.thread, self.pods.thread):
             if thread.is_alive():
                 thread.join(timeout=10)
+        self.backend.stop()
 
     def run_forever(self) -> None:
         self.start()
@@ -332,6 +475,7 @@ class HandlerPlayer:
                 except Exception:
                     log.exception("VMI %s/%s: sync failed", *key_of(vmi))
                     self._due(1.0)
+            self.backend.reap({_uid(v) for v in self.vmis.items() if not _final(v)})
             self._wake.wait(max(0.0, self._next_due - time.monotonic()))
             time.sleep(0.01)  # coalesce a burst of watch events into one pass
 
@@ -400,10 +544,7 @@ class HandlerPlayer:
 
     def sync(self, vmi: JsonObj) -> None:
         status = vmi.get("status") or {}
-        if vmi["metadata"].get("deletionTimestamp") or status.get("phase") in (
-            "Succeeded",
-            "Failed",
-        ):
+        if _final(vmi):
             return
         state = status.get("migrationState") or {}
         if status.get("phase") == "Scheduled":
@@ -415,6 +556,8 @@ class HandlerPlayer:
         status = vmi["status"]
         node = status.get("nodeName")
         if not node or (vmi["metadata"].get("labels") or {}).get(NODE_NAME_LABEL) != node:
+            return
+        if not self._real_guest_ready(vmi, node):
             return
         now = _ts(dt.datetime.now(dt.UTC))
         conditions = [
@@ -438,6 +581,41 @@ class HandlerPlayer:
         )
         log.info("VMI %s/%s: Running on %s", *key_of(vmi), node)
 
+    def _real_guest_ready(self, vmi: JsonObj, node: str) -> bool:
+        """False while a real guest is still booting (or when it failed: the VMI is Failed,
+        as virt-handler reports a domain that never started). True for a model-backed VMI."""
+        uid = _uid(vmi)
+        guest = self.backend.guests.get(uid)
+        if guest is None:
+            live = self._chosen & set(self.backend.guests)
+            try:
+                workload = choose_backend(vmi, len(live), self.config.real_vms)
+            except ValueError as err:
+                self._fail_vmi(node, vmi, str(err))
+                return False
+            if workload is None:
+                return True
+            if REAL_VM_ANNOTATION not in (vmi["metadata"].get("annotations") or {}):
+                self._chosen.add(uid)
+            memory = guest_memory_mib(vmi, self.config.real_memory_mib)
+            self.backend.boot("/".join(key_of(vmi)), uid, node, workload, memory)
+            log.info(
+                "VMI %s/%s: booting a real guest (%s) on %s", *key_of(vmi), workload.name, node
+            )
+            return False
+        if guest.error:
+            self._fail_vmi(node, vmi, guest.error)
+        return guest.ready and not guest.error
+
+    def _fail_vmi(self, node: str, vmi: JsonObj, reason: str) -> None:
+        transitions = list((vmi.get("status") or {}).get("phaseTransitionTimestamps") or [])
+        now = _ts(dt.datetime.now(dt.UTC))
+        transitions.append({"phase": "Failed", "phaseTransitionTimestamp": now})
+        self._write(
+            node, vmi, {"status": {"phase": "Failed", "phaseTransitionTimestamps": transitions}}
+        )
+        log.error("VMI %s/%s: Failed: %s", *key_of(vmi), reason)
+
     def _migrate(self, vmi: JsonObj, state: JsonObj) -> None:
         source, target = str(state.get("sourceNode", "")), str(state["targetNode"])
         uid = state.get("migrationUid", "")
@@ -446,6 +624,10 @@ class HandlerPlayer:
             return
         if state.get("endTimestamp") and not state.get("failed"):
             self._state(target, vmi, {"completed": True})  # finalizeMigration
+            return
+        guest = self.backend.guests.get(_uid(vmi))
+        if guest is not None:
+            self._migrate_real(vmi, state, guest, source, target)
             return
         if state.get("abortRequested"):
             self._end_failed(vmi, source, "Migration aborted", aborted=True)
@@ -483,7 +665,9 @@ class HandlerPlayer:
             )
             self._end_failed(vmi, source, reason, aborted=False)
             return
-        now = _ts(dt.datetime.now(dt.UTC))
+        self._handoff(vmi, source, target, _ts(dt.datetime.now(dt.UTC)))
+
+    def _handoff(self, vmi: JsonObj, source: str, target: str, end: str) -> None:
         self._write(  # ackMigrationCompletion + updateStatus on the target
             target,
             vmi,
@@ -493,13 +677,44 @@ class HandlerPlayer:
                     "nodeName": target,
                     "migrationState": {
                         "targetNodeDomainDetected": True,
-                        "targetNodeDomainReadyTimestamp": now,
-                        "endTimestamp": now,
+                        "targetNodeDomainReadyTimestamp": end,
+                        "endTimestamp": end,
                     },
                 },
             },
         )
         log.info("VMI %s/%s: migrated %s -> %s", *key_of(vmi), source, target)
+
+    def _migrate_real(
+        self, vmi: JsonObj, state: JsonObj, guest: RealGuest, source: str, target: str
+    ) -> None:
+        """A real pre-copy: every write follows the QEMU migration's state (real_migration_step)."""
+        uid = str(state.get("migrationUid", ""))
+        annotations = vmi["metadata"].get("annotations") or {}
+        job = guest.migrations.get(uid)
+        step = real_migration_step(
+            state,
+            job.view() if job else None,
+            held=annotations.get(HOLD_MIGRATION_ANNOTATION) == "true",
+            aborted=bool(state.get("abortRequested")),
+        )
+        if step.action == "prepare":
+            forced = annotations.get(FORCE_MIGRATION_FAILURE_ANNOTATION) == "true"
+            guest.migrate(uid, target, self.config.migration_options(forced))
+        elif step.action == "release" and job is not None:
+            job.release()
+        elif step.action == "abort":
+            if job is None:
+                self._end_failed(vmi, source, "Migration aborted", aborted=True)
+            else:
+                job.abort()
+        elif step.action in ("target-ready", "started", "failed"):
+            self._state(target if step.action == "target-ready" else source, vmi, step.fields)
+            if step.action == "failed":
+                log.info("VMI %s/%s: real migration failed: %s", *key_of(vmi), step.fields)
+        elif step.action == "succeeded":
+            self._handoff(vmi, source, target, step.fields["endTimestamp"])
+        # "wait": the backend wakes the loop on every change of the migration's state
 
     def _end_failed(self, vmi: JsonObj, source: str, reason: str, aborted: bool) -> None:
         fields: JsonObj = {
@@ -571,6 +786,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resync", type=float, default=d.resync_seconds)
     parser.add_argument("--bandwidth-bps", type=float, default=d.model.bandwidth_bits_per_second)
     parser.add_argument("--dirty-rate", type=float, default=d.model.dirty_rate_bytes_per_second)
+    parser.add_argument("--real-vms", type=int, default=d.real_vms)
+    parser.add_argument("--real-memory-mib", type=int, default=d.real_memory_mib)
+    parser.add_argument("--real-timeout", type=float, default=d.real_timeout_seconds)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -585,6 +803,9 @@ def main(argv: list[str] | None = None) -> int:
             bandwidth_bits_per_second=args.bandwidth_bps,
             dirty_rate_bytes_per_second=args.dirty_rate,
         ),
+        real_vms=args.real_vms,
+        real_memory_mib=args.real_memory_mib,
+        real_timeout_seconds=args.real_timeout,
     )
     player = HandlerPlayer(args.kubeconfig, args.state_dir, config)
 

@@ -5,8 +5,16 @@ Covers: the guest built from Debian packages (tools/build-guest.sh's builder, ca
 its READY line; the QMP sequence; the phases reported in order; QEMU's figures present; the
 guest alive and intact on the destination (heartbeats go on, integrity checksum unchanged); the
 source paused after the hand-off. Not covered here: network namespaces and dirtying workloads
-(make bench-migration runs those). No control plane is started. Needs qemu-system-x86 (make
-deps installs it): its absence fails the test, it does not skip.
+(make bench-migration runs those). Needs qemu-system-x86 (make deps installs it): its absence
+fails the test, it does not skip.
+
+And in the loop (the session's control plane, real virt-controller, the virt-handler player's
+QEMU backend, sod-operator): a SecureVM whose VMI carries `sod.dev/real-vm: idle` runs a real
+guest; removing its node's profile label makes the operator relocate it, by a real pre-copy
+between two QEMU processes; the VMI's migrationState carries QEMU's moments and the guest is
+checked alive and intact on the target (the player's run record). A real migration that QEMU
+cancels (KubeVirt's force-failure annotation) is a Failed VMIM with QEMU's reason, and the
+guest goes on at the source.
 """
 
 from __future__ import annotations
@@ -16,9 +24,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sod_testbed.cluster import LocalCluster
+from sod_testbed.handler_player import REAL_VM_ANNOTATION
+from sod_testbed.kubeapi import KubeApi
+from sod_testbed.qemu.backend import read_records
 from sod_testbed.qemu.image import GuestImage, GuestImageError, build_guest
 from sod_testbed.qemu.migrate import MigrationOptions, free_port, migrate
 from sod_testbed.qemu.vm import QEMU, GuestSpec, QemuGuest, Workload, short_run_dir
+
+from tests.e2e.harness import Kube, condition, vm_manifest, vmim_manifest, wait_for
+from tests.e2e.operator_run import SOD, OperatorProcess, Trust, install_catalog, securevm
+
+X, Y = "hyperwall-1", "hyperwall-2"
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +92,94 @@ def test_an_idle_guest_migrates_and_goes_on_intact(image: GuestImage, run_dir: P
     finally:
         src.stop()
         dst.stop()
+
+
+@pytest.fixture
+def operator(
+    kubeconfig: Path, namespace: str, tmp_path: Path, kube_api: KubeApi
+) -> Iterator[OperatorProcess]:
+    install_catalog(kube_api)
+    Trust(kube_api).baseline({X: ("hyperwall",), Y: ("hyperwall",)})
+    op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log").start()
+    yield op
+    op.stop()
+    Trust(kube_api).baseline({})
+    print(f"--- sod-operator log (tail) ---\n{op.log(4000)}")
+
+
+def test_the_operator_relocates_a_real_guest_by_a_real_migration(
+    image: GuestImage,
+    operator: OperatorProcess,
+    kube: Kube,
+    kube_api: KubeApi,
+    sandbox: LocalCluster,
+) -> None:
+    body = securevm("real-1", {"options": ["Basic", "HypervisorProtection"]})
+    body["spec"]["template"]["template"]["metadata"]["annotations"] = {REAL_VM_ANNOTATION: "idle"}
+    kube.create("securevms", body, api_version=SOD)
+    ready = wait_for(
+        lambda: kube.get("securevms", "real-1", api_version=SOD) or {},
+        lambda o: (condition(o, "Ready") or {}).get("status") == "True",
+        "real-1 Ready (its guest booted under TCG)",
+        300,
+    )
+    source = ready["status"]["nodeName"]
+    records = sandbox.state_dir / "handler-player" / "real-vms.jsonl"
+    uid = (kube.vmi("real-1") or {})["metadata"]["uid"]
+    assert [r["event"] for r in read_records(records) if r["uid"] == uid] == ["boot"]
+
+    Trust(kube_api).set(source)  # the verifier's revocation: the profile label goes
+    vmi = wait_for(
+        lambda: kube.vmi("real-1") or {},
+        lambda v: (
+            bool(v)
+            and (v["status"].get("migrationState") or {}).get("completed") is True
+            and v["status"].get("nodeName") not in (None, source)
+        ),
+        "real-1 migrated off its revoked node",
+        240,
+    )
+    state = vmi["status"]["migrationState"]
+    assert not state.get("failed"), state
+    assert state["mode"] == "PreCopy"
+    (run,) = [r for r in read_records(records) if r["uid"] == uid and r["event"] == "migration"]
+    assert run["outcome"] == "ok", run
+    assert run["status"] == "completed"
+    assert run["guest_ok"] is True, run["guest_check"]
+    assert run["target_node"] == vmi["status"]["nodeName"]
+    assert run["migration_uid"] == state["migrationUid"]
+    assert run["transferred_bytes"] > 16 * 2**20  # a real guest's memory went over the wire
+    (vmim,) = wait_for(  # virt-controller sets the VMIM's phase a sync after the VMI's state
+        lambda: [
+            m
+            for m in kube.api.list(kube.path("virtualmachineinstancemigrations"))["items"]
+            if m["metadata"]["uid"] == state["migrationUid"]
+        ],
+        lambda ms: len(ms) == 1 and ms[0]["status"].get("phase") in ("Succeeded", "Failed"),
+        "the migration's final phase",
+        60,
+    )
+    assert vmim["status"]["phase"] == "Succeeded"
+
+
+def test_a_real_migration_qemu_cancels_is_a_failed_migration(
+    image: GuestImage, kube: Kube, sandbox: LocalCluster
+) -> None:
+    annotations = {
+        REAL_VM_ANNOTATION: "idle",
+        "kubevirt.io/func-test-force-launcher-migration-failure": "true",
+    }
+    kube.create("virtualmachines", vm_manifest("real-2", annotations=annotations))
+    source = kube.wait_vmi_phase("real-2", "Running", timeout=300)["status"]["nodeName"]
+    kube.create("virtualmachineinstancemigrations", vmim_manifest("mig-2", "real-2"))
+    vmim = kube.wait_vmim_final("mig-2", timeout=180)
+    assert vmim["status"]["phase"] == "Failed"
+    vmi = kube.vmi("real-2") or {}
+    state = vmi["status"]["migrationState"]
+    assert state["failed"] is True
+    assert state["failureReason"].startswith("QEMU: pre-copy cancelled")
+    assert vmi["status"]["nodeName"] == source
+    records = read_records(sandbox.state_dir / "handler-player" / "real-vms.jsonl")
+    (run,) = [r for r in records if r.get("migration_uid") == state["migrationUid"]]
+    assert run["status"] == "cancelled"
+    assert run["outcome"] == "failed"
