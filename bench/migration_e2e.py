@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.stats import Figure, Result, fmt
+from bench.timeline import PAPER_SECONDS, REVOCATION_STAGES
 
 Json = dict[str, Any]
 KUBEVIRT = "kubevirt.io/v1"
@@ -37,18 +38,10 @@ NAMESPACE = "bench-migration-e2e"
 WORKLOAD = "idle"
 MEMORY = "1Gi"  # as Table V's guests (the player's cap is raised to match)
 TRIALS = 3
-PAPER_TRIGGER_SECONDS = 2.33
+PAPER_TRIGGER_SECONDS = PAPER_SECONDS
 TRIAL_TIMEOUT = 180.0
 
-STAGES = (  # the PREAMBLE's revocation-trigger vocabulary, in order
-    "evidence_changed",
-    "verdict_written",
-    "label_removed",
-    "vmim_created",
-    "target_scheduled",
-    "migration_started",
-    "vm_running",
-)
+STAGES = REVOCATION_STAGES  # the shared stage names of every reaction timeline
 
 
 # ---- the timeline from observed events (pure) ---------------------------------------------------
