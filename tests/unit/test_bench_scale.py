@@ -26,7 +26,7 @@ def test_revoking_groups_up_to_a_size_affects_exactly_that_size():
     for size in SIZES:
         revoked = set(scale.revoked_groups(size, SIZES))
         assert sum(1 for g in groups if g in revoked) == size
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not one of"):
         scale.revoked_groups(7, SIZES)
 
 
