@@ -145,3 +145,19 @@ def test_step_reason_states_what_was_measured():
     assert "3,000 of 5,000" in text
     assert "20.0 placed/s" in text
     assert "kube-apiserver 150 s" in text
+
+
+def test_tree_usage_counts_a_process_and_its_children():
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        cpu, rss = scale.tree_usage(os.getpid())
+        own_cpu, own_rss = scale.testbed.process_usage(os.getpid())
+        assert cpu >= own_cpu
+        assert rss > own_rss / 2**20  # the child's peak RSS is added
+    finally:
+        child.kill()
+        child.wait()
