@@ -66,7 +66,8 @@ BUDGET_S = 330.0
 size gets one trial only; a fleet step started past it gets `MIN_STEP_S` to converge (the
 first gets `FIRST_STEP_S`: without it there is no sandbox row at all). The in-process part
 (worlds of 1,000, 5,000 and 20,000 SecureVMs) comes on top: about 10 minutes in all on a
-quiet 2-core machine (estimated from --quick runs, see the commit)."""
+quiet 2-core machine (an estimate from --quick runs on a busy machine; a full run's
+`duration_s` says)."""
 MIN_STEP_S = 60.0
 FIRST_STEP_S = 600.0
 SANDBOX_TRIALS = 3
@@ -261,7 +262,7 @@ def _template_bodies(api: Any, group: str) -> dict[str, dict[Any, list[dict[str,
     for name, vmi in sorted(items[Kind.VMI].items()):
         st = vmi.get("status") or {}
         node = st.get("nodeName") or ""
-        if st.get("migrationState") or not node.startswith(group) or name not in items[Kind.VM]:
+        if st.get("migrationState") or node != group_node(group) or name not in items[Kind.VM]:
             continue
         svm = items[Kind.SECUREVM].get(name)
         if svm is None:
@@ -494,7 +495,7 @@ def _nodes(fleets: Sequence[int], affected: Sequence[int]) -> list[Any]:
 
     out = [node(group_node(g), g, n + 20) for g, n in groups.items()]
     out.append(node(group_node(HAVEN), HAVEN, 40))
-    per_bulk = -(-bulk // BULK_NODES) + 20
+    per_bulk = -(-bulk * 3 // (2 * BULK_NODES)) + 20  # room for the scheduler's imbalance
     out += [node(f"{BULK}-{i:02d}", BULK, per_bulk) for i in range(BULK_NODES)]
     return out
 
@@ -799,7 +800,7 @@ def _sandbox(
                 if bodies is None:  # the in-process part needs them even if this step failed
                     largest = max(s for s in affected if s <= fleet)
                     with contextlib.suppress(RuntimeError):
-                        bodies = snapshot_bodies(bed, group_node(group_name(largest)))
+                        bodies = snapshot_bodies(bed, group_name(largest))
                 if step.placed < fleet:
                     result.not_run[f"{fleet:,} SecureVMs in the sandbox"] = step.reason(have)
                     break
