@@ -837,7 +837,12 @@ def run(quick: bool = False) -> Result:
     result.add_table(
         "Revocation cost by affected-set size x fleet size (medians)",
         COST_COLUMNS,
-        [c.row() for c in costs],
+        [c.row() for c in costs]
+        + missing_rows(
+            QUICK_CLUSTER_FLEETS if quick else CLUSTER_FLEETS,
+            {c.fleet for c in sandbox_costs},
+            affected,
+        ),
         note=COST_NOTE,
     )
     _steps_table(result, steps)
@@ -857,6 +862,23 @@ def run(quick: bool = False) -> Result:
     sandbox_trials = QUICK_SANDBOX_TRIALS if quick else SANDBOX_TRIALS
     result.method = _method(affected, steps, process_fleets, process_trials, sandbox_trials)
     return result
+
+
+def missing_rows(fleets: Sequence[int], reached: set[int], affected: Sequence[int]) -> list[Any]:
+    """A row per sandbox fleet size that was not reached, so the table shows the gap."""
+    blank = ["-"] * (len(COST_COLUMNS) - 5)
+    return [
+        [
+            "sandbox: not run (see Not run above)",
+            f"{f:,}",
+            ", ".join(f"{s:,}" for s in affected if s <= f),
+            "-",
+            0,
+            *blank,
+        ]
+        for f in fleets
+        if f not in reached
+    ]
 
 
 COST_NOTE = (

@@ -161,3 +161,12 @@ def test_tree_usage_counts_a_process_and_its_children():
     finally:
         child.kill()
         child.wait()
+
+
+def test_fleet_sizes_not_reached_in_the_sandbox_get_a_row_that_says_so():
+    rows = scale.missing_rows((1000, 5000), {1000}, SIZES)
+    assert len(rows) == 1
+    assert len(rows[0]) == len(scale.COST_COLUMNS)
+    assert rows[0][0].startswith("sandbox: not run")
+    assert rows[0][1:3] == ["5,000", "1, 10, 100, 1,000"]
+    assert scale.missing_rows((1000, 5000), {1000, 5000}, SIZES) == []
