@@ -376,7 +376,7 @@ def run(quick: bool = False) -> Result:
     from sod_testbed.handler_player import PlayerConfig
     from sod_testbed.nodes import parse_nodes
 
-    trials = 3 if quick else 30
+    trials = 3 if quick else 20
     evidence = 2 if quick else 10
     nodes = parse_nodes("hyperwall=4,tpm-measured-boot=3")
     hyperwall = [n.name for n in nodes if n.architecture == "hyperwall"]

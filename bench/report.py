@@ -91,7 +91,8 @@ REALITY: dict[str, tuple[str, str]] = {
     ),
     "scale": (
         "the same control plane and operator; the in-process planning step is the operator's "
-        "own code on a snapshot of the live cluster",
+        "own code (index, plan_batch) fed copies of the sandbox's own SecureVM, VM, VMI and "
+        "launcher-pod objects on the same layout",
         "the nodes (kwok) and KubeVirt's node side (the player); fleet sizes the machine could "
         "not hold "
         "in the cluster ran in process only (see the section)",
@@ -99,9 +100,13 @@ REALITY: dict[str, tuple[str, str]] = {
     "migration": (
         "QEMU 7.2 live migrations (pre-copy, QMP) between two qemu-system-x86_64 processes in "
         "two network namespaces on a veth link shaped with tc tbf, a Debian kernel and a "
-        "busybox guest whose own workload dirties memory",
+        "busybox guest whose own workload dirties memory; end to end, also swtpm TPMs, the "
+        "node-agents, the verifier, sod-operator, the control plane and KubeVirt's "
+        "virt-controller and virt-api, with the VM a real QEMU guest migrated by the player",
         "the hardware: TCG emulation instead of KVM, one vCPU, a shaped veth link instead of "
-        "a datacenter network; the fitted model's figures are computed, not measured",
+        "a datacenter network (end to end: loopback at QEMU's 1 Gbit/s cap, kwok nodes, the "
+        "player as KubeVirt's node side); the fitted model's figures are computed, not "
+        "measured",
     ),
 }
 
