@@ -111,6 +111,7 @@ class CrdDefinition:
 
     @property
     def plural(self) -> str:
+        # Every kind so far pluralises regularly; an irregular one would need its own field.
         return f"{self.kind.lower()}s"
 
     @property
