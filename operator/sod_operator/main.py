@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
-import socket
 import sys
 import threading
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,18 +78,9 @@ def _parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="address of the metrics and liveness servers (in a Pod: 0.0.0.0)",
     )
-    le = p.add_argument_group("leader election (a coordination.k8s.io Lease)")
-    le.add_argument("--no-leader-election", action="store_true", help="run without a Lease")
-    le.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
-    le.add_argument("--lease-name", default="sod-operator")
-    le.add_argument(
-        "--identity",
-        default=os.environ.get("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
-        help="this replica's identity (default: $POD_NAME, so a restarted container retakes it)",
-    )
-    le.add_argument("--lease-seconds", type=float, default=15.0)
-    le.add_argument("--renew-seconds", type=float, default=10.0)
-    le.add_argument("--retry-seconds", type=float, default=2.0)
+    from sod_operator.kube.leader import add_lease_args  # here: --help needs no client
+
+    add_lease_args(p, name="sod-operator", namespace="default")
     r = p.add_argument_group("relocation")
     r.add_argument("--max-migrations-per-cluster", type=int, default=d.max_migrations_per_cluster)
     r.add_argument("--max-outbound-per-node", type=int, default=d.max_outbound_per_node)
@@ -132,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import kopf
 
     import sod_operator.handlers  # noqa: F401 - registers the handlers with kopf
-    from sod_operator.adapters.leader import LeaderElector, LeaseConfig
     from sod_operator.adapters.runtime import Options, kube_for
+    from sod_operator.kube.leader import LeaderElector, lease_config
 
     relocation = RelocationSettings(
         max_migrations_per_cluster=args.max_migrations_per_cluster,
@@ -164,14 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_leader_election:
         elector = LeaderElector(
             kube_for(options).client,
-            LeaseConfig(
-                namespace=args.lease_namespace,
-                name=args.lease_name,
-                identity=args.identity,
-                lease_seconds=args.lease_seconds,
-                renew_seconds=args.renew_seconds,
-                retry_seconds=args.retry_seconds,
-            ),
+            lease_config(args),
         )
         waiting = threading.Event()
         previous = {

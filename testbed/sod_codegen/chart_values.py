@@ -48,15 +48,10 @@ class _Values(BaseModel):
     )
 
 
-class Global(BaseModel):
+class Global(_Values):
     """Values shared with parent charts. Open (parents may set their own globals)."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        use_attribute_docstrings=True,
-        extra="allow",
-    )
+    model_config = ConfigDict(extra="allow")  # merged with _Values' settings by pydantic
 
     image_pull_secrets: list[str] = Field(default_factory=list)
     """imagePullSecrets is a list of Secret names (in the release namespace) used to pull every

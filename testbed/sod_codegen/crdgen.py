@@ -90,12 +90,15 @@ SECUREVM_NAME_RULE = {
 AGE = PrinterColumn("Age", "date", ".metadata.creationTimestamp")
 
 
+def _spec_columns(*columns: PrinterColumn) -> tuple[PrinterColumn, ...]:
+    """A cluster-scoped kind's columns: its own, then Age, then its description (wide only)."""
+    return (*columns, AGE, PrinterColumn("Description", "string", ".spec.description", priority=1))
+
+
 @dataclass(frozen=True)
 class CrdDefinition:
     kind: str
-    plural: str
     short_names: tuple[str, ...]
-    namespaced: bool
     spec: type[BaseModel]
     status: type[BaseModel] | None
     description: str
@@ -104,6 +107,12 @@ class CrdDefinition:
     spec_required: bool = True
     root_rules: tuple[dict[str, str], ...] = ()
     categories: tuple[str, ...] = field(default=(constants.CATEGORY,))
+    namespaced: bool = False
+
+    @property
+    def plural(self) -> str:
+        # Every kind so far pluralises regularly; an irregular one would need its own field.
+        return f"{self.kind.lower()}s"
 
     @property
     def name(self) -> str:
@@ -117,7 +126,6 @@ class CrdDefinition:
 CRDS: tuple[CrdDefinition, ...] = (
     CrdDefinition(
         kind="SecureVM",
-        plural="securevms",
         short_names=("svm", "svms"),
         namespaced=True,
         spec=SecureVMSpec,
@@ -141,9 +149,7 @@ CRDS: tuple[CrdDefinition, ...] = (
     ),
     CrdDefinition(
         kind="ServerSecurityProfile",
-        plural="serversecurityprofiles",
         short_names=("secprof",),
-        namespaced=False,
         spec=ServerSecurityProfileSpec,
         status=ServerSecurityProfileStatus,
         root_rules=(PROFILE_NAME_RULE,),
@@ -151,34 +157,26 @@ CRDS: tuple[CrdDefinition, ...] = (
             "The protections of one security architecture (a row of Table III) and how the "
             "verifier proves a node has it."
         ),
-        columns=(
+        columns=_spec_columns(
             PrinterColumn("Scope", "string", ".spec.scope"),
             PrinterColumn("Cost", "integer", ".spec.cost"),
             PrinterColumn("Verified", "integer", ".status.verifiedNodes"),
-            AGE,
-            PrinterColumn("Description", "string", ".spec.description", priority=1),
         ),
     ),
     CrdDefinition(
         kind="SecurityPackage",
-        plural="securitypackages",
         short_names=("spkg",),
-        namespaced=False,
         spec=SecurityPackageSpec,
         status=None,
         description="A named bundle of security options, properties and scope.",
-        columns=(
+        columns=_spec_columns(
             PrinterColumn("Options", "string", ".spec.options"),
             PrinterColumn("Scope", "string", ".spec.scope"),
-            AGE,
-            PrinterColumn("Description", "string", ".spec.description", priority=1),
         ),
     ),
     CrdDefinition(
         kind="NodeAttestation",
-        plural="nodeattestations",
         short_names=("natt",),
-        namespaced=False,
         spec=NodeAttestationSpec,
         status=NodeAttestationStatus,
         description=(
@@ -197,9 +195,7 @@ CRDS: tuple[CrdDefinition, ...] = (
     ),
     CrdDefinition(
         kind="PlatformEnrollment",
-        plural="platformenrollments",
         short_names=("penr",),
-        namespaced=False,
         spec=PlatformEnrollmentSpec,
         status=None,
         description=(
@@ -207,11 +203,9 @@ CRDS: tuple[CrdDefinition, ...] = (
             "security architecture: a profile naming an architecture is verified only on a node "
             "whose EK is enrolled for it, whatever the node declares."
         ),
-        columns=(
+        columns=_spec_columns(
             PrinterColumn("Architecture", "string", ".spec.architecture"),
             PrinterColumn("EK", "string", ".spec.ekPublicKeySha256"),
-            AGE,
-            PrinterColumn("Description", "string", ".spec.description", priority=1),
         ),
     ),
 )

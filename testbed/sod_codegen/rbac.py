@@ -401,27 +401,27 @@ def _policy_name(policy: Policy) -> str:
     return f"{FULLNAME if policy.release_wide else NAME}-{policy.suffix}"
 
 
-def render_policy(policy: Policy) -> str:
+def _policy_document(policy: Policy, kind: str, why: str, body: str) -> str:
+    """A policy's (or its binding's) template: the document head, then `body` (YAML text)."""
     lines = _document(
-        _policy_condition(policy), policy.component, rbac.__name__, policy.why,
-        "ValidatingAdmissionPolicy", _metadata(_policy_name(policy)),
+        _policy_condition(policy), policy.component, rbac.__name__, why,
+        kind, _metadata(_policy_name(policy)),
     )  # fmt: skip
-    body = _yaml({"spec": policy.manifest_spec(SA_USER)})
     return "\n".join(lines) + "\n" + body + "{{- end }}\n"
 
 
+def render_policy(policy: Policy) -> str:
+    body = _yaml({"spec": policy.manifest_spec(SA_USER)})
+    return _policy_document(policy, "ValidatingAdmissionPolicy", policy.why, body)
+
+
 def render_policy_binding(policy: Policy) -> str:
-    name = _policy_name(policy)
     why = "Denies what the ValidatingAdmissionPolicy of the same name rejects."
-    lines = _document(
-        _policy_condition(policy), policy.component, rbac.__name__, why,
-        "ValidatingAdmissionPolicyBinding", _metadata(name),
-    )  # fmt: skip
     # The name holds a template action: written as text, not through the YAML dumper.
-    spec = rbac.policy_binding_spec(name)
-    lines += ["spec:", f"  policyName: {spec['policyName']}"]
-    lines += [f"  validationActions: {json.dumps(spec['validationActions'])}"]
-    return "\n".join(lines) + "\n{{- end }}\n"
+    spec = rbac.policy_binding_spec(_policy_name(policy))
+    body = f"spec:\n  policyName: {spec['policyName']}\n"
+    body += f"  validationActions: {json.dumps(spec['validationActions'])}\n"
+    return _policy_document(policy, "ValidatingAdmissionPolicyBinding", why, body)
 
 
 def _templates() -> dict[str, Callable[[], str]]:

@@ -64,7 +64,7 @@ from typing import Any
 import yaml
 
 from sod_testbed.binaries import REPO_ROOT, Binaries, find_binaries
-from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
+from sod_testbed.kubeapi import ApiError, KubeApi, resource_path, write_kubeconfig_file
 from sod_testbed.kubevirt import kwok_stages_with_image_ids, start_kubevirt
 from sod_testbed.nodes import NodeSpec
 from sod_testbed.pki import CertPair, Pki, create_pki, load_pki
@@ -117,30 +117,8 @@ def write_kubeconfig(path: Path, server: str, ca: Path, client: CertPair, user: 
     def b64(p: Path) -> str:
         return base64.b64encode(p.read_bytes()).decode()
 
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "sod-sandbox",
-                "cluster": {"server": server, "certificate-authority-data": b64(ca)},
-            }
-        ],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "client-certificate-data": b64(client.cert),
-                    "client-key-data": b64(client.key),
-                },
-            }
-        ],
-        "contexts": [{"name": "sod-sandbox", "context": {"cluster": "sod-sandbox", "user": user}}],
-        "current-context": "sod-sandbox",
-    }
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
-    return path
+    credentials = {"client-certificate-data": b64(client.cert), "client-key-data": b64(client.key)}
+    return write_kubeconfig_file(path, server, ca.read_bytes(), user, credentials)
 
 
 class LocalCluster:

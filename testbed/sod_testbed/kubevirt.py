@@ -36,9 +36,7 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
-
-from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
+from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path, write_kubeconfig_file
 from sod_testbed.pki import CertificateAuthority, CertPair
 
 if TYPE_CHECKING:
@@ -137,26 +135,7 @@ def request_token(
 
 
 def write_token_kubeconfig(path: Path, server: str, ca: Path, token: str, user: str) -> Path:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "sod-sandbox",
-                "cluster": {
-                    "server": server,
-                    "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode(),
-                },
-            }
-        ],
-        "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": "sod-sandbox", "context": {"cluster": "sod-sandbox", "user": user}}],
-        "current-context": "sod-sandbox",
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
-    return path
+    return write_kubeconfig_file(path, server, ca.read_bytes(), user, {"token": token})
 
 
 def service_account_kubeconfig(cluster: LocalCluster, service_account: str) -> Path:

@@ -30,7 +30,6 @@ State lives under `<sandbox state dir>/trust/`; processes are supervised by the 
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
@@ -41,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from cryptography import x509
 from sod_operator.api.constants import API_VERSION
 from sod_operator.attestation import platform
@@ -50,7 +48,7 @@ from sod_operator.verifier import rbac
 
 from sod_testbed import swtpm
 from sod_testbed.cluster import LocalCluster, SandboxError, free_ports
-from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
+from sod_testbed.kubeapi import ApiError, KubeApi, resource_path, write_kubeconfig_file
 from sod_testbed.nodes import PLAIN, NodeSpec
 
 log = logging.getLogger("sod.sandbox.trust")
@@ -123,26 +121,8 @@ def apply_manifests(api: KubeApi, manifests: list[dict[str, Any]]) -> None:
 
 
 def token_kubeconfig(path: Path, server: str, ca_pem: bytes, user: str, token: str) -> Path:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "sod-sandbox",
-                "cluster": {
-                    "server": server,
-                    "certificate-authority-data": base64.b64encode(ca_pem).decode(),
-                },
-            }
-        ],
-        "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": user, "context": {"cluster": "sod-sandbox", "user": user}}],
-        "current-context": user,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
-    return path
+    """A token kubeconfig whose context is named after the user."""
+    return write_kubeconfig_file(path, server, ca_pem, user, {"token": token}, context=user)
 
 
 class TrustBed:

@@ -30,7 +30,7 @@ from sod_testbed.handler_player import PlayerConfig
 from sod_testbed.kubeapi import KubeApi, resource_path
 from sod_testbed.nodes import NodeSpec, parse_nodes
 
-from tests.e2e.harness import Kube, PlayerInThread
+from tests.e2e.harness import Kube, PlayerInThread, sodctl_sandbox
 
 # sev-snp and tdx nodes: confidential VMs (issue 14, tests/e2e/test_confidential.py).
 E2E_NODES: list[NodeSpec] = parse_nodes("hyperwall=2,datasafe=1,plain=2,sev-snp=2,tdx=1")
@@ -125,3 +125,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if cluster is None or not cluster.log_dir.is_dir():
         return
     report.sections.append(("sandbox component logs (tails)", tail_logs(cluster, 3000)))
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    """The state directory of a test's own `sodctl sandbox` (see `harness.sodctl_sandbox`)."""
+    path = tmp_path / "sandbox"
+    yield path
+    sodctl_sandbox(path, "down", check=False)  # never leave a sandbox behind, even on failure

@@ -9,8 +9,12 @@ Tests never write VMI or VMIM status: real virt-controller does, and the virt-ha
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from sod_operator.api.constants import SIMULATED_ARCHITECTURE_LABEL
@@ -20,6 +24,21 @@ from sod_testbed.kubeapi import JsonObj, KubeApi, resource_path
 
 KUBEVIRT = "kubevirt.io/v1"
 T = TypeVar("T")
+
+
+def sodctl_sandbox(
+    state_dir: Path, *args: str, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """`sodctl sandbox ARGS` through the real entry point, on the sandbox kept in `state_dir`."""
+    env = dict(os.environ, SOD_SANDBOX_DIR=str(state_dir))
+    return subprocess.run(
+        [sys.executable, "-m", "sod_operator.cli.main", "sandbox", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
 
 
 def wait_for(

@@ -10,41 +10,21 @@ Not covered: the session sandbox's cases (test_confidential.py).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
+import functools
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from sod_testbed.binaries import REPO_ROOT, find_binaries
 from sod_testbed.kubeapi import KubeApi, resource_path
 
-from tests.e2e.harness import condition, wait_for
+from tests.e2e.harness import condition, sodctl_sandbox, wait_for
 
 SOD = "sod.dev/v1alpha1"
 KV = "kubevirt.io/v1"
 
 
-def _sodctl(state_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, SOD_SANDBOX_DIR=str(state_dir))
-    return subprocess.run(
-        [sys.executable, "-m", "sod_operator.cli.main", "sandbox", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=check,
-    )
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "sandbox"
-    yield path
-    _sodctl(path, "down", check=False)
+_sodctl = functools.partial(sodctl_sandbox, timeout=900)  # up with two SNP nodes: slower
 
 
 def _vm_b() -> dict[str, Any]:

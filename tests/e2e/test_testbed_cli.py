@@ -14,38 +14,16 @@ Not covered: the session sandbox (test_testbed).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sod_testbed.binaries import REPO_ROOT, find_binaries
 from sod_testbed.kubeapi import KubeApi, resource_path
 from sod_testbed.kubevirt import lease_holder
 from sod_testbed.processes import ProcessRecord
 
 from tests.e2e.harness import condition, wait_for
-
-
-def _sodctl(state_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, SOD_SANDBOX_DIR=str(state_dir))
-    return subprocess.run(
-        [sys.executable, "-m", "sod_operator.cli.main", "sandbox", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=check,
-    )
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "sandbox"
-    yield path
-    _sodctl(path, "down", check=False)  # never leave a sandbox behind, even on failure
+from tests.e2e.harness import sodctl_sandbox as _sodctl
 
 
 def test_sandbox_up_kubectl_down(state_dir: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,22 +32,34 @@ def manufactured(tmp_path_factory: pytest.TempPathFactory, local_ca: swtpm.Local
 
 
 @pytest.fixture
-def tpm(tmp_path: Path, manufactured: Path) -> Iterator[swtpm.Swtpm]:
-    state = tmp_path / "tpm"
-    shutil.copytree(manufactured, state)
-    sw = swtpm.Swtpm(state)
-    sw.start()
-    swtpm.simulated_boot(sw.tcti, "hyperwall")
-    yield sw
-    sw.stop()
+def start_tpm(tmp_path: Path) -> Iterator[Callable[[Path], swtpm.Swtpm]]:
+    """Starts a software TPM on a copy of a manufactured state and boots it (the simulated
+    firmware's measurements); every TPM it started stops after the test."""
+    running: list[swtpm.Swtpm] = []
+
+    def start(manufactured: Path) -> swtpm.Swtpm:
+        state = tmp_path / f"tpm{len(running) or ''}"
+        shutil.copytree(manufactured, state)
+        sw = swtpm.Swtpm(state)
+        sw.start()
+        running.append(sw)
+        swtpm.simulated_boot(sw.tcti, "hyperwall")
+        return sw
+
+    yield start
+    for sw in running:
+        sw.stop()
 
 
 @pytest.fixture
-def fresh_tpm(tmp_path: Path, local_ca: swtpm.LocalCa) -> Iterator[swtpm.Swtpm]:
+def tpm(manufactured: Path, start_tpm: Callable[[Path], swtpm.Swtpm]) -> swtpm.Swtpm:
+    return start_tpm(manufactured)
+
+
+@pytest.fixture
+def fresh_tpm(
+    tmp_path: Path, local_ca: swtpm.LocalCa, start_tpm: Callable[[Path], swtpm.Swtpm]
+) -> swtpm.Swtpm:
     state = tmp_path / "fresh"
     swtpm.manufacture(state, local_ca)
-    sw = swtpm.Swtpm(state)
-    sw.start()
-    swtpm.simulated_boot(sw.tcti, "hyperwall")
-    yield sw
-    sw.stop()
+    return start_tpm(state)

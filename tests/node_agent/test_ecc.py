@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -93,24 +92,14 @@ def both_manufactured(tmp_path_factory: pytest.TempPathFactory, local_ca: swtpm.
     return state
 
 
-def _running(tmp_path: Path, manufactured: Path) -> Iterator[swtpm.Swtpm]:
-    state = tmp_path / "tpm"
-    shutil.copytree(manufactured, state)
-    sw = swtpm.Swtpm(state)
-    sw.start()
-    swtpm.simulated_boot(sw.tcti, "hyperwall")
-    yield sw
-    sw.stop()
+@pytest.fixture
+def ecc_tpm(ecc_manufactured: Path, start_tpm: Callable[[Path], swtpm.Swtpm]) -> swtpm.Swtpm:
+    return start_tpm(ecc_manufactured)
 
 
 @pytest.fixture
-def ecc_tpm(tmp_path: Path, ecc_manufactured: Path) -> Iterator[swtpm.Swtpm]:
-    yield from _running(tmp_path, ecc_manufactured)
-
-
-@pytest.fixture
-def both_tpm(tmp_path: Path, both_manufactured: Path) -> Iterator[swtpm.Swtpm]:
-    yield from _running(tmp_path, both_manufactured)
+def both_tpm(both_manufactured: Path, start_tpm: Callable[[Path], swtpm.Swtpm]) -> swtpm.Swtpm:
+    return start_tpm(both_manufactured)
 
 
 def _certified_ek_kind(ident: agent_tpm.Identity) -> str:

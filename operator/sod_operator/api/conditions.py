@@ -88,6 +88,13 @@ class Reason(StrEnum):
     """Not evaluated yet (conditions are set on first visit, as Unknown)."""
 
 
+class EventType(StrEnum):
+    """A Kubernetes Event's `type` (the operator's and the verifier's Events alike)."""
+
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
+
 class EventReason(StrEnum):
     """Reasons of Events for actions (decisions on conditions use `Reason`)."""
 

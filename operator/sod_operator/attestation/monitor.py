@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from sod_operator.api.conditions import ConditionState, set_condition
+from sod_operator.api.conditions import EventType as EventType  # re-exported: Event.type
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
 from sod_operator.api.v1alpha1.base import Condition
 from sod_operator.api.v1alpha1.nodeattestation import (
@@ -63,11 +64,6 @@ from sod_operator.attestation.verify import (
 )
 
 R = AttestationReason
-
-
-class EventType(StrEnum):
-    NORMAL = "Normal"
-    WARNING = "Warning"
 
 
 class EventReason(StrEnum):

@@ -14,9 +14,13 @@ own Lease back at once; two pods never share one.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +44,36 @@ class LeaseConfig:
     lease_seconds: float = 15.0
     renew_seconds: float = 10.0
     retry_seconds: float = 2.0
+
+
+def add_lease_args(parser: argparse.ArgumentParser, *, name: str, namespace: str) -> None:
+    """The leader-election flags the operator and the verifier share; `name` and `namespace`
+    are the Lease's defaults ($POD_NAMESPACE, where set, wins over `namespace`)."""
+    env = os.environ.get
+    le = parser.add_argument_group("leader election (a coordination.k8s.io Lease)")
+    le.add_argument("--no-leader-election", action="store_true", help="run without a Lease")
+    le.add_argument("--lease-namespace", default=env("POD_NAMESPACE", namespace))
+    le.add_argument("--lease-name", default=name)
+    le.add_argument(
+        "--identity",
+        default=env("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
+        help="this replica's identity (default: $POD_NAME, so a restarted container retakes it)",
+    )
+    le.add_argument("--lease-seconds", type=float, default=15.0)
+    le.add_argument("--renew-seconds", type=float, default=10.0)
+    le.add_argument("--retry-seconds", type=float, default=2.0)
+
+
+def lease_config(args: argparse.Namespace) -> LeaseConfig:
+    """The LeaseConfig of flags that `add_lease_args` registered."""
+    return LeaseConfig(
+        namespace=args.lease_namespace,
+        name=args.lease_name,
+        identity=args.identity,
+        lease_seconds=args.lease_seconds,
+        renew_seconds=args.renew_seconds,
+        retry_seconds=args.retry_seconds,
+    )
 
 
 class LeaderElector:

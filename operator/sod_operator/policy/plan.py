@@ -18,6 +18,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from sod_operator.api.conditions import EventType as EventType  # re-exported: Event.type
 from sod_operator.api.constants import (
     API_VERSION,
     MANAGED_BY_LABEL,
@@ -229,11 +230,6 @@ class RestartVMI:
 
 
 Action = CreateVM | PatchVM | ReplaceVMSpec | CreateMigration | RestartVMI
-
-
-class EventType(StrEnum):
-    NORMAL = "Normal"
-    WARNING = "Warning"
 
 
 @dataclass(frozen=True)

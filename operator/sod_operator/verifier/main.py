@@ -19,10 +19,8 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sod_operator.attestation.ekcert import BundleError
 from sod_operator.kube import KubeClient
-from sod_operator.kube.leader import LeaderElector, LeaseConfig
+from sod_operator.kube.leader import LeaderElector, add_lease_args, lease_config
 from sod_operator.verifier import rbac
 from sod_operator.verifier.controller import BundleSource, Verifier, VerifierConfig
 from sod_operator.verifier.kube import KubeIO
@@ -94,18 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--notify-ca-bundle", type=Path, default=env("SOD_NOTIFY_CA_BUNDLE"))
     run.add_argument("--notify-timeout", type=float, default=5.0, help="seconds per attempt")
     run.add_argument("--log-level", default=env("SOD_LOG_LEVEL", "INFO"))
-    le = run.add_argument_group("leader election (a coordination.k8s.io Lease)")
-    le.add_argument("--no-leader-election", action="store_true", help="run without a Lease")
-    le.add_argument("--lease-namespace", default=env("POD_NAMESPACE", rbac.DEFAULT_NAMESPACE))
-    le.add_argument("--lease-name", default=rbac.LEASE_NAME)
-    le.add_argument(
-        "--identity",
-        default=env("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
-        help="this replica's identity (default: $POD_NAME, so a restarted container retakes it)",
-    )
-    le.add_argument("--lease-seconds", type=float, default=15.0)
-    le.add_argument("--renew-seconds", type=float, default=10.0)
-    le.add_argument("--retry-seconds", type=float, default=2.0)
+    add_lease_args(run, name=rbac.LEASE_NAME, namespace=rbac.DEFAULT_NAMESPACE)
     man = sub.add_parser("manifests", help="print the RBAC and admission policies as YAML")
     man.add_argument("--namespace", default=rbac.DEFAULT_NAMESPACE)
     return p  # fmt: skip
@@ -234,17 +221,7 @@ def lead_while_elected(verifier: Verifier, elector: LeaderElector) -> None:
 
 
 def _elector(client: KubeClient, args: argparse.Namespace) -> LeaderElector:
-    return LeaderElector(
-        client,
-        LeaseConfig(
-            namespace=args.lease_namespace,
-            name=args.lease_name,
-            identity=args.identity,
-            lease_seconds=args.lease_seconds,
-            renew_seconds=args.renew_seconds,
-            retry_seconds=args.retry_seconds,
-        ),
-    )
+    return LeaderElector(client, lease_config(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -209,28 +209,44 @@ def _own_node(agent: str) -> Manifest:
     }  # fmt: skip
 
 
-def _labels_only(verifier: str) -> Manifest:
-    prefix = NODE_LABEL_PREFIX
+def _node_labels_policy(
+    operations: list[str], conditions: list[Manifest], old_labels: str, validations: list[Manifest]
+) -> Manifest:
+    """A policy on writes to nodes that compares the labels before (`old_labels`) and after."""
     return {
         "matchConstraints": {
             "resourceRules": [
-                {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                {"apiGroups": [""], "apiVersions": ["v1"], "operations": operations,
                  "resources": ["nodes"]}
             ]
         },
-        "matchConditions": [
-            {"name": "is-verifier", "expression": f"request.userInfo.username == '{verifier}'"}
-        ],
+        "matchConditions": conditions,
         "variables": [
             {"name": "new", "expression": "object.metadata.?labels.orValue({})"},
-            {"name": "old", "expression": "oldObject.metadata.?labels.orValue({})"},
+            {"name": "old", "expression": old_labels},
         ],
-        "validations": [
+        "validations": validations,
+    }  # fmt: skip
+
+
+def _labels_kept(exempt: str) -> str:
+    """CEL: every label for which `exempt` (on `k`) is false is the same before and after."""
+    return (
+        f"variables.new.all(k, {exempt} || "
+        "(k in variables.old && variables.old[k] == variables.new[k])) "
+        f"&& variables.old.all(k, {exempt} || k in variables.new)"
+    )
+
+
+def _labels_only(verifier: str) -> Manifest:
+    prefix = NODE_LABEL_PREFIX
+    return _node_labels_policy(
+        ["UPDATE"],
+        [{"name": "is-verifier", "expression": f"request.userInfo.username == '{verifier}'"}],
+        "oldObject.metadata.?labels.orValue({})",
+        [
             {
-                "expression": f"variables.new.all(k, k.startsWith('{prefix}') || "
-                              "(k in variables.old && variables.old[k] == variables.new[k])) "
-                              f"&& variables.old.all(k, k.startsWith('{prefix}') || "
-                              "k in variables.new)",
+                "expression": _labels_kept(f"k.startsWith('{prefix}')"),
                 "message": f"the verifier may change only labels under '{prefix}'",
                 "reason": "Forbidden",
             },
@@ -242,43 +258,30 @@ def _labels_only(verifier: str) -> Manifest:
                 "reason": "Forbidden",
             },
         ],
-    }  # fmt: skip
+    )  # fmt: skip
 
 
 def _trust_labels(verifier: str) -> Manifest:
     prefix = NODE_LABEL_PREFIX
-    return {
-        "matchConstraints": {
-            "resourceRules": [
-                {"apiGroups": [""], "apiVersions": ["v1"],
-                 "operations": ["CREATE", "UPDATE"], "resources": ["nodes"]}
-            ]
-        },
-        "matchConditions": [
+    return _node_labels_policy(
+        ["CREATE", "UPDATE"],
+        [
             {"name": "not-the-verifier",
              "expression": f"request.userInfo.username != '{verifier}'"},
             {"name": "not-break-glass",
              "expression": "!('system:masters' in request.userInfo.groups)"},
         ],
-        "variables": [
-            {"name": "new", "expression": "object.metadata.?labels.orValue({})"},
-            {"name": "old",
-             "expression": "request.operation == 'UPDATE' ? "
-                           "oldObject.metadata.?labels.orValue({}) : {}"},
-        ],
-        "validations": [
+        "request.operation == 'UPDATE' ? oldObject.metadata.?labels.orValue({}) : {}",
+        [
             {
-                "expression": f"variables.new.all(k, !k.startsWith('{prefix}') || "
-                              "(k in variables.old && variables.old[k] == variables.new[k])) "
-                              f"&& variables.old.all(k, !k.startsWith('{prefix}') || "
-                              "k in variables.new)",
+                "expression": _labels_kept(f"!k.startsWith('{prefix}')"),
                 "messageExpression": f"'only the verifier may set or remove labels under "
                                      f"{prefix} (trust labels come from attestation); "
                                      "rejected for ' + request.userInfo.username",
                 "reason": "Forbidden",
             },
         ],
-    }  # fmt: skip
+    )  # fmt: skip
 
 
 OWN_NODE = Policy(
