@@ -33,15 +33,16 @@ def _updates(*items: tuple[float, dict[str, Any]]) -> list[fanout.Update]:
 
 def test_rounds_count_peak_in_flight_and_refill_after_a_slot_frees():
     history = _updates(
-        (0.0, _vmim("m1", "a")),
-        (0.1, _vmim("m2", "b")),
+        (0.0, _vmim("m1", "a", "Scheduling")),
+        (0.1, _vmim("m2", "b", "Running")),
+        (0.2, _vmim("m4", "d", "Pending")),  # queued by virt-controller: not in flight
         (1.0, _vmim("m1", "a", "Succeeded")),
         (1.25, _vmim("m3", "c")),
         (1.3, _vmim("m2", "b", "Failed")),
         (2.0, _vmim("m3", "c", "Running")),
     )
     peak, migrations, refill = fanout.migration_rounds(history)
-    assert (peak, migrations) == (2, 3)
+    assert (peak, migrations) == (2, 4)
     assert refill == [250.0]  # only m3 was created after a slot freed
 
 
@@ -52,8 +53,8 @@ def test_rounds_of_no_migration_are_empty():
 def test_baseline_spans_end_at_the_last_vms_migration_and_arrival():
     events = [
         (9.0, "vmim", _vmim("old", "vm-0")),  # before the revocation: not counted
-        (11.0, "vmim", _vmim("m0", "vm-0")),
-        (12.0, "vmim", _vmim("m1", "vm-1")),
+        (11.0, "vmim", _vmim("m0", "vm-0", "Running")),
+        (12.0, "vmim", _vmim("m1", "vm-1", "Scheduling")),
         (12.5, "vmi", _vmi("vm-0", "src", "t1", completed=True)),  # not yet handed over
         (13.0, "vmi", _vmi("vm-0", "t1", "t1", completed=True)),
         (13.5, "vmim", _vmim("m0", "vm-0", "Succeeded")),
