@@ -26,7 +26,8 @@ import argparse
 import datetime as dt
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -343,7 +344,7 @@ def moved(vmi: Json, source: str) -> bool:
     return status.get("nodeName") != source and _running_on_target(vmi, state)
 
 
-def _wait_moved(bed: Any, namespace: str, sources: dict[str, str], deadline: float) -> None:
+def wait_moved(bed: Any, namespace: str, sources: dict[str, str], deadline: float) -> None:
     """Wait until every VM of `sources` (vm -> node it was revoked on) moved off it."""
     while True:
         done = {
@@ -383,7 +384,7 @@ def _revoke_cycle(
             Trial(interval, cycle, vm, n, t, window[1]) for vm, n in where.items() if n == node
         ]
     # A revocation the next cycle misses (its informer not yet updated) waits one more.
-    _wait_moved(bed, REVOKE_NS, {t.vm: t.node for t in trials}, window[1] + interval + 120)
+    wait_moved(bed, REVOKE_NS, {t.vm: t.node for t in trials}, window[1] + interval + 120)
     events = rec.events()
     for trial in trials:
         trial.timeline, trial.info = revocation_timeline(
@@ -394,22 +395,27 @@ def _revoke_cycle(
     return trials
 
 
-def _pool(plan: Plan) -> list[Any]:
-    """The baseline's own kwok nodes: 2 per revoked VM verified for the high profile (a VM's
-    node and a free target), 2 verified for the low one (where raised VMs start)."""
+def pool_node(name: str, profile: str, verified: bool = True) -> Any:
+    """A kwok node of the baseline's pool (the constant label its VMs require), verified for
+    `profile` or not yet."""
     from sod_operator.api.constants import VERIFIED, profile_label
     from sod_testbed.nodes import NodeSpec
 
-    def spec(profile: str, i: int) -> Any:
-        labels = {POOL_LABEL: POOL, profile_label(profile): VERIFIED}
-        return NodeSpec(name=f"baseline-{profile}-{i}", architecture=profile, labels=labels)
-
-    return [spec(HIGH_PROFILE, i) for i in range(2 * plan.per_cycle)] + [
-        spec(LOW_PROFILE, i) for i in range(2)
-    ]
+    labels = {POOL_LABEL: POOL}
+    if verified:
+        labels[profile_label(profile)] = VERIFIED
+    return NodeSpec(name=name, architecture=profile, labels=labels)
 
 
-def _check_labels_kept(bed: Any, pool: list[Any]) -> None:
+def _pool(plan: Plan) -> list[Any]:
+    """The baseline's own kwok nodes: 2 per revoked VM verified for the high profile (a VM's
+    node and a free target), 2 verified for the low one (where raised VMs start)."""
+    return [
+        pool_node(f"baseline-{HIGH_PROFILE}-{i}", HIGH_PROFILE) for i in range(2 * plan.per_cycle)
+    ] + [pool_node(f"baseline-{LOW_PROFILE}-{i}", LOW_PROFILE) for i in range(2)]
+
+
+def check_labels_kept(bed: Any, pool: list[Any]) -> None:
     """The benchmark writes the pool's verdict labels itself; a verifier running in the bed
     removes trust labels from nodes without a NodeAttestation (verifier/controller.py), which
     would make every baseline VM unschedulable or evicted for the wrong reason."""
@@ -423,7 +429,7 @@ def _check_labels_kept(bed: Any, pool: list[Any]) -> None:
             )
 
 
-def _create_vms(bed: Any, namespace: str, names: list[str], profile: str) -> None:
+def create_vms(bed: Any, namespace: str, names: list[str], profile: str) -> None:
     from sod_testbed.kubeapi import resource_path
 
     for name in names:
@@ -463,6 +469,23 @@ def _launcher_affinity_changed(bed: Any) -> dict[str, bool]:
     return out
 
 
+@contextmanager
+def running_descheduler(
+    bed: Any, name: str, namespaces: Sequence[str], interval: float
+) -> Iterator[tuple[Any, float]]:
+    """The descheduler running on `namespaces` every `interval` s: yields it (a
+    sod_testbed.descheduler.Descheduler, whose log stays readable after the block) and its first
+    cycle's start (epoch s, from its log); stopped on exit."""
+    from sod_testbed.descheduler import Descheduler
+
+    d = Descheduler(bed.cluster, name, namespaces, interval)
+    d.start()
+    try:
+        yield d, _wait_cycle(d, 0, 120)
+    finally:
+        d.stop()
+
+
 @dataclass
 class Run:
     interval: float
@@ -474,19 +497,13 @@ def _run_interval(
     bed: Any, rec: Recorder, plan: Plan, interval: float, cycles: int, vms: list[str],
     on_first_cycle: Any, rng: random.Random,
 ) -> Run:  # fmt: skip
-    from sod_testbed.descheduler import Descheduler
-
-    d = Descheduler(bed.cluster, f"descheduler-{interval:g}s", [REVOKE_NS, RAISE_NS], interval)
-    d.start()
     trials: list[Trial] = []
-    try:
-        t0 = _wait_cycle(d, 0, 120)
+    name, namespaces = f"descheduler-{interval:g}s", [REVOKE_NS, RAISE_NS]
+    with running_descheduler(bed, name, namespaces, interval) as (d, t0):
         on_first_cycle()
         for c in range(cycles):
             window = (t0 + c * interval, t0 + (c + 1) * interval)
             trials += _revoke_cycle(bed, rec, vms, interval, c, window, rng)
-    finally:
-        d.stop()
     log = d.log()
     for trial in trials:
         trial.info["evicted_at"] = evicted_at(log.evictions, trial.vm, trial.revoked_at)
@@ -609,9 +626,9 @@ def run_in(
     try:
         for ns in (REVOKE_NS, RAISE_NS):
             bed.namespace(ns)
-        _create_vms(bed, REVOKE_NS, revoke_vms, HIGH_PROFILE)
-        _create_vms(bed, RAISE_NS, raise_vms, LOW_PROFILE)
-        _check_labels_kept(bed, pool)
+        create_vms(bed, REVOKE_NS, revoke_vms, HIGH_PROFILE)
+        create_vms(bed, RAISE_NS, raise_vms, LOW_PROFILE)
+        check_labels_kept(bed, pool)
 
         def raise_once() -> None:
             if not raised:

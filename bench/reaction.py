@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,9 +40,6 @@ REQUIRED = (
     "sod_testbed.cluster",
     "sod_testbed.handler_player",
 )
-PERIODIC_INTERVAL_SECONDS = 30.0
-"""Used by bench.fanout's periodic-resync mode only (the reaction benchmark's baseline is the
-Kubernetes descheduler, bench.baseline)."""
 LOW = {"options": ["Basic"]}
 HIGH = {"options": ["Basic", "HypervisorProtection"]}
 TARGETS = [Target("median", "<=", 50.0), Target("p99", "<=", 250.0)]
@@ -59,16 +54,6 @@ Event = tuple[float, tuple[str, str], dict[str, Any]]
 
 def missing() -> str | None:
     return deps.reason(REQUIRED, testbed=True)
-
-
-def periodic_mode_args(interval: float) -> list[str] | None:
-    """The operator's flags for periodic-resync mode (bench.fanout), or None without it."""
-    exe = Path(sys.executable).parent / "sod-operator"
-    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False)
-    text = out.stdout + out.stderr
-    if "--periodic-only" in text and "--resync-seconds" in text:
-        return ["--periodic-only", f"--resync-seconds={interval:g}"]
-    return None
 
 
 # ---- pure: a trial's timeline from the watches' events ------------------------------------------
