@@ -89,20 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--node-cooldown-seconds", type=float, default=d.node_cooldown_seconds)
     r.add_argument("--mtd-budget", type=int, default=d.mtd_budget)
     r.add_argument("--resync-seconds", type=float, default=d.resync_seconds)
-    r.add_argument(
-        "--periodic-only",
-        action="store_true",
-        help="benchmark baseline: act on node/catalog/SecureVM changes only every "
-        "--resync-seconds, like a descheduler (never in production)",
-    )
     r.add_argument("--chunk", type=int, default=500, help="SecureVMs planned per batch at most")
-    r.add_argument(
-        "--node-reaction",
-        choices=["watch", "resync"],
-        default="watch",
-        help="'watch' reacts to node label events at once; 'resync' only every --resync-seconds "
-        "(the descheduler-style baseline the benchmarks compare against)",
-    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
     return p
@@ -131,7 +118,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         node_cooldown_seconds=args.node_cooldown_seconds,
         mtd_budget=args.mtd_budget,
         resync_seconds=args.resync_seconds,
-        periodic_only=args.periodic_only,
     )
     options = Options(
         kubeconfig=args.kubeconfig,
@@ -141,7 +127,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_port=args.metrics_port,
         bind_address=args.bind_address,
         chunk=args.chunk,
-        react_to_nodes=args.node_reaction == "watch",
     )
     log = logging.getLogger("sod.main")
     stop_flag = threading.Event()

@@ -68,10 +68,6 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# What still wakes the planner in `periodic_only` mode: KubeVirt continuing a relocation.
-_CONTINUATIONS = frozenset({Kind.VM, Kind.VMI, Kind.MIGRATION, Kind.POD})
-
-
 class Controller:
     def __init__(
         self,
@@ -83,7 +79,6 @@ class Controller:
         chunk: int = 500,
         clock: Callable[[], datetime] = _utcnow,
         stopped: threading.Event | None = None,
-        react_to_nodes: bool = True,
         queue: WorkQueue[Key] | None = None,
     ):
         self.settings = settings
@@ -92,9 +87,6 @@ class Controller:
         self.world = World()
         self.ready = asyncio.Event()
         self._stopped = stopped or threading.Event()
-        self.react_to_nodes = react_to_nodes
-        """False only for the benchmark's baseline: node changes wait for the periodic resync,
-        the way a descheduler-style loop would see them."""
         self.queue = PlanQueue(queue if queue is not None else WorkQueue(), chunk)
         self.executor = Executor(kube, events, metrics, self)
         self.profiles = ProfileStatus(kube, self.world)
@@ -137,12 +129,6 @@ class Controller:
         affected = self._fold(kind, body, deleted)
         if affected is None:
             return
-        if self.settings.periodic_only:
-            # The benchmarks' periodic baseline: the next full pass finds any change; only
-            # KubeVirt's progress on a relocation that a pass started wakes the planner.
-            if kind not in _CONTINUATIONS:
-                return
-            affected = {k for k in affected if self._relocating(k)}
         self.mark(affected)
 
     def _fold(self, kind: Kind, body: Mapping[str, Any], deleted: bool) -> set[Key] | None:
@@ -181,7 +167,7 @@ class Controller:
         affected = w.apply_node(node.name, labels, node.schedulable, self.clock(), node.taints)
         after = w.nodes[node.name].verified if node.name in w.nodes else frozenset()
         self.profiles.dirty |= before ^ after
-        return affected if self.react_to_nodes else set()
+        return affected
 
     def _fold_profile(self, body: Mapping[str, Any], deleted: bool) -> set[Key] | None:
         name, gen = object_key(body)[1], generation(body)
@@ -209,12 +195,6 @@ class Controller:
             # of the VM whose owner changed (none, normally).
             return affected - {key}
         return affected
-
-    def _relocating(self, key: Key) -> bool:
-        svm = self.world.svms.get(key)
-        return svm is not None and (
-            svm.status.non_compliant_since is not None or svm.status.relocation is not None
-        )
 
     # ------------------------------------------------------------------ write-through
 

@@ -33,7 +33,6 @@ class Options:
     metrics_port: int = 0
     bind_address: str = "127.0.0.1"
     chunk: int = 500
-    react_to_nodes: bool = True
     lost: threading.Event = field(default_factory=threading.Event)
     """Set when leadership is lost: the controller stops writing at once."""
     kube: AsyncKube | None = None
@@ -85,7 +84,6 @@ def build_controller(options: Options) -> Controller:
         EventRecorder(kube.client, options.identity),
         chunk=options.chunk,
         stopped=options.lost,
-        react_to_nodes=options.react_to_nodes,
     )
     return controller
 

@@ -30,10 +30,6 @@ class RelocationSettings:
     resync_seconds: float = 60.0
     """Every SecureVM is re-planned at least this often (level-triggered safety net): bounds
     how long a missed event leaves a claim wrong; why 60 s: `policy.resync`."""
-    periodic_only: bool = False
-    """A baseline for `make bench`, never for production: changes of nodes, profiles, packages
-    and SecureVMs are acted on only by the pass every `resync_seconds` (a descheduler-style
-    loop); KubeVirt's own objects still continue a relocation that pass started."""
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait before retrying after `failures` consecutive failed attempts."""
