@@ -897,8 +897,7 @@ def _burst(
 def _request_counts(api: Any) -> dict[str, float]:
     """`verb resource[/subresource]` -> the apiserver's `apiserver_request_total` (writes and
     reads of our objects, Nodes and Events; watches excluded: they are long-lived)."""
-    resp = api._send("GET", "/metrics", query=None, body=None, content_type="", timeout=30.0)
-    return request_counts(resp.data.decode())
+    return request_counts(api.get_text("/metrics"))
 
 
 def request_counts(metrics: str) -> dict[str, float]:

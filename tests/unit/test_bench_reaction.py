@@ -164,3 +164,36 @@ def test_the_baseline_finds_the_figures_of_its_spans():
         if baseline.figure_matches(f, "label_removed", end)
     }
     assert matched == {"label_removed_to_vmim_created", "label_removed_to_migration_started"}
+
+
+def _sample(name: str, labels: dict[str, str], total: float, calls: int) -> str:
+    text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return f"{name}_sum{{{text}}} {total}\n{name}_count{{{text}}} {calls}\n"
+
+
+def _exposition() -> str:
+    request = "apiserver_request_duration_seconds"
+    webhook = "apiserver_admission_webhook_admission_duration_seconds"
+    vmim = {"resource": "virtualmachineinstancemigrations", "verb": "POST"}
+    create = {"operation": "CREATE", "type": "validating"}
+    validator = {"name": "migration-create-validator.kubevirt.io", **create}
+    return (
+        f'{request}_bucket{{resource="x",verb="POST",le="0.1"}} 3\n'
+        + _sample(request, vmim, 0.09, 3)
+        + _sample(request, {"resource": "nodes", "verb": "PATCH"}, 1, 4)
+        + _sample(webhook, {**validator, "rejected": "false"}, 0.02, 3)
+        + _sample(webhook, {**validator, "rejected": "true"}, 0.02, 1)
+        + _sample(webhook, {"name": "virtualmachine-validator.kubevirt.io", **create}, 5, 9)
+    )
+
+
+def test_the_vmim_write_path_is_read_from_the_apiservers_own_histograms():
+    _, columns, rows, _ = reaction.write_path_table(_exposition())
+    assert columns == ["histogram", "labels", "calls", "mean (ms)"]
+    post, webhook = rows
+    assert post[0] == "request_duration_seconds"
+    assert post[2:] == [3, pytest.approx(30.0)]
+    assert "virtualmachineinstancemigrations" in post[1]
+    # rejected and admitted calls of one webhook are one row; other kinds' webhooks are left out
+    assert webhook[2:] == [4, pytest.approx(10.0)]
+    assert "migration-create-validator" in webhook[1]

@@ -268,6 +268,11 @@ class KubeClient:
     def get(self, path: str) -> JsonObj:
         return self.request("GET", path)
 
+    def get_text(self, path: str, timeout: float = 30.0) -> str:
+        """A non-JSON resource, e.g. the apiserver's Prometheus `/metrics`."""
+        resp = self._send("GET", path, query=None, body=None, content_type="", timeout=timeout)
+        return resp.data.decode()
+
     def get_or_none(self, path: str) -> JsonObj | None:
         try:
             return self.get(path)
