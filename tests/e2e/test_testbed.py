@@ -646,12 +646,22 @@ def test_parallel_migrations_per_cluster_are_limited_to_five(kube: Kube) -> None
             lambda v: v is not None and not v["spec"].get("nodeSelector"),
             f"VMI {name} node selector removed by LiveUpdate",
         )
-    for name in names:  # two per source node: within the per-node limit
-        kube.create("virtualmachineinstancemigrations", vmim_manifest(f"{name}-m", name))
-    for name in names[:5]:
-        kube.wait_vmim_phase(f"{name}-m", "Running")
-    sixth = kube.wait_vmim_phase("par-5-m", "Pending")
+    migrations = [f"{name}-m" for name in names]
+    for name, migration in zip(names, migrations, strict=True):  # two per source node
+        kube.create("virtualmachineinstancemigrations", vmim_manifest(migration, name))
+    # virt-controller's work queue is not FIFO across keys: any five may start, not the
+    # first five created.
+    held = wait_for(
+        lambda: {m: kube.vmim(m) or {} for m in migrations},
+        lambda got: (
+            [(v.get("status") or {}).get("phase") for v in got.values()].count("Running") == 5
+        ),
+        "five migrations Running",
+        timeout=60.0,
+    )
+    (sixth,) = [v for v in held.values() if (v.get("status") or {}).get("phase") != "Running"]
     assert phases(sixth) == ["Pending"]
+    assert phases(kube.vmim(sixth["metadata"]["name"]) or {}) == ["Pending"]
 
     for name in names:
         kube.api.json_patch(
