@@ -374,17 +374,18 @@ def _revoke_cycle(
     where = bed.wait_running(REVOKE_NS, vms, 120)
     nodes = sorted(set(where.values()))
     rng.shuffle(nodes)
-    moments = schedule_moments(max(window[0], time.time()), window[1], len(nodes), rng)
+    start, end = max(window[0], time.time()), window[1]
+    while end - start < interval / 2:  # set-up ate this interval: revoke within the next one
+        end += interval
+    moments = schedule_moments(start, end, len(nodes), rng)
     trials = []
     for node, moment in zip(nodes, moments, strict=True):
         _sleep_until(moment)
         t = time.time()
         bed.set_verified(node, [HIGH_PROFILE], verified=False)
-        trials += [
-            Trial(interval, cycle, vm, n, t, window[1]) for vm, n in where.items() if n == node
-        ]
+        trials += [Trial(interval, cycle, vm, n, t, end) for vm, n in where.items() if n == node]
     # A revocation the next cycle misses (its informer not yet updated) waits one more.
-    wait_moved(bed, REVOKE_NS, {t.vm: t.node for t in trials}, window[1] + interval + 120)
+    wait_moved(bed, REVOKE_NS, {t.vm: t.node for t in trials}, end + interval + 120)
     events = rec.events()
     for trial in trials:
         trial.timeline, trial.info = revocation_timeline(
