@@ -374,17 +374,18 @@ def _revoke_cycle(
     where = bed.wait_running(REVOKE_NS, vms, 120)
     nodes = sorted(set(where.values()))
     rng.shuffle(nodes)
-    moments = schedule_moments(max(window[0], time.time()), window[1], len(nodes), rng)
+    start, end = max(window[0], time.time()), window[1]
+    while end - start < interval / 2:  # set-up ate this interval: revoke within the next one
+        end += interval
+    moments = schedule_moments(start, end, len(nodes), rng)
     trials = []
     for node, moment in zip(nodes, moments, strict=True):
         _sleep_until(moment)
         t = time.time()
         bed.set_verified(node, [HIGH_PROFILE], verified=False)
-        trials += [
-            Trial(interval, cycle, vm, n, t, window[1]) for vm, n in where.items() if n == node
-        ]
+        trials += [Trial(interval, cycle, vm, n, t, end) for vm, n in where.items() if n == node]
     # A revocation the next cycle misses (its informer not yet updated) waits one more.
-    wait_moved(bed, REVOKE_NS, {t.vm: t.node for t in trials}, window[1] + interval + 120)
+    wait_moved(bed, REVOKE_NS, {t.vm: t.node for t in trials}, end + interval + 120)
     events = rec.events()
     for trial in trials:
         trial.timeline, trial.info = revocation_timeline(
@@ -438,6 +439,19 @@ def create_vms(bed: Any, namespace: str, names: list[str], profile: str) -> None
             vm_manifest(namespace, name, profile),
         )
     bed.wait_running(namespace, names, 180)
+
+
+def delete_vms(bed: Any, namespace: str, names: list[str], timeout: float = 120.0) -> None:
+    """Delete the VMs and wait until their VMIs are gone (their nodes free for the next run)."""
+    from sod_testbed.kubeapi import resource_path
+
+    for name in names:
+        bed.api.delete(resource_path(KUBEVIRT, "virtualmachines", namespace=namespace, name=name))
+    deadline = time.time() + timeout
+    while any(bed.vmi(namespace, name) is not None for name in names):
+        if time.time() > deadline:
+            raise TimeoutError(f"baseline: VMIs of {names} not deleted within {timeout:g} s")
+        time.sleep(0.5)
 
 
 def _raise(bed: Any, names: list[str]) -> dict[str, float]:
@@ -619,14 +633,12 @@ def run_in(
     pool = _pool(plan)
     bed.cluster.create_nodes(pool)
     rec = Recorder(bed.cluster.kubeconfig).start()
-    revoke_vms = [f"revoke-{i}" for i in range(plan.per_cycle)]
     raise_vms = [f"raise-{i}" for i in range(plan.raised)]
     runs: list[Run] = []
     raised: dict[str, float] = {}
     try:
         for ns in (REVOKE_NS, RAISE_NS):
             bed.namespace(ns)
-        create_vms(bed, REVOKE_NS, revoke_vms, HIGH_PROFILE)
         create_vms(bed, RAISE_NS, raise_vms, LOW_PROFILE)
         check_labels_kept(bed, pool)
 
@@ -635,9 +647,15 @@ def run_in(
                 raised.update(_raise(bed, raise_vms))
 
         for interval, cycles in plan.runs:
-            runs.append(
-                _run_interval(bed, rec, plan, interval, cycles, revoke_vms, raise_once, rng)
-            )
+            # Fresh VMs per descheduler run: a VM evacuated once keeps pods the next
+            # descheduler process finds "eviction in background" on at start-up, and it then
+            # ignores them for ever (seen with v0.36.0 and KubeVirt v1.9.0: the 60 s run after
+            # the 300 s one requested nothing, every cycle).
+            vms = [f"revoke-{interval:g}s-{i}" for i in range(plan.per_cycle)]
+            create_vms(bed, REVOKE_NS, vms, HIGH_PROFILE)
+            check_labels_kept(bed, pool)
+            runs.append(_run_interval(bed, rec, plan, interval, cycles, vms, raise_once, rng))
+            delete_vms(bed, REVOKE_NS, vms)
         until = time.time()
         requests = _request_results(result, bed, rec, raised, until, runs)
     finally:
