@@ -647,10 +647,7 @@ def run_in(
                 raised.update(_raise(bed, raise_vms))
 
         for interval, cycles in plan.runs:
-            # Fresh VMs per descheduler run: a VM evacuated once keeps pods the next
-            # descheduler process finds "eviction in background" on at start-up, and it then
-            # ignores them for ever (seen with v0.36.0 and KubeVirt v1.9.0: the 60 s run after
-            # the 300 s one requested nothing, every cycle).
+            # Fresh VMs per descheduler run, so that no run inherits another's evacuations.
             vms = [f"revoke-{interval:g}s-{i}" for i in range(plan.per_cycle)]
             create_vms(bed, REVOKE_NS, vms, HIGH_PROFILE)
             check_labels_kept(bed, pool)

@@ -106,6 +106,7 @@ MIGRATION_TARGET_LABEL = "kubevirt.io/migrationTargetNodeName"
 CREATED_BY_LABEL = "kubevirt.io/created-by"
 FORCE_MIGRATION_FAILURE_ANNOTATION = "kubevirt.io/func-test-force-launcher-migration-failure"
 BRIDGE_MIGRATION_ANNOTATION = "kubevirt.io/allow-pod-bridge-network-live-migration"
+EVICTION_SOURCE_ANNOTATION = "kubevirt.io/eviction-source"
 HOLD_MIGRATION_ANNOTATION = "sim.sod.dev/hold-migration"
 DIRTY_RATE_ANNOTATION = "sim.sod.dev/dirty-rate"
 REAL_VM_ANNOTATION = "sod.dev/real-vm"
@@ -668,13 +669,20 @@ class HandlerPlayer:
         self._handoff(vmi, source, target, _ts(dt.datetime.now(dt.UTC)))
 
     def _handoff(self, vmi: JsonObj, source: str, target: str, end: str) -> None:
+        # virt-handler's ackMigrationCompletion also clears the evacuation it served (the
+        # node name and the eviction-source annotation): left set, virt-controller marks the
+        # new launcher pod "eviction in progress" and the descheduler ignores it for good.
         self._write(  # ackMigrationCompletion + updateStatus on the target
             target,
             vmi,
             {
-                "metadata": {"labels": {NODE_NAME_LABEL: target}},
+                "metadata": {
+                    "labels": {NODE_NAME_LABEL: target},
+                    "annotations": {EVICTION_SOURCE_ANNOTATION: None},
+                },
                 "status": {
                     "nodeName": target,
+                    "evacuationNodeName": None,
                     "migrationState": {
                         "targetNodeDomainDetected": True,
                         "targetNodeDomainReadyTimestamp": end,

@@ -302,6 +302,57 @@ def test_vmim_moves_the_vmi_to_another_matching_node(kube: Kube, kube_api: KubeA
     assert "kubevirt.io/migrationTargetNodeName" not in moved["metadata"]["labels"]
 
 
+def _evict(kube: Kube, pod: dict) -> ApiError:
+    """POST the pod's eviction, as the descheduler or a drain does; virt-api's admitter
+    answers 429 for a LiveMigrate VM and marks it for evacuation instead."""
+    name = pod["metadata"]["name"]
+    eviction = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": name, "namespace": kube.ns},
+    }
+    with pytest.raises(ApiError) as refused:
+        kube.api.create(kube.path("pods", name, api_version="v1") + "/eviction", eviction)
+    return refused.value
+
+
+def test_an_evicted_vm_is_evacuated_by_live_migration_again_and_again(kube: Kube) -> None:
+    """virt-api turns a pod eviction into an evacuation and virt-controller into a migration;
+    the target handler then clears the evacuation, so the VM can be evicted again (a node
+    side that left it set had the new launcher pod marked "eviction in progress" for ever)."""
+    manifest = vm_manifest("evictee", affinity=arch_affinity("hyperwall"))
+    manifest["spec"]["template"]["spec"]["evictionStrategy"] = "LiveMigrate"
+    kube.create("virtualmachines", manifest)
+    node = kube.wait_vmi_phase("evictee", "Running")["status"]["nodeName"]
+    for _ in range(2):
+        (pod,) = kube.launcher_pods("evictee")
+        assert _evict(kube, pod).status == 429
+        moved = wait_for(
+            lambda: kube.vmi("evictee"),
+            lambda v, left=node: (
+                v["status"]["nodeName"] != left and not v["status"].get("evacuationNodeName")
+            ),
+            "the evicted VM migrated off its node and its evacuation cleared",
+            90,
+        )
+        assert "kubevirt.io/eviction-source" not in (moved["metadata"].get("annotations") or {})
+        wait_for(lambda: kube.launcher_pods("evictee"), lambda p: len(p) == 1, "one launcher")
+        annotations = wait_for(
+            lambda: kube.launcher_pods("evictee")[0]["metadata"].get("annotations") or {},
+            lambda a: "descheduler.alpha.kubernetes.io/request-evict-only" in a,
+            "virt-controller's evict-only annotation on the new launcher",
+        )
+        assert "descheduler.alpha.kubernetes.io/eviction-in-progress" not in annotations
+        node = moved["status"]["nodeName"]
+    evacuations = [
+        m
+        for m in kube.api.list(kube.path("virtualmachineinstancemigrations"))["items"]
+        if m["spec"]["vmiName"] == "evictee"
+    ]
+    assert len(evacuations) == 2
+    assert all(m["metadata"]["generateName"] == "kubevirt-evacuation-" for m in evacuations)
+
+
 def test_added_node_selector_steers_the_target(kube: Kube) -> None:
     _start_vm(kube, "steer", affinity=arch_affinity("plain", "datasafe"))
     vmi = kube.vmi("steer")
