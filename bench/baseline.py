@@ -29,10 +29,13 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.stats import Figure, Result
 from bench.timeline import REVOCATION_STAGES, Timeline, span_ms, timeline_table
+
+if TYPE_CHECKING:
+    from bench.testbed import Recorder
 
 Json = dict[str, Any]
 Event = tuple[float, str, Json]
@@ -266,44 +269,24 @@ def figure_matches(figure: Figure, start: str, end: str) -> bool:
 # ---- the shell ----------------------------------------------------------------------------------
 
 
-class Recorder:
+def recorder(kubeconfig: Any) -> Recorder:
     """Watches of nodes, pods, VMIs and VMIMs with their history, on the wall clock."""
+    from sod_testbed.kubeapi import resource_path
 
-    KINDS = {
+    from bench.testbed import ObjectWatch, Recorder
+
+    kinds = {
         "node": ("v1", "nodes"),
         "pod": ("v1", "pods"),
         "vmi": (KUBEVIRT, "virtualmachineinstances"),
         "vmim": (KUBEVIRT, "virtualmachineinstancemigrations"),
     }
-
-    def __init__(self, kubeconfig: Any) -> None:
-        from sod_testbed.kubeapi import resource_path
-
-        from bench.testbed import ObjectWatch
-
-        # ObjectWatch stamps perf_counter; one offset turns it into time.time().
-        self.offset = time.time() - time.perf_counter()
-        self.watches = {
+    return Recorder(
+        {
             kind: ObjectWatch(kubeconfig, resource_path(*gv), keep_history=True)
-            for kind, gv in self.KINDS.items()
+            for kind, gv in kinds.items()
         }
-
-    def start(self) -> Recorder:
-        for w in self.watches.values():
-            w.start()
-        return self
-
-    def stop(self) -> None:
-        for w in self.watches.values():
-            w.stop()
-
-    def events(self) -> list[Event]:
-        out: list[Event] = []
-        for kind, w in self.watches.items():
-            with w.changed:
-                out += [(t + self.offset, kind, obj) for t, _key, obj in w.history]
-        out.sort(key=lambda e: e[0])
-        return out
+    )
 
 
 @dataclass
@@ -386,7 +369,7 @@ def _revoke_cycle(
         trials += [Trial(interval, cycle, vm, n, t, end) for vm, n in where.items() if n == node]
     # A revocation the next cycle misses (its informer not yet updated) waits one more.
     wait_moved(bed, REVOKE_NS, {t.vm: t.node for t in trials}, end + interval + 120)
-    events = rec.events()
+    events = rec.merged()
     for trial in trials:
         trial.timeline, trial.info = revocation_timeline(
             events, REVOKE_NS, trial.vm, trial.node, trial.revoked_at
@@ -576,7 +559,7 @@ def _request_results(
     result: Result, bed: Any, rec: Recorder, raised: dict[str, float], until: float, runs: list[Run]
 ) -> list[tuple[Timeline, Json]]:
     changed = _launcher_affinity_changed(bed)
-    events = rec.events()
+    events = rec.merged()
     out, rows = [], []
     for vm, t in sorted(raised.items()):
         timeline, info = request_outcome(events, RAISE_NS, vm, t, until)
@@ -632,7 +615,7 @@ def run_in(
     rng = random.Random(seed)
     pool = _pool(plan)
     bed.cluster.create_nodes(pool)
-    rec = Recorder(bed.cluster.kubeconfig).start()
+    rec = recorder(bed.cluster.kubeconfig).start()
     raise_vms = [f"raise-{i}" for i in range(plan.raised)]
     runs: list[Run] = []
     raised: dict[str, float] = {}

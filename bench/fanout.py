@@ -214,7 +214,7 @@ def baseline_incident(bed: Any, count: int, nodes: int, rng: random.Random) -> J
     ]
     vms = [f"vm-{i:03d}" for i in range(count)]
     bed.cluster.create_nodes([loaded, *targets])
-    rec = baseline.Recorder(bed.cluster.kubeconfig).start()
+    rec = baseline.recorder(bed.cluster.kubeconfig).start()
     try:
         bed.namespace(BASELINE_NS)
         baseline.create_vms(bed, BASELINE_NS, vms, baseline.HIGH_PROFILE)
@@ -236,7 +236,7 @@ def baseline_incident(bed: Any, count: int, nodes: int, rng: random.Random) -> J
             # A revocation the next cycle misses (its informer not yet updated) waits one more.
             deadline = revoked_at + 2 * BASELINE_INTERVAL + 300
             baseline.wait_moved(bed, BASELINE_NS, dict.fromkeys(vms, loaded.name), deadline)
-        events = rec.events()
+        events = rec.merged()
     finally:
         rec.stop()
         bed.delete_namespace(BASELINE_NS)

@@ -158,63 +158,35 @@ def _done(vmi: dict[str, Any]) -> bool:
 # ---- the shell: watches and trials --------------------------------------------------------------
 
 
-class Watches:
-    """Watches on nodes, VMIMs, launcher pods and VMIs, each event stamped on the bench's
-    clock (time.time(): a Timeline holds epoch seconds)."""
+def reaction_watches(kubeconfig: Path) -> testbed.Recorder:
+    """Watches on NodeAttestations, nodes, VMIMs, launcher pods and VMIs."""
+    from sod_operator.api.constants import API_VERSION
+    from sod_testbed.kubeapi import resource_path
 
-    def __init__(self, kubeconfig: Path) -> None:
-        from sod_testbed.kubeapi import resource_path
+    def brief(obj: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": {"labels": obj["metadata"].get("labels") or {}}}
 
-        def brief(obj: dict[str, Any]) -> dict[str, Any]:
-            return {"metadata": {"labels": obj["metadata"].get("labels") or {}}}
+    def watch(api_version: str, plural: str, **kw: Any) -> testbed.ObjectWatch:
+        return testbed.ObjectWatch(kubeconfig, resource_path(api_version, plural), True, **kw)
 
-        self.vmim = testbed.migration_watch(kubeconfig, keep_history=True)
-        from sod_operator.api.constants import API_VERSION
-
-        self.kinds = {
-            "natt": testbed.ObjectWatch(
-                kubeconfig, resource_path(API_VERSION, "nodeattestations"), True
-            ),
-            "node": testbed.ObjectWatch(
-                kubeconfig, resource_path("v1", "nodes"), True, reduce=brief
-            ),
-            "vmim": self.vmim,
-            "pod": testbed.ObjectWatch(kubeconfig, resource_path("v1", "pods"), True),
-            "vmi": testbed.ObjectWatch(
-                kubeconfig, resource_path(testbed.KUBEVIRT, "virtualmachineinstances"), True
-            ),
+    return testbed.Recorder(
+        {
+            "natt": watch(API_VERSION, "nodeattestations"),
+            "node": watch("v1", "nodes", reduce=brief),
+            "vmim": testbed.migration_watch(kubeconfig, keep_history=True),
+            "pod": watch("v1", "pods"),
+            "vmi": watch(testbed.KUBEVIRT, "virtualmachineinstances"),
         }
-        # ObjectWatch stamps events with perf_counter; one offset turns them into epoch time.
-        self.offset = time.time() - time.perf_counter()
-
-    def start(self) -> Watches:
-        for w in self.kinds.values():
-            w.start()
-        return self
-
-    def stop(self) -> None:
-        for w in self.kinds.values():
-            w.stop()
-
-    def events(self) -> dict[str, list[Event]]:
-        out = {}
-        for kind, w in self.kinds.items():
-            with w.changed:
-                out[kind] = [(t + self.offset, k, o) for t, k, o in w.history]
-        return out
-
-    def forget(self) -> None:
-        """Drop the history (after each trial: it only grows)."""
-        for w in self.kinds.values():
-            with w.changed:
-                w.history.clear()
+    )
 
 
-def observe(watches: Watches, t0: float, timeout: float, **where: Any) -> tuple[Timeline, Any]:
+def observe(
+    watches: testbed.Recorder, t0: float, timeout: float, **where: Any
+) -> tuple[Timeline, Any]:
     """Wait until the trial's VM runs on its migration's target; return its timeline."""
     deadline = time.monotonic() + timeout
     while True:
-        tl, stamp = trial_timeline(watches.events(), t0, **where)
+        tl, stamp = trial_timeline(watches.by_kind(), t0, **where)
         if "vm_running" in tl:
             return tl, stamp
         if time.monotonic() > deadline:
@@ -223,7 +195,7 @@ def observe(watches: Watches, t0: float, timeout: float, **where: Any) -> tuple[
 
 
 def revocation_trials(
-    bed: Any, watches: Watches, namespace: str, trials: int, timeout: float
+    bed: Any, watches: testbed.Recorder, namespace: str, trials: int, timeout: float
 ) -> list[tuple[Timeline, float | None]]:
     """Remove the verdict label of the node the VM runs on; follow the VM to its new node.
     Each trial revokes the VM's current node and restores the label once the VM has moved."""
@@ -264,7 +236,7 @@ def start_trust(bed: Any, nodes: Sequence[Any], timeout: float) -> Any:
 
 
 def evidence_phase(
-    bed: Any, watches: Watches, nodes: Sequence[Any], trials: int, result: Result
+    bed: Any, watches: testbed.Recorder, nodes: Sequence[Any], trials: int, result: Result
 ) -> list[tuple[Timeline, float | None]]:
     """The real-evidence trials, last in the bed; a failure of the trust monitor is reported
     (not_run, with the reason and where the logs are) and keeps the other trials' figures."""
@@ -293,7 +265,7 @@ def _wait(ok: Any, timeout: float, what: str) -> None:
 
 
 def evidence_trials(
-    bed: Any, trust: Any, watches: Watches, namespace: str, trials: int, timeout: float
+    bed: Any, trust: Any, watches: testbed.Recorder, namespace: str, trials: int, timeout: float
 ) -> list[tuple[Timeline, float | None]]:
     """Break the evidence of the node the VM runs on (an unexpected measurement extended into
     its swtpm's PCR 4, `sodctl sandbox break --how pcr`); follow the node-agent's next quote,
@@ -321,7 +293,12 @@ def evidence_trials(
 
 
 def raise_trials(
-    bed: Any, watches: Watches, namespace: str, trials: int, timeout: float, hyperwall: list[str]
+    bed: Any,
+    watches: testbed.Recorder,
+    namespace: str,
+    trials: int,
+    timeout: float,
+    hyperwall: list[str],
 ) -> list[tuple[Timeline, float | None]]:
     """Raise each VM's request from Basic to Basic+HypervisorProtection; follow it to a
     hyperwall node."""
@@ -379,7 +356,7 @@ def run(quick: bool = False) -> Result:
     with testbed.sandbox(nodes, player, NAME) as bed:
         for n in nodes:
             bed.set_verified(n.name, [n.architecture])
-        watches = Watches(bed.cluster.kubeconfig).start()
+        watches = reaction_watches(bed.cluster.kubeconfig).start()
         try:
             bed.start_operator()
             # Each trigger in its own namespace, deleted after it, so no VM of one is moved
@@ -394,7 +371,7 @@ def run(quick: bool = False) -> Result:
             write_path = server_side_costs(bed.api)
             watches.forget()
             decision_figures(result, revoked, raised)
-            run_baseline(bed, watches.vmim, result, quick)
+            run_baseline(bed, watches.watches["vmim"], result, quick)
             # Last: from here on the verifier owns the hyperwall labels (and its admission
             # policies keep everyone else from writing them).
             broken = evidence_phase(bed, watches, [n for n in nodes if n.name in hyperwall],

@@ -132,6 +132,44 @@ def migration_watch(kubeconfig: Path, keep_history: bool = False) -> ObjectWatch
     )
 
 
+class Recorder:
+    """Several `ObjectWatch`es keeping their history, each event stamped on the wall clock
+    (time.time(): a Timeline holds epoch seconds)."""
+
+    def __init__(self, watches: dict[str, ObjectWatch]) -> None:
+        self.watches = watches
+        # ObjectWatch stamps perf_counter; one offset turns it into time.time().
+        self.offset = time.time() - time.perf_counter()
+
+    def start(self) -> Recorder:
+        for w in self.watches.values():
+            w.start()
+        return self
+
+    def stop(self) -> None:
+        for w in self.watches.values():
+            w.stop()
+
+    def by_kind(self) -> dict[str, list[tuple[float, tuple[str, str], Json]]]:
+        """Each watch's events in the order seen: (epoch, (namespace, name), object)."""
+        out = {}
+        for kind, w in self.watches.items():
+            with w.changed:
+                out[kind] = [(t + self.offset, key, obj) for t, key, obj in w.history]
+        return out
+
+    def merged(self) -> list[tuple[float, str, Json]]:
+        """Every watch's events in one list by time: (epoch, kind, object)."""
+        events = [(t, kind, obj) for kind, kept in self.by_kind().items() for t, _, obj in kept]
+        return sorted(events, key=lambda e: e[0])
+
+    def forget(self) -> None:
+        """Drop the history (it only grows)."""
+        for w in self.watches.values():
+            with w.changed:
+                w.history.clear()
+
+
 @dataclass
 class OperatorProcess:
     proc: Any

@@ -10,6 +10,9 @@
   or subprocesses.
 * `namespace` (function): a fresh namespace (with its default ServiceAccount) per test, deleted
   afterwards; `kube` (function): a `harness.Kube` bound to it.
+* `operator` (function): sod-operator for `namespace`, not started; `hyperwall_operator`
+  (function): sod-operator on `namespace` with both hyperwall nodes
+  verified (test_operator_kubevirt.py, test_qemu_migration.py).
 * On failure, the tail of every component log (and the player's) is attached to the report.
 
 Other e2e modules (operator, trust monitor) reuse these; per-node services can be added by
@@ -31,6 +34,7 @@ from sod_testbed.kubeapi import KubeApi, resource_path
 from sod_testbed.nodes import NodeSpec, parse_nodes
 
 from tests.e2e.harness import Kube, PlayerInThread, sodctl_sandbox
+from tests.e2e.operator_run import OperatorProcess, Trust, install_catalog, stopped_afterwards
 
 # sev-snp and tdx nodes: confidential VMs (issue 14, tests/e2e/test_confidential.py).
 E2E_NODES: list[NodeSpec] = parse_nodes("hyperwall=2,datasafe=1,plain=2,sev-snp=2,tdx=1")
@@ -133,3 +137,23 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "sandbox"
     yield path
     sodctl_sandbox(path, "down", check=False)  # never leave a sandbox behind, even on failure
+
+
+@pytest.fixture
+def hyperwall_operator(
+    kubeconfig: Path, namespace: str, tmp_path: Path, kube_api: KubeApi
+) -> Iterator[OperatorProcess]:
+    """sod-operator watching `namespace`, the catalog installed and both hyperwall nodes
+    verified; afterwards every profile label is gone again and the operator's log printed."""
+    install_catalog(kube_api)
+    Trust(kube_api).baseline({"hyperwall-1": ("hyperwall",), "hyperwall-2": ("hyperwall",)})
+    op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log").start()
+    yield from stopped_afterwards(op)
+    Trust(kube_api).baseline({})
+
+
+@pytest.fixture
+def operator(kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """sod-operator for `namespace`, not started (the test starts it when it needs to);
+    modules that need another set-up define their own `operator`."""
+    yield from stopped_afterwards(OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log"))

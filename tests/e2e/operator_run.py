@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,16 @@ class OperatorProcess:
             return self.log_path.read_text(errors="replace")[-tail:]
         except OSError:
             return ""
+
+
+def stopped_afterwards(op: OperatorProcess) -> Iterator[OperatorProcess]:
+    """A fixture's body: yield `op`, then stop it and print its log's tail (pytest shows it
+    with a failed test)."""
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(f"--- sod-operator log (tail) ---\n{op.log(4000)}")
 
 
 def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) -> float | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,14 +49,6 @@ def snp_fleet(kube_api: KubeApi) -> Iterator[Trust]:
     for node in CONFIDENTIAL_NODES:
         trust.set(node)
     remove_catalog(kube_api)
-
-
-@pytest.fixture
-def operator(kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log")
-    yield op
-    op.stop()
-    print(f"--- sod-operator log (tail) ---\n{op.log(4000)}")
 
 
 def svm(kube: Kube, name: str) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from tests.e2e.operator_run import (
     metric_value,
     remove_catalog,
     securevm,
+    stopped_afterwards,
 )
 
 VM_A = {"options": ["Basic"], "properties": ["Confidentiality", "Integrity"]}
@@ -69,9 +70,7 @@ def operator(
     kubeconfig: Path, namespace: str, tmp_path: Path, catalog: None
 ) -> Iterator[OperatorProcess]:
     op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log")
-    yield op
-    op.stop()
-    print(f"--- sod-operator log (tail) ---\n{op.log(4000)}")
+    yield from stopped_afterwards(op)
 
 
 class Tenant:

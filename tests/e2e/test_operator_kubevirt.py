@@ -36,19 +36,6 @@ ADMISSION = "admissionregistration.k8s.io/v1"
 REFUSAL = "migrations are frozen in this namespace (e2e)"
 
 
-@pytest.fixture
-def operator(
-    kubeconfig: Path, namespace: str, tmp_path: Path, kube_api: KubeApi
-) -> Iterator[OperatorProcess]:
-    install_catalog(kube_api)
-    Trust(kube_api).baseline({X: ("hyperwall",), Y: ("hyperwall",)})
-    op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log").start()
-    yield op
-    op.stop()
-    Trust(kube_api).baseline({})
-    print(f"--- sod-operator log (tail) ---\n{op.log(4000)}")
-
-
 def svm(kube: Kube, name: str) -> dict[str, Any]:
     obj = kube.get("securevms", name, api_version=SOD)
     assert obj is not None
@@ -134,7 +121,7 @@ def _dry_run_refusal(kube: Kube, vmi: str) -> str:
 
 
 def test_a_refused_migration_is_reported_backed_off_and_retried_under_a_new_name(
-    operator: OperatorProcess, kube: Kube, kube_api: KubeApi, frozen: str
+    hyperwall_operator: OperatorProcess, kube: Kube, kube_api: KubeApi, frozen: str
 ):
     kube.create("securevms", securevm("vm-r", VM_B), api_version=SOD)
     source = ready(kube, "vm-r")["status"]["nodeName"]
@@ -179,7 +166,7 @@ def test_a_refused_migration_is_reported_backed_off_and_retried_under_a_new_name
 
 
 def test_a_migration_gone_with_its_vmi_is_never_created_again(
-    operator: OperatorProcess, kube: Kube, kube_api: KubeApi
+    hyperwall_operator: OperatorProcess, kube: Kube, kube_api: KubeApi
 ):
     kube.create("securevms", securevm("vm-v", VM_B), api_version=SOD)
     source = ready(kube, "vm-v")["status"]["nodeName"]
@@ -295,7 +282,7 @@ def test_a_migration_kubevirt_queues_is_waited_for_and_never_issued_twice(
 
 
 def test_a_host_model_vm_never_tries_a_compliant_node_of_another_cpu(
-    operator: OperatorProcess, kube: Kube, kube_api: KubeApi, sandbox: LocalCluster
+    hyperwall_operator: OperatorProcess, kube: Kube, kube_api: KubeApi, sandbox: LocalCluster
 ):
     """A mixed fleet: the only other compliant node is AMD, the VM runs host-model on Intel.
     No migration is created (it would wait unschedulable and fail after 5 minutes); the
@@ -349,7 +336,7 @@ def test_a_host_model_vm_never_tries_a_compliant_node_of_another_cpu(
 
 
 def test_restart_required_says_what_happens_and_what_will_be_done(
-    operator: OperatorProcess, kube: Kube, kube_api: KubeApi
+    hyperwall_operator: OperatorProcess, kube: Kube, kube_api: KubeApi
 ):
     """A template change KubeVirt cannot apply live (CPU cores) puts RestartRequired on the VM;
     from then on KubeVirt copies no template change to the running VMI, so a raised request's

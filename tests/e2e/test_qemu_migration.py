@@ -33,7 +33,7 @@ from sod_testbed.qemu.migrate import MigrationOptions, free_port, migrate
 from sod_testbed.qemu.vm import QEMU, GuestSpec, QemuGuest, Workload, short_run_dir
 
 from tests.e2e.harness import Kube, condition, vm_manifest, vmim_manifest, wait_for
-from tests.e2e.operator_run import SOD, OperatorProcess, Trust, install_catalog, securevm
+from tests.e2e.operator_run import SOD, OperatorProcess, Trust, securevm
 
 X, Y = "hyperwall-1", "hyperwall-2"
 
@@ -94,22 +94,9 @@ def test_an_idle_guest_migrates_and_goes_on_intact(image: GuestImage, run_dir: P
         dst.stop()
 
 
-@pytest.fixture
-def operator(
-    kubeconfig: Path, namespace: str, tmp_path: Path, kube_api: KubeApi
-) -> Iterator[OperatorProcess]:
-    install_catalog(kube_api)
-    Trust(kube_api).baseline({X: ("hyperwall",), Y: ("hyperwall",)})
-    op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log").start()
-    yield op
-    op.stop()
-    Trust(kube_api).baseline({})
-    print(f"--- sod-operator log (tail) ---\n{op.log(4000)}")
-
-
 def test_the_operator_relocates_a_real_guest_by_a_real_migration(
     image: GuestImage,
-    operator: OperatorProcess,
+    hyperwall_operator: OperatorProcess,
     kube: Kube,
     kube_api: KubeApi,
     sandbox: LocalCluster,

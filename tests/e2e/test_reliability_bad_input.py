@@ -28,9 +28,7 @@ from __future__ import annotations
 import collections
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -146,14 +144,6 @@ def agreement_problems(out: Outcome) -> list[str]:
     if model_error(out.body) is None and rule not in LENIENT_RULES:
         return [f"the models accept what the apiserver rejects ({case.detail}): {out.message}"]
     return []
-
-
-@pytest.fixture
-def operator(kubeconfig: Path, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log")
-    yield op
-    op.stop()
-    print(f"--- sod-operator log (tail) ---\n{op.log(4000)}")
 
 
 def generate(kind: str, probe: Any) -> None:

@@ -42,7 +42,13 @@ from sod_testbed.nodes import parse_nodes
 
 from tests.chart.helmcli import VALUES_DIR, Helm, find_helm, parse_rendered
 from tests.e2e.harness import condition, vm_manifest, vmim_manifest, wait_for
-from tests.e2e.operator_run import OperatorProcess, Trust, install_catalog, securevm
+from tests.e2e.operator_run import (
+    OperatorProcess,
+    Trust,
+    install_catalog,
+    securevm,
+    stopped_afterwards,
+)
 from tests.reliability.bed import As, PrivateBed
 from tests.reliability.figures import record
 
@@ -147,9 +153,7 @@ def operator(
     op = OperatorProcess(
         bed.cluster.kubeconfig, NS, tmp / "operator.log", "--resync-seconds", "600"
     ).start()
-    yield op
-    op.stop()
-    print(f"--- sod-operator log (tail) ---\n{op.log(4000)}")
+    yield from stopped_afterwards(op)
 
 
 # --- helpers ----------------------------------------------------------------------------------
