@@ -1,5 +1,6 @@
 """The sandbox the cluster benchmarks run in: a real control plane (`LocalCluster`: etcd,
-kube-apiserver, controller-manager, scheduler, kwok), the KubeVirt simulator in a thread, the
+kube-apiserver, controller-manager, scheduler, kwok, virt-api, virt-controller), the
+virt-handler player (KubeVirt's node side) in a thread, the
 example profiles and packages, and the operator as its own process (so its CPU time and peak
 RSS are its own).
 
@@ -185,10 +186,10 @@ class OperatorProcess:
 class Bed:
     """A running sandbox for one benchmark."""
 
-    def __init__(self, cluster: Any, simulator: Any) -> None:
+    def __init__(self, cluster: Any, player: Any) -> None:
         self.cluster = cluster
         self.api = cluster.api()
-        self.simulator = simulator
+        self.player = player
         self.operator: OperatorProcess | None = None
         self._spy: subprocess.Popen[bytes] | None = None
 
@@ -393,7 +394,7 @@ def sandbox(nodes: Sequence[Any], player_config: Any, name: str) -> Iterator[Bed
     state = Path(tempfile.mkdtemp(prefix=f"sod-bench-{name}-"))
     cluster = LocalCluster(state, nodes, start_timeout=180.0)
     cluster.start()
-    sim: Any = None
+    player: Any = None
     try:
         handler = logging.FileHandler(cluster.log_dir / "handler-player.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -401,13 +402,13 @@ def sandbox(nodes: Sequence[Any], player_config: Any, name: str) -> Iterator[Bed
         player_logger.addHandler(handler)
         player_logger.setLevel(logging.WARNING)
         player_logger.propagate = False
-        sim = HandlerPlayer(cluster.kubeconfig, cluster.state_dir, player_config).start()
-        bed = Bed(cluster, sim)
+        player = HandlerPlayer(cluster.kubeconfig, cluster.state_dir, player_config).start()
+        bed = Bed(cluster, player)
         bed.install_catalog()
         yield bed
     finally:
-        if sim is not None:
-            sim.stop()
+        if player is not None:
+            player.stop()
         cluster.stop(remove_state=False)
         keep = os.environ.get("SOD_BENCH_KEEP")
         if not keep:
