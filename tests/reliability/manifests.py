@@ -405,7 +405,9 @@ def _breaks(site: Site, value: Any) -> list[tuple[str, Any, str]]:
     if site.required and site.present:
         out.append(("required", DELETE, ""))
     if "enum" in s:
-        out += [("enum", v, "") for v in ("Bogus", str(s["enum"][0]).lower(), f"{s['enum'][0]} ")]
+        near = ("Bogus", str(s["enum"][0]).lower(), str(s["enum"][0]).upper(), f"{s['enum'][0]} ")
+        # A near miss that is itself a member (a lower-case enum lowered) breaks nothing.
+        out += [("enum", v, "") for v in dict.fromkeys(near) if v not in s["enum"]]
     elif kind == "string":
         if "maxLength" in s:
             too_long = string_of_length(s, s["maxLength"] + 1)

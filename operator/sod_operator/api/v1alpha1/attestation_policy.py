@@ -176,6 +176,23 @@ class MeasuredBootPolicy(ApiModel):
     one cannot pass.
     """
 
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": (
+                        "!has(self.references) || self.references.all(r, r.digests.all(d, "
+                        "size(d) == (self.pcrBank == 'SHA256' ? 64 : "
+                        "self.pcrBank == 'SHA384' ? 96 : 128)))"
+                    ),
+                    "message": "every reference digest must be a hex digest of `pcrBank`'s size",
+                    "reason": "FieldValueInvalid",
+                    "fieldPath": ".references",
+                },
+            ]
+        }
+    }
+
     pcr_bank: PcrBank = PcrBank.SHA256
     """The bank the log is evaluated in; the quote must be over the same bank."""
     pcrs: Annotated[
