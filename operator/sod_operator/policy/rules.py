@@ -320,20 +320,21 @@ def steer(s: Situation, avoid: Sequence[str]) -> str:
     """The hostname to steer a migration to, or "" to let the scheduler pick.
 
     Steer to one pre-validated node only when some compliant nodes must be avoided (failed
-    targets, or nodes that lost a profile within the cool-down: anti-flapping), or when some
+    targets, or nodes that lost a profile within the cool-down: anti-flapping; the migration's
+    source aside, a node in its cool-down is avoided even while it is no target), or when some
     node still carries a satisfying label whose verdict expired (void). Otherwise the
     scheduler picks among all compliant nodes (it knows capacity; the cost preferences
     already steer to the cheapest class).
     """
     targets, nodes = s.reachable_targets, s.obs.nodes
     cooldown = timedelta(seconds=s.cfg.node_cooldown_seconds)
-    flapping = {
-        n for n in targets if (t := nodes.revoked_at.get(n)) is not None and s.now - t < cooldown
-    }
-    shunned = set(avoid) | flapping
+    cooling = {n for n, t in nodes.revoked_at.items() if s.now - t < cooldown and n != s.node}
+    shunned = set(avoid) | (cooling & set(targets))
     # Nodes whose verdict expired still carry the label the affinity matches: steer past them.
     void = nodes.void_nodes(s.obs.resolution.satisfying)
-    if not shunned & set(targets) and not void:
+    # A cooling node that is no target now may regain its label before KubeVirt schedules the
+    # target pod, and the scheduler could then pick it: steer while any node cools down.
+    if not shunned & set(targets) and not void and not cooling:
         return ""
     preferred = [n for n in targets if n not in shunned] or [n for n in targets if n not in avoid]
     if not preferred:

@@ -318,6 +318,22 @@ def test_steer_leaves_the_choice_to_the_scheduler_unless_a_node_must_be_avoided(
     assert rules.steer(situation(s), []) == "hw-3"
 
 
+def test_steer_past_a_cooling_node_that_is_no_target_yet():
+    """hw-2 lost its profile and is no target now; it may regain the label before KubeVirt
+    schedules the target pod, and the scheduler must not be free to pick it then."""
+    s = world()
+    s.later(1).node("hw-2")
+    assert rules.steer(situation(s), []) == "hw-3"
+    s.later(301)  # the cool-down (300 s) is over: the scheduler picks again
+    assert rules.steer(situation(s), []) == ""
+
+
+def test_the_sources_own_revocation_does_not_steer():
+    s = world()
+    s.later(1).node("hw-1")  # the VM's node lost its profile: that is why it moves
+    assert rules.steer(situation(s), []) == ""
+
+
 # ------------------------------------------------------------------ compliant: moving target
 
 
