@@ -1,7 +1,7 @@
 """The test bed's Kubernetes client is the product's: `sod_operator.kube.KubeClient`.
 
 Kept as the test bed's import point (`KubeApi(kubeconfig, user_agent=...)`, `ApiError`,
-`JsonObj`, `resource_path`) so the test bed, the simulator and the e2e tests talk to the
+`JsonObj`, `resource_path`) so the test bed, the virt-handler player and the e2e tests talk to the
 apiserver exactly as the operator, the verifier and the node-agent do; `write_kubeconfig_file`
 writes the kubeconfig of every identity the test bed makes.
 """
