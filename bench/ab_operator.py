@@ -220,7 +220,7 @@ def run(sources: Mapping[str, Path], trials: int, block: int, first: str) -> dic
     with testbed.sandbox(nodes, player, "ab-operator") as bed:
         for n in nodes:
             bed.set_verified(n.name, [n.architecture])
-        watches = reaction.Watches(bed.cluster.kubeconfig).start()
+        watches = reaction.reaction_watches(bed.cluster.kubeconfig).start()
         try:
             for index, (arm, size) in enumerate(block_plan(trials, block, first)):
                 blocks.append(run_block(bed, watches, sources[arm], arm, index, size, hyperwall))
