@@ -50,8 +50,9 @@ time.
 * **Machine load.** The one-minute load average is sampled before and after each benchmark.
   A section says "quiet" only when the load before it started, per core, is at most the
   threshold its result file records; the load after includes the benchmark's own sandbox.
-  The machine is shared with other work while the project is developed, so a "busy"
-  section's figures are pessimistic.
+  The load average lags by about a minute, so a section that starts right after another can
+  read "not quiet" from that benchmark's own sandbox; when the machine is shared with other
+  work, a section that is not quiet has pessimistic figures.
 * **Real and modelled.** Each section says which parts ran for real (processes, TPMs,
   protocols) and which were modelled or simulated.
 * A benchmark whose dependency is missing is reported as **not run**, with the reason, and
@@ -181,7 +182,12 @@ def _mode(doc: dict[str, Any]) -> str:
         f"1-min load {doc.get('load_before')} at start, {doc.get('load_after')} at the end "
         f"(with the benchmark's own sandbox) on {cores} cores"
     )
-    quiet = "quiet machine at start" if doc.get("quiet") else "machine busy with other work"
+    # The load average lags: "busy" may be the previous benchmark's sandbox winding down.
+    quiet = (
+        "quiet machine at start"
+        if doc.get("quiet")
+        else "machine not quiet at start (other work, or the previous benchmark's sandbox)"
+    )
     limit = doc.get("quiet_load_per_core")
     if limit is not None:
         quiet += f" (quiet: load per core at most {limit})"
