@@ -52,6 +52,16 @@ PCR_DIGEST_SIZE: dict[PcrBank, int] = {PcrBank.SHA256: 32, PcrBank.SHA384: 48, P
 """Digest size in bytes of each bank; golden values must have exactly this length."""
 
 
+def _hex_size_by_bank_cel() -> str:
+    """CEL for the hex length of a digest in `self.pcrBank`, from PCR_DIGEST_SIZE (the CRD
+    rules mirror the models' validators with the same table)."""
+    *first, last = PCR_DIGEST_SIZE.items()
+    expr = str(last[1] * 2)
+    for bank, size in reversed(first):
+        expr = f"self.pcrBank == '{bank}' ? {size * 2} : {expr}"
+    return f"({expr})"
+
+
 class GoldenPcr(ApiModel):
     """The values one PCR may hold on a node that has this architecture."""
 
@@ -74,8 +84,7 @@ class TpmPolicy(ApiModel):
             "x-kubernetes-validations": [
                 {
                     "rule": (
-                        "self.pcrs.all(p, p.values.all(v, size(v) == "
-                        "(self.pcrBank == 'SHA256' ? 64 : self.pcrBank == 'SHA384' ? 96 : 128)))"
+                        f"self.pcrs.all(p, p.values.all(v, size(v) == {_hex_size_by_bank_cel()}))"
                     ),
                     "message": "every golden value must be a hex digest of `pcrBank`'s size",
                     "reason": "FieldValueInvalid",
@@ -182,8 +191,7 @@ class MeasuredBootPolicy(ApiModel):
                 {
                     "rule": (
                         "!has(self.references) || self.references.all(r, r.digests.all(d, "
-                        "size(d) == (self.pcrBank == 'SHA256' ? 64 : "
-                        "self.pcrBank == 'SHA384' ? 96 : 128)))"
+                        f"size(d) == {_hex_size_by_bank_cel()}))"
                     ),
                     "message": "every reference digest must be a hex digest of `pcrBank`'s size",
                     "reason": "FieldValueInvalid",
