@@ -37,11 +37,9 @@ from typing import Any
 
 from bench import reaction, testbed
 from bench.stats import percentile
-from bench.timeline import Timeline
+from bench.timeline import Timeline, span_ms
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-NODES = "hyperwall=4,tpm-measured-boot=3"
-"""The reaction benchmark's bed (bench.reaction.run)."""
 SPANS = (
     ("revoked", "label_removed", "vmim_created"),
     ("raised", "request_raised", "vmim_created"),
@@ -80,11 +78,6 @@ def operator_env(src: Path, base: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def spans(timelines: Sequence[Timeline], start: str, end: str) -> list[float]:
-    """Milliseconds from `start` to `end` in each timeline that has both."""
-    return [(t[end] - t[start]) * 1000.0 for t in timelines if start in t and end in t]
-
-
 def summary(samples: Sequence[float]) -> dict[str, float | int | None]:
     if not samples:
         return {"n": 0, "median": None, "p90": None}
@@ -100,7 +93,7 @@ def compare(timelines: Mapping[str, Mapping[str, Sequence[Timeline]]]) -> list[d
     `timelines[arm][trigger]` holds that arm's trials."""
     rows = []
     for trigger, start, end in SPANS:
-        arms = {arm: summary(spans(timelines[arm][trigger], start, end)) for arm in ARMS}
+        arms = {arm: summary(span_ms(timelines[arm][trigger], start, end)) for arm in ARMS}
         rows.append({
             "span": f"{start} -> {end}",
             "trigger": trigger,
@@ -158,14 +151,6 @@ def imported_from(src: Path) -> str:
     return out
 
 
-def start_operator(bed: Any, src: Path, name: str) -> None:
-    """`sod-operator` of checkout `src` as its own process, flags as the benchmarks pass them."""
-    flags = testbed.operator_args(bed.cluster.kubeconfig)
-    argv = [sys.executable, "-m", "sod_operator.main", *flags]
-    proc = bed.cluster.run_process(name, argv, env=operator_env(src, os.environ))
-    bed.operator = testbed.OperatorProcess(proc)
-
-
 def drop_namespace(bed: Any, namespace: str, timeout: float = 120.0) -> None:
     """Delete a block's namespace while its operator still runs (it may hold finalizers) and
     wait until its SecureVMs are gone, so the next block's operator inherits none."""
@@ -183,7 +168,11 @@ def run_block(
     """One block: this arm's operator, `size` revocation then `size` raise trials."""
     load_start = os.getloadavg()
     started = time.time()
-    start_operator(bed, src, f"operator-{arm}-{index}")
+    bed.start_operator(
+        name=f"operator-{arm}-{index}",
+        command=[sys.executable, "-m", "sod_operator.main"],
+        env=operator_env(src, os.environ),
+    )
     try:
         ns = bed.namespace(f"ab{index}-{arm}-revoke")
         revoked = reaction.revocation_trials(bed, watches, ns, size, TRIAL_TIMEOUT)
@@ -208,14 +197,12 @@ def run_block(
 
 
 def run(sources: Mapping[str, Path], trials: int, block: int, first: str) -> dict[str, Any]:
-    from sod_testbed.handler_player import PlayerConfig
     from sod_testbed.nodes import parse_nodes
 
-    nodes = parse_nodes(NODES)
+    nodes = parse_nodes(reaction.NODES)
     hyperwall = [n.name for n in nodes if n.architecture == "hyperwall"]
     model, model_source = reaction.migration_model()
-    # As bench.reaction.run configures its player.
-    player = PlayerConfig(time_scale=1.0, resync_seconds=5.0, model=model)
+    player = reaction.player_config(model)
     blocks = []
     with testbed.sandbox(nodes, player, "ab-operator") as bed:
         for n in nodes:
@@ -230,7 +217,7 @@ def run(sources: Mapping[str, Path], trials: int, block: int, first: str) -> dic
             watches.stop()
     timelines = {arm: {t: [tl for b in blocks if b["arm"] == arm for tl in b[t]]
                        for t, _, _ in SPANS} for arm in ARMS}  # fmt: skip
-    return {"nodes": NODES, "migration_model": model_source, "blocks": blocks,
+    return {"nodes": reaction.NODES, "migration_model": model_source, "blocks": blocks,
             "comparison": compare(timelines)}  # fmt: skip
 
 

@@ -43,6 +43,8 @@ REQUIRED = (
 )
 LOW = {"options": ["Basic"]}
 HIGH = {"options": ["Basic", "HypervisorProtection"]}
+NODES = "hyperwall=4,tpm-measured-boot=3"
+"""The reaction bed's kwok nodes (also bench.ab_operator's)."""
 TARGETS = [Target("median", "<=", 50.0), Target("p99", "<=", 250.0)]
 LABEL_STAGES = REVOCATION_STAGES[REVOCATION_STAGES.index("label_removed") :]
 """The revocation trials here start at the label's removal (see the method)."""
@@ -335,21 +337,27 @@ def run_baseline(bed: Any, watch: Any, result: Result, quick: bool) -> None:
     baseline.run_in(bed, watch, result, quick)
 
 
-def run(quick: bool = False) -> Result:
+def player_config(model: Any) -> Any:
+    """The reaction bed's virt-handler player: unscaled `model` durations, 5 s resync."""
     from sod_testbed.handler_player import PlayerConfig
+
+    return PlayerConfig(time_scale=1.0, resync_seconds=5.0, model=model)
+
+
+def run(quick: bool = False) -> Result:
     from sod_testbed.nodes import parse_nodes
 
     trials = 3 if quick else 20
     evidence = 2 if quick else 10
-    nodes = parse_nodes("hyperwall=4,tpm-measured-boot=3")
+    nodes = parse_nodes(NODES)
     hyperwall = [n.name for n in nodes if n.architecture == "hyperwall"]
     model, model_source = migration_model()
-    player = PlayerConfig(time_scale=1.0, resync_seconds=5.0, model=model)
+    player = player_config(model)
     result = Result(name=NAME, title=TITLE)
     result.params = {
         "trials_per_trigger": trials,
         "evidence_trials": evidence,
-        "nodes": "hyperwall=4,tpm-measured-boot=3",
+        "nodes": NODES,
         "migration_model": model_source,
         "player_time_scale": player.time_scale,
     }

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,15 +310,23 @@ class Bed:
 
     # ---- the operator ------------------------------------------------------------------
 
-    def start_operator(self, extra_args: Sequence[str] = (), name: str = "operator") -> None:
-        """Run `sod-operator`; with SOD_BENCH_PROFILE=DIR also `py-spy record` on it (collapsed
-        stacks written to DIR/<name>.raw when the operator stops)."""
+    def start_operator(
+        self,
+        extra_args: Sequence[str] = (),
+        name: str = "operator",
+        command: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """Run `sod-operator` (or `command`, e.g. another checkout's operator, with `env`);
+        with SOD_BENCH_PROFILE=DIR also `py-spy record` on it (collapsed stacks written to
+        DIR/<name>.raw when the operator stops)."""
         argv = [
-            str(Path(sys.executable).parent / "sod-operator"),
+            *(command or [str(Path(sys.executable).parent / "sod-operator")]),
             *operator_args(self.cluster.kubeconfig),
             *extra_args,
         ]
-        proc = self.cluster.run_process(name, argv, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        environment = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+        proc = self.cluster.run_process(name, argv, env=environment)
         self.operator = OperatorProcess(proc)
         profile_dir = os.environ.get("SOD_BENCH_PROFILE")
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")

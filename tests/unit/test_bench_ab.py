@@ -1,5 +1,5 @@
-"""bench.ab_operator's pure helpers: the block plan, the operator's environment, the spans and
-their comparison, the table."""
+"""bench.ab_operator's pure helpers: the block plan, the operator's environment, the spans (the
+timeline module's `span_ms`) and their comparison, the table."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from bench.ab_operator import (
     format_table,
     operator_env,
     ratio,
-    spans,
     summary,
 )
+from bench.timeline import span_ms as spans
 
 
 def test_blocks_alternate_and_give_each_arm_its_trials() -> None:
