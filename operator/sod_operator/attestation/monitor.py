@@ -1,28 +1,28 @@
-"""One trust-monitor step for one node: (NodeAttestation, Node, profiles, now) → what to write.
+"""One trust-monitor step for one node: (NodeAttestation, Node, profiles, nonces, now) → what
+to write.
 
 Pure and level-triggered: everything the verifier needs to resume is in the NodeAttestation
-status (challenge, enrollment, evidence record, verdicts) and the node's labels, so a restart
-at any point loses nothing and a repeated step writes nothing new.
+(evidence, enrollment, verdicts), the published nonces and the node's labels, so a restart at
+any point loses nothing and a repeated step writes nothing new.
 
-The nonce lifecycle (replay protection without races):
+The nonce lifecycle (issue 17: a round must be cheap for the API server):
 
-* The verifier keeps exactly one outstanding nonce in `status.challenge`. A new generation
-  of evidence carrying a quote *consumes* it: the verifier records which challenge was
-  current (`status.evidence.challenge`) and issues the next nonce in the same status write.
-* The quote must answer the recorded challenge (`NonceMismatch` otherwise: a replayed or
-  outdated quote). The agent answers each nonce at most once and paces itself, so a fresh
-  nonce is always waiting when its claims change (e.g. a memory violation): detection does
-  not wait for a verifier timer.
-* A quote answering the outstanding nonce spends it even when its evidence is not consumed
-  (it failed the identity check): the next nonce is issued, or an agent restarted on that
-  spec would wait forever for a nonce it has not answered.
-* Freshness is measured from the recorded challenge's `issuedTime`, i.e. by the verifier's
-  own clock: evidence older than a profile's `freshnessSeconds` revokes the profile (an agent
-  gone silent produces no new evidence, so its last evidence ages out: fail closed).
+* The verifier publishes one list of recent nonces for the whole fleet (`challenges.rotate`,
+  a ConfigMap); an agent quotes over the newest. A quote answering a listed nonce is fresh
+  from that nonce's `issuedTime` (measured by the verifier's own clock); any other nonce is
+  `NonceMismatch`. Evidence older than a profile's `freshnessSeconds` revokes the profile (an
+  agent gone silent produces no new evidence, so its last evidence ages out: fail closed).
+* A nonce is no longer single use, so an older quote of the same node could be sent again
+  while its nonce is listed: every quote must carry a TPM clock no earlier than the recorded
+  evidence's (`QuoteReplayed`). The record is written whenever what the evidence says changes
+  (`must_write`), so the quote a replay would have to undo is always the recorded one.
+* The status is written only when it changes in substance: enrollment, verdicts, conditions,
+  a rejection, evidence that says something new, or a renewal of a verdict's `expiryTime`
+  once less than half of its lifetime is left (the operator voids a label past it: the write
+  that keeps trust alive without a verifier is due well before). A round that only repeats
+  good evidence costs the API server the agent's write alone.
 * "Useful for" is the longest `freshnessSeconds` of any profile (or `ready_max_age_seconds`
-  when none has a policy): `Ready` turns False when the newest valid evidence is older, and
-  an unanswered nonce that old is replaced, since no answer to it could be fresh for any
-  profile (a returning agent's first answer then counts at once).
+  when none has a policy): `Ready` turns False when the newest valid evidence is older.
 """
 
 from __future__ import annotations
@@ -38,17 +38,19 @@ from sod_operator.api.conditions import EventType as EventType  # re-exported: E
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
 from sod_operator.api.v1alpha1.base import Condition
 from sod_operator.api.v1alpha1.nodeattestation import (
-    NONCE_BYTES,
     AttestationConditionType,
     AttestationReason,
     Challenge,
+    ChallengeList,
     Enrollment,
     EnrollmentState,
     EvidenceRecord,
     NodeAttestation,
     NodeAttestationStatus,
     ProfileVerdict,
+    TpmClock,
     VerdictResult,
+    claims_digest,
 )
 from sod_operator.attestation import enroll, labels, platform
 from sod_operator.attestation.ekcert import CaBundle
@@ -60,6 +62,7 @@ from sod_operator.attestation.verify import (
     VerifiedQuote,
     check_enrolled,
     check_identity,
+    tpm_clock,
     verify,
 )
 
@@ -111,6 +114,8 @@ class StepInput:
     """Another node that already enrolled the EK certificate this node presents."""
     enrollments: platform.Enrollments = field(default_factory=dict)
     """The platform team's PlatformEnrollments by EK fingerprint (architecture proofs)."""
+    challenges: ChallengeList = field(default_factory=ChallengeList)
+    """The nonces the verifier publishes (a quote must answer one of them)."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,10 @@ class StepOutput:
     events: tuple[Event, ...]
     transitions: tuple[Transition, ...]
     new_evidence: bool
-    """A new generation of evidence was consumed in this step."""
+    """A generation of evidence not yet recorded was judged in this step (a round that is not
+    written is judged again at the next step; the verifier counts each generation once)."""
+    answered: Challenge | None
+    """The published nonce the spec's quote answers (None: none listed)."""
     evidence_reason: AttestationReason
     """Evidence-level result: `Verified` or why not."""
     requeue_after: timedelta | None
@@ -145,22 +153,21 @@ def _quote_sha256(att: NodeAttestation) -> str | None:
     return hashlib.sha256(f"{q.nonce}|{q.attest}|{q.signature}".encode()).hexdigest()
 
 
-def _answers(att: NodeAttestation, challenge: Challenge | None) -> bool:
-    """The spec's quote answers the outstanding nonce, so that nonce is spent even when the
-    evidence was not consumed (it failed the identity check): the agent answers a nonce at
-    most once (also after a restart, from its own spec), so keeping it would leave the agent
-    waiting forever for a nonce it has not answered."""
-    tpm_ev = att.spec.tpm
-    return (
-        challenge is not None
-        and tpm_ev is not None
-        and tpm_ev.quote is not None
-        and tpm_ev.quote.nonce == challenge.nonce
-    )
+def _content_sha256(att: NodeAttestation, quote: VerifiedQuote) -> str:
+    """What the evidence says, without what makes each round's quote unique (nonce, clock,
+    signature): equal for two rounds that change no verdict by themselves."""
+    event_log = att.spec.tpm.quote.event_log if att.spec.tpm and att.spec.tpm.quote else None
+    h = hashlib.sha256(claims_digest(quote.claims))
+    h.update(f"|{quote.bank}|{quote.info.pcr_digest.hex()}|{event_log or ''}".encode())
+    return h.hexdigest()
 
 
-def _new_challenge(now: datetime, entropy: Entropy) -> Challenge:
-    return Challenge(nonce=entropy(NONCE_BYTES).hex(), issued_time=now)
+def _replay_floor(old: NodeAttestationStatus, enrollment: Enrollment | None) -> TpmClock | None:
+    """The recorded quote's TPM clock, while the same AK is enrolled (a new TPM starts anew)."""
+    record = old.evidence
+    if record is None or record.tpm_clock is None or enrollment is None or old.enrollment is None:
+        return None
+    return record.tpm_clock if old.enrollment.ak_name == enrollment.ak_name else None
 
 
 def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
@@ -200,7 +207,7 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
                     )
     enroll_failure = failure
 
-    # 2. A new generation with a new quote consumes the outstanding challenge.
+    # 2. Which published nonce the quote answers; is this generation recorded already?
     record = old.evidence
     quote_sha = _quote_sha256(att)
     new_evidence = (
@@ -211,27 +218,14 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
             or (record.observed_generation != att.generation and record.quote_sha256 != quote_sha)
         )
     )
-    challenge = old.challenge
-    if new_evidence:
-        record = EvidenceRecord(
-            observed_generation=att.generation,
-            challenge=challenge,
-            received_time=now,
-            quote_sha256=quote_sha,
-        )
+    answered = _answered(att, inp.challenges)
     useful = timedelta(seconds=_useful_for(inp.policies, settings))
-    outdated = challenge is not None and now - challenge.issued_time >= useful
-    if enrollment is not None and (
-        _answers(att, challenge)
-        or (identity is not None and (challenge is None or new_evidence or outdated))
-    ):
-        challenge = _new_challenge(now, entropy)
 
     # 3. The verification pipeline (re-run every step: cheap, and a CA bundle change applies).
     verification = verify(
         att.spec,
         enrollment,
-        record.challenge if record is not None else None,
+        answered or inp.challenges.newest,
         inp.policies,
         settings.bundle,
         now,
@@ -239,6 +233,7 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
         enrollment_failure=failure,
         missing_node=att.name if inp.node is None else None,
         enrollments=inp.enrollments,
+        not_before=_replay_floor(old, enrollment),
     )
     evidence = verification.evidence
     if new_evidence and isinstance(evidence, Failure):
@@ -296,26 +291,89 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
 
     status = NodeAttestationStatus(
         observed_generation=att.generation,
-        challenge=challenge,
         enrollment=enrollment,
-        evidence=record,
+        evidence=_record(att, quote_sha, answered, evidence, now) if new_evidence else record,
         verdicts=verdicts,
         verified_profiles=verified,
         conditions=conditions,
     )
+    rejected = new_evidence and isinstance(evidence, Failure)
+    written = status if must_write(old, status, now, rejected) else old
     patch: dict[str, str | None] = {}
     if inp.node is not None:
         patch = labels.label_patch(inp.node.labels, labels.desired_labels(verified))
     return StepOutput(
-        status=status,
-        status_changed=status != old,
+        status=written,
+        status_changed=written != old,
         label_patch=patch,
         events=tuple(events),
         transitions=tuple(transitions),
         new_evidence=new_evidence,
+        answered=answered,
         evidence_reason=R.VERIFIED if isinstance(evidence, VerifiedQuote) else evidence.reason,
-        requeue_after=_next_deadline(decisions, evidence, challenge, now, useful),
+        requeue_after=_next_deadline(decisions, evidence, old.verdicts, now, useful),
     )
+
+
+def _answered(att: NodeAttestation, challenges: ChallengeList) -> Challenge | None:
+    tpm_ev = att.spec.tpm
+    if tpm_ev is None or tpm_ev.quote is None:
+        return None
+    return challenges.find(tpm_ev.quote.nonce)
+
+
+def _record(
+    att: NodeAttestation,
+    quote_sha: str | None,
+    answered: Challenge | None,
+    evidence: VerifiedQuote | Failure,
+    now: datetime,
+) -> EvidenceRecord:
+    verified = evidence if isinstance(evidence, VerifiedQuote) else None
+    return EvidenceRecord(
+        observed_generation=att.generation,
+        challenge=answered,
+        received_time=now,
+        quote_sha256=quote_sha,
+        content_sha256=_content_sha256(att, verified) if verified is not None else None,
+        tpm_clock=tpm_clock(verified.info) if verified is not None else None,
+    )
+
+
+def must_write(
+    old: NodeAttestationStatus, new: NodeAttestationStatus, now: datetime, rejected: bool
+) -> bool:
+    """Whether `new` is worth a status write: it differs in substance, records a rejection or
+    evidence that says something new, or renews an expiry that is half spent."""
+    if old.evidence is None or rejected or _substance(old) != _substance(new):
+        return True
+    if new.evidence is not None and new.evidence.content_sha256 != old.evidence.content_sha256:
+        return True
+    return any(_renewal_due(v, new.verdicts, now) for v in old.verdicts)
+
+
+def _substance(status: NodeAttestationStatus) -> tuple[object, ...]:
+    """A status without what every round changes (generations, times, the evidence record)."""
+    verdicts = tuple((v.profile, v.result, v.reason, v.message) for v in status.verdicts)
+    conditions = tuple(
+        (c.type, c.status, c.reason, c.message) for c in status.conditions or []
+    )
+    return (status.enrollment, verdicts, tuple(status.verified_profiles), conditions)
+
+
+def _renewal_due(old: ProfileVerdict, new: list[ProfileVerdict], now: datetime) -> bool:
+    """A verified verdict whose written expiry has less than half its lifetime left, when
+    fresher evidence moves it later."""
+    if old.result != VerdictResult.VERIFIED:
+        return False
+    later = next((v for v in new if v.profile == old.profile), None)
+    if later is None or later.expiry_time is None:
+        return False
+    if old.expiry_time is None or old.evidence_time is None:
+        return True
+    if later.expiry_time <= old.expiry_time:
+        return False
+    return old.expiry_time - now <= (old.expiry_time - old.evidence_time) / 2
 
 
 def _useful_for(policies: Mapping[str, AttestationPolicy | None], settings: Settings) -> int:
@@ -422,15 +480,16 @@ def _conditions(
 def _next_deadline(
     decisions: list[Decision],
     evidence: VerifiedQuote | Failure,
-    challenge: Challenge | None,
+    written: list[ProfileVerdict],
     now: datetime,
     useful: timedelta,
 ) -> timedelta | None:
     deadlines = [d.expiry_time for d in decisions if d.verified and d.expiry_time is not None]
     if isinstance(evidence, VerifiedQuote):
         deadlines.append(evidence.evidence_time + useful)
-    if challenge is not None:
-        deadlines.append(challenge.issued_time + useful)  # replace it if nobody answers
+    for v in written:  # renew a written expiry at half its lifetime, even without a new round
+        if v.result == VerdictResult.VERIFIED and v.expiry_time and v.evidence_time:
+            deadlines.append(v.expiry_time - (v.expiry_time - v.evidence_time) / 2)
     future = [d for d in deadlines if d > now]
     if not future:
         return None

@@ -42,6 +42,7 @@ from sod_operator.api.v1alpha1.nodeattestation import (
     Enrollment,
     EnrollmentState,
     NodeAttestationSpec,
+    TpmClock,
     TpmEvidence,
     qualifying_data,
 )
@@ -206,9 +207,14 @@ class VerifiedQuote:
 
 
 def check_quote(
-    evidence: TpmEvidence, claims: Claims, ak: tpm.PublicArea, challenge: Challenge | None
+    evidence: TpmEvidence,
+    claims: Claims,
+    ak: tpm.PublicArea,
+    challenge: Challenge | None,
+    not_before: TpmClock | None = None,
 ) -> VerifiedQuote | Failure:
-    """Verify `evidence.quote` was signed by `ak` over `challenge`'s nonce and the claims."""
+    """Verify `evidence.quote` was signed by `ak` over `challenge`'s nonce and the claims, and
+    (with `not_before`, the recorded quote's TPM clock) that it is not older than that quote."""
     quote = evidence.quote
     if quote is None:
         return Failure.of(R.NO_QUOTE, "the node has not sent a quote yet", recoverable=True)
@@ -217,9 +223,9 @@ def check_quote(
     if not hmac.compare_digest(quote.nonce, challenge.nonce):
         return Failure.of(
             R.NONCE_MISMATCH,
-            f"the quote answers nonce {quote.nonce[:16]}…, but the current nonce is "
-            f"{challenge.nonce[:16]}… (issued {challenge.issued_time.isoformat()}): "
-            "a replayed or outdated quote",
+            f"the quote answers nonce {quote.nonce[:16]}…, which the verifier has not published "
+            f"or no longer lists (the newest is {challenge.nonce[:16]}…, issued "
+            f"{challenge.issued_time.isoformat()}): a forged or outdated quote",
         )
     try:
         attest = _b64(quote.attest, "spec.tpm.quote.attest")
@@ -237,6 +243,12 @@ def check_quote(
         info = tpm.parse_quote(attest)
     except tpm.TpmFormatError as err:
         return Failure.of(R.QUOTE_MALFORMED, f"spec.tpm.quote.attest: {err}")
+    if not_before is not None and _clock(info) < not_before.order():
+        return Failure.of(
+            R.QUOTE_REPLAYED,
+            f"the quote's TPM clock {_clock(info)} (reset, restart, ms) is earlier than the "
+            f"recorded evidence's {not_before.order()}: an older quote sent again",
+        )
     expected = qualifying_data(bytes.fromhex(challenge.nonce), claims)
     if not hmac.compare_digest(info.extra_data, expected):
         return Failure.of(
@@ -280,6 +292,17 @@ def check_quote(
         challenge=challenge,
         info=info,
         event_log=_event_log(quote.event_log),
+    )
+
+
+def _clock(info: tpm.QuoteInfo) -> tuple[int, int, int]:
+    return (info.reset_count, info.restart_count, info.clock)
+
+
+def tpm_clock(info: tpm.QuoteInfo) -> TpmClock:
+    """The quote's TPMS_CLOCK_INFO as recorded in `status.evidence.tpmClock`."""
+    return TpmClock(
+        reset_count=info.reset_count, restart_count=info.restart_count, clock=info.clock
     )
 
 
@@ -457,6 +480,7 @@ def check_evidence(
     *,
     identity: Identity | Failure | None = None,
     enrollment_failure: Failure | None = None,
+    not_before: TpmClock | None = None,
 ) -> VerifiedQuote | Failure:
     """Stages 1 and 2: identity, enrollment and quote checks of `spec` (all but the profiles).
 
@@ -473,7 +497,7 @@ def check_evidence(
     failure = enrollment_failure or check_enrolled(identity, enrollment)
     if failure is not None:
         return failure
-    quote = check_quote(spec.tpm, spec.claims, identity.ak, challenge)
+    quote = check_quote(spec.tpm, spec.claims, identity.ak, challenge, not_before)
     if isinstance(quote, Failure):
         return quote
     return dataclasses.replace(quote, ek_sha256=platform.ek_fingerprint(identity.ek_certificate))
@@ -491,11 +515,13 @@ def verify(
     enrollment_failure: Failure | None = None,
     missing_node: str | None = None,
     enrollments: platform.Enrollments | None = None,
+    not_before: TpmClock | None = None,
 ) -> Verification:
     """The verification pipeline: every stage, then every profile's attestation policy.
 
-    `challenge` is the nonce that was current when this evidence arrived (replay protection:
-    a quote answering any other nonce is rejected); `enrollment` is the node's AK↔EK binding.
+    `challenge` is the published nonce the quote answers (replay protection: a quote
+    answering any other nonce is rejected, and with `not_before` one older than the recorded
+    quote); `enrollment` is the node's AK↔EK binding.
     `monitor.step` runs exactly this function (with its enrollment results and, when there
     is no Node object to carry a verdict, `missing_node`): there is no second composition.
     `enrollments` are the platform team's PlatformEnrollments: a profile that names an
@@ -509,6 +535,7 @@ def verify(
         now,
         identity=identity,
         enrollment_failure=enrollment_failure,
+        not_before=not_before,
     )
     if missing_node is not None and isinstance(evidence, VerifiedQuote):
         evidence = Failure.of(

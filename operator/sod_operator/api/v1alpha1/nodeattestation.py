@@ -3,8 +3,11 @@
 Cluster-scoped; the object's name is the node's name. The node-agent writes `spec` (and only
 its own node's object: a ValidatingAdmissionPolicy compares the name with the node name bound
 into the agent's token). The verifier alone writes `status` through the `/status`
-subresource: the challenge (nonce), the enrollment (EK certificate, AK bound by credential
-activation), one verdict per `ServerSecurityProfile` and conditions.
+subresource: the enrollment (EK certificate, AK bound by credential activation), one verdict
+per `ServerSecurityProfile` and conditions. Nonces are not per node: the verifier publishes one
+fleet-wide list of recent challenges in a ConfigMap (`CHALLENGES_CONFIGMAP`, `ChallengeList`),
+so a round costs the API server the agent's evidence write and, only when something changed or
+a verdict's expiry needs renewing, a status write (see `sod_operator.attestation.monitor`).
 
 The wire protocol between agent and verifier is defined here, once, so neither side imports
 the other: `qualifying_data(nonce, claims)` is what the agent passes to TPM2_Quote as
@@ -136,7 +139,7 @@ class Quote(ApiModel):
     """A TPM2_Quote over the node's PCRs, answering the verifier's nonce."""
 
     nonce: NonceHex
-    """The verifier's nonce (`status.challenge.nonce`) this quote answers."""
+    """The verifier's nonce (one of the published `ChallengeList`) this quote answers."""
     attest: Annotated[Base64, Field(max_length=4096)]
     """The signed TPMS_ATTEST structure, base64."""
     signature: Annotated[Base64, Field(max_length=2048)]
@@ -233,6 +236,7 @@ class AttestationReason(StrEnum):
     QUALIFYING_DATA_MISMATCH = "QualifyingDataMismatch"
     PCR_SELECTION_MISMATCH = "PcrSelectionMismatch"
     PCR_DIGEST_MISMATCH = "PcrDigestMismatch"
+    QUOTE_REPLAYED = "QuoteReplayed"
     EVIDENCE_STALE = "EvidenceStale"
     # Profile policy
     NO_ATTESTATION_POLICY = "NoAttestationPolicy"
@@ -260,6 +264,48 @@ class Challenge(ApiModel):
     """32 random bytes, lower-case hex."""
     issued_time: datetime
     """When the verifier issued the nonce: no quote answering it can be older."""
+
+
+MAX_CHALLENGES: Final = 64
+"""Bound of the published list: evidence answering an older nonce is refused (`NonceMismatch`)."""
+CHALLENGES_SUFFIX: Final = "-attestation-challenges"
+CHALLENGES_CONFIGMAP: Final = f"sod{CHALLENGES_SUFFIX}"
+"""The ConfigMap (in the verifier's namespace) the verifier publishes the challenges in, by
+default (the chart names it `<release fullname>-attestation-challenges`); the agents may only
+read it, and only the verifier may update it (`sod_operator.verifier.rbac`)."""
+TRUST_NAMESPACE: Final = "sod-system"
+"""The verifier's namespace by default (its Lease, the challenges ConfigMap)."""
+CHALLENGES_KEY: Final = "challenges.json"
+"""The ConfigMap's data key: the JSON of a `ChallengeList`."""
+
+
+class ChallengeList(ApiModel):
+    """The nonces a quote may answer, newest first: the verifier issues one every round (its
+    `--challenge-interval`) and keeps each while evidence answering it could still be fresh
+    for some profile. An agent answers the newest; the verifier accepts any listed nonce and
+    measures the evidence's age from that nonce's `issuedTime`."""
+
+    challenges: Annotated[list[Challenge], Field(max_length=MAX_CHALLENGES)] = []
+
+    @property
+    def newest(self) -> Challenge | None:
+        return self.challenges[0] if self.challenges else None
+
+    def find(self, nonce: str) -> Challenge | None:
+        return next((c for c in self.challenges if c.nonce == nonce), None)
+
+
+class TpmClock(ApiModel):
+    """The TPM's clock in a quote (TPMS_CLOCK_INFO): strictly later in every newer quote of the
+    same TPM, so an older quote re-sent is recognised even when it answers a listed nonce."""
+
+    reset_count: Annotated[int, Field(ge=0, le=2**32 - 1)]
+    restart_count: Annotated[int, Field(ge=0, le=2**32 - 1)]
+    clock: Annotated[int, Field(ge=0, le=2**63 - 1)]
+    """Milliseconds the TPM has been powered (TPMS_CLOCK_INFO.clock)."""
+
+    def order(self) -> tuple[int, int, int]:
+        return (self.reset_count, self.restart_count, self.clock)
 
 
 class EnrollmentState(StrEnum):
@@ -296,13 +342,19 @@ class EvidenceRecord(ApiModel):
     observed_generation: Generation
     """The `metadata.generation` of the evidence."""
     challenge: Challenge | None = None
-    """The challenge that was current when this evidence arrived: the quote must answer it,
-    and the evidence's age is measured from its `issuedTime`."""
+    """The published challenge the quote answers: the evidence's age is measured from its
+    `issuedTime`."""
     received_time: datetime
-    """When the verifier first saw this generation."""
+    """When the verifier recorded this generation."""
     quote_sha256: Sha256Hex | None = None
     """SHA-256 over the quote's nonce, attest and signature: a spec change that keeps the same
-    quote is not new evidence (and does not consume a nonce)."""
+    quote is not new evidence."""
+    content_sha256: Sha256Hex | None = None
+    """SHA-256 over what the evidence says (claims, PCR bank and digest, event log): a round
+    that says the same as the recorded one changes no verdict and is not written."""
+    tpm_clock: TpmClock | None = None
+    """The recorded quote's TPM clock: a quote with an earlier one is refused
+    (`QuoteReplayed`)."""
 
 
 class VerdictResult(StrEnum):
@@ -333,9 +385,8 @@ class NodeAttestationStatus(ApiModel):
     """The verifier's challenge, enrollment and verdict."""
 
     observed_generation: Generation | None = None
-    """The generation of the evidence this verdict was computed for."""
-    challenge: Challenge | None = None
-    """The nonce the next quote must answer."""
+    """The generation of the evidence this status was last written for (a round that changes
+    nothing is not written: `monitor.must_write`)."""
     enrollment: Enrollment | None = None
     """The AK↔EK binding."""
     evidence: EvidenceRecord | None = None
