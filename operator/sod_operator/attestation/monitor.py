@@ -219,7 +219,7 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
         )
     )
     answered = _answered(att, inp.challenges)
-    useful = timedelta(seconds=_useful_for(inp.policies, settings))
+    useful = timedelta(seconds=useful_for(inp.policies, settings))
 
     # 3. The verification pipeline (re-run every step: cheap, and a CA bundle change applies).
     verification = verify(
@@ -355,9 +355,7 @@ def must_write(
 def _substance(status: NodeAttestationStatus) -> tuple[object, ...]:
     """A status without what every round changes (generations, times, the evidence record)."""
     verdicts = tuple((v.profile, v.result, v.reason, v.message) for v in status.verdicts)
-    conditions = tuple(
-        (c.type, c.status, c.reason, c.message) for c in status.conditions or []
-    )
+    conditions = tuple((c.type, c.status, c.reason, c.message) for c in status.conditions or [])
     return (status.enrollment, verdicts, tuple(status.verified_profiles), conditions)
 
 
@@ -376,7 +374,8 @@ def _renewal_due(old: ProfileVerdict, new: list[ProfileVerdict], now: datetime) 
     return old.expiry_time - now <= (old.expiry_time - old.evidence_time) / 2
 
 
-def _useful_for(policies: Mapping[str, AttestationPolicy | None], settings: Settings) -> int:
+def useful_for(policies: Mapping[str, AttestationPolicy | None], settings: Settings) -> int:
+    """Seconds evidence can be fresh for some profile (how long a nonce is worth keeping)."""
     bounds = [p.freshness_seconds for p in policies.values() if p is not None]
     return max(bounds) if bounds else settings.ready_max_age_seconds
 

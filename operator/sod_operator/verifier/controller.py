@@ -8,6 +8,11 @@ i.e. the freshness timer), retries a failed reconcile after a per-node exponenti
 and a periodic resync re-looks at everything, so a missed event or a restart loses nothing.
 A node without a NodeAttestation (or whose agent never enrolled) gets no trust labels.
 
+The leader also publishes the fleet's nonces (`attestation.challenges`): a new one every
+`challenge_interval_seconds` into one ConfigMap, which every agent watches. A quote answering a
+nonce the cache does not list yet (an agent's watch was quicker than ours) makes the reconcile
+read the ConfigMap once before judging, so a slow watch never revokes a node.
+
 More than one replica: every replica keeps its caches warm, but only the one holding the
 verifier's Lease (`sod_operator.kube.leader`, see `main.py`) reconciles: its workers wait on
 `leading`. A new leader enqueues every node (the old leader's deadlines died with it); all it
@@ -27,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -35,16 +40,26 @@ from pydantic import ValidationError
 from sod_operator.api.constants import API_VERSION, PROFILE_LABEL_PREFIX
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
 from sod_operator.api.v1alpha1.nodeattestation import (
+    CHALLENGES_KEY,
+    ChallengeList,
     EnrollmentState,
     NodeAttestation,
     NodeAttestationStatus,
 )
-from sod_operator.attestation import labels, monitor, platform
+from sod_operator.attestation import challenges, labels, monitor, platform
 from sod_operator.attestation.ekcert import BundleError, CaBundle
 from sod_operator.attestation.enroll import Entropy
 from sod_operator.kube import ApiError, Backoff, RateLimiter, WorkQueue, resource_version
 from sod_operator.verifier import notify
-from sod_operator.verifier.kube import ATTESTATIONS, NODES, PLATFORMS, PROFILES, KubeIO, Obj
+from sod_operator.verifier.kube import (
+    ATTESTATIONS,
+    CHALLENGES,
+    NODES,
+    PLATFORMS,
+    PROFILES,
+    KubeIO,
+    Obj,
+)
 from sod_operator.verifier.metrics import EvidenceAge, Metrics, evidence_ages
 from sod_operator.verifier.notify import Notifier
 
@@ -113,6 +128,10 @@ class Caches:
     """PlatformEnrollment name → (architecture, EK fingerprint), as the platform team wrote it."""
     enrollments: platform.Enrollments = field(default_factory=dict)
     """`platforms` indexed by EK fingerprint (rebuilt on every PlatformEnrollment event)."""
+    challenges: ChallengeList = field(default_factory=ChallengeList)
+    """The published nonces (newest first)."""
+    challenges_rv: str = ""
+    """The challenges ConfigMap's resourceVersion ("": it does not exist yet)."""
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def put_attestation(self, name: str, obj: Obj | None) -> None:
@@ -152,6 +171,8 @@ class VerifierConfig:
     a few threads overlap those round trips; one node is never reconciled by two at once."""
     retry: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=60.0))
     """After a failed reconcile (the apiserver unreachable, say): 0.5 s, 1 s, 2 s … per node."""
+    challenge_interval_seconds: float = 10.0
+    """A new nonce this often: the agents' rounds (the lower bound of the evidence's age)."""
 
 
 class Verifier:
@@ -182,6 +203,9 @@ class Verifier:
             self.leading.set()
         self.heartbeat = time.monotonic()
         self._threads: list[threading.Thread] = []
+        self._counted: dict[str, int] = {}
+        """Node → the evidence generation last counted in the metrics (a round that is not
+        written is judged again at the next step; it is counted once)."""
         # Two nodes presenting one EK must be judged one after the other, or both could enroll
         # it: a reconcile holds the stripe of its EK fingerprint until its status is cached.
         self._ek_locks = tuple(threading.Lock() for _ in range(64))
@@ -194,6 +218,7 @@ class Verifier:
             PROFILES: self._on_profile,
             PLATFORMS: self._on_platform,
             NODES: self._on_node,
+            CHALLENGES: self._on_challenges,
         }
         if self.notifier is not None:
             self.notifier.start()
@@ -229,7 +254,7 @@ class Verifier:
 
     def synced(self) -> bool:
         with self.caches.lock:
-            return self.caches.synced >= {ATTESTATIONS, PROFILES, PLATFORMS, NODES}
+            return self.caches.synced >= {ATTESTATIONS, PROFILES, PLATFORMS, NODES, CHALLENGES}
 
     def healthy(self) -> bool:
         return time.monotonic() - self.heartbeat < 30 and all(t.is_alive() for t in self._threads)
@@ -307,6 +332,31 @@ class Verifier:
         }:
             self.queue.add(name)  # a node appeared, or someone touched our labels
 
+    def _on_challenges(self, kind: str, obj: Obj) -> None:
+        """Cache the newest published list; nothing to enqueue: evidence answering it arrives
+        as a NodeAttestation change, and a nonce dropped from it was past every freshness
+        bound already."""
+        if kind == "SYNCED":
+            items = obj["items"]
+            obj = items[0] if items else {}
+        self._store_challenges({} if kind == "DELETED" else obj)
+        if kind == "SYNCED":
+            with self.caches.lock:
+                self.caches.synced.add(CHALLENGES)
+
+    def _store_challenges(self, obj: Obj) -> None:
+        rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        raw = (obj.get("data") or {}).get(CHALLENGES_KEY)
+        try:
+            parsed = ChallengeList.model_validate_json(raw) if raw else ChallengeList()
+        except ValidationError as err:
+            log.error("the challenges ConfigMap does not parse, publishing anew: %s", err)
+            parsed = ChallengeList()
+        with self.caches.lock:
+            c = self.caches
+            if not rv or resource_version(obj) >= int(c.challenges_rv or 0):
+                c.challenges, c.challenges_rv = parsed, rv
+
     def enqueue_all(self) -> None:
         with self.caches.lock:
             names = set(self.caches.attestations) | set(self.caches.nodes)
@@ -316,9 +366,10 @@ class Verifier:
     # -- the worker
 
     def _housekeep(self) -> None:
-        """The CA bundle's reload check and the periodic resync (every node enqueued)."""
+        """The leader's nonce rotation, the CA bundle's reload check and the periodic resync
+        (every node enqueued)."""
         last_resync = last_bundle = time.monotonic()
-        while not self.stop_event.wait(min(self.config.bundle_check_seconds, 1.0)):
+        while not self.stop_event.wait(self._rotate_if_due()):
             now = time.monotonic()
             if now - last_bundle >= self.config.bundle_check_seconds:
                 last_bundle = now
@@ -327,6 +378,54 @@ class Verifier:
             if now - last_resync >= self.config.resync_seconds:
                 last_resync = now
                 self.enqueue_all()
+
+    def _rotate_if_due(self) -> float:
+        """Publish the next nonce when one is due (leader only); seconds until the next check."""
+        tick = min(self.config.bundle_check_seconds, 1.0)
+        if not self.synced() or not self.leading.is_set():
+            return tick
+        interval = timedelta(seconds=self.config.challenge_interval_seconds)
+        with self.caches.lock:
+            current, rv = self.caches.challenges, self.caches.challenges_rv
+        now = self.clock()
+        keep_for = timedelta(seconds=monitor.useful_for(self.policies(), self._settings()))
+        published = challenges.rotate(current, now, interval, keep_for, self.entropy)
+        if published is not None:
+            try:
+                with self._api("challenges"):
+                    self._store_challenges(self.io.publish_challenges(published, rv))
+            except ApiError as err:
+                if err.conflict:  # another writer (a former leader): re-read, retry next tick
+                    self._refresh_challenges()
+                else:
+                    log.warning("could not publish the next nonce: %s", err)
+                return tick
+            except NotLeading:
+                return tick
+            current = published
+        wait = challenges.next_rotation(current, now, interval).total_seconds()
+        return max(0.05, min(tick, wait))
+
+    def _refresh_challenges(self) -> None:
+        obj = self.io.get_challenges()
+        self._store_challenges(obj or {})
+
+    def _settings(self) -> monitor.Settings:
+        return monitor.Settings(
+            bundle=self.bundle.bundle, ready_max_age_seconds=self.config.ready_max_age_seconds
+        )
+
+    def _challenges_for(self, att: NodeAttestation) -> ChallengeList:
+        """The published nonces; read anew when the quote answers one not cached yet."""
+        with self.caches.lock:
+            cached = self.caches.challenges
+        quote = att.spec.tpm.quote if att.spec.tpm is not None else None
+        if quote is None or cached.find(quote.nonce) is not None:
+            return cached
+        with self._api("get_challenges"):
+            self._refresh_challenges()
+        with self.caches.lock:
+            return self.caches.challenges
 
     def _work(self) -> None:
         while not self.stop_event.is_set():
@@ -424,6 +523,7 @@ class Verifier:
             log.warning("NodeAttestation %s does not parse, treated as no evidence: %s", name, err)
             att = NodeAttestation.from_object({**obj, "spec": {}})
         fingerprint = self._ek_fingerprint(att)
+        published = self._challenges_for(att)
         with self._ek_serialised(fingerprint):
             now = self.clock()
             started = time.perf_counter()
@@ -435,11 +535,9 @@ class Verifier:
                     now=now,
                     ek_enrolled_by=self._ek_enrolled_by(name, fingerprint),
                     enrollments=self.caches.enrollments,
+                    challenges=published,
                 ),
-                monitor.Settings(
-                    bundle=self.bundle.bundle,
-                    ready_max_age_seconds=self.config.ready_max_age_seconds,
-                ),
+                self._settings(),
                 self.entropy,
             )
             self.metrics.step_seconds.observe(time.perf_counter() - started)
@@ -448,13 +546,10 @@ class Verifier:
                 if written is None:
                     return 0.0  # a conflict: redo the step on what is there now
                 obj = written
-        if out.new_evidence:
+        if out.new_evidence and self._count_once(name, att.generation):
             self.metrics.evidence.labels(str(out.evidence_reason)).inc()
-            record = out.status.evidence
-            if record is not None and record.challenge is not None:
-                self.metrics.evidence_age.observe(
-                    (now - record.challenge.issued_time).total_seconds()
-                )
+            if out.answered is not None:
+                self.metrics.evidence_age.observe((now - out.answered.issued_time).total_seconds())
         if node is not None:
             self._apply_labels(name, node, out.label_patch)
         for t in out.transitions:
@@ -466,6 +561,13 @@ class Verifier:
             return None
         # A little after the deadline, so the step sees it passed.
         return out.requeue_after.total_seconds() + 0.05
+
+    def _count_once(self, name: str, generation: int) -> bool:
+        with self.caches.lock:
+            if self._counted.get(name) == generation:
+                return False
+            self._counted[name] = generation
+            return True
 
     def _write_status(
         self, name: str, att: NodeAttestation, status: NodeAttestationStatus

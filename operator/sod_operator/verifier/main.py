@@ -3,8 +3,10 @@
     sod-verifier run --ek-ca-bundle FILE [--kubeconfig FILE] [--metrics-port 9464]
     sod-verifier manifests [--namespace sod-system]     # RBAC + admission policies (YAML)
 
-`run` serves `/metrics` (Prometheus text, `sod_attestation_*`), `/healthz` (the worker and
-watches are alive) and `/readyz` (caches synced) on `--metrics-address:--metrics-port`.
+`run` serves `/metrics` (Prometheus text, `sod_attestation_*`; `?name[]=FAMILY` restricts it),
+`/healthz` (the worker and watches are alive) and `/readyz` (caches synced) on
+`--metrics-address:--metrics-port`. The leader publishes a nonce for the fleet every
+`--challenge-interval` seconds in the ConfigMap `--challenges` (namespace `--lease-namespace`).
 
 Replicas elect one leader on a Lease (`--lease-namespace`/`--lease-name`, the same elector as
 the operator's); the others keep warm caches and take over when the leader's Lease expires.
@@ -25,9 +27,11 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sod_operator.api.v1alpha1.nodeattestation import CHALLENGES_CONFIGMAP
 from sod_operator.attestation.ekcert import BundleError
 from sod_operator.kube import KubeClient
 from sod_operator.kube.leader import LeaderElector, add_lease_args, lease_config
@@ -91,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--notify-ca-bundle", type=Path, default=env("SOD_NOTIFY_CA_BUNDLE"))
     run.add_argument("--notify-timeout", type=float, default=5.0, help="seconds per attempt")
+    run.add_argument(
+        "--challenge-interval",
+        type=float,
+        default=float(
+            env("SOD_CHALLENGE_INTERVAL_SECONDS", str(VerifierConfig.challenge_interval_seconds))
+        ),
+        help="seconds between two nonces published for the fleet (the agents' rounds)",
+    )
+    run.add_argument(
+        "--challenges",
+        default=env("SOD_CHALLENGES_CONFIGMAP", CHALLENGES_CONFIGMAP),
+        help="the ConfigMap (in --lease-namespace) the nonces are published in",
+    )
     run.add_argument("--log-level", default=env("SOD_LOG_LEVEL", "INFO"))
     add_lease_args(run, name=rbac.LEASE_NAME, namespace=rbac.DEFAULT_NAMESPACE)
     man = sub.add_parser("manifests", help="print the RBAC and admission policies as YAML")
@@ -101,12 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(verifier: Verifier, address: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path == "/metrics":
-                body, ctype, code = (
-                    generate_latest(verifier.metrics.registry),
-                    CONTENT_TYPE_LATEST,
-                    200,
-                )
+            url = urlsplit(self.path)
+            if url.path == "/metrics":
+                names = parse_qs(url.query).get("name[]")  # Prometheus' own filter parameter
+                registry = verifier.metrics.registry
+                chosen = registry.restricted_registry(names) if names else registry
+                body, ctype, code = generate_latest(chosen), CONTENT_TYPE_LATEST, 200
             elif self.path == "/healthz":
                 ok = verifier.healthy()
                 body, ctype, code = (
@@ -169,12 +186,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     client = KubeClient(args.kubeconfig, user_agent="sod-verifier")
     verifier = Verifier(
-        KubeIO(client),
+        KubeIO(client, args.lease_namespace, args.challenges),
         bundle,
         VerifierConfig(
             ready_max_age_seconds=args.ready_max_age,
             resync_seconds=args.resync,
             workers=args.workers,
+            challenge_interval_seconds=args.challenge_interval,
         ),
         notifier=notifier,
         leading=args.no_leader_election,

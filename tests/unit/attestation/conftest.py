@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
 from sod_operator.api.v1alpha1.nodeattestation import (
+    Challenge,
+    ChallengeList,
     NodeAttestation,
     NodeAttestationSpec,
     NodeAttestationStatus,
@@ -72,6 +74,19 @@ ROGUE_BUNDLE = CaBundle.from_pem(GOLDEN["rogueCaBundle"].encode())
 SETTINGS = monitor.Settings(bundle=BUNDLE)
 ENROLLMENTS = enrollments(base64.b64decode(step("identity").spec["tpm"]["ekCertificate"]))
 """The recorded node's EK, enrolled for hyperwall by the platform team (as when recorded)."""
+PUBLISHED = ChallengeList(
+    challenges=sorted(
+        {
+            (c := Challenge.model_validate(raw["statusBefore"]["challenge"])).nonce: c
+            for raw in GOLDEN["steps"]
+            if raw["statusBefore"].get("challenge")
+        }.values(),
+        key=lambda c: c.issued_time,
+        reverse=True,
+    )
+)
+"""Every nonce the recording's verifier issued, as if all were still published (the golden
+steps were recorded when each node had its own nonce in `status.challenge`)."""
 
 
 def run(
@@ -84,6 +99,7 @@ def run(
     ek_enrolled_by: str | None = None,
     entropy: Callable[[int], bytes] | None = None,
     enrollments: platform.Enrollments = ENROLLMENTS,
+    challenges: ChallengeList = PUBLISHED,
 ) -> monitor.StepOutput:
     return monitor.step(
         monitor.StepInput(
@@ -93,6 +109,7 @@ def run(
             now=now,
             ek_enrolled_by=ek_enrolled_by,
             enrollments=enrollments,
+            challenges=challenges,
         ),
         settings,
         entropy or SeededEntropy(b"unit tests"),

@@ -1,10 +1,11 @@
 """The trust-monitor step as a protocol: nonces, idempotence, labels, events, deadlines.
 
 Scenario style (input → output, one transition per test) over recorded swtpm evidence:
-the nonce is consumed by new evidence and replaced in the same write; a repeated step
-writes nothing (restart safety); verdict times move only on transitions; labels follow
-verdicts and never touch foreign keys; Events on every verdict change; the next deadline is
-the earliest expiry. Not covered: the Kubernetes shell (tests/e2e).
+a quote must answer a published nonce and carry a TPM clock no earlier than the recorded one;
+the status is written only when it changes in substance or an expiry needs renewing; a
+repeated step writes nothing (restart safety); verdict times move only on transitions; labels
+follow verdicts and never touch foreign keys; Events on every verdict change; the next deadline
+is the earliest expiry or renewal. Not covered: the Kubernetes shell (tests/e2e).
 """
 
 from __future__ import annotations
@@ -13,16 +14,23 @@ from datetime import timedelta
 
 from sod_operator.api.constants import profile_label
 from sod_operator.api.v1alpha1.nodeattestation import AttestationReason as R
-from sod_operator.api.v1alpha1.nodeattestation import NodeAttestation
+from sod_operator.api.v1alpha1.nodeattestation import ChallengeList, NodeAttestation
 from sod_operator.attestation import monitor
 from sod_operator.attestation.monitor import EventReason
 
-from tests.unit.attestation.conftest import ROGUE_BUNDLE, Step, run, step, verdict
+from tests.unit.attestation.conftest import PUBLISHED, Step, run, step, verdict
 from tests.unit.attestation.golden import policies
 
 
 def _after(s: Step, out: monitor.StepOutput) -> NodeAttestation:
     return s.attestation().model_copy(update={"status": out.status})
+
+
+def _answered(s: Step) -> ChallengeList:
+    """Only the nonce `s`'s quote answers is published."""
+    found = PUBLISHED.find(s.spec["tpm"]["quote"]["nonce"])
+    assert found is not None
+    return ChallengeList(challenges=[found])
 
 
 def test_first_contact_issues_enrollment_challenge_and_nonce_together() -> None:
@@ -31,21 +39,75 @@ def test_first_contact_issues_enrollment_challenge_and_nonce_together() -> None:
     assert out.status.enrollment is not None
     assert out.status.enrollment.credential_blob
     assert out.status.enrollment.encrypted_secret
-    assert out.status.challenge is not None
+    assert out.status_changed
     assert not out.new_evidence
     ready = {c.type: (c.status, c.reason) for c in out.status.conditions or []}
     assert ready["Enrolled"] == ("False", R.AWAITING_ACTIVATION)
 
 
-def test_new_evidence_consumes_the_nonce_and_the_next_is_issued(good: Step) -> None:
-    before = good.attestation().status
-    out = run(good.attestation(), good.now)
+def test_evidence_is_recorded_with_the_nonce_it_answers_and_its_tpm_clock(good: Step) -> None:
+    out = run(good.attestation(), good.now, challenges=_answered(good))
     assert out.new_evidence
-    assert out.status.evidence is not None
-    assert out.status.evidence.challenge == before.challenge
-    assert out.status.challenge is not None
-    assert out.status.challenge != before.challenge
-    assert out.status.challenge.issued_time == good.now
+    assert out.status_changed
+    record = out.status.evidence
+    assert record is not None
+    assert record.challenge == _answered(good).newest == out.answered
+    assert record.tpm_clock is not None
+    assert record.tpm_clock.clock > 0
+    assert record.content_sha256 is not None
+
+
+def test_a_quote_answering_a_nonce_not_published_is_refused(good: Step) -> None:
+    other = step("good2")
+    out = run(good.attestation(), good.now, challenges=_answered(other))
+    assert out.evidence_reason == R.NONCE_MISMATCH
+    assert out.answered is None
+    assert out.status_changed  # a rejection is always recorded, with why
+    assert any(e.reason == EventReason.EVIDENCE_REJECTED for e in out.events)
+
+
+def test_a_round_that_says_nothing_new_is_not_written_until_a_renewal_is_due(
+    good: Step,
+) -> None:
+    first = run(good.attestation(), good.now)
+    later = step("good2")  # the next round: a new quote, the same claims and PCRs
+    after_first = first.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    quiet = run(later.attestation(status=after_first), later.now)
+    assert quiet.new_evidence
+    assert quiet.evidence_reason == R.VERIFIED
+    assert not quiet.status_changed
+    [hw] = [v for v in first.status.verdicts if v.profile == "hyperwall"]
+    assert hw.expiry_time is not None
+    assert hw.evidence_time is not None
+    half = hw.expiry_time - (hw.expiry_time - hw.evidence_time) / 2
+    renewed = run(later.attestation(status=after_first), half)
+    assert renewed.status_changed
+    [again] = [v for v in renewed.status.verdicts if v.profile == "hyperwall"]
+    assert again.expiry_time is not None
+    assert again.expiry_time > hw.expiry_time
+
+
+def test_evidence_that_says_something_new_is_written() -> None:
+    good2, violation = step("good2"), step("violation")
+    first = run(good2.attestation(), good2.now)
+    status = first.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    out = run(violation.attestation(status=status), violation.now)
+    assert out.status_changed
+    assert verdict(out, "hyperwall")[0] == "Rejected"
+
+
+def test_an_older_quote_sent_again_is_refused_by_its_tpm_clock() -> None:
+    """Nonces are shared and listed for a while, so answering one does not spend it: the
+    TPM clock is what keeps a node from undoing its newer evidence with an older quote."""
+    good, violation = step("good"), step("violation")
+    bad = run(violation.attestation(), violation.now)
+    assert verdict(bad, "hyperwall")[0] == "Rejected"
+    status = bad.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    replay = good.attestation(status=status).model_copy(update={"generation": 99})
+    out = run(replay, violation.now)
+    assert out.evidence_reason == R.QUOTE_REPLAYED
+    assert verdict(out, "hyperwall") == ("Rejected", R.QUOTE_REPLAYED)
+    assert not out.label_patch
 
 
 def test_a_repeated_step_writes_nothing(good: Step) -> None:
@@ -111,8 +173,15 @@ def test_rejected_new_evidence_emits_evidence_rejected() -> None:
 
 def test_next_deadline_is_the_earliest_expiry(good: Step) -> None:
     out = run(good.attestation(), good.now)
-    issued = out.status.evidence.challenge.issued_time  # type: ignore[union-attr]
-    assert out.requeue_after == issued + timedelta(seconds=60) - good.now
+    assert out.answered is not None
+    expiry = out.answered.issued_time + timedelta(seconds=60)
+    renewals = [
+        v.expiry_time - (v.expiry_time - v.evidence_time) / 2
+        for v in good.attestation().status.verdicts
+        if v.result == "Verified" and v.expiry_time and v.evidence_time
+    ]
+    soonest = min(d for d in [expiry, *renewals] if d > good.now)
+    assert out.requeue_after == soonest - good.now
 
 
 def test_a_removed_profile_is_reported_as_revoked(good: Step) -> None:
@@ -147,37 +216,3 @@ def test_ready_turns_false_when_no_profile_accepts_the_evidence_anymore(good: St
     out = run(_after(good, first), issued + timedelta(seconds=60))  # longest freshness: 60 s
     ready = {c.type: (c.status, c.reason) for c in out.status.conditions or []}
     assert ready["Ready"] == ("False", R.EVIDENCE_STALE)
-
-
-def test_an_unanswered_nonce_too_old_to_be_useful_is_replaced(good: Step) -> None:
-    first = run(good.attestation(), good.now)
-    outstanding = first.status.challenge
-    assert outstanding is not None
-    assert first.requeue_after is not None
-    assert first.requeue_after <= timedelta(seconds=60)  # woken up to replace it at the latest
-    later = run(_after(good, first), outstanding.issued_time + timedelta(seconds=59))
-    assert later.status.challenge == outstanding
-    replaced = run(_after(good, first), outstanding.issued_time + timedelta(seconds=60))
-    assert replaced.status.challenge is not None
-    assert replaced.status.challenge != outstanding
-    assert not replaced.new_evidence
-
-
-def test_evidence_failing_the_identity_check_still_spends_the_nonce_it_answers(
-    good: Step,
-) -> None:
-    """An agent answers a nonce once (also after a restart, read back from its spec): if the
-    verifier kept a nonce that rejected evidence answered, the agent would wait forever."""
-    before = good.attestation().status
-    assert before.challenge is not None
-    assert good.spec["tpm"]["quote"]["nonce"] == before.challenge.nonce
-    untrusted = monitor.Settings(bundle=ROGUE_BUNDLE)
-    out = run(good.attestation(), good.now, settings=untrusted)
-    assert not out.new_evidence
-    assert out.evidence_reason != R.VERIFIED
-    assert out.status.evidence == before.evidence  # not consumed: nothing was verified
-    assert out.status.challenge is not None
-    assert out.status.challenge.nonce != before.challenge.nonce
-    assert out.status.challenge.issued_time == good.now
-    again = run(_after(good, out), good.now + timedelta(seconds=5), settings=untrusted)
-    assert again.status.challenge == out.status.challenge  # spent once, not on every step

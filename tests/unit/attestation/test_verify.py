@@ -18,7 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
 from sod_operator.api.v1alpha1.nodeattestation import AttestationReason as R
-from sod_operator.api.v1alpha1.nodeattestation import NodeAttestationSpec, NodeAttestationStatus
+from sod_operator.api.v1alpha1.nodeattestation import (
+    ChallengeList,
+    NodeAttestationSpec,
+    NodeAttestationStatus,
+)
 from sod_operator.attestation import monitor
 from sod_operator.attestation.verify import verify
 
@@ -26,6 +30,7 @@ from tests.unit.attestation.conftest import (
     BUNDLE,
     ENROLLMENTS,
     GOLDEN,
+    PUBLISHED,
     ROGUE_BUNDLE,
     Step,
     run,
@@ -82,7 +87,7 @@ def test_reported_pcrs_are_the_golden_ones_after_the_simulated_boot(good: Step) 
 
 def test_verify_reports_every_profile_sorted(good: Step) -> None:
     att = good.attestation()
-    challenge = att.status.challenge
+    challenge = PUBLISHED.find(good.spec["tpm"]["quote"]["nonce"])
     result = verify(
         att.spec,
         att.status.enrollment,
@@ -122,10 +127,13 @@ def test_a_different_ak_is_rejected_even_with_a_valid_signature() -> None:
 
 def test_replayed_evidence_answers_an_old_nonce() -> None:
     old, later = step("enrolled"), step("good2")
-    out = run(later.attestation(spec=old.spec), later.now)
+    current = PUBLISHED.find(later.spec["tpm"]["quote"]["nonce"])
+    assert current is not None
+    published = ChallengeList(challenges=[current])  # the old nonce is no longer listed
+    out = run(later.attestation(spec=old.spec), later.now, challenges=published)
     assert out.evidence_reason == R.NONCE_MISMATCH
     assert out.new_evidence
-    assert "replayed or outdated" in verdict_message(out, "hyperwall")
+    assert "no longer lists" in verdict_message(out, "hyperwall")
 
 
 def test_rewriting_the_latest_quote_gains_nothing() -> None:
@@ -134,7 +142,6 @@ def test_rewriting_the_latest_quote_gains_nothing() -> None:
     last, later = step("good"), step("good2")
     out = run(later.attestation(spec=last.spec), later.now)
     assert not out.new_evidence
-    assert out.status.challenge == later.attestation().status.challenge
     record = out.status.evidence
     assert record is not None
     assert record.challenge is not None
@@ -222,7 +229,6 @@ def test_untrusted_ek_certificate_gets_no_challenge() -> None:
     out = run(att, step("identity").now)
     assert out.evidence_reason == R.EK_CERTIFICATE_UNTRUSTED
     assert out.status.enrollment is None
-    assert out.status.challenge is None
     assert "no certificate in the CA bundle issued" in verdict_message(out, "tpm")
 
 
@@ -231,7 +237,6 @@ def test_the_same_tpm_is_trusted_with_its_ca_in_the_bundle() -> None:
     out = run(att, step("identity").now, settings=monitor.Settings(bundle=ROGUE_BUNDLE))
     assert out.evidence_reason == R.AWAITING_ACTIVATION
     assert out.status.enrollment is not None
-    assert out.status.challenge is not None
 
 
 def test_ek_public_must_be_the_certified_key(good: Step) -> None:
@@ -303,9 +308,8 @@ def test_malformed_base64(good: Step) -> None:
     spec["tpm"]["quote"]["signature"] = "AAAA" + "A"  # not a multiple of 4
     spec_model = NodeAttestationSpec.model_validate(spec)
     att = good.attestation()
-    result = verify(
-        spec_model, att.status.enrollment, att.status.challenge, policies(), BUNDLE, good.now
-    )
+    challenge = PUBLISHED.find(good.spec["tpm"]["quote"]["nonce"])
+    result = verify(spec_model, att.status.enrollment, challenge, policies(), BUNDLE, good.now)
     assert result.decisions[0].reason == R.MALFORMED_EVIDENCE
     assert "spec.tpm.quote.signature" in result.decisions[0].message
 

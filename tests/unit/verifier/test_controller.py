@@ -16,16 +16,17 @@ import copy
 import os
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sod_operator.api.constants import profile_label
+from sod_operator.api.v1alpha1.nodeattestation import CHALLENGES_KEY, ChallengeList
 from sod_operator.kube import ApiError, Backoff, RateLimiter, WorkQueue
 from sod_operator.verifier.controller import BundleSource, NodeInfo, NotLeading, Verifier
 
-from tests.unit.attestation.conftest import GOLDEN, step
+from tests.unit.attestation.conftest import GOLDEN, PUBLISHED, step
 from tests.unit.attestation.golden import SeededEntropy
 
 Obj = dict[str, Any]
@@ -41,6 +42,20 @@ class FakeIO:
         self.conflict_once = False
         self.fresh: Obj | None = None
         self.rv = 100
+        self.challenges = _challenges(PUBLISHED, "1")
+        """The challenges ConfigMap as the apiserver holds it."""
+        self.published: list[ChallengeList] = []
+
+    def get_challenges(self) -> Obj | None:
+        return copy.deepcopy(self.challenges)
+
+    def publish_challenges(self, challenges: ChallengeList, resource_version: str) -> Obj:
+        if resource_version != self.challenges["metadata"]["resourceVersion"]:
+            raise ApiError("PUT", "challenges", 409, {"reason": "Conflict"})
+        self.rv += 1
+        self.published.append(challenges)
+        self.challenges = _challenges(challenges, str(self.rv))
+        return copy.deepcopy(self.challenges)
 
     def replace_status(self, name: str, resource_version: str, status: Obj) -> Obj:
         if self.conflict_once:
@@ -63,6 +78,11 @@ class FakeIO:
     def create_event(self, involved: Obj, event_type: str, reason: str, message: str,
                      now: datetime) -> None:  # fmt: skip
         self.events.append((involved["kind"], reason, message))
+
+
+def _challenges(published: ChallengeList, rv: str) -> Obj:
+    return {"metadata": {"name": "sod-attestation-challenges", "resourceVersion": rv},
+            "data": {CHALLENGES_KEY: published.model_dump_json(by_alias=True)}}  # fmt: skip
 
 
 def _obj(name: str, s: Any, rv: int = 50) -> Obj:
@@ -91,6 +111,7 @@ def _verifier(tmp_path: Path, now: datetime) -> tuple[Verifier, FakeIO]:
         real(kind, obj)
 
     v._on_attestation = on_attestation  # type: ignore[method-assign]
+    v._on_challenges("SYNCED", {"items": [io.get_challenges()]})
     return v, io
 
 
@@ -278,3 +299,47 @@ def test_a_replica_without_the_lease_writes_nothing_and_a_new_leader_judges_ever
     assert v.queue.get(timeout=0) == "node-1"
     v.reconcile("node-1")
     assert io.statuses[0][1]["verifiedProfiles"] == ["tpm"]
+
+
+def _synced(v: Verifier) -> None:
+    for kind in (v._on_attestation, v._on_profile, v._on_platform, v._on_node):
+        kind("SYNCED", {"items": []})
+
+
+def test_the_leader_publishes_the_next_nonce_when_one_is_due_and_a_follower_never(
+    tmp_path: Path,
+) -> None:
+    newest = PUBLISHED.newest
+    assert newest is not None
+    v, io = _verifier(tmp_path, newest.issued_time + timedelta(seconds=11))
+    _synced(v)
+    v._on_profile("ADDED", _profile("tpm"))
+    v.follow()
+    v._rotate_if_due()
+    assert io.published == []
+    v.lead()
+    v._rotate_if_due()
+    [published] = io.published
+    assert published.newest is not None
+    assert published.newest.issued_time == newest.issued_time + timedelta(seconds=11)
+    assert newest in published.challenges  # still young enough to be answered
+    assert v.caches.challenges == published  # cached from the write's response at once
+    v._rotate_if_due()
+    assert len(io.published) == 1  # not due again before the interval
+
+
+def test_a_quote_over_a_nonce_our_watch_has_not_delivered_yet_is_not_rejected(
+    tmp_path: Path,
+) -> None:
+    """An agent's watch can be quicker than the verifier's: the reconcile reads the list anew
+    instead of revoking the node for a nonce it published itself."""
+    s = step("good")
+    v, io = _verifier(tmp_path, s.now)
+    v._on_challenges("MODIFIED", _challenges(ChallengeList(), "0"))  # our cache lags behind
+    v._on_challenges("SYNCED", {"items": [_challenges(ChallengeList(), "")]})
+    v._on_profile("ADDED", _profile("tpm"))
+    v._on_node("ADDED", {"metadata": {"name": "node-1", "uid": "n-1", "labels": {}}})
+    v._on_attestation("ADDED", _obj("node-1", s))
+    v.reconcile("node-1")
+    assert io.statuses[0][1]["verifiedProfiles"] == ["tpm"]
+    assert v.caches.challenges == PUBLISHED
