@@ -5,7 +5,8 @@ nodes enroll and get `profile.<name>=verified` labels only from the verifier, an
 node too (and its evidence refused with an RSA EK certificate claimed for it); a node going
 verified → revoked → verified for a memory violation, an unexpected PCR measurement (healed
 by a reboot) and a silent agent (stale evidence); a compromised agent's forged signature,
-different AK, replayed nonce and tampered PCR value each rejected with its reason and the
+different AK, a quote over a nonce never published, an older quote sent again after newer
+evidence (the TPM clock) and tampered PCR value each rejected with its reason and the
 node's labels removed; an agent writing another node's attestation, labelling its node,
 writing the verdict or deleting evidence refused by the apiserver; tenants unable to read or
 write attestations; nobody but the verifier able to set trust labels, and the verifier
@@ -31,7 +32,12 @@ from sod_node_agent.evidence import produce
 from sod_operator.api.constants import profile_label
 from sod_operator.api.v1alpha1.attestation_policy import MeasuredBootPolicy
 from sod_operator.api.v1alpha1.nodeattestation import AttestationReason as R
-from sod_operator.api.v1alpha1.nodeattestation import NodeAttestation
+from sod_operator.api.v1alpha1.nodeattestation import (
+    CHALLENGES_CONFIGMAP,
+    CHALLENGES_KEY,
+    ChallengeList,
+    NodeAttestation,
+)
 from sod_operator.attestation import ekcert, eventlog, measuredboot
 from sod_operator.attestation import tpm as tpm_structs
 from sod_operator.attestation.ekcert import CaBundle
@@ -249,10 +255,21 @@ def compromised(bed: TrustBed, kube_api: KubeApi) -> Iterator[Callable[[str], Ku
         wait_verified(kube_api, node)
 
 
-def _evidence(bed: TrustBed, node: str, att: JsonObj, ak_unique: bytes = b"") -> JsonObj:
-    """Real evidence over the current nonce, made with the node's TPM (as an attacker can)."""
+def _newest_nonce(bed: TrustBed) -> str:
+    """The newest nonce the verifier published (every agent may read it, an attacker too)."""
+    path = resource_path("v1", "configmaps", bed.config.namespace, CHALLENGES_CONFIGMAP)
+    raw = KubeApi(bed.cluster.kubeconfig).get(path)["data"][CHALLENGES_KEY]
+    newest = ChallengeList.model_validate_json(raw).newest
+    assert newest is not None
+    return newest.nonce
+
+
+def _evidence(
+    bed: TrustBed, node: str, att: JsonObj, ak_unique: bytes = b"", nonce: str | None = None
+) -> JsonObj:
+    """Real evidence over the newest published nonce (or `nonce`), made with the node's TPM
+    (as an attacker can)."""
     model = NodeAttestation.from_object(att)
-    assert model.status.challenge is not None
     with agent_tpm.session(bed.swtpm_for(node).tcti, ak_unique) as session:
         spec = produce(
             session,
@@ -260,7 +277,7 @@ def _evidence(bed: TrustBed, node: str, att: JsonObj, ak_unique: bytes = b"") ->
             agent_tpm.PcrSelection.parse(bed.config.pcrs),
             model.status,
             model.spec,
-            model.status.challenge.nonce,
+            nonce or _newest_nonce(bed),
             False,
         ).spec
     return spec.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -480,10 +497,10 @@ def test_restarting_the_verifier_and_an_agent_loses_and_duplicates_nothing(
     bed.stop_agent(node)
     bed.start_agent(node)
     generation = before["evidence"]["observedGeneration"]
-    after = wait_for(
+    after = wait_for(  # a round that repeats good evidence is written as an expiry renewal
         lambda: _natt(kube_api, node)["status"],
         lambda st: (
-            st["evidence"]["observedGeneration"] > generation + 1
+            st["evidence"]["observedGeneration"] > generation
             and _verdict({"status": st}, TPM) == ("Verified", R.VERIFIED)
         ),
         "new evidence verified after both restarts",
@@ -540,29 +557,47 @@ def test_a_different_ak(
 
 
 @reliability("6")
-def test_a_replayed_nonce(
+def test_a_quote_over_a_nonce_never_published(
     bed: TrustBed, kube_api: KubeApi, compromised: Callable[[str], KubeApi]
 ) -> None:
     node = "hyperwall-2"
-    wait_verified(kube_api, node)
-    recorded = _natt(kube_api, node)["spec"]  # genuine evidence, valid when it was sent
-    old_nonce = recorded["tpm"]["quote"]["nonce"]
-    wait_for(
-        lambda: _natt(kube_api, node)["spec"]["tpm"]["quote"]["nonce"],
-        lambda n: n != old_nonce,
-        "the agent to answer a newer nonce",
-        WAIT,
-    )
     attacker = compromised(node)
-    _write_spec(attacker, node, recorded, _natt(kube_api, node))
+    current = _natt(kube_api, node)
+    made_up = "ab" * 32  # e.g. a quote made in advance, to be sent once the node is compromised
+    _write_spec(attacker, node, _evidence(bed, node, current, nonce=made_up), current)
     att = wait_rejected(kube_api, node, HYPERWALL, R.NONCE_MISMATCH)
     assert _verdict(att, TPM) == ("Rejected", R.NONCE_MISMATCH)
     assert _verified_labels(kube_api, node) == set()
     record(
         "6",
-        "replayed evidence (genuine, answering an older nonce)",
+        "quote over a nonce the verifier never published (made in advance)",
         1,
         "rejected: NonceMismatch, labels removed",
+    )
+
+
+@reliability("6")
+def test_an_older_quote_sent_again_after_newer_evidence(
+    bed: TrustBed, kube_api: KubeApi, compromised: Callable[[str], KubeApi]
+) -> None:
+    """Nonces are shared and stay listed for the freshness bound, so an older genuine quote
+    still answers a listed nonce: its TPM clock is what gives it away."""
+    node = "hyperwall-2"
+    attacker = compromised(node)
+    good = _natt(kube_api, node)["spec"]  # genuine evidence of a healthy node
+    bed.break_node(node, "violation")
+    current = _natt(kube_api, node)
+    _write_spec(attacker, node, _evidence(bed, node, current), current)  # the truth, reported
+    wait_rejected(kube_api, node, HYPERWALL, R.RUNTIME_THRESHOLD_EXCEEDED)
+    _write_spec(attacker, node, good, _natt(kube_api, node))  # ... then undone with the old
+    att = wait_rejected(kube_api, node, HYPERWALL, R.QUOTE_REPLAYED)
+    assert _verdict(att, TPM) == ("Rejected", R.QUOTE_REPLAYED)
+    assert _verified_labels(kube_api, node) == set()
+    record(
+        "6",
+        "replayed evidence (an older genuine quote, its nonce still listed, after a violation)",
+        1,
+        "rejected: QuoteReplayed, labels removed",
     )
 
 

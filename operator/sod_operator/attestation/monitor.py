@@ -130,6 +130,9 @@ class Transition:
 @dataclass(frozen=True)
 class StepOutput:
     status: NodeAttestationStatus
+    """The status to hold: the judged one when it is worth a write, else the one read."""
+    judged: NodeAttestationStatus
+    """The status as judged in this step, written or not (for the verifier's metrics)."""
     status_changed: bool
     label_patch: dict[str, str | None]
     events: tuple[Event, ...]
@@ -304,6 +307,7 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
         patch = labels.label_patch(inp.node.labels, labels.desired_labels(verified))
     return StepOutput(
         status=written,
+        judged=status,
         status_changed=written != old,
         label_patch=patch,
         events=tuple(events),

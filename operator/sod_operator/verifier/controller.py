@@ -193,6 +193,9 @@ class Verifier:
         self.entropy: Entropy = entropy or os.urandom
         self.caches = Caches()
         self.queue: WorkQueue[str] = WorkQueue(RateLimiter(self.config.retry))
+        self._judged: dict[str, dict[str, object]] = {}
+        """Node → the verdicts of its latest step (raw), written or not: the evidence-age
+        gauges report what the verifier judged, not the last renewal it wrote."""
         self.metrics = Metrics(self._verified_counts, self._evidence_ages, self.synced)
         self.notifier = notifier(self.metrics) if notifier is not None else None
         """The optional trust webhook (`verifier.notify`); built here to share the metrics."""
@@ -514,6 +517,8 @@ class Verifier:
             obj = self.caches.attestations.get(name)
             node = self.caches.nodes.get(name)
         if obj is None:
+            with self.caches.lock:
+                self._judged.pop(name, None)
             if node is not None:
                 self._apply_labels(name, node, labels.label_patch(node.labels, {}))
             return None
@@ -546,6 +551,9 @@ class Verifier:
                 if written is None:
                     return 0.0  # a conflict: redo the step on what is there now
                 obj = written
+        judged = out.judged.model_dump(mode="json", by_alias=True, include={"verdicts"})
+        with self.caches.lock:
+            self._judged[name] = judged
         if out.new_evidence and self._count_once(name, att.generation):
             self.metrics.evidence.labels(str(out.evidence_reason)).inc()
             if out.answered is not None:
@@ -669,5 +677,5 @@ class Verifier:
         """Scrape-time evidence age per profile (see `metrics.evidence_ages`)."""
         bounds = {p: pol.freshness_seconds for p, pol in self.policies().items() if pol}
         with self.caches.lock:
-            statuses = [o.get("status") or {} for o in self.caches.attestations.values()]
+            statuses = list(self._judged.values())
         return evidence_ages(statuses, bounds, self.clock())
