@@ -31,13 +31,13 @@ from sod_node_agent import tpm as agent_tpm
 from sod_node_agent.evidence import produce
 from sod_operator.api.constants import profile_label
 from sod_operator.api.v1alpha1.attestation_policy import MeasuredBootPolicy
-from sod_operator.api.v1alpha1.nodeattestation import AttestationReason as R
 from sod_operator.api.v1alpha1.nodeattestation import (
     CHALLENGES_CONFIGMAP,
     CHALLENGES_KEY,
     ChallengeList,
     NodeAttestation,
 )
+from sod_operator.api.v1alpha1.nodeattestation import AttestationReason as R
 from sod_operator.attestation import ekcert, eventlog, measuredboot
 from sod_operator.attestation import tpm as tpm_structs
 from sod_operator.attestation.ekcert import CaBundle
