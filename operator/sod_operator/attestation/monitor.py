@@ -300,8 +300,16 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
         verified_profiles=verified,
         conditions=conditions,
     )
+    # Written at once: rejected evidence (always say why), and a spec rewritten around the
+    # recorded quote (no new evidence, so nothing else would ever record that generation).
+    recorded_again = (
+        record is not None
+        and quote_sha is not None
+        and record.quote_sha256 == quote_sha
+        and old.observed_generation != att.generation
+    )
     rejected = new_evidence and isinstance(evidence, Failure)
-    written = status if must_write(old, status, now, rejected) else old
+    written = status if must_write(old, status, now, rejected or recorded_again) else old
     patch: dict[str, str | None] = {}
     if inp.node is not None:
         patch = labels.label_patch(inp.node.labels, labels.desired_labels(verified))
@@ -345,11 +353,11 @@ def _record(
 
 
 def must_write(
-    old: NodeAttestationStatus, new: NodeAttestationStatus, now: datetime, rejected: bool
+    old: NodeAttestationStatus, new: NodeAttestationStatus, now: datetime, always: bool
 ) -> bool:
-    """Whether `new` is worth a status write: it differs in substance, records a rejection or
-    evidence that says something new, or renews an expiry that is half spent."""
-    if old.evidence is None or rejected or _substance(old) != _substance(new):
+    """Whether `new` is worth a status write: `always` (a rejection), it differs in substance,
+    records evidence that says something new, or renews an expiry that is half spent."""
+    if old.evidence is None or always or _substance(old) != _substance(new):
         return True
     if new.evidence is not None and new.evidence.content_sha256 != old.evidence.content_sha256:
         return True

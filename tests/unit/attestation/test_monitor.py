@@ -216,3 +216,17 @@ def test_ready_turns_false_when_no_profile_accepts_the_evidence_anymore(good: St
     out = run(_after(good, first), issued + timedelta(seconds=60))  # longest freshness: 60 s
     ready = {c.type: (c.status, c.reason) for c in out.status.conditions or []}
     assert ready["Ready"] == ("False", R.EVIDENCE_STALE)
+
+
+def test_the_recorded_quote_sent_again_is_not_new_evidence_but_its_generation_is_written(
+    good: Step,
+) -> None:
+    """A re-sent quote (e.g. with a new `agent.producedTime`) gains nothing, yet the status
+    says the verifier saw that generation, as for every spec change that is not a round."""
+    first = run(good.attestation(), good.now)
+    resent = _after(good, first).model_copy(update={"generation": good.generation + 1})
+    out = run(resent, good.now)
+    assert not out.new_evidence
+    assert out.status_changed
+    assert out.status.observed_generation == good.generation + 1
+    assert out.status.evidence == first.status.evidence
