@@ -121,9 +121,10 @@ class Publisher:
 
     def _store(self, obj: NodeAttestation | None) -> None:
         """Keep the newest version. A write's response can arrive after the watch already
-        delivered a newer version (the verifier consuming the evidence at once and issuing
-        the next nonce): storing the older one would hide that nonce, and the agent would wait
-        for a status change that already happened (found by the verifier fail-over trials)."""
+        delivered a newer version (the verifier judging the evidence at once, e.g. writing
+        its enrollment challenge): storing the older one would hide that status, and the agent
+        would wait for a change that already happened (found by the verifier fail-over
+        trials)."""
         with self._lock:
             current = self._latest.obj if self._latest is not None else None
             if obj is None or current is None or _rv(obj) >= _rv(current):
@@ -131,16 +132,19 @@ class Publisher:
         self.changed.set()
 
     def challenges(self) -> ChallengeList:
-        """The published nonces, newest first (read once directly until the watch has them)."""
+        """The published nonces, newest first (read once directly if the watch has not
+        delivered them yet)."""
         with self._lock:
             known = self._challenges
         if known is not None:
             return known
         try:
             fetched = parse_challenges(self.client.get_or_none(self._cm_path))
-        except ApiError as err:  # e.g. forbidden: no nonce for now, but the identity is written
+        except ApiError as err:
+            # E.g. forbidden: no nonce for now, but the identity is written. Not asked again
+            # every round: the watch (which retries with a back-off) brings the list.
             log.warning("cannot read the challenges ConfigMap: %s", err)
-            return ChallengeList()
+            fetched = ChallengeList()
         with self._lock:
             if self._challenges is None:  # the watch may have delivered meanwhile: it wins
                 self._challenges = fetched

@@ -4,7 +4,8 @@ Covers: EK certificate chain to the local CA, the AK Name the verifier computes,
 activation of the verifier's software MakeCredential (and its failure for another Name),
 quotes over the verifier's published nonces (`ChallengeList`), decided by the agent's own
 `schedule.plan` and verified end to end through the monitor step, a claims change quoted
-over an already answered nonce (and the older quote's replay refused by its TPM clock), an
+over an already answered nonce (and the older quote's replay refused by its TPM clock), the
+agent's own rounds (`main.Agent.once`) against published nonces, an
 extended PCR, a reboot (PCRs reset, the deterministic AK and the enrollment survive),
 flushing leftover handles, and the quote + verify latency per node (printed, never
 asserted). Not covered: the apiserver.
@@ -12,6 +13,7 @@ asserted). Not covered: the apiserver.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -19,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sod_node_agent import facts, schedule
+from sod_node_agent import facts, main, schedule
 from sod_node_agent import tpm as agent_tpm
 from sod_node_agent.evidence import produce, read_event_log
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
@@ -250,6 +253,72 @@ def test_a_claims_change_is_quoted_over_the_answered_nonce_and_cannot_be_undone_
 def _ek_certificate(tcti: str) -> bytes:
     with agent_tpm.session(tcti) as s:
         return s.identity().ek_certificate
+
+
+class _Publisher:
+    """The agent's `Publisher` without an apiserver: the object and the published nonces."""
+
+    def __init__(self) -> None:
+        self.att: NodeAttestation | None = None
+        self.published = ChallengeList()
+        self.writes = 0
+
+    def latest(self) -> NodeAttestation | None:
+        return self.att
+
+    def challenges(self) -> ChallengeList:
+        return self.published
+
+    def write(self, spec: NodeAttestationSpec, existing: NodeAttestation | None) -> None:
+        base = existing or NodeAttestation(name="node-1")
+        self.att = base.model_copy(update={"spec": spec, "generation": base.generation + 1})
+        self.writes += 1
+
+
+def test_the_agents_rounds_follow_the_published_nonces(
+    tpm: swtpm.Swtpm, local_ca: swtpm.LocalCa, tmp_path: Path
+) -> None:
+    """`main.Agent.once` on swtpm: it writes its identity and answers the enrollment challenge
+    without a nonce, quotes nothing until one is published, then answers it once, and again at
+    once when its claims change."""
+    sim_path = tmp_path / "sim.json"
+    facts.SimulatedState("hyperwall", {"memoryViolations": 0}).write(sim_path)
+    argv = ["--node", "node-1", "--tcti", tpm.tcti, "--event-log", "", "--interval", "60",
+            "--simulated-state", str(sim_path)]  # fmt: skip
+    pub = _Publisher()
+    fake: Any = pub
+    agent = main.Agent(main.build_parser().parse_args(argv), fake)
+    now = datetime.now(UTC)
+
+    def verifier() -> monitor.StepOutput:
+        assert pub.att is not None
+        inp = monitor.StepInput(pub.att, monitor.NodeView({}), policies(), now,
+                                enrollments=enrollments(_ek_certificate(tpm.tcti)),
+                                challenges=pub.published)  # fmt: skip
+        out = monitor.step(inp, monitor.Settings(bundle=_bundle(local_ca)), os.urandom)
+        pub.att = pub.att.model_copy(update={"status": out.status})
+        return out
+
+    state, _ = agent.once(schedule.AgentState())
+    assert pub.att is not None
+    assert (pub.writes, pub.att.spec.tpm is not None) == (1, True)
+    assert verifier().evidence_reason == R.AWAITING_ACTIVATION
+    state, _ = agent.once(state)  # activation needs no nonce
+    assert pub.writes == 2
+    assert verifier().evidence_reason == R.NO_QUOTE
+    state, wait = agent.once(state)
+    assert (pub.writes, wait) == (2, math.inf)  # nothing to quote over yet
+    pub.published = challenges.rotate(pub.published, now, ROUND, KEEP, os.urandom) or pub.published
+    state, _ = agent.once(state)
+    assert verifier().evidence_reason == R.VERIFIED
+    assert state.answered_nonce == pub.published.challenges[0].nonce
+    state, wait = agent.once(state)
+    assert (pub.writes, wait) == (3, math.inf)
+    facts.SimulatedState("hyperwall", {"memoryViolations": 1}).write(sim_path)
+    state, _ = agent.once(state)
+    assert pub.writes == 4
+    assert verifier().evidence_reason == R.VERIFIED
+    assert "hyperwall" not in pub.att.status.verified_profiles
 
 
 def test_an_extended_pcr_is_an_unexpected_measurement(

@@ -164,8 +164,11 @@ def test_an_unreadable_configmap_means_no_nonce_for_now(caplog: pytest.LogCaptur
     with caplog.at_level(logging.WARNING, logger="sod_node_agent.publish"):
         assert pub.challenges().newest is None
     assert "Forbidden" in caplog.text
-    client.get_error, client.got = None, _published(3, _list(N2))
-    newest = pub.challenges().newest  # asked again: a refusal is not remembered
+    pub.challenges()
+    assert len(client.requests) == 1  # not asked every round: the watch brings the list
+    client.items = [_published(3, _list(N2))]
+    _relist(pub)
+    newest = pub.challenges().newest
     assert newest is not None
     assert newest.nonce == N2
 
