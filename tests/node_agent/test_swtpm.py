@@ -5,10 +5,10 @@ activation of the verifier's software MakeCredential (and its failure for anothe
 quotes over the verifier's published nonces (`ChallengeList`), decided by the agent's own
 `schedule.plan` and verified end to end through the monitor step, a claims change quoted
 over an already answered nonce (and the older quote's replay refused by its TPM clock), the
-agent's own rounds (`main.Agent.once`) against published nonces, an
-extended PCR, a reboot (PCRs reset, the deterministic AK and the enrollment survive),
-flushing leftover handles, and the quote + verify latency per node (printed, never
-asserted). Not covered: the apiserver.
+agent's own rounds (`main.Agent.once`) against published nonces, an extended PCR, a reboot
+(PCRs reset, the deterministic AK and the enrollment survive), flushing leftover handles,
+and the quote + verify latency per node (printed, never asserted). Not covered: the
+apiserver.
 """
 
 from __future__ import annotations
