@@ -1,4 +1,5 @@
-"""Assemble a `NodeAttestationSpec` from one TPM session, the claims and the verifier's status.
+"""Assemble a `NodeAttestationSpec` from one TPM session, the claims, the published nonce to
+answer (`schedule.plan` picks it) and the verifier's status (its enrollment challenge).
 
 The quote's qualifying data is `qualifying_data(nonce, claims)` (defined with the API), so
 the claims written next to the quote are exactly the ones the TPM signed. The agent never

@@ -1,16 +1,20 @@
 """`sod-node-agent`: one per node; produces attestation evidence into its NodeAttestation.
 
     sod-node-agent --node NODE --tcti device:/dev/tpmrm0 [--pcrs sha256:0-7] [--interval 10]
-                   [--ek-type auto|rsa|ecc]
+                   [--ek-type auto|rsa|ecc] [--namespace sod-system]
+                   [--challenges sod-attestation-challenges]
                    [--simulated-state FILE | --architecture NAME] [--kubeconfig FILE]
                    [--event-log /sys/kernel/security/tpm0/binary_bios_measurements]
 
-Loop: watch the node's NodeAttestation; when the verifier issued a nonce (or an enrollment
-challenge), collect the claims, quote over `qualifying_data(nonce, claims)` and replace the
-spec. Errors are logged and retried; the agent never exits on a transient failure, and it
-never judges its own evidence. Settings can come from the environment as well (NODE_NAME,
-SOD_TCTI, SOD_EK_TYPE, SOD_PCRS, SOD_INTERVAL_SECONDS, SOD_SIMULATED_STATE, SOD_EVENT_LOG) for a
-DaemonSet. Each quote carries the boot event log (`--event-log`; `--event-log ''` sends none).
+Loop: watch the node's NodeAttestation and the verifier's published nonces (a ConfigMap);
+when a new nonce is published (paced by `--interval`), the claims change, or the verifier
+issued an enrollment challenge, collect the claims, quote over
+`qualifying_data(nonce, claims)` and replace the spec (`sod_node_agent.schedule`). Errors are
+logged and retried; the agent never exits on a transient failure, and it never judges its own
+evidence. Settings can come from the environment as well (NODE_NAME, SOD_TCTI, SOD_EK_TYPE,
+SOD_PCRS, SOD_INTERVAL_SECONDS, SOD_SIMULATED_STATE, SOD_EVENT_LOG, SOD_NAMESPACE,
+SOD_CHALLENGES_CONFIGMAP) for a DaemonSet. Each quote carries the boot event log
+(`--event-log`; `--event-log ''` sends none).
 """
 
 from __future__ import annotations
@@ -25,13 +29,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from sod_operator.api.v1alpha1.nodeattestation import NodeAttestationStatus, claims_digest
+from sod_operator.api.v1alpha1.nodeattestation import (
+    CHALLENGES_CONFIGMAP,
+    TRUST_NAMESPACE,
+    NodeAttestationStatus,
+    claims_digest,
+)
 from sod_operator.kube import KubeClient
 
 from sod_node_agent import facts, tpm
 from sod_node_agent.evidence import produce, read_event_log
 from sod_node_agent.publish import Publisher
-from sod_node_agent.schedule import AgentState, blob_id, plan
+from sod_node_agent.schedule import AgentState, plan
 
 log = logging.getLogger("sod_node_agent")
 ERROR_BACKOFF_SECONDS = 2.0
@@ -63,7 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval",
         type=float,
         default=float(env("SOD_INTERVAL_SECONDS", "10")),
-        help="seconds between answers to successive nonces",
+        help="seconds between answers to successive nonces (a claims change is reported at once)",
+    )
+    p.add_argument(
+        "--namespace",
+        default=env("SOD_NAMESPACE", TRUST_NAMESPACE),
+        help="the verifier's namespace, where it publishes its nonces",
+    )
+    p.add_argument(
+        "--challenges",
+        default=env("SOD_CHALLENGES_CONFIGMAP", CHALLENGES_CONFIGMAP),
+        help="the ConfigMap the verifier publishes its nonces in",
     )
     p.add_argument(
         "--poll",
@@ -133,6 +152,7 @@ class Agent:
     def once(self, state: AgentState) -> tuple[AgentState, float]:
         obj = self.publisher.latest()
         status = obj.status if obj is not None else NodeAttestationStatus()
+        newest = self.publisher.challenges().newest
         claims = facts.collect(self.sources)
         claims_hex = claims_digest(claims).hex()
         now = time.monotonic()
@@ -140,6 +160,7 @@ class Agent:
             exists=obj is not None,
             has_identity=obj is not None and obj.spec.tpm is not None,
             status=status,
+            newest=newest.nonce if newest is not None else None,
             state=state,
             claims_hex=claims_hex,
             now=now,
@@ -163,12 +184,7 @@ class Agent:
         self.publisher.write(produced.spec, obj)
         state = state.answered(decision.quote_nonce, claims_hex, now)
         if decision.activate and status.enrollment and status.enrollment.credential_blob:
-            state = type(state)(
-                answered_nonce=state.answered_nonce,
-                answered_at=state.answered_at,
-                answered_claims=state.answered_claims,
-                answered_challenge=blob_id(status.enrollment.credential_blob),
-            )
+            state = state.activated(status.enrollment.credential_blob)
         log.info(
             "published evidence (%s; nonce %s; tpm %.1f ms)",
             decision.why,
@@ -193,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", err)
         return 2
     os.environ.setdefault("TSS2_LOG", "all+none")  # ESYS logs expected misses as errors
-    publisher = Publisher(KubeClient(args.kubeconfig, user_agent="sod-node-agent"), args.node)
+    client = KubeClient(args.kubeconfig, user_agent="sod-node-agent")
+    publisher = Publisher(client, args.node, args.namespace, args.challenges)
     agent = Agent(args, publisher)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -204,7 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     threading.Thread(target=publisher.watch_forever, name="watch", daemon=True).start()
-    log.info("sod-node-agent for node %s, TPM %s, PCRs %s", args.node, args.tcti, args.pcrs)
+    log.info(
+        "sod-node-agent for node %s, TPM %s, PCRs %s, nonces from configmap %s/%s",
+        args.node, args.tcti, args.pcrs, args.namespace, args.challenges,
+    )  # fmt: skip
     agent.run()
     return 0
 

@@ -1,15 +1,26 @@
-"""When the agent writes evidence: pure decisions over the verifier's status and local state.
+"""When the agent writes evidence: pure decisions over the published nonces, the verifier's
+status and local state.
 
-The verifier keeps one outstanding nonce and issues the next as soon as evidence consumed
-the previous one. The agent therefore:
+The verifier publishes one list of recent nonces for the whole fleet (a ConfigMap,
+`ChallengeList`) and issues a new one every `--challenge-interval`; it accepts a quote over
+any listed nonce and no longer spends a nonce per node (issue 17: a round must cost the API
+server one write, the agent's). The agent therefore:
 
-* answers each nonce at most once (a second answer to a consumed nonce would be rejected
-  as a replay), remembering the last answered nonce across restarts from its own spec;
-* paces itself: a new nonce is answered `interval` after the previous answer, unless its
-  claims changed (e.g. a memory violation), which is reported at once, or its node is not
-  `Ready` (stale or rejected evidence), when it answers within `RECOVERY_SECONDS` so trust
-  returns as soon as the evidence is good again;
-* answers an enrollment challenge (credential activation) as soon as it appears.
+* quotes over the *newest* published nonce, and answers each new nonce at most once: a
+  second answer with the same claims would only cost a write that says nothing new;
+* paces itself: a new nonce is answered `interval` after the previous answer, unless its node
+  is not `Ready` (stale or rejected evidence), when it answers at once so trust returns as
+  soon as the evidence is good again (no busy loop: new nonces come at the verifier's pace);
+* reports a claims change (e.g. a memory violation) at once, over the newest nonce even if it
+  already answered it: detection must not wait for the next nonce, and the verifier accepts
+  a quote over a listed nonce whose TPM clock is later than the recorded one;
+* answers an enrollment challenge (credential activation) as soon as it appears;
+* resumes after a restart from its own spec: the nonce it finds there counts as answered
+  (with those claims), so a restart costs no write, but the next new nonce is answered at
+  once (the pacing clock did not survive the restart).
+
+Without a nonce (no ConfigMap yet, or a broken one) it writes only its identity and
+activation: a quote needs a nonce the verifier published.
 """
 
 from __future__ import annotations
@@ -26,9 +37,6 @@ from sod_operator.api.v1alpha1.nodeattestation import (
     claims_digest,
 )
 
-RECOVERY_SECONDS = 1.0
-"""Pacing while the node is not Ready (bounded, so a persistent rejection is no busy loop)."""
-
 
 def ready(status: NodeAttestationStatus) -> bool:
     return any(
@@ -43,7 +51,7 @@ class AgentState:
 
     answered_nonce: str | None = None
     answered_at: float | None = None
-    """Monotonic time of the last quote written."""
+    """Monotonic time of the last quote written (None: none by this run)."""
     answered_claims: str | None = None
     """Claims digest (hex) of the last quote written."""
     answered_challenge: str | None = None
@@ -51,8 +59,8 @@ class AgentState:
 
     @classmethod
     def from_spec(cls, spec: NodeAttestationSpec | None) -> AgentState:
-        """Resume after a restart from the evidence already in the apiserver: never answer the
-        nonce the previous run answered, but answer the outstanding one at once."""
+        """Resume after a restart from the evidence already in the apiserver: the nonce the
+        previous run answered counts as answered with the claims it was made over."""
         if spec is None or spec.tpm is None or spec.tpm.quote is None:
             return cls()
         return cls(
@@ -64,6 +72,9 @@ class AgentState:
         if nonce is None:
             return self
         return replace(self, answered_nonce=nonce, answered_at=now, answered_claims=claims_hex)
+
+    def activated(self, blob: str) -> AgentState:
+        return replace(self, answered_challenge=blob_id(blob))
 
 
 def blob_id(blob: str) -> str:
@@ -82,8 +93,8 @@ class Plan:
     """(Re)write the TPM identity even without a new quote: the object does not exist yet,
     or its spec lost the TPM evidence."""
     wait_seconds: float
-    """Until the next round at the latest; a status change (the watch) or the claims poll
-    starts one earlier. `math.inf`: nothing is due, only a change starts the next round."""
+    """Until the next round at the latest; a change (the watches) or the claims poll starts
+    one earlier. `math.inf`: nothing is due, only a change starts the next round."""
     why: str
 
     @property
@@ -91,43 +102,61 @@ class Plan:
         return self.identity or self.activate or self.quote_nonce is not None
 
 
-def plan(
-    exists: bool,
-    has_identity: bool,
-    status: NodeAttestationStatus,
-    state: AgentState,
-    claims_hex: str,
-    now: float,
-    interval: float,
-) -> Plan:
-    """Decide the agent's next write from the verifier's status and the agent's memory."""
-    if not exists:
-        return Plan(None, False, True, interval, "creating the NodeAttestation")
+def _must_activate(status: NodeAttestationStatus, state: AgentState) -> bool:
     enrollment = status.enrollment
-    activate = (
+    return (
         enrollment is not None
         and enrollment.state == EnrollmentState.CHALLENGED
         and enrollment.credential_blob is not None
         and blob_id(enrollment.credential_blob) != state.answered_challenge
     )
-    nonce = status.challenge.nonce if status.challenge is not None else None
-    fresh = nonce if nonce is not None and nonce != state.answered_nonce else None
-    if not has_identity:
-        return Plan(fresh, activate, True, interval, "the spec lost the TPM evidence")
+
+
+def plan(
+    exists: bool,
+    has_identity: bool,
+    status: NodeAttestationStatus,
+    newest: str | None,
+    state: AgentState,
+    claims_hex: str,
+    now: float,
+    interval: float,
+) -> Plan:
+    """Decide the agent's next write from the newest published nonce (None: none published),
+    the verifier's status of this node and the agent's memory."""
+    if not exists:
+        return Plan(None, False, True, interval, "creating the NodeAttestation")
+    activate = _must_activate(status, state)
+    fresh = newest if newest is not None and newest != state.answered_nonce else None
+    if not has_identity:  # its quote is gone too: answer the newest nonce again
+        return Plan(newest, activate, True, interval, "the spec lost the TPM evidence")
+    changed = state.answered_claims is not None and claims_hex != state.answered_claims
+    if newest is not None and changed:
+        return Plan(newest, activate, False, interval, "claims changed")
     if fresh is None:
         if activate:
             return Plan(None, True, False, interval, "answering the enrollment challenge")
         # Not `interval`: with `--interval 0` that re-read the claims in a busy loop (seen in
-        # the benchmarks); a new nonce arrives as a status change and wakes the agent.
-        return Plan(None, False, False, math.inf, "waiting for a new nonce")
+        # the benchmarks); a new nonce arrives as a ConfigMap change and wakes the agent.
+        why = "waiting for a new nonce" if newest is not None else "no nonce published yet"
+        return Plan(None, False, False, math.inf, why)
+    return _answer_new(fresh, activate, status, state, now, interval)
+
+
+def _answer_new(
+    fresh: str,
+    activate: bool,
+    status: NodeAttestationStatus,
+    state: AgentState,
+    now: float,
+    interval: float,
+) -> Plan:
+    """A nonce not answered yet: at once, or `interval` after the previous answer."""
     if activate or state.answered_at is None:
         return Plan(fresh, activate, False, interval, "first answer")
-    if claims_hex != state.answered_claims:
-        return Plan(fresh, False, False, interval, "claims changed")
-    pace = interval if ready(status) else min(interval, RECOVERY_SECONDS)
-    due = state.answered_at + pace
+    if not ready(status):
+        return Plan(fresh, False, False, interval, "recovering")
+    due = state.answered_at + interval
     if now >= due:
-        return Plan(
-            fresh, False, False, interval, "interval elapsed" if ready(status) else "recovering"
-        )
+        return Plan(fresh, False, False, interval, "interval elapsed")
     return Plan(None, False, False, due - now, "pacing")

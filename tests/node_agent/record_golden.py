@@ -7,12 +7,14 @@ Runs the real node-agent code (tpm2-pytss against swtpm) and the real verifier s
 `swtpm.boot_log("hyperwall")`, its EK enrolled for `hyperwall`) through a whole life:
 enrollment, two good rounds, a memory violation, an unexpected PCR measurement, a quote by a
 different AK, and a TPM whose EK certificate comes from a CA the verifier does not trust.
-Every step stores the spec the agent wrote, the status the verifier had before, the
+Every step stores the spec the agent wrote, the status the verifier had before, the nonces
+it had published (`challenges`, a `ChallengeList`: the agent quotes over the newest), the
 verifier's clock and the status it wrote, so unit tests can replay and tamper with real TPM
 blobs and no TPM at all.
 
 `recording.entropy` is deterministic so the verifier's nonces and challenges are
 reproducible; the clock is real (EK certificates are valid from their manufacture time).
+The verifier publishes a new nonce every `CHALLENGE_INTERVAL` (`challenges.rotate`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ from typing import Any
 from sod_node_agent import facts
 from sod_node_agent import tpm as agent_tpm
 from sod_node_agent.evidence import produce
-from sod_operator.api.v1alpha1.nodeattestation import NodeAttestation, NodeAttestationStatus
-from sod_operator.attestation import monitor
+from sod_operator.api.v1alpha1.nodeattestation import (
+    ChallengeList,
+    NodeAttestation,
+    NodeAttestationStatus,
+)
+from sod_operator.attestation import challenges, monitor
 from sod_operator.attestation.ekcert import CaBundle
 from sod_testbed import swtpm
 
@@ -36,6 +42,8 @@ from tests.unit.attestation.golden import GOLDEN_PCRS, SeededEntropy, enrollment
 
 OUT = Path(__file__).resolve().parents[1] / "unit" / "attestation" / "data" / "golden.json"
 SELECTION = "sha256:0-7"
+CHALLENGE_INTERVAL = timedelta(seconds=10)
+KEEP_CHALLENGES = timedelta(minutes=5)
 
 
 def dump(model: Any) -> Any:
@@ -64,6 +72,16 @@ def record() -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     att = NodeAttestation(name="node-1")
     clock = datetime.now(UTC).replace(microsecond=0)
+    published = ChallengeList()
+
+    def newest(seconds: float) -> str:
+        """The nonce the agent answers at `seconds`: the newest the verifier published."""
+        nonlocal published
+        now = clock + timedelta(seconds=seconds)
+        rotated = challenges.rotate(published, now, CHALLENGE_INTERVAL, KEEP_CHALLENGES, entropy)
+        published = rotated or published
+        assert published.newest is not None
+        return published.newest.nonce
 
     def agent(nonce: str | None, activate: bool, tcti: str = node.tcti, ak: bytes = b"") -> Any:
         with agent_tpm.session(tcti, ak_unique=ak) as session:
@@ -83,7 +101,14 @@ def record() -> dict[str, Any]:
         before = att.status
         candidate = att.model_copy(update={"spec": spec, "generation": att.generation + 1})
         out = monitor.step(
-            monitor.StepInput(candidate, monitor.NodeView({}), pols, now, enrollments=enrolled),
+            monitor.StepInput(
+                candidate,
+                monitor.NodeView({}),
+                pols,
+                now,
+                enrollments=enrolled,
+                challenges=published,
+            ),
             settings,
             entropy,
         )
@@ -94,6 +119,7 @@ def record() -> dict[str, Any]:
                 "generation": candidate.generation,
                 "spec": dump(spec),
                 "statusBefore": dump(before),
+                "challenges": dump(published),
                 "statusAfter": dump(out.status),
                 "evidenceReason": str(out.evidence_reason),
                 "verified": out.status.verified_profiles,
@@ -110,16 +136,15 @@ def record() -> dict[str, Any]:
         swtpm.simulated_boot(node.tcti, "hyperwall")
         facts.SimulatedState("hyperwall", {"memoryViolations": 0}).write(sim)
         verifier("identity", agent(None, False), 0)
-        assert att.status.challenge is not None
-        verifier("enrolled", agent(att.status.challenge.nonce, True), 1)
-        verifier("good", agent(att.status.challenge.nonce, False), 11)
-        verifier("good2", agent(att.status.challenge.nonce, False), 21)
+        verifier("enrolled", agent(newest(1), True), 1)
+        verifier("good", agent(newest(11), False), 11)
+        verifier("good2", agent(newest(21), False), 21)
         facts.SimulatedState("hyperwall", {"memoryViolations": 3}).write(sim)
-        verifier("violation", agent(att.status.challenge.nonce, False), 31)
+        verifier("violation", agent(newest(31), False), 31)
         facts.SimulatedState("hyperwall", {"memoryViolations": 0}).write(sim)
         swtpm.extend(node.tcti, [(4, b"unexpected kernel module: rootkit.ko")])
-        verifier("pcrExtended", agent(att.status.challenge.nonce, False), 41)
-        verifier("otherAk", agent(att.status.challenge.nonce, False, ak=b"another AK"), 51, False)
+        verifier("pcrExtended", agent(newest(41), False), 41)
+        verifier("otherAk", agent(newest(51), False, ak=b"another AK"), 51, False)
         rogue_status = NodeAttestationStatus()
         with agent_tpm.session(rogue.tcti) as session:
             rogue_spec = produce(

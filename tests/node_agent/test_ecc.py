@@ -164,8 +164,9 @@ def test_an_ecc_ek_node_enrolls_and_stays_verified(
 ) -> None:
     sim_path = tmp_path / "sim.json"
     facts.SimulatedState("hyperwall", {"memoryViolations": 0}).write(sim_path)
-    att, outs, _ = _life(ecc_tpm.tcti, local_ca, facts.FactSources(simulated=sim_path))
-    assert [o.evidence_reason for o in outs] == [R.AWAITING_ACTIVATION] + [R.VERIFIED] * 3
+    life = _life(ecc_tpm.tcti, local_ca, facts.FactSources(simulated=sim_path))
+    att = life.att
+    assert [o.evidence_reason for o in life.outs] == [R.AWAITING_ACTIVATION] + [R.VERIFIED] * 3
     assert att.status.verified_profiles == ["hyperwall", "tpm"]
     assert att.spec.tpm is not None
     ek = structs.parse_tpm2b_public(base64.b64decode(att.spec.tpm.ek_public))

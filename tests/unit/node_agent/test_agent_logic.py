@@ -1,9 +1,11 @@
 """The node-agent's pure decisions and fact collection (no TPM, no apiserver).
 
-Covers: when the agent answers a nonce (once per nonce, paced, at once on a claims change,
-at once for an enrollment challenge, resumed from its own spec after a restart), CPU flags
-and kvm module parameters from fake /proc and /sys trees, and the simulated-architecture
-state file. Not covered: TPM calls (tests/node_agent) and publishing (tests/e2e).
+Covers: when the agent answers the newest published nonce (once per nonce, paced, at once
+when not Ready, at once on a claims change even over an answered nonce, nothing without a
+published nonce, at once for an enrollment challenge, resumed from its own spec after a
+restart), CPU flags and kvm module parameters from fake /proc and /sys trees, and the
+simulated-architecture state file. Not covered: TPM calls (tests/node_agent) and publishing
+(test_publish_order.py, tests/e2e).
 """
 
 from __future__ import annotations
@@ -14,23 +16,22 @@ from pathlib import Path
 
 import pytest
 from sod_node_agent import facts
-from sod_node_agent.schedule import AgentState, blob_id, plan
+from sod_node_agent.schedule import AgentState, Plan, blob_id, plan
 from sod_operator.api.v1alpha1.base import Condition, ConditionStatus
 from sod_operator.api.v1alpha1.nodeattestation import (
     ArchitectureSource,
-    Challenge,
     Enrollment,
     EnrollmentState,
+    NodeAttestationSpec,
     NodeAttestationStatus,
+    claims_digest,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 N1, N2 = "11" * 32, "22" * 32
 
 
-def _status(
-    nonce: str | None = N1, challenged: bool = False, ready: bool = True
-) -> NodeAttestationStatus:
+def _status(challenged: bool = False, ready: bool = True) -> NodeAttestationStatus:
     enrollment = None
     if challenged:
         enrollment = Enrollment(
@@ -42,93 +43,134 @@ def _status(
             credential_sha256="c" * 64,
             challenged_time=NOW,
         )
-    challenge = Challenge(nonce=nonce, issued_time=NOW) if nonce else None
     condition = Condition(
         type="Ready",
         status=ConditionStatus.TRUE if ready else ConditionStatus.FALSE,
         reason="Verified" if ready else "EvidenceStale",
         last_transition_time=NOW,
     )
-    return NodeAttestationStatus(challenge=challenge, enrollment=enrollment, conditions=[condition])
+    return NodeAttestationStatus(enrollment=enrollment, conditions=[condition])
+
+
+def _plan(
+    newest: str | None,
+    state: AgentState,
+    claims: str = "c",
+    now: float = 0,
+    interval: float = 10,
+    status: NodeAttestationStatus | None = None,
+) -> Plan:
+    """The plan of an agent whose object exists with its TPM identity."""
+    return plan(True, True, status or _status(), newest, state, claims, now, interval)
+
+
+ANSWERED_N1 = AgentState().answered(N1, "c", 0)
 
 
 def test_missing_object_is_created() -> None:
-    p = plan(False, False, NodeAttestationStatus(), AgentState(), "c", 0, 10)
+    p = plan(False, False, NodeAttestationStatus(), N1, AgentState(), "c", 0, 10)
     assert p.identity
     assert p.quote_nonce is None
 
 
 def test_first_answer_is_immediate() -> None:
-    p = plan(True, True, _status(), AgentState(), "c", 0, 10)
-    assert p.quote_nonce == N1
+    p = _plan(N1, AgentState())
+    assert (p.quote_nonce, p.why) == (N1, "first answer")
 
 
-def test_an_answered_nonce_is_never_answered_again() -> None:
-    state = AgentState().answered(N1, "c", 0)
-    p = plan(True, True, _status(N1), state, "other-claims", 100, 10)
-    assert not p.publish
+def test_without_a_published_nonce_nothing_is_quoted() -> None:
+    """No ConfigMap yet (or a broken one): nothing to answer, even when the claims change;
+    only a change (the watches) or the claims poll starts the next round."""
+    for state in (AgentState(), ANSWERED_N1):
+        p = _plan(None, state, claims="violation", interval=0)
+        assert not p.publish
+        assert p.wait_seconds == math.inf
 
 
-def test_without_a_new_nonce_nothing_is_due_even_with_interval_zero() -> None:
-    state = AgentState().answered(N1, "c", 0)
-    p = plan(True, True, _status(N1), state, "c", 100, 0)
+def test_an_answered_nonce_is_not_answered_again_with_the_same_claims() -> None:
+    p = _plan(N1, ANSWERED_N1, now=100, interval=0)
     assert not p.publish
     assert p.wait_seconds == math.inf  # the agent waits for the watch or its claims poll
 
 
+def test_a_claims_change_re_answers_the_same_nonce_at_once() -> None:
+    p = _plan(N1, ANSWERED_N1, claims="violation", now=1)
+    assert (p.quote_nonce, p.why) == (N1, "claims changed")
+    after = ANSWERED_N1.answered(N1, "violation", 1)
+    assert not _plan(N1, after, claims="violation", now=2).publish
+
+
+def test_a_claims_change_does_not_wait_for_the_pacing_of_a_new_nonce() -> None:
+    p = _plan(N2, ANSWERED_N1, claims="violation", now=1)
+    assert (p.quote_nonce, p.why) == (N2, "claims changed")
+
+
 def test_a_new_nonce_waits_for_the_interval() -> None:
-    state = AgentState().answered(N1, "c", 0)
-    p = plan(True, True, _status(N2), state, "c", 4, 10)
+    p = _plan(N2, ANSWERED_N1, now=4)
     assert not p.publish
     assert p.wait_seconds == pytest.approx(6)
-    assert plan(True, True, _status(N2), state, "c", 10, 10).quote_nonce == N2
+    assert _plan(N2, ANSWERED_N1, now=10).quote_nonce == N2
 
 
-def test_a_node_that_is_not_ready_recovers_without_waiting_the_interval() -> None:
-    state = AgentState().answered(N1, "c", 0)
-    assert not plan(True, True, _status(N2, ready=False), state, "c", 0.5, 10).publish
-    p = plan(True, True, _status(N2, ready=False), state, "c", 1.0, 10)
-    assert p.quote_nonce == N2
-    assert p.why == "recovering"
-
-
-def test_a_claims_change_is_reported_at_once() -> None:
-    state = AgentState().answered(N1, "c", 0)
-    p = plan(True, True, _status(N2), state, "violation", 1, 10)
-    assert p.quote_nonce == N2
-    assert p.why == "claims changed"
+def test_a_node_that_is_not_ready_answers_a_new_nonce_at_once() -> None:
+    p = _plan(N2, ANSWERED_N1, now=0.1, status=_status(ready=False))
+    assert (p.quote_nonce, p.why) == (N2, "recovering")
+    # ... but once per nonce: no busy loop while the evidence stays rejected.
+    again = ANSWERED_N1.answered(N2, "c", 0.1)
+    assert not _plan(N2, again, now=0.2, status=_status(ready=False)).publish
 
 
 def test_an_enrollment_challenge_is_answered_with_a_quote() -> None:
-    p = plan(True, True, _status(N1, challenged=True), AgentState(), "c", 0, 10)
+    p = _plan(N1, AgentState(), status=_status(challenged=True))
     assert p.activate
     assert p.quote_nonce == N1
 
 
-def test_a_challenge_is_answered_once() -> None:
-    state = AgentState(answered_challenge=blob_id("QUJD")).answered(N1, "c", 0)
-    assert not plan(True, True, _status(N1, challenged=True), state, "c", 1, 10).publish
-
-
-def test_lost_tpm_evidence_is_rewritten() -> None:
-    state = AgentState().answered(N1, "c", 0)
-    p = plan(True, False, _status(N1), state, "c", 1, 10)
-    assert p.identity
+def test_an_enrollment_challenge_is_answered_without_a_nonce() -> None:
+    p = _plan(None, AgentState(), status=_status(challenged=True))
+    assert p.activate
     assert p.quote_nonce is None
 
 
-def test_resume_after_restart_from_the_published_spec() -> None:
-    from sod_operator.api.v1alpha1.nodeattestation import NodeAttestationSpec
+def test_an_enrollment_challenge_keeps_an_answered_nonces_quote() -> None:
+    p = _plan(N1, ANSWERED_N1, now=1, status=_status(challenged=True))
+    assert (p.activate, p.quote_nonce) == (True, None)
 
-    spec = NodeAttestationSpec.model_validate(
+
+def test_a_challenge_is_answered_once() -> None:
+    state = ANSWERED_N1.activated("QUJD")
+    assert state.answered_challenge == blob_id("QUJD")
+    assert not _plan(N1, state, now=1, status=_status(challenged=True)).publish
+
+
+def test_lost_tpm_evidence_is_rewritten_with_a_quote() -> None:
+    p = plan(True, False, _status(), N1, ANSWERED_N1, "c", 1, 10)
+    assert p.identity
+    assert p.quote_nonce == N1  # the quote went with it
+    assert plan(True, False, _status(), None, ANSWERED_N1, "c", 1, 10).quote_nonce is None
+
+
+def _spec(nonce: str) -> NodeAttestationSpec:
+    return NodeAttestationSpec.model_validate(
         {"tpm": {"ekCertificate": "", "ekPublic": "", "akPublic": "",
-                 "quote": {"nonce": N1, "attest": "", "signature": "", "pcrBank": "SHA256",
+                 "quote": {"nonce": nonce, "attest": "", "signature": "", "pcrBank": "SHA256",
                            "pcrs": []}}}
     )  # fmt: skip
+
+
+def test_resume_after_restart_from_the_published_spec() -> None:
+    spec = _spec(N1)
     state = AgentState.from_spec(spec)
+    same_claims = claims_digest(spec.claims).hex()
     assert state.answered_nonce == N1
-    assert not plan(True, True, _status(N1), state, "x", 6, 10).publish
-    assert plan(True, True, _status(N2), state, "x", 6, 10).quote_nonce == N2  # no pacing
+    assert not _plan(N1, state, claims=same_claims, now=6).publish
+    p = _plan(N2, state, claims=same_claims, now=6)
+    assert (p.quote_nonce, p.why) == (N2, "first answer")  # no pacing after a restart
+
+
+def test_resume_after_restart_re_answers_when_the_claims_changed_meanwhile() -> None:
+    p = _plan(N1, AgentState.from_spec(_spec(N1)), claims="violation", now=6)
+    assert (p.quote_nonce, p.why) == (N1, "claims changed")
 
 
 def test_cpu_flags_and_module_parameters(tmp_path: Path) -> None:
