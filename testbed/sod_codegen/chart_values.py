@@ -339,6 +339,11 @@ class Verifier(_Workload):
     resync_seconds: Annotated[float, Field(ge=1, le=86400)] = 60
     """resyncSeconds is the time between two full resyncs of the verifier's caches
     (`--resync`)."""
+    challenge_interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10
+    """challengeIntervalSeconds is how often the verifier publishes a new nonce for every node
+    (`--challenge-interval`), in the ConfigMap `<fullname>-attestation-challenges` the
+    node-agents read; each agent answers each new nonce once, so this paces the rounds. Keep it
+    well below the profiles' freshnessSeconds: evidence is as old as the nonce it answers."""
     workers: Annotated[int, Field(ge=1, le=64)] = 4
     """workers is how many nodes the verifier reconciles at once (`--workers`); a reconcile
     mostly waits on its status write, so a few overlap those round trips."""
@@ -388,7 +393,8 @@ class NodeAgent(_Workload):
     `sha256:0,4,7`. It must cover the PCRs your profiles' golden values name."""
     interval_seconds: Annotated[float, Field(ge=1, le=3600)] = 10
     """intervalSeconds is the least time between two answers of the agent to the verifier's nonces
-    (`sod-node-agent --interval`)."""
+    (`sod-node-agent --interval`); the verifier publishes one every
+    `verifier.challengeIntervalSeconds`, and a change of the node's claims is answered at once."""
     architecture: str = Field(default="", max_length=253)
     """architecture is a security architecture every node of this DaemonSet declares by
     configuration (`sod-node-agent --architecture`), for hardware the agent cannot detect. Only a

@@ -39,6 +39,7 @@ TOKENS = {
     "@@namespace@@": "{{ .Release.Namespace }}",
     "@@serviceAccount@@": '{{ include "sod-operator.serviceAccountName" $c }}',
     "@@name@@": NAME,
+    "@@challenges@@": '{{ include "sod-operator.challengesConfigMap" . }}',
 }
 SA_USER = rbac.sa_username("@@namespace@@", "@@serviceAccount@@")
 
@@ -217,31 +218,52 @@ def _trust_monitor_role(role: Role, file_stem: str) -> ChartRole:
     )
 
 
-def _lease_role(role: Role, file_stem: str) -> ChartRole:
-    """A component's leader-election Role; its Lease is named after the component."""
+# Names the runtime's roles give (`manifests()`) -> the chart's template action for them.
+CHART_NAMES = {rbac.LEASE_NAME: "@@name@@", rbac.CHALLENGES_CONFIGMAP: "@@challenges@@"}
+
+
+def _namespaced_role(
+    role: Role, file_stem: str, kind: str, suffix: str, when: str = ""
+) -> ChartRole:
+    """A component's Role in the release namespace, `<file_stem>-role<kind>.yaml` (and its
+    binding), with the runtime's concrete resource names replaced by the chart's."""
     values = VALUES_KEY[role.component]
     rules = tuple(
-        replace(r, resource_names=tuple("@@name@@" if n == rbac.LEASE_NAME else n
-                                        for n in r.resource_names))
+        replace(r, resource_names=tuple(CHART_NAMES.get(n, n) for n in r.resource_names))
         for r in role.rules
-    )  # fmt: skip
+    )
     return ChartRole(
-        f"{file_stem}-role-leaderelection.yaml",
-        f"and .Values.{values}.enabled .Values.rbac.create .Values.{values}.leaderElection.enabled",
+        f"{file_stem}-role{kind}.yaml",
+        f"and .Values.{values}.enabled .Values.rbac.create{when}",
         role.component,
         why=role.why,
         rules=rules,
         source=rbac.__name__,
-        binding=Binding(f"{file_stem}-rolebinding-leaderelection.yaml"),
-        suffix=rbac.LEASE_SUFFIX,
+        binding=Binding(f"{file_stem}-rolebinding{kind}.yaml"),
+        suffix=suffix,
         namespaced=True,
     )
+
+
+def _lease_role(role: Role, file_stem: str) -> ChartRole:
+    """A component's leader-election Role; its Lease is named after the component."""
+    values = VALUES_KEY[role.component]
+    when = f" .Values.{values}.leaderElection.enabled"
+    return _namespaced_role(role, file_stem, "-leaderelection", rbac.LEASE_SUFFIX, when)
+
+
+def _challenges_role(role: Role, file_stem: str) -> ChartRole:
+    """A component's access to the published nonces (with or without leader election)."""
+    suffix = rbac.CHALLENGES_ROLE_SUFFIX
+    return _namespaced_role(role, file_stem, suffix, suffix)
 
 
 CHART_ROLES = (
     _trust_monitor_role(rbac.VERIFIER_ROLE, "verifier"),
     _lease_role(rbac.VERIFIER_LEASE_ROLE, "verifier"),
+    _challenges_role(rbac.VERIFIER_CHALLENGES_ROLE, "verifier"),
     _trust_monitor_role(rbac.AGENT_ROLE, "nodeagent"),
+    _challenges_role(rbac.AGENT_CHALLENGES_ROLE, "nodeagent"),
     OPERATOR_ROLE,
     LEADER_ELECTION_ROLE,
     *USER_ROLES,

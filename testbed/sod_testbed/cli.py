@@ -181,7 +181,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not args.no_examples:
         services.append(install_examples)
     if not args.no_trust:  # a swtpm + node-agent per node, then the verifier
-        node_service, verifier_service = trust_cli.services(args.agent_interval)
+        node_service, verifier_service = trust_cli.services(
+            args.agent_interval, args.challenge_interval
+        )
         node_services.append(node_service)
         services.append(verifier_service)
     if not args.no_player:

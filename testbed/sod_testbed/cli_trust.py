@@ -70,6 +70,13 @@ def add_up_arguments(up: argparse.ArgumentParser) -> None:
         default=TrustConfig().agent_interval,
         help="seconds between a node-agent's quotes (default %(default)s)",
     )
+    up.add_argument(
+        "--challenge-interval",
+        type=float,
+        default=TrustConfig().challenge_interval,
+        help="seconds between the verifier's published nonces, which pace the agents' quotes "
+        "(default %(default)s)",
+    )
 
 
 def _bed(args: argparse.Namespace) -> TrustBed:
@@ -145,9 +152,11 @@ def cmd_heal(args: argparse.Namespace) -> int:
 # ---- services for `sodctl sandbox up` ----------------------------------------------------------
 
 
-def services(agent_interval: float) -> tuple[NodeService, ClusterService]:
+def services(
+    agent_interval: float, challenge_interval: float = TrustConfig.challenge_interval
+) -> tuple[NodeService, ClusterService]:
     """(node service, cluster service) starting the trust monitor in a sandbox."""
-    config = TrustConfig(agent_interval=agent_interval)
+    config = TrustConfig(agent_interval=agent_interval, challenge_interval=challenge_interval)
 
     def swtpm_and_node_agent(cluster: LocalCluster, node: NodeSpec) -> None:
         TrustBed(cluster, config).start_node(node)

@@ -5,7 +5,9 @@ Used by `sodctl sandbox up` (as node and cluster services of `LocalCluster`), by
 exactly as in a cluster, so the apiserver itself enforces who may write what:
 
 * `install()` applies `sod_operator.verifier.rbac.manifests()` (ServiceAccounts, ClusterRoles,
-  ValidatingAdmissionPolicies) and configures a local EK CA (`swtpm.LocalCa`);
+  the Roles in the verifier's namespace for its Lease and for the ConfigMap of its published
+  nonces, which the agents may read, ValidatingAdmissionPolicies) and configures a local EK CA
+  (`swtpm.LocalCa`);
 * `start_node(node)` manufactures the node's TPM (an RSA EK, or for `node.tpm == "ecc"` an
   ECC P-256 one; certificate from that CA) and, as the platform team does when it racks a
   machine, enrolls that TPM's EK for the node's architecture (a `PlatformEnrollment` named
@@ -16,7 +18,9 @@ exactly as in a cluster, so the apiserver itself enforces who may write what:
   `sod-node-agent` with a ServiceAccount token **bound to the Node object** (so its user info
   carries `authentication.kubernetes.io/node-name`);
 * `start_verifier()` runs `sod-verifier` with the verifier ServiceAccount's token (the only
-  identity allowed to patch Nodes) and the CA bundle;
+  identity allowed to patch Nodes) and the CA bundle; it publishes a nonce every
+  `challenge_interval` seconds in the ConfigMap `challenges` of `namespace`, which every agent
+  watches (`--namespace`, `--challenges`);
 * `break_node(node, how)`: `violation` (the simulated source reports memory violations),
   `pcr` (an unexpected measurement extended into PCR 4, not logged), `bootloader` (the
   firmware loads an unexpected boot component: extended into PCR 4 and logged, so a
@@ -71,9 +75,16 @@ SIMULATED_HOST_FACTS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
 @dataclass(frozen=True)
 class TrustConfig:
     agent_interval: float = 5.0
-    """Seconds between an agent's answers to successive nonces."""
+    """Least seconds between an agent's answers to successive nonces (`--interval`)."""
+    challenge_interval: float = 10.0
+    """Seconds between two nonces the verifier publishes (`--challenge-interval`): an agent
+    answers each new one once, so rounds come every max(this, agent_interval) seconds. Keep it
+    below the profiles' freshnessSeconds: evidence is as old as the nonce it answers."""
     pcrs: str = "sha256:0-7"
     namespace: str = rbac.DEFAULT_NAMESPACE
+    """The verifier's namespace: its Lease and the ConfigMap of its published nonces."""
+    challenges: str = rbac.CHALLENGES_CONFIGMAP
+    """That ConfigMap's name (`--challenges` of the verifier and of every agent)."""
     verifier_resync: float = 30.0
     ready_max_age: int = 120
     verifier_replicas: int = 1
@@ -293,8 +304,10 @@ class TrustBed:
         path = resource_path(API_VERSION, "platformenrollments", name=node)
         self.cluster.api().apply(path, body, FIELD_MANAGER)
 
-    def start_agent(self, node: str) -> None:
-        argv = [
+    def agent_argv(self, node: str) -> list[str]:
+        """The node-agent's command line: it answers the nonces the verifier publishes in
+        `challenges` in `namespace` (read with its node-bound token)."""
+        return [
             sys.executable,
             "-m",
             "sod_node_agent.main",
@@ -312,9 +325,17 @@ class TrustBed:
             str(self.event_log(node)),
             "--kubeconfig",
             str(self.kubeconfig_for(f"agent-{node}")),
+            "--namespace",
+            self.config.namespace,
+            "--challenges",
+            self.config.challenges,
         ]
+
+    def start_agent(self, node: str) -> None:
         self.cluster.run_process(
-            f"agent-{node}", argv, env={"TSS2_LOG": "all+none", "PYTHONUNBUFFERED": "1"}
+            f"agent-{node}",
+            self.agent_argv(node),
+            env={"TSS2_LOG": "all+none", "PYTHONUNBUFFERED": "1"},
         )
 
     @staticmethod
@@ -329,7 +350,17 @@ class TrustBed:
             self.bundle_path.write_bytes(self.ca.bundle_pem())
         kubeconfig = self.identity("verifier", rbac.VERIFIER_SA)
         (port,) = free_ports(1)
-        argv = [
+        name = self.verifier_name(replica)
+        self.cluster.run_process(
+            name, self.verifier_argv(name, kubeconfig, port), env={"PYTHONUNBUFFERED": "1"}
+        )
+        (self.dir / f"{name}-metrics-port").write_text(f"{port}\n")
+        return port
+
+    def verifier_argv(self, identity: str, kubeconfig: Path, port: int) -> list[str]:
+        """A verifier replica's command line: its Lease and the ConfigMap of its nonces both
+        live in `namespace`."""
+        return [
             sys.executable,
             "-m",
             "sod_operator.verifier.main",
@@ -344,12 +375,12 @@ class TrustBed:
             str(self.config.verifier_resync),
             "--ready-max-age",
             str(self.config.ready_max_age),
-            *self._lease_args(self.verifier_name(replica)),
+            "--challenge-interval",
+            str(self.config.challenge_interval),
+            "--challenges",
+            self.config.challenges,
+            *self._lease_args(identity),
         ]
-        name = self.verifier_name(replica)
-        self.cluster.run_process(name, argv, env={"PYTHONUNBUFFERED": "1"})
-        (self.dir / f"{name}-metrics-port").write_text(f"{port}\n")
-        return port
 
     def _lease_args(self, identity: str) -> list[str]:
         c = self.config

@@ -27,6 +27,8 @@ from tests.chart.helmcli import (
 )
 
 NAMESPACE = "sod-system"
+# The ConfigMap of the verifier's published nonces, as the chart names it for release `sod`.
+CHALLENGES = "sod-sod-operator-attestation-challenges"
 NAMESPACED_KINDS = {
     "ServiceAccount", "Role", "RoleBinding", "Deployment", "DaemonSet", "Service",
     "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule", "ConfigMap",
@@ -193,6 +195,9 @@ def test_default_verifier_has_two_leader_elected_replicas_probed_on_its_metrics_
     assert container["args"][0] == "run"
     assert "--lease-name=sod-sod-operator-verifier" in container["args"]
     assert f"--lease-namespace={NAMESPACE}" in container["args"]
+    # The fleet's nonces, in the release namespace (the lease namespace) under the chart's name.
+    assert "--challenges=sod-sod-operator-attestation-challenges" in container["args"]
+    assert "--challenge-interval=10" in container["args"]
     assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in (
         container["env"]
     )
@@ -241,8 +246,13 @@ def test_one_verifier_without_leader_election_is_recreated_not_overlapped(helm: 
     )  # fmt: skip
     dep = _deployment(objs, "-verifier")
     assert dep["spec"]["strategy"] == {"type": "Recreate"}, "never two verifiers at once"
-    assert "--no-leader-election" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--no-leader-election" in args
     assert not any(o.name.endswith("-verifier-leader-election") for o in objs)
+    # Without a Lease the verifier still publishes nonces in the release namespace.
+    assert f"--lease-namespace={NAMESPACE}" in args
+    assert "--challenges=sod-sod-operator-attestation-challenges" in args
+    assert any(o.kind == "Role" and o.name.endswith("-verifier-challenges") for o in objs)
 
 
 def test_several_replicas_without_leader_election_are_refused(helm: Helm):
@@ -278,6 +288,12 @@ def test_node_agent_gets_the_tpm_device_and_its_node_name(helm: Helm):
     (container,) = pod["containers"]
     env = {e["name"]: e for e in container["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    # The verifier's published nonces: the chart's ConfigMap in the release namespace.
+    assert env["SOD_NAMESPACE"] == {"name": "SOD_NAMESPACE", "value": NAMESPACE}
+    assert env["SOD_CHALLENGES_CONFIGMAP"] == {
+        "name": "SOD_CHALLENGES_CONFIGMAP",
+        "value": "sod-sod-operator-attestation-challenges",
+    }
     assert container["args"][:5] == [
         "--node=$(NODE_NAME)",
         "--tcti=device:/dev/tpmrm0",
@@ -428,7 +444,7 @@ def test_no_role_of_the_chart_may_write_platform_enrollments(helm: Helm):
 
 def test_leader_election_is_confined_to_one_lease_each_in_the_release_namespace(helm: Helm):
     objs = render(helm, None)
-    roles = [o.obj for o in objs if o.kind == "Role"]
+    roles = [o.obj for o in objs if o.kind == "Role" and o.name.endswith("-leader-election")]
     assert sorted(r["metadata"]["name"] for r in roles) == [
         "sod-sod-operator-operator-leader-election",
         "sod-sod-operator-verifier-leader-election",
@@ -445,6 +461,42 @@ def test_leader_election_is_confined_to_one_lease_each_in_the_release_namespace(
                 "verbs": ["get", "update"],
             },
         ]
+
+
+def test_published_nonces_are_the_only_config_map_the_verifier_and_agents_may_touch(helm: Helm):
+    """The verifier may create ConfigMaps in its namespace (RBAC cannot confine a create by name)
+    but read and update only the challenges ConfigMap, and delete none; the node-agents may only
+    read that one. No ClusterRole grants ConfigMaps, and no other Role of the chart does."""
+    objs = render(helm, None)
+    roles = {o.name: o.obj for o in objs if o.kind == "Role"}
+    verifier = roles["sod-sod-operator-verifier-challenges"]
+    agent = roles["sod-sod-operator-node-agent-challenges"]
+    assert verifier["metadata"]["namespace"] == agent["metadata"]["namespace"] == NAMESPACE
+    assert verifier["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [CHALLENGES],
+         "verbs": ["get", "list", "watch", "update"]},
+    ]  # fmt: skip
+    assert agent["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [CHALLENGES],
+         "verbs": ["get", "list", "watch"]},
+    ]  # fmt: skip
+    bindings = {o.name: o.obj for o in objs if o.kind == "RoleBinding"}
+    for name, sa in (
+        ("sod-sod-operator-verifier-challenges", "sod-sod-operator-verifier"),
+        ("sod-sod-operator-node-agent-challenges", "sod-sod-operator-node-agent"),
+    ):
+        assert bindings[name]["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name,
+        }  # fmt: skip
+        assert bindings[name]["subjects"] == [
+            {"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}
+        ]
+    for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
+        granting = set(rules_granting(objs, "", "configmaps", verb))
+        assert granting <= {
+            "sod-sod-operator-verifier-challenges", "sod-sod-operator-node-agent-challenges",
+        }, (verb, granting)  # fmt: skip
 
 
 def test_tenant_roles_aggregate_securevms_and_never_grant_node_attestations(helm: Helm):
@@ -526,16 +578,25 @@ def test_external_identities_are_used_by_name(helm: Helm):
 
 
 @variants
-def test_node_agent_args_parse_with_sod_node_agent(helm: Helm, values: Path | None):
+def test_node_agent_args_parse_with_sod_node_agent(
+    helm: Helm, values: Path | None, monkeypatch: pytest.MonkeyPatch
+):
     from sod_node_agent.main import build_parser
 
     for ds in by_kind(render(helm, values), "DaemonSet"):
         (container,) = ds["spec"]["template"]["spec"]["containers"]
         assert container["command"] == ["sod-node-agent"]
+        for env in container["env"]:  # the plain values; NODE_NAME comes from the downward API
+            if "value" in env:
+                monkeypatch.setenv(env["name"], env["value"])
         args = [a.replace("$(NODE_NAME)", "node-1") for a in container["args"]]
         parsed = build_parser().parse_args(args)
         assert parsed.node == "node-1"
         assert parsed.tcti.startswith(("device:/dev/", "swtpm:path="))
+        # The agent reads the nonces where the verifier publishes them.
+        fullname = ds["metadata"]["name"].removesuffix("-node-agent")
+        want = (NAMESPACE, f"{fullname}-attestation-challenges")
+        assert (parsed.namespace, parsed.challenges) == want
 
 
 def test_chart_rbac_and_policies_equal_the_trust_monitors_manifests(helm: Helm):
@@ -565,12 +626,15 @@ def test_chart_rbac_and_policies_equal_the_trust_monitors_manifests(helm: Helm):
                 }
 
             assert triples(got["rules"]) == triples(want["rules"]), key
+        elif want["kind"] == "Role":  # resource names too: the Lease, the challenges ConfigMap
+            assert got["rules"] == want["rules"], key
         elif "spec" in want:
             assert got["spec"] == want["spec"], key
-        elif want["kind"] == "ClusterRoleBinding":
+        elif want["kind"] in ("ClusterRoleBinding", "RoleBinding"):
             assert got["subjects"] == want["subjects"], key
+            assert got["roleRef"] == want["roleRef"], key
         compared += 1
-    assert compared >= 10
+    assert compared >= 14
 
 
 @variants
@@ -584,6 +648,11 @@ def test_verifier_args_parse_with_sod_verifier(helm: Helm, values: Path | None):
         parsed = build_parser().parse_args(container["args"])
         assert parsed.command == "run"
         assert str(parsed.ek_ca_bundle) == "/etc/sod/ek-ca/ek-ca-bundle.pem"
+        # It publishes the nonces where the agents read them (the namespace is the Lease's).
+        fullname = dep["metadata"]["name"].removesuffix("-verifier")
+        want = (NAMESPACE, f"{fullname}-attestation-challenges")
+        assert (parsed.lease_namespace, parsed.challenges) == want
+        assert parsed.challenge_interval > 0
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert parsed.metrics_port == ports["metrics"]
 

@@ -150,6 +150,14 @@ failureThreshold: {{ .probe.failureThreshold }}
 {{- default (printf "%s-ek-ca-bundle" (include "sod-operator.fullname" .)) .Values.verifier.ekCaBundle.configMapName -}}
 {{- end -}}
 
+{{/*
+The ConfigMap, in the release namespace, in which the verifier publishes the fleet's nonces and
+which the node-agents read (the suffix is CHALLENGES_SUFFIX of sod_operator.api.v1alpha1.nodeattestation).
+*/}}
+{{- define "sod-operator.challengesConfigMap" -}}
+{{- printf "%s-attestation-challenges" (include "sod-operator.fullname" .) -}}
+{{- end -}}
+
 {{/* The metrics Service of a component (a DNS-1035 label: at most 63 characters). */}}
 {{- define "sod-operator.metricsServiceName" -}}
 {{- printf "%s-metrics" (include "sod-operator.componentName" .) | trunc 63 | trimSuffix "-" -}}

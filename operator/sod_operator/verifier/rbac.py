@@ -9,6 +9,9 @@
   relabel nodes otherwise.
 * **verifier leader election**: a Role in the verifier's namespace to create and renew its one
   Lease (`sod-verifier`), so that of several replicas only one judges nodes at a time.
+* **published nonces**: a Role in the verifier's namespace lets the verifier create the one
+  ConfigMap it publishes the fleet's nonces in (`sod-attestation-challenges`) and read and
+  update only that one; another lets the node-agents only read it (`-challenges` Roles).
 * **node-agent** (ServiceAccount `sod-node-agent`): get/list/watch/create/update/patch of
   NodeAttestations and nothing else: no `/status` (the verdict), no Nodes, no delete
   (admission cannot confine deletes, so the agent has no delete verb; re-enrollment after a
@@ -41,6 +44,7 @@ from typing import Any
 import yaml
 
 from sod_operator.api.constants import GROUP, NODE_LABEL_PREFIX
+from sod_operator.api.v1alpha1.nodeattestation import CHALLENGES_SUFFIX
 
 FULLNAME = "sod"  # the chart rendered with fullnameOverride=sod names its objects like these
 VERIFIER_SA = f"{FULLNAME}-verifier"
@@ -161,6 +165,61 @@ AGENT_ROLE = Role(
         "claims) and which it still cannot write."
     ),
     rules=(Rule((GROUP,), ("nodeattestations",), (*READ, "create", "patch", "update")),),
+)
+
+CHALLENGES_CONFIGMAP = FULLNAME + CHALLENGES_SUFFIX  # the chart's, with fullnameOverride=sod
+CHALLENGES_ROLE_SUFFIX = "-challenges"
+CONFIGMAP_WHY = (
+    "list and watch are authorised by name too: the client sends a metadata.name field "
+    "selector, which RBAC matches against resourceNames."
+)
+
+VERIFIER_CHALLENGES_ROLE = Role(
+    "verifier",
+    why=(
+        "The verifier publishes the fleet's nonces in one ConfigMap in its own namespace "
+        "(<fullname>-attestation-challenges): one small write per round for every node together "
+        "instead of a status write per node. Namespaced, and only that ConfigMap may be read or "
+        "changed; no delete."
+    ),
+    rules=(
+        Rule(
+            ("",),
+            ("configmaps",),
+            ("create",),
+            why=(
+                "Create the challenges ConfigMap when it is missing. RBAC cannot confine a "
+                "create by name, so this allows creating any ConfigMap in the verifier's "
+                "namespace, but no other ConfigMap may then be read, updated or deleted."
+            ),
+        ),
+        Rule(
+            ("",),
+            ("configmaps",),
+            (*READ, "update"),
+            resource_names=(CHALLENGES_CONFIGMAP,),
+            why=f"Read and rotate the published nonces (update, not patch); {CONFIGMAP_WHY}",
+        ),
+    ),
+)
+
+AGENT_CHALLENGES_ROLE = Role(
+    "node-agent",
+    why=(
+        "The node-agent reads the verifier's published nonces (the ConfigMap "
+        "<fullname>-attestation-challenges in the verifier's namespace) and quotes over the "
+        "newest. Read only: an agent can never issue a nonce. Nonces are public; nothing else "
+        "in the namespace is readable."
+    ),
+    rules=(
+        Rule(
+            ("",),
+            ("configmaps",),
+            READ,
+            resource_names=(CHALLENGES_CONFIGMAP,),
+            why=f"Watch the challenges ConfigMap; {CONFIGMAP_WHY}",
+        ),
+    ),
 )
 
 ROLES = (VERIFIER_ROLE, AGENT_ROLE)
@@ -360,10 +419,13 @@ def role_manifests(role: Role, namespace: str = DEFAULT_NAMESPACE) -> list[Manif
     ]  # fmt: skip
 
 
-def lease_role_manifests(role: Role, namespace: str = DEFAULT_NAMESPACE) -> list[Manifest]:
-    """The Role and RoleBinding (in `namespace`) of `role`'s component's Lease."""
+def namespaced_role_manifests(
+    role: Role, suffix: str, namespace: str = DEFAULT_NAMESPACE
+) -> list[Manifest]:
+    """The Role and RoleBinding (in `namespace`, named `<component's name><suffix>`) of `role`,
+    bound to the component's ServiceAccount."""
     sa, component = component_name(role.component), role.component
-    name = sa + LEASE_SUFFIX
+    name = sa + suffix
     return [
         {"apiVersion": f"{RBAC_GROUP}/v1", "kind": "Role",
          "metadata": _meta(name, component, namespace),
@@ -378,12 +440,16 @@ def lease_role_manifests(role: Role, namespace: str = DEFAULT_NAMESPACE) -> list
 def verifier_manifests(namespace: str = DEFAULT_NAMESPACE) -> list[Manifest]:
     return [
         *role_manifests(VERIFIER_ROLE, namespace),
-        *lease_role_manifests(VERIFIER_LEASE_ROLE, namespace),
+        *namespaced_role_manifests(VERIFIER_LEASE_ROLE, LEASE_SUFFIX, namespace),
+        *namespaced_role_manifests(VERIFIER_CHALLENGES_ROLE, CHALLENGES_ROLE_SUFFIX, namespace),
     ]
 
 
 def agent_manifests(namespace: str = DEFAULT_NAMESPACE) -> list[Manifest]:
-    return role_manifests(AGENT_ROLE, namespace)
+    return [
+        *role_manifests(AGENT_ROLE, namespace),
+        *namespaced_role_manifests(AGENT_CHALLENGES_ROLE, CHALLENGES_ROLE_SUFFIX, namespace),
+    ]
 
 
 def policy_binding_spec(name: str) -> Manifest:
