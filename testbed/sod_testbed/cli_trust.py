@@ -73,9 +73,9 @@ def add_up_arguments(up: argparse.ArgumentParser) -> None:
     up.add_argument(
         "--challenge-interval",
         type=float,
-        default=TrustConfig().challenge_interval,
+        default=None,
         help="seconds between the verifier's published nonces, which pace the agents' quotes "
-        "(default %(default)s)",
+        "(default: --agent-interval)",
     )
 
 
@@ -153,7 +153,7 @@ def cmd_heal(args: argparse.Namespace) -> int:
 
 
 def services(
-    agent_interval: float, challenge_interval: float = TrustConfig.challenge_interval
+    agent_interval: float, challenge_interval: float | None = None
 ) -> tuple[NodeService, ClusterService]:
     """(node service, cluster service) starting the trust monitor in a sandbox."""
     config = TrustConfig(agent_interval=agent_interval, challenge_interval=challenge_interval)

@@ -76,10 +76,17 @@ SIMULATED_HOST_FACTS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
 class TrustConfig:
     agent_interval: float = 5.0
     """Least seconds between an agent's answers to successive nonces (`--interval`)."""
-    challenge_interval: float = 10.0
-    """Seconds between two nonces the verifier publishes (`--challenge-interval`): an agent
+    challenge_interval: float | None = None
+    """Seconds between two nonces the verifier publishes (`--challenge-interval`; None: the
+    agents' interval, so a bed's rounds are as long as before nonces were shared): an agent
     answers each new one once, so rounds come every max(this, agent_interval) seconds. Keep it
     below the profiles' freshnessSeconds: evidence is as old as the nonce it answers."""
+
+    @property
+    def round_seconds(self) -> float:
+        """The verifier's `--challenge-interval`."""
+        return self.agent_interval if self.challenge_interval is None else self.challenge_interval
+
     pcrs: str = "sha256:0-7"
     namespace: str = rbac.DEFAULT_NAMESPACE
     """The verifier's namespace: its Lease and the ConfigMap of its published nonces."""
@@ -376,7 +383,7 @@ class TrustBed:
             "--ready-max-age",
             str(self.config.ready_max_age),
             "--challenge-interval",
-            str(self.config.challenge_interval),
+            str(self.config.round_seconds),
             "--challenges",
             self.config.challenges,
             *self._lease_args(identity),

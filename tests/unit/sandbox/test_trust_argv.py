@@ -33,9 +33,11 @@ def _module_args(argv: list[str], module: str) -> list[str]:
     return argv[3:]
 
 
-def test_by_default_nonces_come_every_ten_seconds_from_the_apis_config_map(tmp_path: Path):
+def test_by_default_nonces_come_as_often_as_the_agents_answer_from_the_apis_config_map(
+    tmp_path: Path,
+):
     config = TrustConfig()
-    assert config.challenge_interval == 10.0
+    assert config.round_seconds == config.agent_interval
     assert (config.namespace, config.challenges) == (
         rbac.DEFAULT_NAMESPACE,
         rbac.CHALLENGES_CONFIGMAP,
@@ -49,7 +51,7 @@ def test_by_default_nonces_come_every_ten_seconds_from_the_apis_config_map(tmp_p
         _module_args(bed.agent_argv("plain-1"), "sod_node_agent.main")
     )
     assert (verifier.lease_namespace, verifier.challenges) == (agent.namespace, agent.challenges)
-    assert verifier.challenge_interval == 10.0
+    assert verifier.challenge_interval == agent.interval == config.agent_interval
 
 
 def test_the_beds_knobs_reach_both_command_lines(tmp_path: Path):
