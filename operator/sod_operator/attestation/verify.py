@@ -36,6 +36,7 @@ from cryptography import x509
 
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy, PcrBank
 from sod_operator.api.v1alpha1.nodeattestation import (
+    MAX_TPM_CLOCK,
     AttestationReason,
     Challenge,
     Claims,
@@ -302,7 +303,9 @@ def _clock(info: tpm.QuoteInfo) -> tuple[int, int, int]:
 def tpm_clock(info: tpm.QuoteInfo) -> TpmClock:
     """The quote's TPMS_CLOCK_INFO as recorded in `status.evidence.tpmClock`."""
     return TpmClock(
-        reset_count=info.reset_count, restart_count=info.restart_count, clock=info.clock
+        reset_count=info.reset_count,
+        restart_count=info.restart_count,
+        clock=min(info.clock, MAX_TPM_CLOCK),
     )
 
 

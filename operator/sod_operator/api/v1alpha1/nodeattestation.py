@@ -295,14 +295,19 @@ class ChallengeList(ApiModel):
         return next((c for c in self.challenges if c.nonce == nonce), None)
 
 
+MAX_TPM_CLOCK: Final = 2**53 - 1
+"""The largest TPM clock recorded exactly (a JSON number); a larger one is recorded as this."""
+
+
 class TpmClock(ApiModel):
     """The TPM's clock in a quote (TPMS_CLOCK_INFO): strictly later in every newer quote of the
     same TPM, so an older quote re-sent is recognised even when it answers a listed nonce."""
 
     reset_count: Annotated[int, Field(ge=0, le=2**32 - 1)]
     restart_count: Annotated[int, Field(ge=0, le=2**32 - 1)]
-    clock: Annotated[int, Field(ge=0, le=2**63 - 1)]
-    """Milliseconds the TPM has been powered (TPMS_CLOCK_INFO.clock)."""
+    clock: Annotated[int, Field(ge=0, le=MAX_TPM_CLOCK)]
+    """Milliseconds the TPM has been powered (TPMS_CLOCK_INFO.clock; bounded to what a JSON
+    number holds exactly, some 285,000 years)."""
 
     def order(self) -> tuple[int, int, int]:
         return (self.reset_count, self.restart_count, self.clock)
