@@ -584,7 +584,8 @@ def test_an_older_quote_sent_again_after_newer_evidence(
     still answers a listed nonce: its TPM clock is what gives it away."""
     node = "hyperwall-2"
     attacker = compromised(node)
-    good = _natt(kube_api, node)["spec"]  # genuine evidence of a healthy node
+    current = _natt(kube_api, node)
+    good = _evidence(bed, node, current)  # genuine evidence of the healthy node, kept back
     bed.break_node(node, "violation")
     current = _natt(kube_api, node)
     _write_spec(attacker, node, _evidence(bed, node, current), current)  # the truth, reported

@@ -295,7 +295,9 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
     status = NodeAttestationStatus(
         observed_generation=att.generation,
         enrollment=enrollment,
-        evidence=_record(att, quote_sha, answered, evidence, now) if new_evidence else record,
+        evidence=_record(att, quote_sha, answered, evidence, now, record)
+        if new_evidence
+        else record,
         verdicts=verdicts,
         verified_profiles=verified,
         conditions=conditions,
@@ -340,15 +342,19 @@ def _record(
     answered: Challenge | None,
     evidence: VerifiedQuote | Failure,
     now: datetime,
+    previous: EvidenceRecord | None,
 ) -> EvidenceRecord:
+    """The record of new evidence. Rejected evidence keeps the previous TPM clock floor:
+    otherwise a rejected write would lift it, and an older good quote sent next would pass."""
     verified = evidence if isinstance(evidence, VerifiedQuote) else None
+    floor = previous.tpm_clock if previous is not None else None
     return EvidenceRecord(
         observed_generation=att.generation,
         challenge=answered,
         received_time=now,
         quote_sha256=quote_sha,
         content_sha256=_content_sha256(att, verified) if verified is not None else None,
-        tpm_clock=tpm_clock(verified.info) if verified is not None else None,
+        tpm_clock=tpm_clock(verified.info) if verified is not None else floor,
     )
 
 

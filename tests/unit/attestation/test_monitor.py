@@ -230,3 +230,28 @@ def test_the_recorded_quote_sent_again_is_not_new_evidence_but_its_generation_is
     assert out.status_changed
     assert out.status.observed_generation == good.generation + 1
     assert out.status.evidence == first.status.evidence
+
+
+def test_rejected_evidence_in_between_does_not_lift_the_replay_floor(good: Step) -> None:
+    """Newer evidence, then a forged quote (rejected, recorded), then the older good quote:
+    still refused, however often it is judged again."""
+    violation = step("violation")
+    bad = run(violation.attestation(), violation.now)
+    floor = bad.status.evidence.tpm_clock  # type: ignore[union-attr]
+    assert floor is not None
+    forged = violation.mutable_spec()
+    forged["tpm"]["quote"]["signature"] = good.spec["tpm"]["quote"]["signature"]
+    status = bad.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    rejected = run(
+        violation.attestation(spec=forged, status=status).model_copy(update={"generation": 98}),
+        violation.now,
+    )
+    assert rejected.evidence_reason == R.QUOTE_SIGNATURE_INVALID
+    assert rejected.status.evidence.tpm_clock == floor  # type: ignore[union-attr]
+    status = rejected.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    replay = good.attestation(status=status).model_copy(update={"generation": 99})
+    first = run(replay, violation.now)
+    assert first.evidence_reason == R.QUOTE_REPLAYED
+    again = run(_after(good, first).model_copy(update={"generation": 99}), violation.now)
+    assert again.evidence_reason == R.QUOTE_REPLAYED
+    assert verdict(again, "hyperwall") == ("Rejected", R.QUOTE_REPLAYED)
