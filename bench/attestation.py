@@ -732,11 +732,12 @@ class Nonces:
     on a fixed grid of `ROUND_SECONDS`. A 409 means another writer (the verifier rotating on
     its own): the run stops."""
 
-    def __init__(self, api: Any, namespace: str, keep_for: timedelta) -> None:
+    def __init__(self, api: Any, namespace: str, name: str, keep_for: timedelta) -> None:
         from sod_operator.api.v1alpha1.nodeattestation import ChallengeList
 
         self.api = api
         self.namespace = namespace
+        self.name = name
         self.keep_for = keep_for
         self.current = ChallengeList()
         self.version = ""
@@ -747,16 +748,13 @@ class Nonces:
 
     def publish(self) -> str:
         """Issue the next nonce now; returns it."""
-        from sod_operator.api.v1alpha1.nodeattestation import CHALLENGES_CONFIGMAP
         from sod_testbed.kubeapi import ApiError, resource_path
 
         new = rotated(self.current, datetime.now(UTC), self.keep_for)
-        body = challenges_configmap(CHALLENGES_CONFIGMAP, self.namespace, new, self.version)
+        body = challenges_configmap(self.name, self.namespace, new, self.version)
         try:
             if self.version:
-                path = resource_path(
-                    "v1", "configmaps", namespace=self.namespace, name=CHALLENGES_CONFIGMAP
-                )
+                path = resource_path("v1", "configmaps", namespace=self.namespace, name=self.name)
                 obj = self.api.replace(path, body)
             else:
                 obj = self.api.create(resource_path("v1", "configmaps", self.namespace), body)
@@ -1005,8 +1003,12 @@ def _whole_round(bed: _Bed, slot: float, requests: dict[str, float]) -> tuple[fl
     _sleep_until(slot - CPU_LEAD)
     u0 = bed.pids.usage()
     _sleep_until(slot)
-    polls, t0 = bed.counter.reads, time.perf_counter()
-    bed.nonces.publish()
+    t0 = time.perf_counter()
+    nonce = bed.nonces.publish()
+    # The counter is polled only once every answer is in (the bench's watch): each read costs
+    # the verifier CPU, which the figure counts.
+    bed.watch.wait(lambda w: bed.answered(nonce), 30, "every agent to answer")
+    polls = bed.counter.reads
     t1, e1 = bed.counter.wait_for(sum(e0.values()) + bed.agents, 60)
     u1 = bed.pids.usage()
     polls = bed.counter.reads - polls
@@ -1066,26 +1068,18 @@ def _start_trust(bed: Any, nodes: list[Any], watch: Any) -> _Bed:
 
     # Least privilege as in a cluster: node-bound agent tokens, the verifier's own
     # ServiceAccount, the admission policies. --interval 0.5: an agent answers a new nonce at
-    # once (the rounds are far longer).
-    trust = TrustBed(bed.cluster, TrustConfig(agent_interval=0.5))
+    # once (the rounds are far longer). The verifier's own rotation held off: the bench issues
+    # every nonce.
+    config = TrustConfig(agent_interval=0.5, challenge_interval=HOLD_SECONDS)
+    trust = TrustBed(bed.cluster, config)
     trust.install()
     profiles = bed.api.list(resource_path("sod.dev/v1alpha1", "serversecurityprofiles"))
-    keep = keep_for(profiles.get("items", []), trust.config.ready_max_age)
-    nonces = Nonces(bed.api, trust.config.namespace, keep)
+    keep = keep_for(profiles.get("items", []), config.ready_max_age)
+    nonces = Nonces(bed.api, config.namespace, config.challenges, keep)
     nonces.publish()
     for n in nodes:
         trust.start_node(n)
-    # The verifier's own rotation held off (the bench issues every nonce); its env default,
-    # which `sod-verifier run` reads, is inherited by the process the test bed starts.
-    previous = os.environ.get("SOD_CHALLENGE_INTERVAL_SECONDS")
-    os.environ["SOD_CHALLENGE_INTERVAL_SECONDS"] = str(HOLD_SECONDS)
-    try:
-        port = trust.start_verifier()
-    finally:
-        if previous is None:
-            os.environ.pop("SOD_CHALLENGE_INTERVAL_SECONDS")
-        else:
-            os.environ["SOD_CHALLENGE_INTERVAL_SECONDS"] = previous
+    port = trust.start_verifier()
     procs = bed.cluster.processes
     pids = _Pids(
         verifier=procs["verifier"].record.pid,
@@ -1328,6 +1322,7 @@ base64 and checks the PCR selection for.
     result.method += THROUGHPUT_METHOD.format(
         arch=ARCHITECTURE, bursts=bursts, round=ROUND_SECONDS, hold=HOLD_SECONDS,
         settle=SETTLE, lead=CPU_LEAD, poll=POLL * 1000, warmup=WARMUP_ROUNDS,
+        tick=1000 / os.sysconf("SC_CLK_TCK"),
     )  # fmt: skip
     return result
 
@@ -1359,16 +1354,18 @@ watch on NodeAttestations), then held again; the verifier is released (SIGCONT) 
 nodes/s = N / the time from its release until its counter reached N more. As their nodes would
 be other machines, the agents are held while the verifier works, so the verifier,
 kube-apiserver and etcd share the two cores. CPU per verified quote (each process's CPU time
-from /proc): over both of the verifier's windows of the round (from {lead} s before the nonce
+from /proc, in {tick:.0f} ms ticks: one burst's figure is coarse, all bursts' together less
+so): over both windows of the round in which the verifier ran (from {lead} s before the nonce
 write until the verifier was held, and the drain), so it holds the nonce write, the
 verifier's renewals and its drain, but not the agents' answers, as the archived run's drain
 held the verifier's per-node status writes (with the next nonce) but not the answers.
 
 *Whole round (`round_throughput`).* Nothing is held: from the bench's nonce write until the
 verifier's counter reached N more (the agents see the nonce, quote on their swtpms and write
-their answers; the verifier consumes them), on the same two cores. Its API CPU per quote (from
-{lead} s before the write) holds the ConfigMap write, the agents' N answers and any renewals:
-one round's whole cost to the API server.
+their answers; the verifier consumes them), on the same two cores; the counter is polled only
+once the bench's watch has seen every answer (each read costs the verifier CPU). Its API CPU
+per quote (from {lead} s before the write) holds the ConfigMap write, the agents' N answers
+and any renewals: one round's whole cost to the API server.
 
 The CPU per quote reported with each rate is all bursts' CPU over all their quotes (renewals
 fall in some rounds only); the per-burst figures follow it. The ceiling of two cores can be
