@@ -71,8 +71,9 @@ REALITY: dict[str, tuple[str, str]] = {
         "quote-checking code, tpm2-tools; for throughput a real kube-apiserver and etcd, real "
         "agent and verifier processes",
         "the boot (a simulated event log extended into the swtpm), the nodes (kwok: no "
-        "kubelet), and the agents sharing the verifier's cores instead of running on their "
-        "own machines",
+        "kubelet), the agents sharing the verifier's cores instead of running on their own "
+        "machines, and in the throughput rounds the nonce publication (the bench writes the "
+        "verifier's challenges ConfigMap with the verifier's code, from another client)",
     ),
     "reaction": (
         "kube-apiserver, etcd, scheduler and controller manager built from the Kubernetes "
