@@ -1340,8 +1340,8 @@ never issues a nonce itself: the bench issues every round's nonce, with the veri
 created, then replaced with its resourceVersion as precondition), through the bed's admin
 client instead of the verifier's: same write, same code, another client. Rounds start on a
 fixed grid of {round:.0f} s, the verifier's default interval, so its expiry renewals (a status
-write once half of a verdict's lifetime is spent, timed by the verifier itself) fall into the
-rounds as often as in a cluster. After every node is verified for `{arch}` and {warmup}
+write by the first round once half of a verdict's lifetime is spent) fall into the rounds as
+often as in a cluster. After every node is verified for `{arch}` and {warmup}
 unmeasured rounds, {bursts} rounds of each mode follow, the paused ones first. The verifier's
 counter `sod_attestation_evidence_total` (summed over reasons; read from its metrics endpoint
 on loopback every {poll:.0f} ms) says when it has consumed the round's N answers; every counted

@@ -18,9 +18,12 @@ The nonce lifecycle (issue 17: a round must be cheap for the API server):
   (`must_write`), so the quote a replay would have to undo is always the recorded one.
 * The status is written only when it changes in substance: enrollment, verdicts, conditions,
   a rejection, evidence that says something new, or a renewal of a verdict's `expiryTime`
-  once less than half of its lifetime is left (the operator voids a label past it: the write
-  that keeps trust alive without a verifier is due well before). A round that only repeats
-  good evidence costs the API server the agent's write alone.
+  by the first round that arrives once half of its lifetime is spent (the operator voids a
+  label past it: the write that keeps trust alive without a verifier is due well before). A
+  timer renews with the newest evidence judged when three quarters are spent and no round
+  came (a timer at half would renew with the previous round's evidence just before the next
+  round arrives, and so renew twice as often). A round that only repeats good evidence costs
+  the API server the agent's write alone.
 * "Useful for" is the longest `freshnessSeconds` of any profile (or `ready_max_age_seconds`
   when none has a policy): `Ready` turns False when the newest valid evidence is older.
 """
@@ -504,9 +507,9 @@ def _next_deadline(
     deadlines = [d.expiry_time for d in decisions if d.verified and d.expiry_time is not None]
     if isinstance(evidence, VerifiedQuote):
         deadlines.append(evidence.evidence_time + useful)
-    for v in written:  # renew a written expiry at half its lifetime, even without a new round
+    for v in written:  # renew a written expiry without a new round, when three quarters spent
         if v.result == VerdictResult.VERIFIED and v.expiry_time and v.evidence_time:
-            deadlines.append(v.expiry_time - (v.expiry_time - v.evidence_time) / 2)
+            deadlines.append(v.expiry_time - (v.expiry_time - v.evidence_time) / 4)
     future = [d for d in deadlines if d > now]
     if not future:
         return None

@@ -176,7 +176,7 @@ def test_next_deadline_is_the_earliest_expiry(good: Step) -> None:
     assert out.answered is not None
     expiry = out.answered.issued_time + timedelta(seconds=60)
     renewals = [
-        v.expiry_time - (v.expiry_time - v.evidence_time) / 2
+        v.expiry_time - (v.expiry_time - v.evidence_time) / 4
         for v in good.attestation().status.verdicts
         if v.result == "Verified" and v.expiry_time and v.evidence_time
     ]
