@@ -519,6 +519,7 @@ class Verifier:
         if obj is None:
             with self.caches.lock:
                 self._judged.pop(name, None)
+                self._counted.pop(name, None)
             if node is not None:
                 self._apply_labels(name, node, labels.label_patch(node.labels, {}))
             return None
