@@ -295,6 +295,56 @@ class ChallengeList(ApiModel):
         return next((c for c in self.challenges if c.nonce == nonce), None)
 
 
+RENEWALS_SUFFIX: Final = "-attestation-renewals"
+RENEWALS_CONFIGMAP: Final = f"sod{RENEWALS_SUFFIX}"
+"""The ConfigMap (in the verifier's namespace) holding the fleet's expiry renewals, by default
+(the chart names it `<release fullname>-attestation-renewals`); only the verifier may update
+it, the operator may only read it, the agents cannot see it (`sod_operator.verifier.rbac`)."""
+RENEWALS_KEY: Final = "renewals.json"
+"""The ConfigMap's data key: the JSON of a `RenewalList`."""
+
+
+class Renewal(ApiModel):
+    """A node's verified verdicts renewed without a status write: evidence that says what the
+    recorded one says (`contentSha256` equal to `status.evidence.contentSha256`) answered the
+    nonce issued at `evidenceTime`, and the verifier judged it as it judged the recorded one
+    (a different judgement is a status write, never a renewal)."""
+
+    evidence_time: datetime
+    """The renewing evidence's age is measured from this (its nonce's `issuedTime`)."""
+    content_sha256: Sha256Hex
+    """The recorded evidence this renewal applies to; none other."""
+
+
+class RenewalList(ApiModel):
+    """Node name → its newest renewal: one object for the fleet, written by the verifier when
+    some verdict has spent half its lifetime (instead of a status write per node)."""
+
+    renewals: dict[str, Renewal] = {}
+
+
+def renewed_expiry(
+    expiry: datetime,
+    evidence_time: datetime | None,
+    record_content_sha256: str | None,
+    renewal: Renewal | None,
+) -> datetime:
+    """A `Verified` verdict's expiry, moved later by a renewal of the same recorded evidence.
+
+    A verdict expires `freshnessSeconds` after its evidence (`verify`), so evidence saying the
+    same, judged the same and fresh from a later nonce, moves the expiry by exactly as much.
+    A renewal of other evidence, or not later than the verdict's, changes nothing."""
+    if (
+        renewal is None
+        or evidence_time is None
+        or record_content_sha256 is None
+        or renewal.content_sha256 != record_content_sha256
+        or renewal.evidence_time <= evidence_time
+    ):
+        return expiry
+    return expiry + (renewal.evidence_time - evidence_time)
+
+
 MAX_TPM_CLOCK: Final = 2**53 - 1
 """The largest TPM clock recorded exactly (a JSON number); a larger one is recorded as this."""
 
