@@ -40,6 +40,7 @@ TOKENS = {
     "@@serviceAccount@@": '{{ include "sod-operator.serviceAccountName" $c }}',
     "@@name@@": NAME,
     "@@challenges@@": '{{ include "sod-operator.challengesConfigMap" . }}',
+    "@@renewals@@": '{{ include "sod-operator.renewalsConfigMap" . }}',
 }
 SA_USER = rbac.sa_username("@@namespace@@", "@@serviceAccount@@")
 
@@ -219,7 +220,11 @@ def _trust_monitor_role(role: Role, file_stem: str) -> ChartRole:
 
 
 # Names the runtime's roles give (`manifests()`) -> the chart's template action for them.
-CHART_NAMES = {rbac.LEASE_NAME: "@@name@@", rbac.CHALLENGES_CONFIGMAP: "@@challenges@@"}
+CHART_NAMES = {
+    rbac.LEASE_NAME: "@@name@@",
+    rbac.CHALLENGES_CONFIGMAP: "@@challenges@@",
+    rbac.RENEWALS_CONFIGMAP: "@@renewals@@",
+}
 
 
 def _namespaced_role(

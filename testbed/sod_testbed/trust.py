@@ -92,6 +92,9 @@ class TrustConfig:
     """The verifier's namespace: its Lease and the ConfigMap of its published nonces."""
     challenges: str = rbac.CHALLENGES_CONFIGMAP
     """That ConfigMap's name (`--challenges` of the verifier and of every agent)."""
+    renewals: str = rbac.RENEWALS_CONFIGMAP
+    """The ConfigMap of the fleet's expiry renewals, in `namespace` (`--renewals` of the
+    verifier; the operator reads it)."""
     verifier_resync: float = 30.0
     ready_max_age: int = 120
     verifier_replicas: int = 1
@@ -386,6 +389,8 @@ class TrustBed:
             str(self.config.round_seconds),
             "--challenges",
             self.config.challenges,
+            "--renewals",
+            self.config.renewals,
             *self._lease_args(identity),
         ]
 

@@ -29,6 +29,7 @@ from tests.chart.helmcli import (
 NAMESPACE = "sod-system"
 # The ConfigMap of the verifier's published nonces, as the chart names it for release `sod`.
 CHALLENGES = "sod-sod-operator-attestation-challenges"
+RENEWALS = "sod-sod-operator-attestation-renewals"
 NAMESPACED_KINDS = {
     "ServiceAccount", "Role", "RoleBinding", "Deployment", "DaemonSet", "Service",
     "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule", "ConfigMap",
@@ -198,6 +199,8 @@ def test_default_verifier_has_two_leader_elected_replicas_probed_on_its_metrics_
     # The fleet's nonces, in the release namespace (the lease namespace) under the chart's name.
     assert "--challenges=sod-sod-operator-attestation-challenges" in container["args"]
     assert "--challenge-interval=10" in container["args"]
+    # The fleet's expiry renewals, beside them; the operator reads this one.
+    assert "--renewals=sod-sod-operator-attestation-renewals" in container["args"]
     assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in (
         container["env"]
     )
@@ -465,8 +468,8 @@ def test_leader_election_is_confined_to_one_lease_each_in_the_release_namespace(
 
 def test_published_nonces_are_the_only_config_map_the_verifier_and_agents_may_touch(helm: Helm):
     """The verifier may create ConfigMaps in its namespace (RBAC cannot confine a create by name)
-    but read and update only the challenges ConfigMap, and delete none; the node-agents may only
-    read that one. No ClusterRole grants ConfigMaps, and no other Role of the chart does."""
+    but read and update only the challenges and renewals ConfigMaps, and delete none; the
+    node-agents may only read the challenges. No ClusterRole grants ConfigMaps."""
     objs = render(helm, None)
     roles = {o.name: o.obj for o in objs if o.kind == "Role"}
     verifier = roles["sod-sod-operator-verifier-challenges"]
@@ -474,7 +477,7 @@ def test_published_nonces_are_the_only_config_map_the_verifier_and_agents_may_to
     assert verifier["metadata"]["namespace"] == agent["metadata"]["namespace"] == NAMESPACE
     assert verifier["rules"] == [
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
-        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [CHALLENGES],
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [CHALLENGES, RENEWALS],
          "verbs": ["get", "list", "watch", "update"]},
     ]  # fmt: skip
     assert agent["rules"] == [

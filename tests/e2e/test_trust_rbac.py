@@ -6,7 +6,8 @@
   `metadata.name` field selector, and nothing else: no other ConfigMap, no unfiltered list, no
   write;
 * the verifier creates ConfigMaps there (RBAC cannot confine a create by name) but reads and
-  updates only the challenges one, and patches or deletes none.
+  updates only the challenges and renewals ones, and patches or deletes none; an agent cannot
+  read the renewals.
 
 Runs on the session's control plane with its own identities; it only reads the ConfigMap a
 running verifier may be rotating, or writes back what it read.
@@ -30,6 +31,7 @@ NAME = rbac.CHALLENGES_CONFIGMAP
 CONFIGMAPS = resource_path("v1", "configmaps", namespace=NS)
 CHALLENGES = resource_path("v1", "configmaps", namespace=NS, name=NAME)
 OTHER = resource_path("v1", "configmaps", namespace=NS, name="kube-root-ca.crt")
+RENEWALS = resource_path("v1", "configmaps", namespace=NS, name=rbac.RENEWALS_CONFIGMAP)
 BY_NAME = f"metadata.name={NAME}"
 
 
@@ -77,6 +79,7 @@ def test_a_node_agent_reads_only_the_challenges_config_map(
     assert event is None or event["type"] in ("ADDED", "MODIFIED", "BOOKMARK"), event
     _forbidden(lambda: agent.list(CONFIGMAPS))
     _forbidden(lambda: agent.get(OTHER))
+    _forbidden(lambda: agent.get(RENEWALS))  # the renewals are the verifier's and operator's
     _forbidden(lambda: agent.replace(CHALLENGES, agent.get(CHALLENGES)))
     _forbidden(lambda: agent.merge_patch(CHALLENGES, {"data": {CHALLENGES_KEY: "{}"}}))
     _forbidden(lambda: agent.create(CONFIGMAPS, _probe()))
@@ -100,6 +103,8 @@ def test_the_verifier_updates_only_the_challenges_config_map(
         if err.status != 409:  # 409: rotated in between, authorised all the same
             raise
     assert verifier.list(CONFIGMAPS, field_selector=BY_NAME)["items"]
+    verifier.get_or_none(RENEWALS)  # authorised (a 403 raises), whether or not it exists yet
+    _forbidden(lambda: verifier.delete(RENEWALS))
     _forbidden(lambda: verifier.merge_patch(CHALLENGES, {"metadata": {"labels": {"x": "y"}}}))
     _forbidden(lambda: verifier.delete(CHALLENGES))
     _forbidden(lambda: verifier.get(OTHER))

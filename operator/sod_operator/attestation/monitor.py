@@ -17,13 +17,15 @@ The nonce lifecycle (issue 17: a round must be cheap for the API server):
   evidence's (`QuoteReplayed`). The record is written whenever what the evidence says changes
   (`must_write`), so the quote a replay would have to undo is always the recorded one.
 * The status is written only when it changes in substance: enrollment, verdicts, conditions,
-  a rejection, evidence that says something new, or a renewal of a verdict's `expiryTime`
-  by the first round that arrives once half of its lifetime is spent (the operator voids a
-  label past it: the write that keeps trust alive without a verifier is due well before). A
-  timer renews with the newest evidence judged when three quarters are spent and no round
-  came (a timer at half would renew with the previous round's evidence just before the next
-  round arrives, and so renew twice as often). A round that only repeats good evidence costs
-  the API server the agent's write alone.
+  a rejection, or evidence that says something new. A round that only repeats good evidence
+  costs the API server the agent's write alone: it yields a `Renewal` (this evidence's time,
+  for the recorded content), which the verifier publishes for the whole fleet in one
+  ConfigMap the operator reads (`RenewalList`; the operator voids a label past a verdict's
+  renewed expiry). A renewal is *due* once a verified verdict has spent half its lifetime
+  (as renewed by what is published): the write that keeps trust alive without a verifier is
+  then well ahead of the expiry. Should the published renewals not keep up (the ConfigMap
+  cannot be written), the status itself is renewed once three quarters are spent, by a round
+  or by a timer.
 * "Useful for" is the longest `freshnessSeconds` of any profile (or `ready_max_age_seconds`
   when none has a policy): `Ready` turns False when the newest valid evidence is older.
 """
@@ -51,9 +53,11 @@ from sod_operator.api.v1alpha1.nodeattestation import (
     NodeAttestation,
     NodeAttestationStatus,
     ProfileVerdict,
+    Renewal,
     TpmClock,
     VerdictResult,
     claims_digest,
+    renewed_expiry,
 )
 from sod_operator.attestation import enroll, labels, platform
 from sod_operator.attestation.ekcert import CaBundle
@@ -119,6 +123,8 @@ class StepInput:
     """The platform team's PlatformEnrollments by EK fingerprint (architecture proofs)."""
     challenges: ChallengeList = field(default_factory=ChallengeList)
     """The nonces the verifier publishes (a quote must answer one of them)."""
+    renewal: Renewal | None = None
+    """This node's renewal as published (what the operator sees), if any."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,10 @@ class StepOutput:
     """Evidence-level result: `Verified` or why not."""
     requeue_after: timedelta | None
     """When the verdict changes by itself (an expiry) unless new evidence arrives first."""
+    renewal: Renewal | None = None
+    """The renewal this step's evidence gives the written status (None: none; to publish)."""
+    renewal_due: bool = False
+    """A written verdict has spent half its lifetime and `renewal` moves it: publish soon."""
 
 
 def _quote_sha256(att: NodeAttestation) -> str | None:
@@ -314,7 +324,9 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
         and old.observed_generation != att.generation
     )
     rejected = new_evidence and isinstance(evidence, Failure)
-    written = status if must_write(old, status, now, rejected or recorded_again) else old
+    always = rejected or recorded_again
+    written = status if must_write(old, status, now, always, inp.renewal) else old
+    renewal = _renewal(att, written, evidence)
     patch: dict[str, str | None] = {}
     if inp.node is not None:
         patch = labels.label_patch(inp.node.labels, labels.desired_labels(verified))
@@ -328,7 +340,9 @@ def step(inp: StepInput, settings: Settings, entropy: Entropy) -> StepOutput:
         new_evidence=new_evidence,
         answered=answered,
         evidence_reason=R.VERIFIED if isinstance(evidence, VerifiedQuote) else evidence.reason,
-        requeue_after=_next_deadline(decisions, evidence, old.verdicts, now, useful),
+        requeue_after=_next_deadline(decisions, evidence, written, inp.renewal, now, useful),
+        renewal=renewal,
+        renewal_due=renewal is not None and renewal_due(written, inp.renewal, renewal, now),
     )
 
 
@@ -362,15 +376,73 @@ def _record(
 
 
 def must_write(
-    old: NodeAttestationStatus, new: NodeAttestationStatus, now: datetime, always: bool
+    old: NodeAttestationStatus,
+    new: NodeAttestationStatus,
+    now: datetime,
+    always: bool,
+    published: Renewal | None = None,
 ) -> bool:
     """Whether `new` is worth a status write: `always` (a rejection), it differs in substance,
-    records evidence that says something new, or renews an expiry that is half spent."""
+    records evidence that says something new, or renews an expiry three quarters spent even
+    with the `published` renewal (the fleet's renewals are not keeping up)."""
     if old.evidence is None or always or _substance(old) != _substance(new):
         return True
     if new.evidence is not None and new.evidence.content_sha256 != old.evidence.content_sha256:
         return True
-    return any(_renewal_due(v, new.verdicts, now) for v in old.verdicts)
+    later = {v.profile: v.expiry_time for v in new.verdicts}
+    return any(
+        _left_of_lifetime(v, old, published, now, later.get(v.profile)) <= 0.25
+        for v in old.verdicts
+    )
+
+
+def renewal_due(
+    written: NodeAttestationStatus, published: Renewal | None, renewal: Renewal, now: datetime
+) -> bool:
+    """Whether `renewal` is worth publishing now: a written verified verdict has half its
+    lifetime or less left (counting the `published` renewal), and `renewal` moves it later."""
+    content = written.evidence.content_sha256 if written.evidence is not None else None
+    for v in written.verdicts:
+        if v.expiry_time is None or v.evidence_time is None:
+            continue  # the compact renewal moves only verdicts that say their evidence time
+        moved = renewed_expiry(v.expiry_time, v.evidence_time, content, renewal)
+        if _left_of_lifetime(v, written, published, now, moved) <= 0.5:
+            return True
+    return False
+
+
+def _left_of_lifetime(
+    verdict: ProfileVerdict,
+    written: NodeAttestationStatus,
+    published: Renewal | None,
+    now: datetime,
+    moved_to: datetime | None,
+) -> float:
+    """The share of a written verified verdict's lifetime left (renewals counted), when
+    `moved_to` would move its expiry later; 1.0 (nothing to renew) otherwise."""
+    if verdict.result != VerdictResult.VERIFIED or moved_to is None:
+        return 1.0
+    if verdict.expiry_time is None or verdict.evidence_time is None:
+        return 0.0
+    content = written.evidence.content_sha256 if written.evidence is not None else None
+    expiry = renewed_expiry(verdict.expiry_time, verdict.evidence_time, content, published)
+    lifetime = (verdict.expiry_time - verdict.evidence_time).total_seconds()
+    if moved_to <= expiry or lifetime <= 0:
+        return 1.0
+    return (expiry - now).total_seconds() / lifetime
+
+
+def _renewal(
+    att: NodeAttestation, written: NodeAttestationStatus, evidence: VerifiedQuote | Failure
+) -> Renewal | None:
+    """Valid evidence saying what the written record says renews the written verdicts (a
+    different judgement would have been written: `must_write`)."""
+    record = written.evidence
+    if not isinstance(evidence, VerifiedQuote) or record is None or not record.content_sha256:
+        return None
+    if _content_sha256(att, evidence) != record.content_sha256:
+        return None
+    return Renewal(evidence_time=evidence.evidence_time, content_sha256=record.content_sha256)
 
 
 def _substance(status: NodeAttestationStatus) -> tuple[object, ...]:
@@ -378,21 +450,6 @@ def _substance(status: NodeAttestationStatus) -> tuple[object, ...]:
     verdicts = tuple((v.profile, v.result, v.reason, v.message) for v in status.verdicts)
     conditions = tuple((c.type, c.status, c.reason, c.message) for c in status.conditions or [])
     return (status.enrollment, verdicts, tuple(status.verified_profiles), conditions)
-
-
-def _renewal_due(old: ProfileVerdict, new: list[ProfileVerdict], now: datetime) -> bool:
-    """A verified verdict whose written expiry has less than half its lifetime left, when
-    fresher evidence moves it later."""
-    if old.result != VerdictResult.VERIFIED:
-        return False
-    later = next((v for v in new if v.profile == old.profile), None)
-    if later is None or later.expiry_time is None:
-        return False
-    if old.expiry_time is None or old.evidence_time is None:
-        return True
-    if later.expiry_time <= old.expiry_time:
-        return False
-    return old.expiry_time - now <= (old.expiry_time - old.evidence_time) / 2
 
 
 def useful_for(policies: Mapping[str, AttestationPolicy | None], settings: Settings) -> int:
@@ -500,16 +557,19 @@ def _conditions(
 def _next_deadline(
     decisions: list[Decision],
     evidence: VerifiedQuote | Failure,
-    written: list[ProfileVerdict],
+    written: NodeAttestationStatus,
+    published: Renewal | None,
     now: datetime,
     useful: timedelta,
 ) -> timedelta | None:
     deadlines = [d.expiry_time for d in decisions if d.verified and d.expiry_time is not None]
     if isinstance(evidence, VerifiedQuote):
         deadlines.append(evidence.evidence_time + useful)
-    for v in written:  # renew a written expiry without a new round, when three quarters spent
+    content = written.evidence.content_sha256 if written.evidence is not None else None
+    for v in written.verdicts:  # without a round, renew the status when three quarters spent
         if v.result == VerdictResult.VERIFIED and v.expiry_time and v.evidence_time:
-            deadlines.append(v.expiry_time - (v.expiry_time - v.evidence_time) / 4)
+            expiry = renewed_expiry(v.expiry_time, v.evidence_time, content, published)
+            deadlines.append(expiry - (v.expiry_time - v.evidence_time) / 4)
     future = [d for d in deadlines if d > now]
     if not future:
         return None

@@ -166,6 +166,14 @@ class WorkQueue(Generic[K]):
         self._processing.add(key)
         return key
 
+    def idle(self) -> bool:
+        """Nothing being processed and nothing due now (keys waiting for a later time aside)."""
+        with self._cond:
+            while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:
+                heapq.heappop(self._heap)
+            due_now = bool(self._heap) and self._heap[0][0] <= self._clock()
+            return not self._processing and not due_now
+
     async def aget(self) -> K | None:
         """`get` for an asyncio worker: waits in a thread, so the event loop runs on (a waiting
         `aget` ends at `shutdown`, not at cancellation)."""

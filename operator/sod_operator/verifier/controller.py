@@ -11,7 +11,9 @@ A node without a NodeAttestation (or whose agent never enrolled) gets no trust l
 The leader also publishes the fleet's nonces (`attestation.challenges`): a new one every
 `challenge_interval_seconds` into one ConfigMap, which every agent watches. A quote answering a
 nonce the cache does not list yet (an agent's watch was quicker than ours) makes the reconcile
-read the ConfigMap once before judging, so a slow watch never revokes a node.
+read the ConfigMap once before judging, so a slow watch never revokes a node. And it publishes
+the fleet's expiry renewals (`verifier.renewals`) into another ConfigMap, which the operator
+watches: a round that says nothing new costs no status write.
 
 More than one replica: every replica keeps its caches warm, but only the one holding the
 verifier's Lease (`sod_operator.kube.leader`, see `main.py`) reconciles: its workers wait on
@@ -40,11 +42,11 @@ from pydantic import ValidationError
 from sod_operator.api.constants import API_VERSION, PROFILE_LABEL_PREFIX
 from sod_operator.api.v1alpha1.attestation_policy import AttestationPolicy
 from sod_operator.api.v1alpha1.nodeattestation import (
-    CHALLENGES_KEY,
     ChallengeList,
     EnrollmentState,
     NodeAttestation,
     NodeAttestationStatus,
+    RenewalList,
 )
 from sod_operator.attestation import challenges, labels, monitor, platform
 from sod_operator.attestation.ekcert import BundleError, CaBundle
@@ -54,14 +56,17 @@ from sod_operator.verifier import notify
 from sod_operator.verifier.kube import (
     ATTESTATIONS,
     CHALLENGES,
+    CONFIGMAP_KEYS,
     NODES,
     PLATFORMS,
     PROFILES,
+    RENEWALS,
     KubeIO,
     Obj,
 )
 from sod_operator.verifier.metrics import EvidenceAge, Metrics, evidence_ages
 from sod_operator.verifier.notify import Notifier
+from sod_operator.verifier.renewals import BatchSettings, RenewalBatch
 
 log = logging.getLogger("sod.verifier")
 Clock = Callable[[], datetime]
@@ -130,8 +135,10 @@ class Caches:
     """`platforms` indexed by EK fingerprint (rebuilt on every PlatformEnrollment event)."""
     challenges: ChallengeList = field(default_factory=ChallengeList)
     """The published nonces (newest first)."""
-    challenges_rv: str = ""
-    """The challenges ConfigMap's resourceVersion ("": it does not exist yet)."""
+    renewals: RenewalList = field(default_factory=RenewalList)
+    """The published expiry renewals (what the operator reads)."""
+    configmap_rvs: dict[str, str] = field(default_factory=dict)
+    """CHALLENGES / RENEWALS → the ConfigMap's resourceVersion (absent: not there yet)."""
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def put_attestation(self, name: str, obj: Obj | None) -> None:
@@ -173,6 +180,8 @@ class VerifierConfig:
     """After a failed reconcile (the apiserver unreachable, say): 0.5 s, 1 s, 2 s … per node."""
     challenge_interval_seconds: float = 10.0
     """A new nonce this often: the agents' rounds (the lower bound of the evidence's age)."""
+    renewal_batch: BatchSettings = field(default_factory=BatchSettings)
+    """How the fleet's renewals are batched into one ConfigMap write."""
 
 
 class Verifier:
@@ -193,10 +202,12 @@ class Verifier:
         self.entropy: Entropy = entropy or os.urandom
         self.caches = Caches()
         self.queue: WorkQueue[str] = WorkQueue(RateLimiter(self.config.retry))
+        self.renewal_batch = RenewalBatch(self.config.renewal_batch)
         self._judged: dict[str, dict[str, object]] = {}
         """Node → the verdicts of its latest step (raw), written or not: the evidence-age
         gauges report what the verifier judged, not the last renewal it wrote."""
         self.metrics = Metrics(self._verified_counts, self._evidence_ages, self.synced)
+        self.metrics.renewals_due.set_function(lambda: 1.0 if self.renewal_batch.due else 0.0)
         self.notifier = notifier(self.metrics) if notifier is not None else None
         """The optional trust webhook (`verifier.notify`); built here to share the metrics."""
         self.stop_event = threading.Event()
@@ -222,6 +233,7 @@ class Verifier:
             PLATFORMS: self._on_platform,
             NODES: self._on_node,
             CHALLENGES: self._on_challenges,
+            RENEWALS: self._on_renewals,
         }
         if self.notifier is not None:
             self.notifier.start()
@@ -257,7 +269,9 @@ class Verifier:
 
     def synced(self) -> bool:
         with self.caches.lock:
-            return self.caches.synced >= {ATTESTATIONS, PROFILES, PLATFORMS, NODES, CHALLENGES}
+            return self.caches.synced >= {
+                ATTESTATIONS, PROFILES, PLATFORMS, NODES, CHALLENGES, RENEWALS
+            }  # fmt: skip
 
     def healthy(self) -> bool:
         return time.monotonic() - self.heartbeat < 30 and all(t.is_alive() for t in self._threads)
@@ -339,26 +353,41 @@ class Verifier:
         """Cache the newest published list; nothing to enqueue: evidence answering it arrives
         as a NodeAttestation change, and a nonce dropped from it was past every freshness
         bound already."""
+        self._on_configmap(CHALLENGES, kind, obj)
+
+    def _on_renewals(self, kind: str, obj: Obj) -> None:
+        """Cache the published renewals (a new leader carries on from them)."""
+        self._on_configmap(RENEWALS, kind, obj)
+
+    def _on_configmap(self, which: str, kind: str, obj: Obj) -> None:
         if kind == "SYNCED":
             items = obj["items"]
             obj = items[0] if items else {}
-        self._store_challenges({} if kind == "DELETED" else obj)
+        self._store_configmap(which, {} if kind == "DELETED" else obj)
         if kind == "SYNCED":
             with self.caches.lock:
-                self.caches.synced.add(CHALLENGES)
+                self.caches.synced.add(which)
 
-    def _store_challenges(self, obj: Obj) -> None:
+    def _store_configmap(self, which: str, obj: Obj) -> None:
+        """Cache the challenges or renewals ConfigMap's content, unless older than held. One
+        that does not parse is held as empty: the next publication replaces it."""
         rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
-        raw = (obj.get("data") or {}).get(CHALLENGES_KEY)
+        raw = (obj.get("data") or {}).get(CONFIGMAP_KEYS[which])
+        model = ChallengeList if which == CHALLENGES else RenewalList
         try:
-            parsed = ChallengeList.model_validate_json(raw) if raw else ChallengeList()
+            parsed = model.model_validate_json(raw) if raw else model()
         except ValidationError as err:
-            log.error("the challenges ConfigMap does not parse, publishing anew: %s", err)
-            parsed = ChallengeList()
+            log.error("the %s ConfigMap does not parse, publishing anew: %s", which, err)
+            parsed = model()
         with self.caches.lock:
             c = self.caches
-            if not rv or resource_version(obj) >= int(c.challenges_rv or 0):
-                c.challenges, c.challenges_rv = parsed, rv
+            if rv and resource_version(obj) < int(c.configmap_rvs.get(which) or 0):
+                return
+            if isinstance(parsed, ChallengeList):
+                c.challenges = parsed
+            else:
+                c.renewals = parsed
+            c.configmap_rvs[which] = rv
 
     def enqueue_all(self) -> None:
         with self.caches.lock:
@@ -372,7 +401,7 @@ class Verifier:
         """The leader's nonce rotation, the CA bundle's reload check and the periodic resync
         (every node enqueued)."""
         last_resync = last_bundle = time.monotonic()
-        while not self.stop_event.wait(self._rotate_if_due()):
+        while not self.stop_event.wait(min(self._rotate_if_due(), self._publish_renewals())):
             now = time.monotonic()
             if now - last_bundle >= self.config.bundle_check_seconds:
                 last_bundle = now
@@ -389,17 +418,18 @@ class Verifier:
             return tick
         interval = timedelta(seconds=self.config.challenge_interval_seconds)
         with self.caches.lock:
-            current, rv = self.caches.challenges, self.caches.challenges_rv
+            current = self.caches.challenges
+            rv = self.caches.configmap_rvs.get(CHALLENGES, "")
         now = self.clock()
         keep_for = timedelta(seconds=monitor.useful_for(self.policies(), self._settings()))
         published = challenges.rotate(current, now, interval, keep_for, self.entropy)
         if published is not None:
             try:
                 with self._api("challenges"):
-                    self._store_challenges(self.io.publish_challenges(published, rv))
+                    self._store_configmap(CHALLENGES, self.io.publish(CHALLENGES, published, rv))
             except ApiError as err:
                 if err.conflict:  # another writer (a former leader): re-read, retry next tick
-                    self._refresh_challenges()
+                    self._refresh(CHALLENGES)
                 else:
                     log.warning("could not publish the next nonce: %s", err)
                 return tick
@@ -409,9 +439,36 @@ class Verifier:
         wait = challenges.next_rotation(current, now, interval).total_seconds()
         return max(0.05, min(tick, wait))
 
-    def _refresh_challenges(self) -> None:
-        obj = self.io.get_challenges()
-        self._store_challenges(obj or {})
+    def _refresh(self, which: str) -> None:
+        self._store_configmap(which, self.io.get_configmap(which) or {})
+
+    def _publish_renewals(self) -> float:
+        """Write the fleet's renewals when the batch says so (leader only); seconds until the
+        next check."""
+        tick = min(self.config.bundle_check_seconds, 1.0)
+        batch = self.renewal_batch
+        wait = batch.wait(self.queue.idle(), time.monotonic())
+        if wait is None or wait > 0 or not self.synced() or not self.leading.is_set():
+            return tick if wait is None else max(0.02, min(tick, wait))
+        with self.caches.lock:
+            published, names = self.caches.renewals, set(self.caches.attestations)
+            rv = self.caches.configmap_rvs.get(RENEWALS, "")
+        merged = batch.merged(published, names)
+        try:
+            with self._api("renewals"):
+                self._store_configmap(RENEWALS, self.io.publish(RENEWALS, merged, rv))
+        except ApiError as err:
+            batch.failed(time.monotonic())
+            if err.conflict:  # another writer (a former leader): re-read, retry
+                self._refresh(RENEWALS)
+            else:  # too large, say: each node's status renewal takes over at 3/4 of a lifetime
+                log.warning("could not publish the expiry renewals: %s", err)
+            return tick
+        except NotLeading:
+            return tick
+        batch.written(merged, time.monotonic())
+        self.metrics.renewal_writes.inc()
+        return tick
 
     def _settings(self) -> monitor.Settings:
         return monitor.Settings(
@@ -426,7 +483,7 @@ class Verifier:
         if quote is None or cached.find(quote.nonce) is not None:
             return cached
         with self._api("get_challenges"):
-            self._refresh_challenges()
+            self._refresh(CHALLENGES)
         with self.caches.lock:
             return self.caches.challenges
 
@@ -445,6 +502,7 @@ class Verifier:
         it comes back at its next deadline; on failure it comes back after its back-off."""
         try:
             delay = self.reconcile(key)
+            self.renewal_batch.activity(time.monotonic())
         except NotLeading:
             self.queue.done(key)  # the next leader judges it (this replica too, once it leads)
             return
@@ -520,6 +578,7 @@ class Verifier:
             with self.caches.lock:
                 self._judged.pop(name, None)
                 self._counted.pop(name, None)
+            self.renewal_batch.forget(name)
             if node is not None:
                 self._apply_labels(name, node, labels.label_patch(node.labels, {}))
             return None
@@ -530,6 +589,8 @@ class Verifier:
             att = NodeAttestation.from_object({**obj, "spec": {}})
         fingerprint = self._ek_fingerprint(att)
         published = self._challenges_for(att)
+        with self.caches.lock:
+            renewal = self.caches.renewals.renewals.get(name)
         with self._ek_serialised(fingerprint):
             now = self.clock()
             started = time.perf_counter()
@@ -542,6 +603,7 @@ class Verifier:
                     ek_enrolled_by=self._ek_enrolled_by(name, fingerprint),
                     enrollments=self.caches.enrollments,
                     challenges=published,
+                    renewal=renewal,
                 ),
                 self._settings(),
                 self.entropy,
@@ -555,6 +617,8 @@ class Verifier:
         judged = out.judged.model_dump(mode="json", by_alias=True, include={"verdicts"})
         with self.caches.lock:
             self._judged[name] = judged
+        if out.renewal is not None:
+            self.renewal_batch.offer(name, out.renewal, out.renewal_due, time.monotonic())
         if out.new_evidence and self._count_once(name, att.generation):
             self.metrics.evidence.labels(str(out.evidence_reason)).inc()
             if out.answered is not None:

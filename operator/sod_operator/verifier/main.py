@@ -6,7 +6,8 @@
 `run` serves `/metrics` (Prometheus text, `sod_attestation_*`; `?name[]=FAMILY` restricts it),
 `/healthz` (the worker and watches are alive) and `/readyz` (caches synced) on
 `--metrics-address:--metrics-port`. The leader publishes a nonce for the fleet every
-`--challenge-interval` seconds in the ConfigMap `--challenges` (namespace `--lease-namespace`).
+`--challenge-interval` seconds in the ConfigMap `--challenges`, and the fleet's expiry renewals
+(read by the operator) in the ConfigMap `--renewals` (both in namespace `--lease-namespace`).
 
 Replicas elect one leader on a Lease (`--lease-namespace`/`--lease-name`, the same elector as
 the operator's); the others keep warm caches and take over when the leader's Lease expires.
@@ -31,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sod_operator.api.v1alpha1.nodeattestation import CHALLENGES_CONFIGMAP
+from sod_operator.api.v1alpha1.nodeattestation import CHALLENGES_CONFIGMAP, RENEWALS_CONFIGMAP
 from sod_operator.attestation.ekcert import BundleError
 from sod_operator.kube import KubeClient
 from sod_operator.kube.leader import LeaderElector, add_lease_args, lease_config
@@ -40,6 +41,7 @@ from sod_operator.verifier.controller import BundleSource, Verifier, VerifierCon
 from sod_operator.verifier.kube import KubeIO
 from sod_operator.verifier.metrics import Metrics
 from sod_operator.verifier.notify import Notifier, NotifyMetrics, WebhookConfig
+from sod_operator.verifier.renewals import BatchSettings
 
 log = logging.getLogger("sod.verifier")
 
@@ -107,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--challenges",
         default=env("SOD_CHALLENGES_CONFIGMAP", CHALLENGES_CONFIGMAP),
         help="the ConfigMap (in --lease-namespace) the nonces are published in",
+    )
+    run.add_argument(
+        "--renewals",
+        default=env("SOD_RENEWALS_CONFIGMAP", RENEWALS_CONFIGMAP),
+        help="the ConfigMap (in --lease-namespace) the fleet's expiry renewals are published in "
+        "(the operator reads it: give it the same name)",
+    )
+    run.add_argument(
+        "--renewal-batch",
+        type=float,
+        default=float(env("SOD_RENEWAL_BATCH_SECONDS", str(BatchSettings.window))),
+        help="seconds: at most one renewals write this often; a due renewal waits at most this",
     )
     run.add_argument("--log-level", default=env("SOD_LOG_LEVEL", "INFO"))
     add_lease_args(run, name=rbac.LEASE_NAME, namespace=rbac.DEFAULT_NAMESPACE)
@@ -186,13 +200,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     client = KubeClient(args.kubeconfig, user_agent="sod-verifier")
     verifier = Verifier(
-        KubeIO(client, args.lease_namespace, args.challenges),
+        KubeIO(client, args.lease_namespace, args.challenges, args.renewals),
         bundle,
         VerifierConfig(
             ready_max_age_seconds=args.ready_max_age,
             resync_seconds=args.resync,
             workers=args.workers,
             challenge_interval_seconds=args.challenge_interval,
+            renewal_batch=BatchSettings(window=args.renewal_batch),
         ),
         notifier=notifier,
         leading=args.no_leader_election,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -153,6 +153,16 @@ class Metrics:
             "sod_attestation_notification_attempts_total",
             "Trust webhook HTTP attempts by outcome: ok, retry (5xx, 408, 429, no answer), error.",
             ["outcome"],
+            registry=r,
+        )
+        self.renewal_writes = Counter(
+            "sod_attestation_renewal_writes_total",
+            "Writes of the fleet's renewals ConfigMap (one for every node renewed meanwhile).",
+            registry=r,
+        )
+        self.renewals_due = Gauge(
+            "sod_attestation_renewals_due",
+            "1 while a due expiry renewal waits to be written to the renewals ConfigMap, else 0.",
             registry=r,
         )
         for result in ("delivered", "failed", "dropped"):

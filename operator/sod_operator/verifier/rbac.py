@@ -9,9 +9,11 @@
   relabel nodes otherwise.
 * **verifier leader election**: a Role in the verifier's namespace to create and renew its one
   Lease (`sod-verifier`), so that of several replicas only one judges nodes at a time.
-* **published nonces**: a Role in the verifier's namespace lets the verifier create the one
-  ConfigMap it publishes the fleet's nonces in (`sod-attestation-challenges`) and read and
-  update only that one; another lets the node-agents only read it (`-challenges` Roles).
+* **published nonces and renewals**: a Role in the verifier's namespace lets the verifier
+  create the two ConfigMaps it publishes the fleet's nonces and expiry renewals in
+  (`sod-attestation-challenges`, `sod-attestation-renewals`) and read and update only those;
+  another lets the node-agents only read the nonces (`-challenges` Roles); the operator may
+  only read the renewals (its own Role, `sod_codegen.rbac`).
 * **node-agent** (ServiceAccount `sod-node-agent`): get/list/watch/create/update/patch of
   NodeAttestations and nothing else: no `/status` (the verdict), no Nodes, no delete
   (admission cannot confine deletes, so the agent has no delete verb; re-enrollment after a
@@ -44,7 +46,7 @@ from typing import Any
 import yaml
 
 from sod_operator.api.constants import GROUP, NODE_LABEL_PREFIX
-from sod_operator.api.v1alpha1.nodeattestation import CHALLENGES_SUFFIX
+from sod_operator.api.v1alpha1.nodeattestation import CHALLENGES_CONFIGMAP, RENEWALS_CONFIGMAP
 
 FULLNAME = "sod"  # the chart rendered with fullnameOverride=sod names its objects like these
 VERIFIER_SA = f"{FULLNAME}-verifier"
@@ -167,7 +169,8 @@ AGENT_ROLE = Role(
     rules=(Rule((GROUP,), ("nodeattestations",), (*READ, "create", "patch", "update")),),
 )
 
-CHALLENGES_CONFIGMAP = FULLNAME + CHALLENGES_SUFFIX  # the chart's, with fullnameOverride=sod
+# The ConfigMaps' default names are the chart's with fullnameOverride=sod (FULLNAME).
+__all__ = ["CHALLENGES_CONFIGMAP", "RENEWALS_CONFIGMAP"]
 CHALLENGES_ROLE_SUFFIX = "-challenges"
 CONFIGMAP_WHY = (
     "list and watch are authorised by name too: the client sends a metadata.name field "
@@ -177,10 +180,10 @@ CONFIGMAP_WHY = (
 VERIFIER_CHALLENGES_ROLE = Role(
     "verifier",
     why=(
-        "The verifier publishes the fleet's nonces in one ConfigMap in its own namespace "
-        "(<fullname>-attestation-challenges): one small write per round for every node together "
-        "instead of a status write per node. Namespaced, and only that ConfigMap may be read or "
-        "changed; no delete."
+        "The verifier publishes the fleet's nonces (<fullname>-attestation-challenges) and its "
+        "expiry renewals (<fullname>-attestation-renewals) in two ConfigMaps in its own "
+        "namespace: one small write for every node together instead of a status write per node. "
+        "Namespaced, and only those two ConfigMaps may be read or changed; no delete."
     ),
     rules=(
         Rule(
@@ -188,8 +191,8 @@ VERIFIER_CHALLENGES_ROLE = Role(
             ("configmaps",),
             ("create",),
             why=(
-                "Create the challenges ConfigMap when it is missing. RBAC cannot confine a "
-                "create by name, so this allows creating any ConfigMap in the verifier's "
+                "Create the challenges and renewals ConfigMaps when missing. RBAC cannot confine "
+                "a create by name, so this allows creating any ConfigMap in the verifier's "
                 "namespace, but no other ConfigMap may then be read, updated or deleted."
             ),
         ),
@@ -197,8 +200,11 @@ VERIFIER_CHALLENGES_ROLE = Role(
             ("",),
             ("configmaps",),
             (*READ, "update"),
-            resource_names=(CHALLENGES_CONFIGMAP,),
-            why=f"Read and rotate the published nonces (update, not patch); {CONFIGMAP_WHY}",
+            resource_names=(CHALLENGES_CONFIGMAP, RENEWALS_CONFIGMAP),
+            why=(
+                "Read and rotate the published nonces, read and update the renewals (update, "
+                f"not patch); {CONFIGMAP_WHY}"
+            ),
         ),
     ),
 )

@@ -19,6 +19,7 @@ from sod_operator.api.v1alpha1.nodeattestation import (
     NodeAttestation,
     NodeAttestationSpec,
     NodeAttestationStatus,
+    Renewal,
 )
 from sod_operator.attestation import monitor, platform
 from sod_operator.attestation.ekcert import CaBundle
@@ -100,6 +101,7 @@ def run(
     entropy: Callable[[int], bytes] | None = None,
     enrollments: platform.Enrollments = ENROLLMENTS,
     challenges: ChallengeList = PUBLISHED,
+    renewal: Renewal | None = None,
 ) -> monitor.StepOutput:
     return monitor.step(
         monitor.StepInput(
@@ -110,6 +112,7 @@ def run(
             ek_enrolled_by=ek_enrolled_by,
             enrollments=enrollments,
             challenges=challenges,
+            renewal=renewal,
         ),
         settings,
         entropy or SeededEntropy(b"unit tests"),

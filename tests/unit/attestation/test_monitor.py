@@ -2,7 +2,8 @@
 
 Scenario style (input → output, one transition per test) over recorded swtpm evidence:
 a quote must answer a published nonce and carry a TPM clock no earlier than the recorded one;
-the status is written only when it changes in substance or an expiry needs renewing; a
+the status is written only when it changes in substance (a round saying nothing new yields a
+renewal for the fleet's ConfigMap, the status is renewed only when those do not keep up); a
 repeated step writes nothing (restart safety); verdict times move only on transitions; labels
 follow verdicts and never touch foreign keys; Events on every verdict change; the next deadline
 is the earliest expiry or renewal. Not covered: the Kubernetes shell (tests/e2e).
@@ -10,11 +11,16 @@ is the earliest expiry or renewal. Not covered: the Kubernetes shell (tests/e2e)
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sod_operator.api.constants import profile_label
 from sod_operator.api.v1alpha1.nodeattestation import AttestationReason as R
-from sod_operator.api.v1alpha1.nodeattestation import ChallengeList, NodeAttestation
+from sod_operator.api.v1alpha1.nodeattestation import (
+    ChallengeList,
+    NodeAttestation,
+    ProfileVerdict,
+    renewed_expiry,
+)
 from sod_operator.attestation import monitor
 from sod_operator.attestation.monitor import EventReason
 
@@ -66,25 +72,94 @@ def test_a_quote_answering_a_nonce_not_published_is_refused(good: Step) -> None:
     assert any(e.reason == EventReason.EVIDENCE_REJECTED for e in out.events)
 
 
-def test_a_round_that_says_nothing_new_is_not_written_until_a_renewal_is_due(
-    good: Step,
-) -> None:
+def _quiet_round(good: Step) -> tuple[Step, dict[str, object], ProfileVerdict]:
+    """A written first round, the next round's step (a new quote, the same claims and PCRs),
+    and the written hyperwall verdict."""
     first = run(good.attestation(), good.now)
-    later = step("good2")  # the next round: a new quote, the same claims and PCRs
     after_first = first.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    [hw] = [v for v in first.status.verdicts if v.profile == "hyperwall"]
+    assert hw.expiry_time is not None
+    assert hw.evidence_time is not None
+    return step("good2"), after_first, hw
+
+
+def _spent(v: ProfileVerdict, share: float) -> datetime:
+    assert v.expiry_time is not None
+    assert v.evidence_time is not None
+    return v.evidence_time + (v.expiry_time - v.evidence_time) * share
+
+
+def test_a_round_that_says_nothing_new_is_not_written_but_renews(good: Step) -> None:
+    later, after_first, hw = _quiet_round(good)
     quiet = run(later.attestation(status=after_first), later.now)
     assert quiet.new_evidence
     assert quiet.evidence_reason == R.VERIFIED
     assert not quiet.status_changed
-    [hw] = [v for v in first.status.verdicts if v.profile == "hyperwall"]
+    assert quiet.renewal is not None
+    assert hw.evidence_time is not None
+    assert quiet.renewal.evidence_time > hw.evidence_time
+    assert quiet.status.evidence is not None
+    assert quiet.renewal.content_sha256 == quiet.status.evidence.content_sha256
+    assert not quiet.renewal_due  # not yet half spent
+
+
+def test_a_renewal_is_due_once_half_the_lifetime_is_spent(good: Step) -> None:
+    later, after_first, hw = _quiet_round(good)
+    half = run(later.attestation(status=after_first), _spent(hw, 0.5))
+    assert not half.status_changed  # the fleet's renewals carry it, not a status write
+    assert half.renewal_due
+    published = run(later.attestation(status=after_first), _spent(hw, 0.5), renewal=half.renewal)
+    assert not published.renewal_due  # once published, nothing more to do
+
+
+def test_the_status_is_renewed_when_published_renewals_do_not_keep_up(good: Step) -> None:
+    later, after_first, hw = _quiet_round(good)
+    late = run(later.attestation(status=after_first), _spent(hw, 0.75))
+    assert late.status_changed
+    [again] = [v for v in late.status.verdicts if v.profile == "hyperwall"]
+    assert again.expiry_time is not None
+    assert hw.expiry_time is not None
+    assert again.expiry_time > hw.expiry_time
+    renewal = run(later.attestation(status=after_first), later.now).renewal
+    kept_up = run(later.attestation(status=after_first), _spent(hw, 0.75), renewal=renewal)
+    assert not kept_up.status_changed
+
+
+def test_a_renewal_applies_only_to_the_content_it_names(good: Step) -> None:
+    later, after_first, hw = _quiet_round(good)
+    renewal = run(later.attestation(status=after_first), later.now).renewal
+    assert renewal is not None
     assert hw.expiry_time is not None
     assert hw.evidence_time is not None
-    half = hw.expiry_time - (hw.expiry_time - hw.evidence_time) / 2
-    renewed = run(later.attestation(status=after_first), half)
-    assert renewed.status_changed
-    [again] = [v for v in renewed.status.verdicts if v.profile == "hyperwall"]
-    assert again.expiry_time is not None
-    assert again.expiry_time > hw.expiry_time
+    moved = renewed_expiry(hw.expiry_time, hw.evidence_time, renewal.content_sha256, renewal)
+    assert moved - hw.expiry_time == renewal.evidence_time - hw.evidence_time
+    other = renewed_expiry(hw.expiry_time, hw.evidence_time, "0" * 64, renewal)
+    assert other == hw.expiry_time
+    earlier = renewal.model_copy(update={"evidence_time": hw.evidence_time})
+    assert renewed_expiry(hw.expiry_time, hw.evidence_time, renewal.content_sha256, earlier) == (
+        hw.expiry_time
+    )
+
+
+def test_rejected_evidence_gives_no_renewal(good: Step) -> None:
+    first = run(good.attestation(), good.now)
+    status = first.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    other_ak = step("otherAk")
+    out = run(other_ak.attestation(status=status), other_ak.now)
+    assert out.evidence_reason != R.VERIFIED
+    assert out.renewal is None
+
+
+def test_written_evidence_renews_nothing_beyond_its_own_verdicts() -> None:
+    good2, violation = step("good2"), step("violation")
+    first = run(good2.attestation(), good2.now)
+    status = first.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    out = run(violation.attestation(status=status), violation.now)
+    assert out.status_changed
+    assert out.renewal is not None
+    verified = [v for v in out.status.verdicts if v.result == "Verified"]
+    assert verified
+    assert {v.evidence_time for v in verified} == {out.renewal.evidence_time}
 
 
 def test_evidence_that_says_something_new_is_written() -> None:
@@ -177,7 +252,7 @@ def test_next_deadline_is_the_earliest_expiry(good: Step) -> None:
     expiry = out.answered.issued_time + timedelta(seconds=60)
     renewals = [
         v.expiry_time - (v.expiry_time - v.evidence_time) / 4
-        for v in good.attestation().status.verdicts
+        for v in out.status.verdicts
         if v.result == "Verified" and v.expiry_time and v.evidence_time
     ]
     soonest = min(d for d in [expiry, *renewals] if d > good.now)

@@ -142,3 +142,18 @@ def test_keys_can_be_tuples() -> None:
     q: WorkQueue[tuple[str, str]] = WorkQueue()
     q.add(("tenant", "vm-1"))
     assert q.get(1) == ("tenant", "vm-1")
+
+
+def test_idle_means_nothing_processing_and_nothing_due_now() -> None:
+    clock = Clock()
+    q: WorkQueue[str] = WorkQueue(clock=clock)
+    q.add_after("later", 30)
+    assert q.idle()  # a deadline in the future is not work
+    q.add("now")
+    assert not q.idle()
+    assert q.get(0) == "now"
+    assert not q.idle()  # being processed
+    q.done("now")
+    assert q.idle()
+    clock.now += 31
+    assert not q.idle()

@@ -22,9 +22,16 @@ from typing import Any
 
 import pytest
 from sod_operator.api.constants import profile_label
-from sod_operator.api.v1alpha1.nodeattestation import CHALLENGES_KEY, ChallengeList
+from sod_operator.api.v1alpha1.nodeattestation import (
+    CHALLENGES_KEY,
+    RENEWALS_KEY,
+    ChallengeList,
+    RenewalList,
+)
 from sod_operator.kube import ApiError, Backoff, RateLimiter, WorkQueue
 from sod_operator.verifier.controller import BundleSource, NodeInfo, NotLeading, Verifier
+from sod_operator.verifier.kube import CHALLENGES
+from sod_operator.verifier.renewals import BatchSettings, RenewalBatch
 
 from tests.unit.attestation.conftest import GOLDEN, PUBLISHED, step
 from tests.unit.attestation.golden import SeededEntropy
@@ -46,16 +53,34 @@ class FakeIO:
         """The challenges ConfigMap as the apiserver holds it."""
         self.published: list[ChallengeList] = []
 
-    def get_challenges(self) -> Obj | None:
-        return copy.deepcopy(self.challenges)
+        self.renewals: Obj | None = None
+        """The renewals ConfigMap (None: not created yet)."""
+        self.renewals_written: list[RenewalList] = []
 
-    def publish_challenges(self, challenges: ChallengeList, resource_version: str) -> Obj:
-        if resource_version != self.challenges["metadata"]["resourceVersion"]:
-            raise ApiError("PUT", "challenges", 409, {"reason": "Conflict"})
+    def get_configmap(self, kind: str) -> Obj | None:
+        return copy.deepcopy(self.challenges if kind == CHALLENGES else self.renewals)
+
+    def get_challenges(self) -> Obj | None:
+        return self.get_configmap(CHALLENGES)
+
+    def publish(
+        self, kind: str, content: ChallengeList | RenewalList, resource_version: str
+    ) -> Obj:
+        held = self.challenges if kind == CHALLENGES else self.renewals
+        if resource_version != ((held or {}).get("metadata") or {}).get("resourceVersion", ""):
+            raise ApiError("PUT", kind, 409, {"reason": "Conflict"})
         self.rv += 1
-        self.published.append(challenges)
-        self.challenges = _challenges(challenges, str(self.rv))
-        return copy.deepcopy(self.challenges)
+        if isinstance(content, ChallengeList):
+            self.published.append(content)
+            self.challenges = _challenges(content, str(self.rv))
+            return copy.deepcopy(self.challenges)
+        self.renewals_written.append(content)
+        data = {RENEWALS_KEY: content.model_dump_json(by_alias=True)}
+        self.renewals = {
+            "metadata": {"name": "sod-attestation-renewals", "resourceVersion": str(self.rv)},
+            "data": data,
+        }
+        return copy.deepcopy(self.renewals)
 
     def replace_status(self, name: str, resource_version: str, status: Obj) -> Obj:
         if self.conflict_once:
@@ -112,6 +137,7 @@ def _verifier(tmp_path: Path, now: datetime) -> tuple[Verifier, FakeIO]:
 
     v._on_attestation = on_attestation  # type: ignore[method-assign]
     v._on_challenges("SYNCED", {"items": [io.get_challenges()]})
+    v._on_renewals("SYNCED", {"items": []})
     return v, io
 
 
@@ -343,3 +369,67 @@ def test_a_quote_over_a_nonce_our_watch_has_not_delivered_yet_is_not_rejected(
     v.reconcile("node-1")
     assert io.statuses[0][1]["verifiedProfiles"] == ["tpm"]
     assert v.caches.challenges == PUBLISHED
+
+
+def test_a_round_saying_nothing_new_is_renewed_in_the_fleet_configmap_not_the_status(
+    tmp_path: Path,
+) -> None:
+    first, later = step("good"), step("good2")  # good2: a new quote, the same claims and PCRs
+    v, io = _verifier(tmp_path, first.now)
+    v.renewal_batch = RenewalBatch(BatchSettings(window=0.0, settle=0.0))
+    v.synced = lambda: True  # type: ignore[method-assign]
+    v._on_profile("ADDED", _profile("tpm"))
+    v._on_node("ADDED", {"metadata": {"name": "node-1", "uid": "n-1", "labels": {}}})
+    v._on_attestation("ADDED", _obj("node-1", first))
+    v.reconcile("node-1")
+    [(_, written)] = io.statuses
+    [tpm] = [x for x in written["verdicts"] if x["profile"] == "tpm"]
+    evidence, expiry = (datetime.fromisoformat(tpm[k]) for k in ("evidenceTime", "expiryTime"))
+
+    quiet = _obj("node-1", later, rv=io.rv + 1)
+    quiet["status"] = copy.deepcopy(written)
+    v._on_attestation("MODIFIED", quiet)
+    v.clock = lambda: evidence + (expiry - evidence) / 2  # half the lifetime spent
+    v.reconcile("node-1")
+    assert len(io.statuses) == 1  # no status write
+    assert v.renewal_batch.due
+    v._publish_renewals()
+    [renewals] = io.renewals_written
+    renewal = renewals.renewals["node-1"]
+    assert renewal.evidence_time > evidence
+    assert renewal.content_sha256 == written["evidence"]["contentSha256"]
+    assert not v.renewal_batch.due
+
+    v.clock = lambda: evidence + (expiry - evidence) * 3 / 4  # the status fallback's moment
+    v.reconcile("node-1")
+    assert len(io.statuses) == 1  # the published renewal keeps it alive: still no status write
+    assert io.renewals_written == [renewals]
+
+
+def test_renewals_that_cannot_be_published_fall_back_to_a_status_write(tmp_path: Path) -> None:
+    first, later = step("good"), step("good2")
+    v, io = _verifier(tmp_path, first.now)
+    v.renewal_batch = RenewalBatch(BatchSettings(window=0.0, settle=0.0))
+    v.synced = lambda: True  # type: ignore[method-assign]
+    v._on_profile("ADDED", _profile("tpm"))
+    v._on_node("ADDED", {"metadata": {"name": "node-1", "uid": "n-1", "labels": {}}})
+    v._on_attestation("ADDED", _obj("node-1", first))
+    v.reconcile("node-1")
+    [(_, written)] = io.statuses
+    [tpm] = [x for x in written["verdicts"] if x["profile"] == "tpm"]
+    evidence, expiry = (datetime.fromisoformat(tpm[k]) for k in ("evidenceTime", "expiryTime"))
+    quiet = _obj("node-1", later, rv=io.rv + 1)
+    quiet["status"] = copy.deepcopy(written)
+    v._on_attestation("MODIFIED", quiet)
+
+    def too_large(kind: str, content: object, resource_version: str) -> Obj:
+        raise ApiError("PUT", kind, 422, {"reason": "Invalid", "message": "too long"})
+
+    io.publish = too_large  # type: ignore[method-assign]
+    v.clock = lambda: evidence + (expiry - evidence) / 2
+    v.reconcile("node-1")
+    v._publish_renewals()
+    assert v.renewal_batch.due  # still waiting to be written
+    v.clock = lambda: evidence + (expiry - evidence) * 3 / 4
+    v.reconcile("node-1")
+    assert len(io.statuses) == 2  # the status renewal took over

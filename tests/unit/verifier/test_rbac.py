@@ -17,19 +17,20 @@ def _by_kind_name(namespace: str = NS) -> dict[tuple[str, str], dict[str, Any]]:
     return {(m["kind"], m["metadata"]["name"]): m for m in rbac.manifests(namespace)}
 
 
-def test_the_challenges_config_map_is_the_apis_default():
+def test_the_published_config_maps_are_the_apis_defaults():
     assert rbac.CHALLENGES_CONFIGMAP == nodeattestation.CHALLENGES_CONFIGMAP
+    assert rbac.RENEWALS_CONFIGMAP == nodeattestation.RENEWALS_CONFIGMAP
     assert rbac.DEFAULT_NAMESPACE == nodeattestation.TRUST_NAMESPACE
 
 
-def test_the_verifier_creates_and_rotates_only_the_challenges_config_map():
+def test_the_verifier_creates_and_updates_only_the_challenges_and_renewals_config_maps():
     objs = _by_kind_name()
     role = objs[("Role", "sod-verifier-challenges")]
     assert role["metadata"]["namespace"] == NS
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["configmaps"],
-         "resourceNames": ["sod-attestation-challenges"],
+         "resourceNames": ["sod-attestation-challenges", "sod-attestation-renewals"],
          "verbs": ["get", "list", "watch", "update"]},
     ]  # fmt: skip
     binding = objs[("RoleBinding", "sod-verifier-challenges")]
@@ -55,7 +56,7 @@ def test_the_agents_only_read_the_challenges_config_map_in_the_verifiers_namespa
                                     "namespace": NS}]  # fmt: skip
 
 
-def test_no_identity_may_patch_or_delete_config_maps_nor_read_any_but_the_challenges():
+def test_no_identity_may_patch_or_delete_config_maps_nor_read_any_but_the_published():
     for m in rbac.manifests(NS):
         for rule in m.get("rules") or []:
             if "configmaps" not in rule["resources"]:
@@ -63,7 +64,8 @@ def test_no_identity_may_patch_or_delete_config_maps_nor_read_any_but_the_challe
             assert m["kind"] == "Role", f"{m['metadata']['name']}: ConfigMaps cluster-wide"
             assert not {"patch", "delete", "deletecollection", "*"} & set(rule["verbs"]), rule
             if set(rule["verbs"]) - {"create"}:
-                assert rule["resourceNames"] == [rbac.CHALLENGES_CONFIGMAP], rule
+                published = {rbac.CHALLENGES_CONFIGMAP, rbac.RENEWALS_CONFIGMAP}
+                assert set(rule["resourceNames"]) <= published, rule
 
 
 def test_every_config_map_rule_says_why():
