@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -568,7 +569,10 @@ def _write_costs(result: Result, sample: dict[str, Any], rounds: int) -> None:
             (shape, _time_writes(cluster, pids, body, part, rounds, f"w{i}"))
             for i, (shape, (body, part)) in enumerate(write_shapes(sample).items())
         ]
-        timed.append((CONFIGMAP_SHAPE, _time_configmap_writes(cluster, pids, rounds)))
+        timed += [
+            (shape, _time_configmap_writes(cluster, pids, rounds, f"w-cm-{i}", data))
+            for i, (shape, data) in enumerate(configmap_shapes().items())
+        ]
         for i, (shape, (ms, size, managed)) in enumerate(timed):
             rows.append([shape, size, managed, f"{ms:.2f}"])
             result.figures.append(
@@ -595,11 +599,29 @@ def _write_costs(result: Result, sample: dict[str, Any], rounds: int) -> None:
         f"{WRITE_WATCHERS} watches, {rounds * WRITE_OBJECTS} PUTs, each the next list "
         f"`challenges.rotate` publishes at {ROUND_SECONDS:.0f} s rounds (nonces kept "
         f"{FRESHNESS_SECONDS} s); it is written once per round for the whole fleet, so per "
-        "quote it costs this divided by the nodes.",
+        "quote it costs this divided by the nodes. The renewals ConfigMap: the same, each PUT "
+        "renewing every node (a `RenewalList` of that many nodes); the verifier writes it "
+        "when a renewal is due, for every node at once, so per quote it costs this divided by "
+        "the nodes and by the rounds between two writes.",
     )
 
 
-CONFIGMAP_SHAPE = "challenges ConfigMap, update (the verifier's round: one write for the fleet)"
+RENEWAL_NODES = (8, 32, 1000)
+"""Fleet sizes whose renewals ConfigMap write is timed (the benched ones, and a larger one)."""
+
+
+def configmap_shapes() -> dict[str, RoundData]:
+    """The ConfigMaps the verifier writes for the whole fleet: shape -> its data per round."""
+    shapes = {
+        "challenges ConfigMap, update (the verifier's round: one write for the fleet)": (
+            challenges_data()
+        )
+    }
+    for n in RENEWAL_NODES:
+        shapes[f"renewals ConfigMap, update ({n} nodes renewed: one write for the fleet)"] = (
+            renewals_data(n)
+        )
+    return shapes
 
 
 def _time_writes(
@@ -647,43 +669,78 @@ def _sizes(obj: dict[str, Any]) -> tuple[int, int]:
     )
 
 
-def _time_configmap_writes(cluster: Any, pids: list[int], rounds: int) -> tuple[float, int, int]:
-    """(apiserver + etcd CPU ms per write, object bytes, managedFields bytes) of the challenges
-    ConfigMap's per-round update, the list at its steady length."""
-    from sod_operator.api.v1alpha1.nodeattestation import CHALLENGES_CONFIGMAP, ChallengeList
+RoundData = Callable[[datetime], dict[str, str]]
+"""A ConfigMap's data for a round starting at the given time."""
+
+
+def _time_configmap_writes(
+    cluster: Any, pids: list[int], rounds: int, name: str, data: RoundData
+) -> tuple[float, int, int]:
+    """(apiserver + etcd CPU ms per write, object bytes, managedFields bytes) of a ConfigMap
+    the verifier publishes, each update `data` for the next round's time."""
     from sod_testbed.kubeapi import resource_path
 
     from bench import testbed
 
     ns = "default"
     collection = resource_path("v1", "configmaps", ns)
-    path = resource_path("v1", "configmaps", ns, name=CHALLENGES_CONFIGMAP)
+    path = resource_path("v1", "configmaps", ns, name=name)
     api = cluster.api()
     watches = [testbed.ObjectWatch(cluster.kubeconfig, collection) for _ in range(WRITE_WATCHERS)]
-    keep, step = timedelta(seconds=FRESHNESS_SECONDS), timedelta(seconds=ROUND_SECONDS)
-    now = datetime.now(UTC)
-    current = ChallengeList()
-    for _ in range(FRESHNESS_SECONDS // int(ROUND_SECONDS) + 2):  # to the steady length
-        now += step
-        current = rotated(current, now, keep)
+    step, now = timedelta(seconds=ROUND_SECONDS), datetime.now(UTC)
+
+    def body(rv: str = "") -> dict[str, Any]:
+        meta = {"name": name, "namespace": ns, **({"resourceVersion": rv} if rv else {})}
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data(now)}
+
     try:
         for w in watches:
             w.start()
-        obj = api.create(collection, challenges_configmap(CHALLENGES_CONFIGMAP, ns, current))
+        obj = api.create(collection, body())
         cpu0 = sum(testbed.process_usage(p)[0] for p in pids)
         for _ in range(rounds * WRITE_OBJECTS):
             now += step
-            current = rotated(current, now, keep)
-            body = challenges_configmap(
-                CHALLENGES_CONFIGMAP, ns, current, obj["metadata"]["resourceVersion"]
-            )
-            obj = api.replace(path, body)
+            obj = api.replace(path, body(obj["metadata"]["resourceVersion"]))
         cpu1 = sum(testbed.process_usage(p)[0] for p in pids)
     finally:
         for w in watches:
             w.stop()
         api.delete(path)
     return (cpu1 - cpu0) * 1000 / (rounds * WRITE_OBJECTS), *_sizes(obj)
+
+
+def challenges_data() -> RoundData:
+    """The challenges ConfigMap's data round after round, the list at its steady length."""
+    from sod_operator.api.v1alpha1.nodeattestation import CHALLENGES_KEY, ChallengeList
+
+    keep, step = timedelta(seconds=FRESHNESS_SECONDS), timedelta(seconds=ROUND_SECONDS)
+    current, at = ChallengeList(), datetime.now(UTC) - keep - 2 * step
+    while at < datetime.now(UTC):  # to the steady length
+        at += step
+        current = rotated(current, at, keep)
+
+    def data(now: datetime) -> dict[str, str]:
+        nonlocal current
+        current = rotated(current, now, keep)
+        return {CHALLENGES_KEY: current.model_dump_json(by_alias=True)}
+
+    return data
+
+
+def renewals_data(nodes: int) -> RoundData:
+    """The renewals ConfigMap's data for `nodes` nodes, each renewed at every write."""
+    from sod_operator.api.v1alpha1.nodeattestation import RENEWALS_KEY, Renewal, RenewalList
+
+    contents = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(nodes)]
+
+    def data(now: datetime) -> dict[str, str]:
+        renewals = {
+            f"node-{i:05d}": Renewal(evidence_time=now, content_sha256=c)
+            for i, c in enumerate(contents)
+        }
+        return {RENEWALS_KEY: RenewalList(renewals=renewals).model_dump_json(by_alias=True)}
+
+    return data
 
 
 def _rewrite(
@@ -727,6 +784,7 @@ a longer wait only adds the control plane's own background to the round's CPU wi
 POLL = 0.005
 WARMUP_ROUNDS = 3
 EVIDENCE_METRIC = "sod_attestation_evidence_total"
+RENEWALS_DUE_METRIC = "sod_attestation_renewals_due"
 
 
 class Nonces:
@@ -814,19 +872,43 @@ def evidence_delta(before: dict[str, float], after: dict[str, float]) -> dict[st
     return {k: v - before.get(k, 0.0) for k, v in sorted(after.items()) if v > before.get(k, 0.0)}
 
 
+def renewals_due(metrics: str) -> bool:
+    """The verifier's `sod_attestation_renewals_due`: a due renewal not yet written."""
+    for line in metrics.splitlines():
+        if line.startswith(RENEWALS_DUE_METRIC + " "):
+            return float(line.split()[1]) > 0
+    return False
+
+
 class EvidenceCounter:
-    """The verifier's evidence counter, read from its metrics endpoint on loopback."""
+    """The verifier's evidence counter and whether a renewal write is pending, read from its
+    metrics endpoint on loopback."""
 
     def __init__(self, port: int) -> None:
-        query = urllib.parse.urlencode({"name[]": EVIDENCE_METRIC})
+        query = urllib.parse.urlencode(
+            [("name[]", EVIDENCE_METRIC), ("name[]", RENEWALS_DUE_METRIC)]
+        )
         self.url = f"http://127.0.0.1:{port}/metrics?{query}"
         self.reads = 0
+        self.due = False
+        """Whether the last read found a renewal write pending."""
 
     def read(self) -> dict[str, float]:
         with urllib.request.urlopen(self.url, timeout=10) as resp:
             text = resp.read().decode()
         self.reads += 1
+        self.due = renewals_due(text)
         return evidence_counts(text)
+
+    def wait_renewed(self, timeout: float) -> None:
+        """Until no renewal write is pending: the round's renewals (if due) are written, so the
+        round's CPU window holds them."""
+        deadline = time.monotonic() + timeout
+        while self.due:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the verifier's renewals were not written in {timeout} s")
+            time.sleep(POLL)
+            self.read()
 
     def wait_for(self, total: float, timeout: float) -> tuple[float, dict[str, float]]:
         """(perf_counter when the sum over reasons was first seen >= `total`, the counts)."""
@@ -989,6 +1071,7 @@ def _paused_round(bed: _Bed, slot: float, requests: dict[str, float]) -> tuple[f
         finally:
             os.kill(bed.pids.verifier, signal.SIGCONT)
         t1, e1 = bed.counter.wait_for(sum(e0.values()) + bed.agents, 60)
+        bed.counter.wait_renewed(30)
         u3 = bed.pids.usage()
         polls = bed.counter.reads - polls
     finally:
@@ -1013,6 +1096,7 @@ def _whole_round(bed: _Bed, slot: float, requests: dict[str, float]) -> tuple[fl
     bed.watch.wait(lambda w: bed.answered(nonce), 30, "every agent to answer")
     polls = bed.counter.reads
     t1, e1 = bed.counter.wait_for(sum(e0.values()) + bed.agents, 60)
+    bed.counter.wait_renewed(30)
     u1 = bed.pids.usage()
     polls = bed.counter.reads - polls
     _add_requests(requests, r0, _request_counts(bed.api))
@@ -1250,10 +1334,12 @@ def _where_table(result: Result, agents: int, run_: Throughput) -> None:
         rows,
         note="Requests: the apiserver's `apiserver_request_total` (watches excluded) from "
         f"{SCRAPE_LEAD} s before each measured round's nonce until the verifier had counted "
-        "every answer, both modes, divided by the quotes verified: the challenges ConfigMap "
-        "write (`PUT configmaps`, the bench's, one per round), the agents' answers (`PUT "
-        "nodeattestations`), the verifier's status writes (verdict changes and expiry "
-        "renewals) and the rest of the sandbox meanwhile (Leases, Nodes). Sizes: one "
+        "every answer and written any renewal due, both modes, divided by the quotes "
+        "verified: the ConfigMap writes (`PUT configmaps`: the bench's challenges, one per "
+        "round, and the verifier's renewals, one per round in which some renewal was due), "
+        "the agents' answers (`PUT nodeattestations`), the verifier's status writes (verdict "
+        "changes, and expiry renewals only if the renewals ConfigMap could not be written) "
+        "and the rest of the sandbox meanwhile (Leases, Nodes). Sizes: one "
         "NodeAttestation after the last round; every write re-encodes, validates and stores "
         "the whole object and computes its managedFields.",
     )
@@ -1342,9 +1428,11 @@ never issues a nonce itself: the bench issues every round's nonce, with the veri
 `freshnessSeconds`) and the verifier's write (the challenges ConfigMap in its namespace,
 created, then replaced with its resourceVersion as precondition), through the bed's admin
 client instead of the verifier's: same write, same code, another client. Rounds start on a
-fixed grid of {round:.0f} s, the verifier's default interval, so its expiry renewals (a status
-write by the first round once half of a verdict's lifetime is spent) fall into the rounds as
-often as in a cluster. After every node is verified for `{arch}` and {warmup}
+fixed grid of {round:.0f} s, the verifier's default interval, so its expiry renewals (one write
+of the renewals ConfigMap for every node, by the first round once half of a verdict's
+lifetime is spent, as soon as that round's answers are all judged) fall into the rounds as
+often as in a cluster; each round's window lasts until that write is done (the verifier's
+`sod_attestation_renewals_due` is back to 0). After every node is verified for `{arch}` and {warmup}
 unmeasured rounds, {bursts} rounds of each mode follow, the paused ones first. The verifier's
 counter `sod_attestation_evidence_total` (summed over reasons; read from its metrics endpoint
 on loopback every {poll:.0f} ms) says when it has consumed the round's N answers; every counted
@@ -1352,10 +1440,11 @@ answer of a round must have verified, and no node may lose its verdict, or the r
 
 *Paused (`verifier_throughput`, the headline).* The agents are held (SIGSTOP) {lead} s before
 the nonce; the bench writes it; the verifier runs {settle} s more (it learns the new list, as
-it knows a list it writes itself, and does any renewal due at the round's start), then is held
+it knows a list it writes itself), then is held
 (SIGSTOP); the agents are released until every one's spec quote answers the new nonce (a
 watch on NodeAttestations), then held again; the verifier is released (SIGCONT) and drains:
-nodes/s = N / the time from its release until its counter reached N more. As their nodes would
+nodes/s = N / the time from its release until its counter reached N more (the renewals write,
+when due, follows; it is in the CPU window, not in the rate). As their nodes would
 be other machines, the agents are held while the verifier works, so the verifier,
 kube-apiserver and etcd share the two cores. CPU per verified quote (each process's CPU time
 from /proc, in {tick:.0f} ms ticks: one burst's figure is coarse, all bursts' together less
@@ -1368,8 +1457,8 @@ held the verifier's per-node status writes (with the next nonce) but not the ans
 verifier's counter reached N more (the agents see the nonce, quote on their swtpms and write
 their answers; the verifier consumes them), on the same two cores; the counter is polled only
 once the bench's watch has seen every answer (each read costs the verifier CPU). Its API CPU
-per quote (from {lead} s before the write) holds the ConfigMap write, the agents' N answers
-and any renewals: one round's whole cost to the API server.
+per quote (from {lead} s before the write) holds the nonce write, the agents' N answers and
+any renewals write: one round's whole cost to the API server.
 
 The CPU per quote reported with each rate is all bursts' CPU over all their quotes (renewals
 fall in some rounds only); the per-burst figures follow it. The ceiling of two cores can be

@@ -119,6 +119,12 @@ def enrolled_fingerprint(obj: Obj) -> str | None:
     return None
 
 
+def _nonce(obj: Obj) -> object:
+    """The nonce a NodeAttestation's quote answers (None: no quote), read from the raw dict."""
+    tpm = (obj.get("spec") or {}).get("tpm") or {}
+    return (tpm.get("quote") or {}).get("nonce")
+
+
 @dataclass
 class Caches:
     attestations: dict[str, Obj] = field(default_factory=dict)
@@ -203,6 +209,8 @@ class Verifier:
         self.caches = Caches()
         self.queue: WorkQueue[str] = WorkQueue(RateLimiter(self.config.retry))
         self.renewal_batch = RenewalBatch(self.config.renewal_batch)
+        self._wake = threading.Event()
+        """Wakes the housekeeping thread early: stopping, or a round's due renewals are in."""
         self._judged: dict[str, dict[str, object]] = {}
         """Node → the verdicts of its latest step (raw), written or not: the evidence-age
         gauges report what the verifier judged, not the last renewal it wrote."""
@@ -256,6 +264,7 @@ class Verifier:
         if self.notifier is not None:
             self.notifier.stop()
         self.queue.shutdown()
+        self._wake.set()
         self.io.client.close_watches()
 
     def lead(self) -> None:
@@ -401,7 +410,11 @@ class Verifier:
         """The leader's nonce rotation, the CA bundle's reload check and the periodic resync
         (every node enqueued)."""
         last_resync = last_bundle = time.monotonic()
-        while not self.stop_event.wait(min(self._rotate_if_due(), self._publish_renewals())):
+        while True:
+            self._wake.wait(min(self._rotate_if_due(), self._publish_renewals()))
+            self._wake.clear()
+            if self.stop_event.is_set():
+                return
             now = time.monotonic()
             if now - last_bundle >= self.config.bundle_check_seconds:
                 last_bundle = now
@@ -442,12 +455,22 @@ class Verifier:
     def _refresh(self, which: str) -> None:
         self._store_configmap(which, self.io.get_configmap(which) or {})
 
+    def _round_in(self) -> bool:
+        """Every node's evidence answers the newest nonce and nothing waits to be judged: no
+        renewal of this round is still to come."""
+        if not self.queue.idle():
+            return False
+        with self.caches.lock:
+            newest = self.caches.challenges.newest
+            objs = list(self.caches.attestations.values())
+        return newest is not None and all(_nonce(o) == newest.nonce for o in objs)
+
     def _publish_renewals(self) -> float:
         """Write the fleet's renewals when the batch says so (leader only); seconds until the
         next check."""
         tick = min(self.config.bundle_check_seconds, 1.0)
         batch = self.renewal_batch
-        wait = batch.wait(self.queue.idle(), time.monotonic())
+        wait = batch.wait(self._round_in(), time.monotonic())
         if wait is None or wait > 0 or not self.synced() or not self.leading.is_set():
             return tick if wait is None else max(0.02, min(tick, wait))
         with self.caches.lock:
@@ -502,7 +525,6 @@ class Verifier:
         it comes back at its next deadline; on failure it comes back after its back-off."""
         try:
             delay = self.reconcile(key)
-            self.renewal_batch.activity(time.monotonic())
         except NotLeading:
             self.queue.done(key)  # the next leader judges it (this replica too, once it leads)
             return
@@ -516,6 +538,8 @@ class Verifier:
         self.queue.done(key)
         if delay is not None:
             self.queue.add_after(key, delay)
+        if self.renewal_batch.due and self.queue.idle():
+            self._wake.set()  # perhaps the round's last answer: write its renewals now
 
     def policies(self) -> dict[str, AttestationPolicy | None]:
         """Every profile's attestation policy, parsed once per profile resourceVersion."""

@@ -7,8 +7,9 @@ when to write them all at once (`RenewalList`, read by the operator):
 
 * only when some renewal is due: a renewal that is not due moves nothing anyone waits for,
   it rides along with the next write;
-* once the work queue has been idle for `settle` seconds (the round's answers are in), or
-  `window` seconds after the first due renewal if answers keep arriving;
+* once the round is in (every node's evidence answers the newest nonce and the work queue
+  is idle), or `window` seconds after the first due renewal when some node has not answered
+  (silent, slow or broken);
 * at most once per `window`: a fleet answering over several seconds costs a write per window,
   not one per node.
 
@@ -28,8 +29,6 @@ from sod_operator.api.v1alpha1.nodeattestation import Renewal, RenewalList
 class BatchSettings:
     window: float = 2.0
     """At most one write per this many seconds; a due renewal waits at most this long."""
-    settle: float = 0.2
-    """A due renewal is written once the queue has been idle this long."""
 
 
 class RenewalBatch:
@@ -40,12 +39,10 @@ class RenewalBatch:
         self._due: set[str] = set()
         self._due_since: float | None = None
         self._last_write = float("-inf")
-        self._last_activity = float("-inf")
 
     def offer(self, node: str, renewal: Renewal, due: bool, now: float) -> None:
         """A worker judged `node`: keep its renewal if newer; note whether it is due."""
         with self._lock:
-            self._last_activity = now
             held = self._pending.get(node)
             if held is None or renewal.evidence_time >= held.evidence_time:
                 self._pending[node] = renewal
@@ -54,18 +51,14 @@ class RenewalBatch:
                 if self._due_since is None:
                     self._due_since = now
 
-    def activity(self, now: float) -> None:
-        """A worker finished a reconcile (answers are still arriving)."""
-        with self._lock:
-            self._last_activity = now
-
     @property
     def due(self) -> bool:
         with self._lock:
             return bool(self._due)
 
-    def wait(self, idle: bool, now: float) -> float | None:
-        """Seconds until a write is due (0: now); None when nothing is due."""
+    def wait(self, round_in: bool, now: float) -> float | None:
+        """Seconds until a write is due (0: now; `round_in`: the round's answers are all
+        judged); None when nothing is due."""
         s = self.settings
         with self._lock:
             if self._due_since is None:
@@ -73,11 +66,9 @@ class RenewalBatch:
             spaced = self._last_write + s.window - now
             if spaced > 0:
                 return spaced
-            settled = self._last_activity + s.settle - now
-            if idle and settled <= 0:
+            if round_in:
                 return 0.0
-            overdue = self._due_since + s.window - now
-            return max(0.0, min(overdue, settled if idle else s.settle))
+            return max(0.0, self._due_since + s.window - now)
 
     def merged(self, published: RenewalList, nodes: Collection[str]) -> RenewalList:
         """What to write: the published renewals with the newer pending ones, only for

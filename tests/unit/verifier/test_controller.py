@@ -376,7 +376,7 @@ def test_a_round_saying_nothing_new_is_renewed_in_the_fleet_configmap_not_the_st
 ) -> None:
     first, later = step("good"), step("good2")  # good2: a new quote, the same claims and PCRs
     v, io = _verifier(tmp_path, first.now)
-    v.renewal_batch = RenewalBatch(BatchSettings(window=0.0, settle=0.0))
+    v.renewal_batch = RenewalBatch(BatchSettings(window=0.0))
     v.synced = lambda: True  # type: ignore[method-assign]
     v._on_profile("ADDED", _profile("tpm"))
     v._on_node("ADDED", {"metadata": {"name": "node-1", "uid": "n-1", "labels": {}}})
@@ -409,7 +409,7 @@ def test_a_round_saying_nothing_new_is_renewed_in_the_fleet_configmap_not_the_st
 def test_renewals_that_cannot_be_published_fall_back_to_a_status_write(tmp_path: Path) -> None:
     first, later = step("good"), step("good2")
     v, io = _verifier(tmp_path, first.now)
-    v.renewal_batch = RenewalBatch(BatchSettings(window=0.0, settle=0.0))
+    v.renewal_batch = RenewalBatch(BatchSettings(window=0.0))
     v.synced = lambda: True  # type: ignore[method-assign]
     v._on_profile("ADDED", _profile("tpm"))
     v._on_node("ADDED", {"metadata": {"name": "node-1", "uid": "n-1", "labels": {}}})

@@ -16,30 +16,29 @@ def _renewal(seconds: int, content: str = "a") -> Renewal:
 
 
 def test_nothing_is_written_until_a_renewal_is_due() -> None:
-    batch = RenewalBatch(BatchSettings(window=2.0, settle=0.25))
+    batch = RenewalBatch(BatchSettings(window=2.0))
     batch.offer("n1", _renewal(10), due=False, now=100.0)
-    assert batch.wait(idle=True, now=200.0) is None
+    assert batch.wait(round_in=True, now=200.0) is None
     batch.offer("n2", _renewal(10), due=True, now=200.0)
-    assert batch.wait(idle=True, now=200.125) == 0.125  # the queue settles first
-    assert batch.wait(idle=True, now=200.25) == 0.0
+    assert batch.wait(round_in=True, now=200.0) == 0.0
     assert set(batch.merged(RenewalList(), {"n1", "n2"}).renewals) == {"n1", "n2"}
 
 
-def test_a_busy_queue_delays_the_write_at_most_one_window() -> None:
-    batch = RenewalBatch(BatchSettings(window=2.0, settle=0.25))
+def test_a_round_not_in_delays_the_write_at_most_one_window() -> None:
+    batch = RenewalBatch(BatchSettings(window=2.0))
     batch.offer("n1", _renewal(10), due=True, now=100.0)
-    assert batch.wait(idle=False, now=101.0) == 0.25
-    assert batch.wait(idle=False, now=102.0) == 0.0
+    assert batch.wait(round_in=False, now=101.5) == 0.5
+    assert batch.wait(round_in=False, now=102.0) == 0.0
 
 
 def test_writes_are_at_least_a_window_apart() -> None:
-    batch = RenewalBatch(BatchSettings(window=2.0, settle=0.0))
+    batch = RenewalBatch(BatchSettings(window=2.0))
     batch.offer("n1", _renewal(10), due=True, now=100.0)
     wrote = batch.merged(RenewalList(), {"n1", "n2"})
     batch.written(wrote, now=100.0)
     assert not batch.due
     batch.offer("n2", _renewal(11), due=True, now=100.5)
-    assert batch.wait(idle=True, now=100.5) == 1.5
+    assert batch.wait(round_in=True, now=100.5) == 1.5
 
 
 def test_a_write_keeps_newer_renewals_drops_deleted_nodes_and_keeps_later_offers() -> None:
@@ -60,4 +59,4 @@ def test_a_forgotten_node_is_no_longer_due() -> None:
     batch.offer("n1", _renewal(10), due=True, now=1.0)
     batch.forget("n1")
     assert not batch.due
-    assert batch.wait(idle=True, now=100.0) is None
+    assert batch.wait(round_in=True, now=100.0) is None
