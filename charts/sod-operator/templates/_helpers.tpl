@@ -158,6 +158,14 @@ which the node-agents read (the suffix is CHALLENGES_SUFFIX of sod_operator.api.
 {{- printf "%s-attestation-challenges" (include "sod-operator.fullname" .) -}}
 {{- end -}}
 
+{{/*
+The ConfigMap, in the release namespace, in which the verifier renews the fleet's verdict expiries
+and which the operator reads (the suffix is RENEWALS_SUFFIX of sod_operator.api.v1alpha1.nodeattestation).
+*/}}
+{{- define "sod-operator.renewalsConfigMap" -}}
+{{- printf "%s-attestation-renewals" (include "sod-operator.fullname" .) -}}
+{{- end -}}
+
 {{/* The metrics Service of a component (a DNS-1035 label: at most 63 characters). */}}
 {{- define "sod-operator.metricsServiceName" -}}
 {{- printf "%s-metrics" (include "sod-operator.componentName" .) | trunc 63 | trimSuffix "-" -}}
