@@ -46,6 +46,7 @@ from typing import Any
 
 from cryptography import x509
 from sod_operator.api.constants import API_VERSION
+from sod_operator.api.v1alpha1.nodeattestation import RENEWALS_CONFIGMAP
 from sod_operator.attestation import platform
 from sod_operator.attestation.eventlog import image_path
 from sod_operator.verifier import rbac
@@ -92,6 +93,9 @@ class TrustConfig:
     """The verifier's namespace: its Lease and the ConfigMap of its published nonces."""
     challenges: str = rbac.CHALLENGES_CONFIGMAP
     """That ConfigMap's name (`--challenges` of the verifier and of every agent)."""
+    renewals: str = RENEWALS_CONFIGMAP
+    """The ConfigMap (in `namespace`) of the verifier's fleet renewals of verdict expiries,
+    which the operator reads (`operator_args`)."""
     verifier_resync: float = 30.0
     ready_max_age: int = 120
     verifier_replicas: int = 1
@@ -100,6 +104,10 @@ class TrustConfig:
     lease_seconds: float = 15.0
     renew_seconds: float = 10.0
     retry_seconds: float = 2.0
+
+    def operator_args(self) -> list[str]:
+        """`sod-operator`'s flags naming this bed's renewals ConfigMap (the verifier's)."""
+        return [f"--renewals-namespace={self.namespace}", f"--renewals-configmap={self.renewals}"]
 
 
 _PLURALS = {

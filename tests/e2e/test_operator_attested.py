@@ -106,7 +106,9 @@ def test_evidence_of_a_violation_moves_the_vm_through_real_attestation(
 ):
     wait_for(lambda: verified_on(kube_api), lambda s: s == {"hyperwall-1", "hyperwall-2"},
              "the verifier to verify the two HyperWall nodes", 60)  # fmt: skip
-    op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log").start()
+    op = OperatorProcess(
+        kubeconfig, namespace, tmp_path / "operator.log", *bed.config.operator_args()
+    ).start()
     try:
         kube.create("securevms", securevm("vm-b", VM_B), api_version=SOD)
 
@@ -182,7 +184,9 @@ def test_without_any_verifier_expired_verdicts_void_the_labels_and_fail_closed_a
     SecureVM says TrustExpired and its fail-closed deadline (Stop) halts it."""
     wait_for(lambda: verified_on(kube_api), lambda s: s == {"hyperwall-1", "hyperwall-2"},
              "the verifier to verify the two HyperWall nodes", 60)  # fmt: skip
-    op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log").start()
+    op = OperatorProcess(
+        kubeconfig, namespace, tmp_path / "operator.log", *bed.config.operator_args()
+    ).start()
     fail_closed = {"failClosed": {"action": "Stop", "deadlineSeconds": 5}}
     try:
         kube.create("securevms", securevm("vm-x", VM_B, relocation=fail_closed), api_version=SOD)
