@@ -199,3 +199,7 @@ def test_only_a_change_of_validity_wakes_securevms():
     lapsed = {"hyperwall": s.now - timedelta(seconds=1)}
     assert w.apply_attestation("hw-1", lapsed, s.now) == {(NS, "vm")}
     assert w.apply_attestation("hw-1", renewed, s.now) == {(NS, "vm")}  # valid again
+    # A renewal withdrawn: still valid, but the VM planned to wake at the later expiry.
+    assert w.apply_attestation("hw-1", {"hyperwall": s.now + timedelta(seconds=FRESH)}, s.now) == {
+        (NS, "vm")
+    }
