@@ -726,6 +726,8 @@ def test_operator_args_parse_with_sod_operator(helm: Helm, values: Path | None):
         if container["command"] != ["sod-operator"]:
             continue
         parsed = _parser().parse_args(container["args"])
+        assert parsed.renewals_namespace == dep["metadata"]["namespace"]
+        assert parsed.renewals_configmap.endswith(RENEWALS_SUFFIX)
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert parsed.liveness_port == ports["health"]
         assert parsed.metrics_port == ports.get("metrics", 0)
