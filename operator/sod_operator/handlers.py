@@ -9,6 +9,9 @@ Per watched kind two handlers:
 * an **event** handler (called only once all kinds are listed) releases the planner and handles
   deletions (kopf does not call index handlers for them).
 
+One input is not a kopf watch: the verifier's fleet renewals ConfigMap (`adapters.renewals`,
+started at start-up), which the planner also waits for before it acts.
+
 kopf 1.45 has no time-based batching any more (`settings.batching.batch_window` is deprecated
 and ignored): each watch event reaches a per-object worker at once, which is what the
 reaction-time target needs. Batching across objects happens in the controller instead
@@ -24,7 +27,12 @@ from typing import Any
 import kopf
 
 from sod_operator.adapters.controller import Controller, Kind
-from sod_operator.adapters.runtime import build_controller, configure_kopf, connection_info
+from sod_operator.adapters.runtime import (
+    build_controller,
+    configure_kopf,
+    connection_info,
+    watch_renewals,
+)
 
 KUBEVIRT = ("kubevirt.io", "v1")
 SOD = ("sod.dev", "v1alpha1")
@@ -40,12 +48,15 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_kopf(settings)
     memo.controller = build_controller(memo.options)
+    # Not a kopf handler: kopf would watch every ConfigMap in the cluster (adapters.renewals).
+    memo.renewals = watch_renewals(memo.options, memo.controller)
     memo.loop_task = asyncio.get_running_loop().create_task(memo.controller.run())
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     memo.loop_task.cancel()
+    memo.renewals.stop()
     await memo.controller.stop()
     # kopf waits for a threading.Event stop-flag in an executor thread; on SIGTERM it stops
     # without the flag, and that thread kept the process from exiting (20 s until SIGKILL, seen

@@ -3,6 +3,7 @@
     sod-operator [--kubeconfig FILE] [--namespace NS ...] [--metrics-port 8080]
                  [--liveness-port 8081] [--bind-address 127.0.0.1]
                  [--lease-namespace NS --lease-name NAME --identity ID | --no-leader-election]
+                 [--renewals-namespace NS --renewals-configmap NAME]
                  [relocation tunables, see --help]
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 when leadership was lost (the
@@ -81,6 +82,19 @@ def _parser() -> argparse.ArgumentParser:
     from sod_operator.kube.leader import add_lease_args  # here: --help needs no client
 
     add_lease_args(p, name="sod-operator", namespace="default")
+    from sod_operator.api.v1alpha1.nodeattestation import RENEWALS_CONFIGMAP, TRUST_NAMESPACE
+
+    t = p.add_argument_group("attestation (the verifier's fleet renewals of verdict expiries)")
+    t.add_argument(
+        "--renewals-namespace",
+        default=TRUST_NAMESPACE,
+        help="the verifier's namespace, where it publishes the renewals ConfigMap",
+    )
+    t.add_argument(
+        "--renewals-configmap",
+        default=RENEWALS_CONFIGMAP,
+        help="the renewals ConfigMap's name (the verifier's --renewals)",
+    )
     r = p.add_argument_group("relocation")
     r.add_argument("--max-migrations-per-cluster", type=int, default=d.max_migrations_per_cluster)
     r.add_argument("--max-outbound-per-node", type=int, default=d.max_outbound_per_node)
@@ -127,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_port=args.metrics_port,
         bind_address=args.bind_address,
         chunk=args.chunk,
+        renewals_namespace=args.renewals_namespace,
+        renewals_configmap=args.renewals_configmap,
     )
     log = logging.getLogger("sod.main")
     stop_flag = threading.Event()

@@ -148,6 +148,28 @@ LEADER_ELECTION_ROLE = ChartRole(
     ),
 )
 
+RENEWALS_ROLE = ChartRole(
+    "operator-role-renewals.yaml",
+    ".Values.rbac.create",
+    "operator",
+    why=(
+        "The verifier renews the fleet's verdict expiries in one ConfigMap in its own namespace "
+        "(<fullname>-attestation-renewals); the operator reads it to know when a verified "
+        "profile expires. Namespaced, read only, and only that ConfigMap: kopf is not used for "
+        "it (it would watch every ConfigMap in the cluster)."
+    ),
+    source=__name__,
+    binding=Binding("operator-rolebinding-renewals.yaml"),
+    suffix="-renewals",
+    namespaced=True,
+    rules=(
+        Rule(("",), ("configmaps",), READ, resource_names=("@@renewals@@",), why=(
+            "Watch the renewals ConfigMap; list and watch are authorised by name too: the "
+            "operator sends a metadata.name field selector, which RBAC matches against "
+            "resourceNames.")),
+    ),
+)  # fmt: skip
+
 USER_ROLES = (
     ChartRole(
         "user-clusterrole-catalog-reader.yaml",
@@ -271,6 +293,7 @@ CHART_ROLES = (
     _challenges_role(rbac.AGENT_CHALLENGES_ROLE, "nodeagent"),
     OPERATOR_ROLE,
     LEADER_ELECTION_ROLE,
+    RENEWALS_ROLE,
     *USER_ROLES,
 )
 

@@ -66,7 +66,7 @@ from sod_testbed.processes import tail_file
 from sod_testbed.qemu.backend import read_records
 from sod_testbed.qemu.image import GuestImageError, build_guest
 from sod_testbed.qemu.vm import QEMU
-from sod_testbed.trust import VIOLATIONS_COUNTER, TrustBed
+from sod_testbed.trust import VIOLATIONS_COUNTER, TrustBed, TrustConfig
 from sod_testbed.trust import attach as attach_trust
 
 Json = dict[str, Any]
@@ -528,6 +528,8 @@ def ensure_operator(cluster: LocalCluster, timeout: float) -> OperatorInfo:
         # A fixed identity retakes its own Lease at once after a restart.
         "--identity=sod-operator-sandbox",
         "--lease-namespace=sod-system",
+        # The renewals ConfigMap of the verifier `sodctl sandbox up` runs (its defaults).
+        *TrustConfig().operator_args(),
     ]
     proc = cluster.run_process(OPERATOR, argv, env={"PYTHONUNBUFFERED": "1"})
     info_path.parent.mkdir(parents=True, exist_ok=True)

@@ -104,6 +104,10 @@ class TrustConfig:
     renew_seconds: float = 10.0
     retry_seconds: float = 2.0
 
+    def operator_args(self) -> list[str]:
+        """`sod-operator`'s flags naming this bed's renewals ConfigMap (the verifier's)."""
+        return [f"--renewals-namespace={self.namespace}", f"--renewals-configmap={self.renewals}"]
+
 
 _PLURALS = {
     "Namespace": ("v1", "namespaces", False),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sod_operator.api.v1alpha1.nodeattestation import RENEWALS_SUFFIX
 
 from tests.chart.helmcli import (
     CHART,
@@ -29,6 +30,7 @@ from tests.chart.helmcli import (
 NAMESPACE = "sod-system"
 # The ConfigMap of the verifier's published nonces, as the chart names it for release `sod`.
 CHALLENGES = "sod-sod-operator-attestation-challenges"
+# The ConfigMap of the verifier's fleet renewals of verdict expiries, which the operator reads.
 RENEWALS = "sod-sod-operator-attestation-renewals"
 NAMESPACED_KINDS = {
     "ServiceAccount", "Role", "RoleBinding", "Deployment", "DaemonSet", "Service",
@@ -281,7 +283,10 @@ def test_single_operator_without_leader_election_is_recreated_not_overlapped(hel
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--no-leader-election" in args
     assert "--metrics-port=0" in args, "metrics.enabled=false"
-    assert not by_kind(objs, "Role"), "no leader election, no Lease role"
+    # No leader election, no Lease role. The operator still reads the renewals (none without a
+    # verifier: status expiries alone count); without the Role it would never start planning.
+    roles = [o["metadata"]["name"] for o in by_kind(objs, "Role")]
+    assert roles == ["sod-sod-operator-operator-renewals"]
     assert not by_kind(objs, "PodDisruptionBudget")
 
 
@@ -469,7 +474,8 @@ def test_leader_election_is_confined_to_one_lease_each_in_the_release_namespace(
 def test_published_nonces_are_the_only_config_map_the_verifier_and_agents_may_touch(helm: Helm):
     """The verifier may create ConfigMaps in its namespace (RBAC cannot confine a create by name)
     but read and update only the challenges and renewals ConfigMaps, and delete none; the
-    node-agents may only read the challenges. No ClusterRole grants ConfigMaps."""
+    node-agents may only read the challenges. No ClusterRole grants ConfigMaps, and no other
+    Role of the chart does but the operator's read of the renewals (below)."""
     objs = render(helm, None)
     roles = {o.name: o.obj for o in objs if o.kind == "Role"}
     verifier = roles["sod-sod-operator-verifier-challenges"]
@@ -499,7 +505,35 @@ def test_published_nonces_are_the_only_config_map_the_verifier_and_agents_may_to
         granting = set(rules_granting(objs, "", "configmaps", verb))
         assert granting <= {
             "sod-sod-operator-verifier-challenges", "sod-sod-operator-node-agent-challenges",
+            "sod-sod-operator-operator-renewals",
         }, (verb, granting)  # fmt: skip
+
+
+def test_the_operator_reads_only_the_renewals_config_map_it_is_told_to(helm: Helm):
+    """The operator reads the verifier's renewals ConfigMap, by name, in the release namespace,
+    and nothing else of ConfigMaps; its Deployment names that one."""
+    objs = render(helm, None)
+    role = {o.name: o.obj for o in objs if o.kind == "Role"}["sod-sod-operator-operator-renewals"]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [RENEWALS],
+         "verbs": ["get", "list", "watch"]},
+    ]  # fmt: skip
+    binding = {o.name: o.obj for o in objs if o.kind == "RoleBinding"}[
+        "sod-sod-operator-operator-renewals"
+    ]
+    assert binding["roleRef"]["name"] == "sod-sod-operator-operator-renewals"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "sod-sod-operator-operator", "namespace": NAMESPACE}
+    ]
+    for verb in ("create", "update", "patch", "delete"):
+        assert "sod-sod-operator-operator-renewals" not in rules_granting(
+            objs, "", "configmaps", verb
+        )
+    (container,) = _deployment(objs, "-operator")["spec"]["template"]["spec"]["containers"]
+    assert f"--renewals-namespace={NAMESPACE}" in container["args"]
+    assert f"--renewals-configmap={RENEWALS}" in container["args"]
+    assert RENEWALS.removeprefix("sod-sod-operator") == RENEWALS_SUFFIX
 
 
 def test_tenant_roles_aggregate_securevms_and_never_grant_node_attestations(helm: Helm):
@@ -694,6 +728,8 @@ def test_operator_args_parse_with_sod_operator(helm: Helm, values: Path | None):
         if container["command"] != ["sod-operator"]:
             continue
         parsed = _parser().parse_args(container["args"])
+        assert parsed.renewals_namespace == dep["metadata"]["namespace"]
+        assert parsed.renewals_configmap.endswith(RENEWALS_SUFFIX)
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert parsed.liveness_port == ports["health"]
         assert parsed.metrics_port == ports.get("metrics", 0)

@@ -5,7 +5,10 @@ Covers: the verifier labels the HyperWall nodes, the operator places VM-B on one
 node's runtime evidence reports memory violations (HyperWall's trust evidence in the paper) →
 the verifier revokes the label → the operator live-migrates VM-B to the other verified node;
 the broken node heals and is verified again. Prints the reaction time (evidence broken →
-migration created). Not covered: the verifier's own rejection reasons (test_trust.py).
+migration created). With every verifier stopped, expired verdicts void the labels and the
+fail-closed deadline applies, at the expiry moved by the fleet renewal published in the
+renewals ConfigMap (which the operator watches). Not covered: the verifier's own rejection
+reasons (test_trust.py).
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from sod_operator.api.constants import profile_label
+from sod_operator.api.v1alpha1.nodeattestation import RENEWALS_KEY, Renewal, RenewalList
 from sod_operator.verifier import rbac
 from sod_testbed.cluster import LocalCluster
 from sod_testbed.kubeapi import KubeApi, resource_path
@@ -106,7 +111,9 @@ def test_evidence_of_a_violation_moves_the_vm_through_real_attestation(
 ):
     wait_for(lambda: verified_on(kube_api), lambda s: s == {"hyperwall-1", "hyperwall-2"},
              "the verifier to verify the two HyperWall nodes", 60)  # fmt: skip
-    op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log").start()
+    op = OperatorProcess(
+        kubeconfig, namespace, tmp_path / "operator.log", *bed.config.operator_args()
+    ).start()
     try:
         kube.create("securevms", securevm("vm-b", VM_B), api_version=SOD)
 
@@ -168,6 +175,36 @@ def _verdict_expiries(api: KubeApi, node: str) -> list[str]:
     return [v.get("expiryTime") for v in (natt.get("status") or {}).get("verdicts") or []]
 
 
+RENEWED = timedelta(seconds=5)
+
+
+def _renew(api: KubeApi, config: TrustConfig, nodes: tuple[str, ...]) -> dict[str, str]:
+    """Publish a fleet renewal of each node's recorded evidence, RENEWED later than its verdict's
+    (as the verifier does for evidence saying the same); node → the expiry it implies, as the
+    operator's message writes it."""
+    renewals, expiries = {}, {}
+    for node in nodes:
+        status = api.get(resource_path(SOD, "nodeattestations", name=node))["status"]
+        (verdict,) = [v for v in status["verdicts"] if v["profile"] == PROFILE]
+        evidence = _time(verdict["evidenceTime"]) + RENEWED
+        renewals[node] = Renewal(
+            evidence_time=evidence, content_sha256=status["evidence"]["contentSha256"]
+        )
+        expiries[node] = (_time(verdict["expiryTime"]) + RENEWED).isoformat()
+    body = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": config.renewals, "namespace": config.namespace},
+        "data": {RENEWALS_KEY: RenewalList(renewals=renewals).model_dump_json(by_alias=True)},
+    }  # fmt: skip
+    path = resource_path("v1", "configmaps", config.namespace, config.renewals)
+    api.apply(path, body, "e2e")
+    return expiries
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 def test_without_any_verifier_expired_verdicts_void_the_labels_and_fail_closed_applies(
     bed: TrustBed,
     sandbox: LocalCluster,
@@ -179,10 +216,14 @@ def test_without_any_verifier_expired_verdicts_void_the_labels_and_fail_closed_a
 ):
     """Issue 17 item 2: every verifier replica stopped, the labels stay on the nodes, yet once
     the verdicts expire (freshnessSeconds 10) the operator treats the profile as void: the VM's
-    SecureVM says TrustExpired and its fail-closed deadline (Stop) halts it."""
+    SecureVM says TrustExpired and its fail-closed deadline (Stop) halts it. The expiry it
+    judged is the verdict's moved by the fleet renewal (item 3) the verifier last published:
+    here one written after the verifiers stopped, RENEWED seconds past the recorded evidence."""
     wait_for(lambda: verified_on(kube_api), lambda s: s == {"hyperwall-1", "hyperwall-2"},
              "the verifier to verify the two HyperWall nodes", 60)  # fmt: skip
-    op = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log").start()
+    op = OperatorProcess(
+        kubeconfig, namespace, tmp_path / "operator.log", *bed.config.operator_args()
+    ).start()
     fail_closed = {"failClosed": {"action": "Stop", "deadlineSeconds": 5}}
     try:
         kube.create("securevms", securevm("vm-x", VM_B, relocation=fail_closed), api_version=SOD)
@@ -192,15 +233,22 @@ def test_without_any_verifier_expired_verdicts_void_the_labels_and_fail_closed_a
             assert obj is not None
             return obj
 
-        wait_for(svm, lambda o: (condition(o, "Ready") or {}).get("status") == "True",
-                 "vm-x Ready", 60)  # fmt: skip
+        placed = wait_for(svm, lambda o: (condition(o, "Ready") or {}).get("status") == "True",
+                          "vm-x Ready", 60)  # fmt: skip
         # Every replica: nobody is left to renew a verdict or remove a label.
         for name in [n for n in sandbox.processes if n.split("-", 1)[0] == "verifier"]:
             sandbox.processes.pop(name).stop()
+        renewed = _renew(kube_api, bed.config, ("hyperwall-1", "hyperwall-2"))
+        # Level-based: had the recorded expiry passed before the renewal was written (a loaded
+        # machine), the profile was void for a moment; what counts is the renewed expiry.
+        when = f"{PROFILE} at {renewed[placed['status']['nodeName']]}"
         expired = wait_for(
             svm,
-            lambda o: (condition(o, "Compliant") or {}).get("reason") == "TrustExpired",
-            "vm-x non-compliant with reason TrustExpired",
+            lambda o: (
+                (condition(o, "Compliant") or {}).get("reason") == "TrustExpired"
+                and when in condition(o, "Compliant")["message"]
+            ),
+            f"vm-x non-compliant with reason TrustExpired, {when}",
             60,
         )
         message = condition(expired, "Compliant")["message"]
@@ -219,5 +267,8 @@ def test_without_any_verifier_expired_verdicts_void_the_labels_and_fail_closed_a
     finally:
         op.stop()
         print(f"--- sod-operator log (tail) ---\n{op.log(3000)}")
+        renewals = resource_path("v1", "configmaps", bed.config.namespace, bed.config.renewals)
+        if kube_api.get_or_none(renewals) is not None:
+            kube_api.delete(renewals)  # ours: the verifier publishes its own when it runs
         if "verifier" not in sandbox.processes:
             bed.start_verifier()  # replica 0: the module's teardown stops it

@@ -31,9 +31,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sod_operator.api.v1alpha1.nodeattestation import RENEWALS_KEY
 from sod_operator.verifier import rbac as verifier_rbac
 from sod_testbed.handler_player import PlayerConfig
 from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
@@ -74,6 +76,8 @@ class Chart:
     objects: list[JsonObj]
     operator_sa: str
     lease_name: str
+    renewals: tuple[str, str]
+    """(namespace, name) of the verifier's renewals ConfigMap, as the operator is told."""
 
     def cluster_role(self, name: str) -> JsonObj:
         return next(
@@ -132,8 +136,13 @@ def chart(bed: PrivateBed, admin: KubeApi, tmp_path_factory: pytest.TempPathFact
         o for o in rendered if o["kind"] == "Deployment" and "operator" in o["metadata"]["name"]
     )
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    lease = next(a.split("=", 1)[1] for a in args if a.startswith("--lease-name="))
-    return Chart(rendered, deployment["spec"]["template"]["spec"]["serviceAccountName"], lease)
+    flags = dict(a.split("=", 1) for a in args if "=" in a)
+    return Chart(
+        rendered,
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        flags["--lease-name"],
+        (flags["--renewals-namespace"], flags["--renewals-configmap"]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -279,29 +288,36 @@ def test_a_tenant_stays_in_its_namespace_and_out_of_the_catalog(
 
 
 @pytest.fixture(scope="module")
-def operator(
+def operator_kubeconfig(
     bed: PrivateBed, admin: KubeApi, chart: Chart, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
+) -> Path:
+    """A kubeconfig with a token of the chart's operator ServiceAccount."""
     token = admin.create(
         resource_path("v1", "serviceaccounts", RELEASE_NS, chart.operator_sa, "token"),
         {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
          "spec": {"expirationSeconds": 7200}},
     )["status"]["token"]  # fmt: skip
-    tmp = tmp_path_factory.mktemp("operator-as-sa")
-    kubeconfig = token_kubeconfig(
-        tmp / "kubeconfig",
+    return token_kubeconfig(
+        tmp_path_factory.mktemp("operator-as-sa") / "kubeconfig",
         bed.cluster.server,
         bed.cluster.pki.ca.cert.read_bytes(),
         chart.operator_sa,
         token,
     )
+
+
+@pytest.fixture(scope="module")
+def operator(chart: Chart, operator_kubeconfig: Path) -> Iterator[OperatorProcess]:
+    ns, name = chart.renewals
     op = OperatorProcess(
-        kubeconfig,
+        operator_kubeconfig,
         TEAM_A,
-        tmp / "operator.log",
+        operator_kubeconfig.parent / "operator.log",
         "--namespace", TEAM_B,
         "--lease-namespace", RELEASE_NS,
         "--lease-name", chart.lease_name,
+        "--renewals-namespace", ns,
+        "--renewals-configmap", name,
     )  # fmt: skip
     op.start()
     yield op
@@ -403,6 +419,8 @@ _grant("apiextensions.k8s.io", "customresourcedefinitions", "get list watch",
 _grant("", "events", "create", "Events for every decision")
 _grant("", "namespaces", "get list watch", "kopf matches `operator.namespaces` (only when set)")
 _grant("coordination.k8s.io", "leases", "create get update", "leader election")
+_grant("", "configmaps", "get list watch",
+       "the verifier's renewals of verdict expiries: one ConfigMap, by name (Role)")  # fmt: skip
 
 # `get` next to `list` gives no access beyond it (list returns the same objects); kopf only lists
 # and watches, so these gets are conventional, not exercised.
@@ -548,6 +566,56 @@ def test_the_operator_needs_exactly_its_role(
     assert not not_granted, f"used without a grant (impossible unless refused): {not_granted}"
     assert not unjustified, f"grants without a reason in GRANT_REASONS: {unjustified}"
     assert not unused, f"granted, said to be exercised, but unused: {unused}"
+
+
+def test_the_operator_reads_the_renewals_config_map_and_no_other(
+    admin: KubeApi, chart: Chart, operator_kubeconfig: Path
+):
+    """The operator's token reads the verifier's renewals ConfigMap by name (get, and the list
+    and watch its informer sends with a metadata.name field selector), and no other ConfigMap:
+    no list of the namespace, no other name, no write."""
+    ns, name = chart.renewals
+    configmaps = resource_path("v1", "configmaps", ns)
+    renewals = resource_path("v1", "configmaps", ns, name)
+    if admin.get_or_none(renewals) is None:  # no verifier runs here: it would create it
+        admin.create(configmaps, {"apiVersion": "v1", "kind": "ConfigMap",
+                                  "metadata": {"name": name, "namespace": ns},
+                                  "data": {RENEWALS_KEY: '{"renewals": {}}'}})  # fmt: skip
+    op = KubeApi(str(operator_kubeconfig))
+    by_name = f"metadata.name={name}"
+    assert op.get(renewals)["metadata"]["name"] == name
+    listed = op.list(configmaps, field_selector=by_name)
+    assert [o["metadata"]["name"] for o in listed["items"]] == [name]
+    stream = op.watch(
+        configmaps, listed["metadata"]["resourceVersion"], timeout_seconds=1, field_selector=by_name
+    )
+    event = next(stream, None)  # authorised (a 403 raises); an event only on a change
+    stream.close()
+    assert event is None or event["type"] in ("ADDED", "MODIFIED", "BOOKMARK"), event
+    other = resource_path("v1", "configmaps", ns, "kube-root-ca.crt")
+    denied = {
+        "list the namespace's ConfigMaps": lambda: op.list(configmaps),
+        "get another ConfigMap": lambda: op.get(other),
+        "list ConfigMaps cluster-wide": lambda: op.list(resource_path("v1", "configmaps")),
+        "update the renewals": lambda: op.replace(renewals, op.get(renewals)),
+        "delete the renewals": lambda: op.delete(renewals),
+    }
+    wrong = []
+    for what, call in denied.items():
+        try:
+            call()
+            wrong.append(f"{what}: allowed")
+        except ApiError as err:
+            if err.status != 403:
+                wrong.append(f"{what}: HTTP {err.status}")
+    record(
+        "5",
+        "operator vs ConfigMaps: only the verifier's renewals, read only, by name",
+        len(denied),
+        f"{len(denied) - len(wrong)} of {len(denied)} refused with 403; get, list and watch "
+        "by name allowed",
+    )
+    assert not wrong, "\n".join(wrong)
 
 
 # --- the trust monitor's manifests vs the chart ---------------------------------------------------

@@ -10,8 +10,12 @@
   (`adapters.executor`) in its own task. The queue never hands out a key that is still being
   executed; keys marked meanwhile are planned again after.
 * Everything is level-triggered: on restart the world is rebuilt from the watches' initial
-  listings (kopf's indexes hold the handlers back until every kind is listed), every SecureVM
+  listings (kopf's indexes hold the handlers back until every kind is listed; with
+  `await_renewals`, the verifier's renewals ConfigMap must be listed too), every SecureVM
   is re-planned, and a relocation recorded in status is resumed under its recorded name.
+* A verified profile's expiry is its verdict's `expiryTime`, moved later by the verifier's fleet
+  renewal of the same evidence (`observe_renewals`); the controller keeps each node's verified
+  verdicts and the renewals, and recomputes a node's expiries when either changes.
 
 Resource versions are compared per object so that a watch event older than our own write
 never rolls the world back (that could make the planner forget a migration it just started).
@@ -32,6 +36,7 @@ from sod_operator.adapters.executor import Executor, MigrationRefused, Outcome, 
 from sod_operator.adapters.metrics import Metrics
 from sod_operator.adapters.profile_status import ProfileStatus
 from sod_operator.adapters.queue import PlanQueue
+from sod_operator.api.v1alpha1.nodeattestation import Renewal, RenewalList
 from sod_operator.api.v1alpha1.parsing import ManifestError
 from sod_operator.api.v1alpha1.securevm import SecureVMStatus
 from sod_operator.kube import AsyncKube as Kube
@@ -40,6 +45,8 @@ from sod_operator.kube.workqueue import WorkQueue
 from sod_operator.policy.fleet import plan_batch
 from sod_operator.policy.observed import (
     Kind,
+    VerifiedVerdicts,
+    effective_expiries,
     generation,
     launcher_pod_from_body,
     migration_from_body,
@@ -49,7 +56,7 @@ from sod_operator.policy.observed import (
     profile_from_body,
     resource_version,
     securevm_from_body,
-    verdict_expiries,
+    verified_verdicts,
     vm_from_body,
     vmi_from_body,
 )
@@ -62,6 +69,8 @@ __all__ = ["Controller", "Kind"]
 log = logging.getLogger("sod.controller")
 Json = dict[str, Any]
 T = TypeVar("T")
+LISTING = "kopf's listing of every kind"
+RENEWALS = "the renewals ConfigMap"
 
 
 def _utcnow() -> datetime:
@@ -80,6 +89,7 @@ class Controller:
         clock: Callable[[], datetime] = _utcnow,
         stopped: threading.Event | None = None,
         queue: WorkQueue[Key] | None = None,
+        await_renewals: bool = False,
     ):
         self.settings = settings
         self.metrics = metrics
@@ -100,6 +110,12 @@ class Controller:
         self._resync_only: set[Key] = set()
         """Keys marked by the periodic re-check and by nothing else since: what their plan
         corrects is counted (`policy.resync`)."""
+        self._verdicts: dict[str, VerifiedVerdicts] = {}
+        """Each node's verified verdicts: its expiries are recomputed from them on a renewal."""
+        self._renewals: dict[str, Renewal] = {}
+        self._unsynced = {LISTING, RENEWALS} if await_renewals else {LISTING}
+        """What planning still waits for: acting on status expiries before the renewals are
+        known would void every renewed verdict at start-up and relocate the fleet."""
         metrics.bind(self.world, lambda: len(self.world.active_migrations))
 
     @property
@@ -138,8 +154,7 @@ class Controller:
             case Kind.NODE:
                 return self._fold_node(body, deleted)
             case Kind.ATTESTATION:
-                expiries = None if deleted else verdict_expiries(body)
-                return w.apply_attestation(key[1], expiries, self.clock())
+                return self._fold_attestation(key[1], body, deleted)
             case Kind.PROFILE:
                 return self._fold_profile(body, deleted)
             case Kind.PACKAGE:
@@ -168,6 +183,35 @@ class Controller:
         after = w.nodes[node.name].verified if node.name in w.nodes else frozenset()
         self.profiles.dirty |= before ^ after
         return affected
+
+    def _fold_attestation(self, name: str, body: Mapping[str, Any], deleted: bool) -> set[Key]:
+        if deleted:
+            self._verdicts.pop(name, None)
+        else:
+            self._verdicts[name] = verified_verdicts(body)
+        return self._apply_expiries(name)
+
+    def _apply_expiries(self, name: str) -> set[Key]:
+        """The node's effective expiries into the world (its verdicts with its renewal)."""
+        view = self._verdicts.get(name)
+        expiries = None if view is None else effective_expiries(view, self._renewals.get(name))
+        return self.world.apply_attestation(name, expiries, self.clock())
+
+    def observe_renewals(self, renewals: RenewalList) -> None:
+        """The verifier's fleet renewals as now listed (the first call: listed at all).
+
+        Only the nodes whose renewal changed are recomputed; the world wakes the SecureVMs on
+        a node whose profile became void or valid again (`World.apply_attestation`)."""
+        old, self._renewals = self._renewals, dict(renewals.renewals)
+        changed = {
+            n for n in old.keys() | self._renewals.keys() if old.get(n) != self._renewals.get(n)
+        }
+        affected: set[Key] = set()
+        for name in changed & self._verdicts.keys():
+            affected |= self._apply_expiries(name)
+        if affected:
+            self.mark(affected)
+        self._synced(RENEWALS)
 
     def _fold_profile(self, body: Mapping[str, Any], deleted: bool) -> set[Key] | None:
         name, gen = object_key(body)[1], generation(body)
@@ -215,15 +259,25 @@ class Controller:
         self.queue.mark(keys, urgent)
 
     def set_ready(self) -> None:
-        if not self.ready.is_set():
-            log.info(
-                "world synced: %d nodes, %d profiles, %d SecureVMs; planning starts",
-                len(self.world.nodes),
-                len(self.world.profiles),
-                len(self.world.svms),
-            )
-            self.ready.set()
-            self.queue.open()
+        """kopf listed every watched kind (called on every event after that)."""
+        self._synced(LISTING)
+
+    def _synced(self, what: str) -> None:
+        if what not in self._unsynced:
+            return
+        self._unsynced.discard(what)
+        if self._unsynced:
+            log.info("%s is in; planning waits for %s", what, ", ".join(sorted(self._unsynced)))
+            return
+        log.info(
+            "world synced: %d nodes, %d profiles, %d SecureVMs, %d renewals; planning starts",
+            len(self.world.nodes),
+            len(self.world.profiles),
+            len(self.world.svms),
+            len(self._renewals),
+        )
+        self.ready.set()
+        self.queue.open()
 
     async def run(self) -> None:
         await self.ready.wait()

@@ -6,6 +6,7 @@ handlers); nothing is read at import time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ import kopf
 
 from sod_operator.adapters.controller import Controller
 from sod_operator.adapters.metrics import Metrics
+from sod_operator.adapters.renewals import RenewalsWatch
 from sod_operator.api.constants import FINALIZER, KOPF_PROGRESS_PREFIX
+from sod_operator.api.v1alpha1.nodeattestation import RENEWALS_CONFIGMAP, TRUST_NAMESPACE
 from sod_operator.kube import AsyncKube, EventRecorder, KubeClient
 from sod_operator.policy.settings import RelocationSettings
 
@@ -36,6 +39,9 @@ class Options:
     lost: threading.Event = field(default_factory=threading.Event)
     """Set when leadership is lost: the controller stops writing at once."""
     kube: AsyncKube | None = None
+    renewals_namespace: str = TRUST_NAMESPACE
+    renewals_configmap: str = RENEWALS_CONFIGMAP
+    """The verifier's fleet renewals of verdict expiries (in the verifier's namespace)."""
 
 
 def kube_for(options: Options) -> AsyncKube:
@@ -84,8 +90,20 @@ def build_controller(options: Options) -> Controller:
         EventRecorder(kube.client, options.identity),
         chunk=options.chunk,
         stopped=options.lost,
+        await_renewals=True,
     )
     return controller
+
+
+def watch_renewals(options: Options, controller: Controller) -> RenewalsWatch:
+    """The renewals ConfigMap's watch, feeding `controller` on the running loop (started)."""
+    return RenewalsWatch.into_loop(
+        kube_for(options).client,
+        options.renewals_namespace,
+        options.renewals_configmap,
+        asyncio.get_running_loop(),
+        controller.observe_renewals,
+    ).start()
 
 
 def connection_info(options: Options) -> kopf.ConnectionInfo:

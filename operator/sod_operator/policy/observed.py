@@ -17,7 +17,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from sod_operator.api.constants import ANNOTATION_PREFIX, SECUREVM_LABEL
-from sod_operator.api.v1alpha1.parsing import ManifestError, parse_model
+from sod_operator.api.v1alpha1.nodeattestation import (
+    RENEWALS_KEY,
+    Renewal,
+    RenewalList,
+    renewed_expiry,
+)
+from sod_operator.api.v1alpha1.parsing import ManifestError, first_error, parse_model
 from sod_operator.api.v1alpha1.profile import ServerSecurityProfileSpec
 from sod_operator.api.v1alpha1.securevm import SecureVMSpec, SecureVMStatus
 from sod_operator.api.v1alpha1.security import SecurityPackageSpec
@@ -123,17 +129,66 @@ def node_from_body(body: Mapping[str, Any]) -> NodeView:
     )
 
 
-def verdict_expiries(body: Mapping[str, Any]) -> dict[str, datetime]:
-    """profile → `expiryTime` of each `Verified` verdict in a NodeAttestation's status.
+@dataclass(frozen=True)
+class VerifiedVerdicts:
+    """What the operator keeps of a NodeAttestation: its `Verified` verdicts' expiry and
+    evidence times, and the content digest of the recorded evidence (what a renewal must name).
+    Never the whole body: a fleet's objects hold quotes and event logs."""
 
-    A verdict without an expiry time never expires here (the verifier always sets one)."""
-    out: dict[str, datetime] = {}
-    for verdict in _dict(body.get("status")).get("verdicts") or ():
+    expiries: Mapping[str, tuple[datetime, datetime | None]] = field(default_factory=dict)
+    """profile → (`expiryTime`, `evidenceTime`)."""
+    content_sha256: str | None = None
+    """`status.evidence.contentSha256`."""
+
+
+def verified_verdicts(body: Mapping[str, Any]) -> VerifiedVerdicts:
+    """The `Verified` verdicts of a NodeAttestation's status (a verdict without an expiry time
+    never expires here: the verifier always sets one)."""
+    status = _dict(body.get("status"))
+    out: dict[str, tuple[datetime, datetime | None]] = {}
+    for verdict in status.get("verdicts") or ():
         if not isinstance(verdict, dict) or verdict.get("result") != "Verified":
             continue
         expiry = parse_time(verdict.get("expiryTime"))
         if expiry is not None and isinstance(verdict.get("profile"), str):
-            out[verdict["profile"]] = expiry
+            out[verdict["profile"]] = (expiry, parse_time(verdict.get("evidenceTime")))
+    digest = _dict(status.get("evidence")).get("contentSha256")
+    return VerifiedVerdicts(out, digest if isinstance(digest, str) else None)
+
+
+def effective_expiries(view: VerifiedVerdicts, renewal: Renewal | None) -> dict[str, datetime]:
+    """profile → when its `Verified` verdict expires, moved later by the fleet renewal of the
+    same recorded evidence (`renewed_expiry`; any other renewal changes nothing)."""
+    return {
+        profile: renewed_expiry(expiry, evidence_time, view.content_sha256, renewal)
+        for profile, (expiry, evidence_time) in view.expiries.items()
+    }
+
+
+def verdict_expiries(
+    body: Mapping[str, Any], renewal: Renewal | None = None
+) -> dict[str, datetime]:
+    """profile → effective expiry of each `Verified` verdict in a NodeAttestation's status."""
+    return effective_expiries(verified_verdicts(body), renewal)
+
+
+def renewals_from_configmap(body: Mapping[str, Any] | None) -> RenewalList:
+    """The fleet's renewals published in the verifier's ConfigMap (`RENEWALS_KEY`); none when
+    the ConfigMap or its key is missing (then status expiries alone count: fail closed).
+    Raises `ManifestError` when the data does not parse."""
+    path = f"data.{RENEWALS_KEY}"
+    data = _dict(_dict(body).get("data")).get(RENEWALS_KEY)
+    if data is None:
+        return RenewalList()
+    if not isinstance(data, str):
+        raise ManifestError(path, "not a string")
+    try:
+        out = RenewalList.model_validate_json(data, by_alias=True)
+    except ValidationError as err:
+        raise first_error(err, path) from None
+    for node, renewal in out.renewals.items():
+        if renewal.evidence_time.tzinfo is None:  # would not compare with the status's times
+            raise ManifestError(f"{path}.renewals.{node}.evidenceTime", "no time zone")
     return out
 
 

@@ -160,7 +160,8 @@ class World:
         A renewal that leaves every profile as valid at `now` as before wakes nobody (a SecureVM
         on the node already wakes at the expiry it planned with, and sees the renewal then);
         a profile becoming void or valid again at `now` wakes the SecureVMs on the node and, when
-        one became valid, the starved ones."""
+        one became valid, the starved ones. An expiry moved earlier (a fleet renewal withdrawn)
+        wakes the SecureVMs on the node too: they would wake only at the later one."""
         old = self.expiry.get(name, {})
         new = expiries or {}
         if new:
@@ -170,7 +171,8 @@ class World:
         before = {p for p, t in old.items() if t <= now}
         after = {p for p, t in new.items() if t <= now}
         revived = before - after
-        if not revived and after <= before:
+        earlier = any(p in old and t < old[p] for p, t in new.items())
+        if not revived and after <= before and not earlier:
             return set()
         affected = set(self._svms_on_node.get(name, set()))
         if revived:

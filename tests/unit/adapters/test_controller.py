@@ -4,7 +4,8 @@ Covers: nothing is planned before kopf says every kind is listed; a relocation's
 written before its migration is created; 409 AlreadyExists on create is success; a watch
 event older than our own write never rolls the world back; a node holding six VMs yields two
 migrations (per-node limit) even when a second batch is planned while the first creates are
-still in flight; leadership loss stops all writes. Not covered: kopf itself, real HTTP
+still in flight; leadership loss stops all writes; planning waits for the verifier's renewals
+too, and a node's verdict expiries follow its renewal. Not covered: kopf itself, real HTTP
 (tests/e2e).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -20,10 +22,11 @@ import yaml
 from sod_operator.adapters.controller import Controller, Kind
 from sod_operator.adapters.metrics import Metrics
 from sod_operator.api.constants import VERIFIED, profile_label
+from sod_operator.api.v1alpha1.nodeattestation import Renewal, RenewalList
 from sod_operator.kube import ApiError, EventRecorder
 from sod_operator.policy.settings import RelocationSettings
 
-from tests.unit.policy.scenario import ROOT, TEMPLATE
+from tests.unit.policy.scenario import ROOT, T0, TEMPLATE
 
 NS = "tenant"
 Json = dict[str, Any]
@@ -322,3 +325,104 @@ def test_the_periodic_recheck_corrects_a_missed_event_and_counts_it(kube: FakeKu
 
     loop.run_until_complete(go())
     loop.close()
+
+
+# --- verdict expiries and the verifier's fleet renewals (issue 17 item 3) ---------------------
+
+NOW = T0 + timedelta(seconds=60)
+DIGEST = "a" * 64
+
+
+def attestation(name: str, rv: int = 1, digest: str = DIGEST) -> Json:
+    """hw-*'s NodeAttestation: hyperwall verified from evidence of T0 - 110 s until T0 + 10 s
+    (already past at NOW unless renewed)."""
+    verdict = {
+        "profile": "hyperwall",
+        "result": "Verified",
+        "evidenceTime": (T0 - timedelta(seconds=110)).isoformat(),
+        "expiryTime": (T0 + timedelta(seconds=10)).isoformat(),
+    }
+    return {
+        "metadata": {"name": name, "resourceVersion": str(rv)},
+        "status": {"evidence": {"contentSha256": digest}, "verdicts": [verdict]},
+    }
+
+
+def renewals(*nodes: str, digest: str = DIGEST) -> RenewalList:
+    """Each of `nodes` renewed by evidence of T0: its verdicts now expire at T0 + 120 s."""
+    return RenewalList(
+        renewals={n: Renewal(evidence_time=T0, content_sha256=digest) for n in nodes}
+    )
+
+
+@pytest.fixture
+def renewed(kube: FakeKube) -> Iterator[Controller]:
+    """A controller that waits for the renewals too, its clock at NOW."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    c = Controller(
+        kube, RelocationSettings(), Metrics(), EventRecorder(kube, "t"),  # type: ignore[arg-type]
+        clock=lambda: NOW, await_renewals=True,
+    )  # fmt: skip
+    yield c
+    loop.close()
+
+
+def test_planning_waits_for_the_renewals_as_for_kopfs_listing(renewed: Controller, kube: FakeKube):
+    async def go() -> None:
+        task = asyncio.get_running_loop().create_task(renewed.run())
+        deploy(renewed, kube, 1)
+        for n in ("hw-1", "hw-2", "hw-3"):
+            renewed.observe(Kind.ATTESTATION, attestation(n))
+        renewed.set_ready()
+        await settle(renewed)
+        # Every status expiry has passed: planning now would find no node for the VM.
+        assert kube.calls == []
+        renewed.observe_renewals(renewals("hw-1", "hw-2", "hw-3"))
+        await settle(renewed)
+        assert ("create", "virtualmachines", "vm0") in kube.calls
+        task.cancel()
+
+    asyncio.get_event_loop().run_until_complete(go())
+
+
+def test_a_node_s_expiries_are_its_verdicts_moved_by_its_renewal(renewed: Controller):
+    expiry = renewed.world.expiry
+    renewed.observe(Kind.ATTESTATION, attestation("hw-1"))
+    assert expiry["hw-1"] == {"hyperwall": T0 + timedelta(seconds=10)}
+    renewed.observe_renewals(renewals("hw-1", "hw-9"))  # hw-9: no NodeAttestation seen (yet)
+    assert expiry["hw-1"] == {"hyperwall": T0 + timedelta(seconds=120)}
+    assert "hw-9" not in expiry
+    renewed.observe(Kind.ATTESTATION, attestation("hw-9"))  # the renewal was kept for it
+    assert expiry["hw-9"] == {"hyperwall": T0 + timedelta(seconds=120)}
+    # New evidence recorded (another digest): the old renewal no longer applies.
+    renewed.observe(Kind.ATTESTATION, attestation("hw-1", rv=2, digest="b" * 64))
+    assert expiry["hw-1"] == {"hyperwall": T0 + timedelta(seconds=10)}
+    renewed.observe(Kind.ATTESTATION, attestation("hw-9"), deleted=True)
+    assert "hw-9" not in expiry
+
+
+def test_a_withdrawn_renewal_voids_the_profile_and_relocates(renewed: Controller, kube: FakeKube):
+    async def go() -> None:
+        task = asyncio.get_running_loop().create_task(renewed.run())
+        deploy(renewed, kube, 1)
+        for n in ("hw-1", "hw-2", "hw-3"):
+            renewed.observe(Kind.ATTESTATION, attestation(n))
+        renewed.set_ready()
+        renewed.observe_renewals(renewals("hw-1", "hw-2", "hw-3"))
+        await settle(renewed)
+        converge(renewed, kube, 1)
+        await settle(renewed)
+        kube.calls.clear()
+        renewed.observe_renewals(renewals("hw-1", "hw-2", "hw-3"))  # the same again: a no-op
+        await settle(renewed)
+        assert kube.calls == []
+        # hw-1's renewal now names other evidence: its verdict expired at T0 + 10 s.
+        other = renewals("hw-2", "hw-3").renewals | renewals("hw-1", digest="c" * 64).renewals
+        renewed.observe_renewals(RenewalList(renewals=other))
+        await settle(renewed)
+        assert ("status", "securevms", "vm0") in kube.calls
+        assert any(c[:2] == ("create", "virtualmachineinstancemigrations") for c in kube.calls)
+        task.cancel()
+
+    asyncio.get_event_loop().run_until_complete(go())

@@ -73,3 +73,21 @@ def test_the_beds_knobs_reach_both_command_lines(tmp_path: Path):
     assert (agent.node, agent.interval) == ("hyperwall-1", 1.0)
     assert (agent.namespace, agent.challenges) == ("trust", "nonces")
     assert agent.kubeconfig == str(bed.kubeconfig_for("agent-hyperwall-1"))
+
+
+def test_the_operator_is_told_the_beds_renewals_config_map():
+    """`sod-operator` reads the verifier's renewals where the bed's verifier writes them (the
+    bed's namespace; by default the API's names, which are also the operator's defaults)."""
+    from sod_operator.api.v1alpha1.nodeattestation import RENEWALS_CONFIGMAP, TRUST_NAMESPACE
+    from sod_operator.main import _parser as operator_parser
+
+    told = operator_parser().parse_args(
+        TrustConfig(namespace="trust", renewals="r").operator_args()
+    )
+    assert (told.renewals_namespace, told.renewals_configmap) == ("trust", "r")
+    default = operator_parser().parse_args(TrustConfig().operator_args())
+    assert (default.renewals_namespace, default.renewals_configmap) == (
+        TRUST_NAMESPACE,
+        RENEWALS_CONFIGMAP,
+    )
+    assert operator_parser().parse_args([]).renewals_configmap == RENEWALS_CONFIGMAP
