@@ -548,7 +548,8 @@ def rotated(current: Any, now: datetime, keep_for: timedelta) -> Any:
     the bench decides when a round starts)."""
     from sod_operator.attestation import challenges
 
-    out = challenges.rotate(current, now, timedelta(0), keep_for, os.urandom)
+    margin = timedelta(seconds=ROUND_SECONDS)  # the verifier's: one interval
+    out = challenges.rotate(current, now, timedelta(0), keep_for, os.urandom, margin)
     if out is None:  # interval 0: always due
         raise RuntimeError("challenges.rotate issued no nonce")
     return out

@@ -28,19 +28,24 @@ def rotate(
     interval: timedelta,
     keep_for: timedelta,
     entropy: Entropy,
+    margin: timedelta | None = None,
 ) -> ChallengeList | None:
     """The list to publish now, or None when the published one stands.
 
     A new nonce once the newest is `interval` old (or there is none); nonces issued more than
-    `keep_for` ago (the longest freshness bound: no answer to them could be fresh) are dropped,
-    and at most `MAX_CHALLENGES` are kept. A clock that went back (the newest nonce issued in
-    the future) gets a new nonce too, so rounds never stop."""
+    `keep_for` (the longest freshness bound: no answer to them could be fresh) and a `margin`
+    (default: one `interval`) ago are dropped, and at most `MAX_CHALLENGES` are kept. The
+    margin lets evidence answering a nonce expire as `EvidenceStale`, judged at its expiry,
+    before the nonce is dropped (and the same quote would read `NonceMismatch`). A clock that
+    went back (the newest nonce issued in the future) gets a new nonce too, so rounds never
+    stop."""
     newest = current.newest
     due = newest is None or not (now - interval < newest.issued_time <= now)
     if not due:
         return None
     fresh = Challenge(nonce=entropy(NONCE_BYTES).hex(), issued_time=now)
-    kept = [c for c in current.challenges if now - keep_for <= c.issued_time <= now]
+    oldest = now - keep_for - (interval if margin is None else margin)
+    kept = [c for c in current.challenges if oldest <= c.issued_time <= now]
     return ChallengeList(challenges=[fresh, *kept][:MAX_CHALLENGES])
 
 

@@ -43,12 +43,15 @@ def test_no_new_nonce_before_the_interval_and_one_at_it() -> None:
     assert second.challenges[1:] == first.challenges  # newest first, the older still listed
 
 
-def test_nonces_too_old_to_be_fresh_for_any_profile_are_dropped() -> None:
+def test_nonces_too_old_to_be_fresh_for_any_profile_are_dropped_one_interval_later() -> None:
+    """Kept one interval past the longest freshness bound: evidence answering a nonce is judged
+    stale at its expiry (`EvidenceStale`, the reason that says what happened) before the nonce
+    is gone (`NonceMismatch`)."""
     listed = _rounds(20)
     newest = listed.newest
     assert newest is not None
-    assert all(newest.issued_time - c.issued_time <= KEEP for c in listed.challenges)
-    assert len(listed.challenges) == KEEP // EVERY + 1  # the one exactly KEEP old included
+    assert all(newest.issued_time - c.issued_time <= KEEP + EVERY for c in listed.challenges)
+    assert len(listed.challenges) == KEEP // EVERY + 2  # the one exactly KEEP + EVERY old too
 
 
 def test_the_list_is_bounded() -> None:
