@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 from sod_operator.api.constants import profile_label
+from sod_operator.api.v1alpha1.nodeattestation import RENEWALS_KEY, RenewalList
 from sod_operator.verifier import rbac
 from sod_testbed.handler_player import PlayerConfig
 from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
@@ -105,12 +106,22 @@ def holder(api: KubeApi, namespace: str) -> str:
 
 
 def received(api: KubeApi, node: str) -> tuple[datetime | None, bool]:
-    """When the verifier last consumed this node's evidence, and whether it verified it."""
+    """When the verifier last consumed this node's evidence, and whether it verified it: the
+    status's record (evidence that said something new) or, later, the node's renewal in the
+    fleet's renewals ConfigMap (evidence that said the same, answering a nonce issued then)."""
     att = api.get_or_none(resource_path(NATT, "nodeattestations", name=node))
     st = (att or {}).get("status") or {}  # None: the agent has not created it yet
-    when = (st.get("evidence") or {}).get("receivedTime")
+    record = st.get("evidence") or {}
+    when = datetime.fromisoformat(record["receivedTime"]) if record.get("receivedTime") else None
     ok = any(v["profile"] == TPM and v["result"] == "Verified" for v in st.get("verdicts") or [])
-    return (datetime.fromisoformat(when) if when else None), ok
+    cm = api.get_or_none(
+        resource_path("v1", "configmaps", rbac.DEFAULT_NAMESPACE, rbac.RENEWALS_CONFIGMAP)
+    )
+    raw = ((cm or {}).get("data") or {}).get(RENEWALS_KEY)
+    renewal = RenewalList.model_validate_json(raw).renewals.get(node) if raw else None
+    if renewal is not None and renewal.content_sha256 == record.get("contentSha256"):
+        when = max(when, renewal.evidence_time) if when else renewal.evidence_time
+    return when, ok
 
 
 class LabelWatch:
