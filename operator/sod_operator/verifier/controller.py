@@ -470,6 +470,8 @@ class Verifier:
         next check."""
         tick = min(self.config.bundle_check_seconds, 1.0)
         batch = self.renewal_batch
+        if not batch.due:
+            return tick  # (the round's check below reads every node: only when it matters)
         wait = batch.wait(self._round_in(), time.monotonic())
         if wait is None or wait > 0 or not self.synced() or not self.leading.is_set():
             return tick if wait is None else max(0.02, min(tick, wait))
