@@ -14,10 +14,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 from sod_operator.api.constants import SIMULATED_ARCHITECTURE_LABEL
+from sod_operator.api.v1alpha1.nodeattestation import (
+    RENEWALS_CONFIGMAP,
+    RENEWALS_KEY,
+    TRUST_NAMESPACE,
+    RenewalList,
+)
 from sod_testbed.cluster import LocalCluster
 from sod_testbed.handler_player import HandlerPlayer, PlayerConfig
 from sod_testbed.kubeapi import JsonObj, KubeApi, resource_path
@@ -258,3 +265,23 @@ class PlayerInThread:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def newest_verified(api: KubeApi, node: str, profile: str) -> datetime | None:
+    """When the nonce of the newest evidence the verifier judged good for `profile` on `node`
+    was issued: the status verdict's `evidenceTime`, or a later renewal of the same recorded
+    evidence in the fleet's renewals ConfigMap (a round that said nothing new is renewed there,
+    not written to the status: docs/ATTESTATION.md). None: not verified."""
+    natt = api.get_or_none(resource_path("sod.dev/v1alpha1", "nodeattestations", name=node))
+    status = (natt or {}).get("status") or {}
+    verdict = next((v for v in status.get("verdicts") or [] if v["profile"] == profile), None)
+    if not verdict or verdict["result"] != "Verified" or not verdict.get("evidenceTime"):
+        return None
+    when = datetime.fromisoformat(verdict["evidenceTime"].replace("Z", "+00:00"))
+    path = resource_path("v1", "configmaps", TRUST_NAMESPACE, RENEWALS_CONFIGMAP)
+    raw = ((api.get_or_none(path) or {}).get("data") or {}).get(RENEWALS_KEY)
+    renewal = RenewalList.model_validate_json(raw).renewals.get(node) if raw else None
+    content = (status.get("evidence") or {}).get("contentSha256")
+    if renewal is not None and renewal.content_sha256 == content:
+        return max(when, renewal.evidence_time)
+    return when

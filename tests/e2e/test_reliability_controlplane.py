@@ -44,7 +44,7 @@ from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
 from sod_testbed.nodes import parse_nodes
 from sod_testbed.trust import TrustBed
 
-from tests.e2e.harness import condition, vm_manifest, wait_for
+from tests.e2e.harness import condition, newest_verified, vm_manifest, wait_for
 from tests.e2e.operator_run import OperatorProcess, install_catalog
 from tests.reliability.bed import PrivateBed
 from tests.reliability.figures import record
@@ -147,17 +147,14 @@ def all_compliant(api: KubeApi, allowed: set[str]) -> bool:
 
 
 def fresh_verdicts(api: KubeApi, nodes: set[str], after: dt.datetime) -> bool:
-    """Each of `nodes` is verified on evidence answering a nonce issued after `after`."""
+    """Each of `nodes` is verified on evidence answering a nonce issued after `after` (written
+    to its status, or renewed for the fleet)."""
     for node in nodes:
         try:
-            natt = api.get(resource_path(SOD, "nodeattestations", name=node))
+            when = newest_verified(api, node, "hyperwall")
         except (ApiError, OSError):
             return False
-        verdicts = {v["profile"]: v for v in (natt.get("status") or {}).get("verdicts") or []}
-        v = verdicts.get("hyperwall")
-        if not v or v["result"] != "Verified" or not v.get("evidenceTime"):
-            return False
-        if dt.datetime.fromisoformat(v["evidenceTime"].replace("Z", "+00:00")) <= after:
+        if when is None or when <= after:
             return False
     return True
 

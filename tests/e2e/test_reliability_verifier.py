@@ -13,7 +13,7 @@ its own Lease at once, which is not the fail-over under test). Checked:
 * a fail-over revokes nothing still fresh: a watch on the nodes sees no trust label removed,
   and no NodeAttestation verdict or `ProfileRevoked` Event says otherwise, over all trials;
 * a kill loses no verdict: after every fail-over each node's next evidence is verified by the
-  new leader (its `evidence.receivedTime` moves past the takeover, still `Verified`);
+  new leader (the newest verified evidence answers a nonce issued after the takeover);
 * one judge at a time: the Lease names one holder, and only the holder's log shows reconciles
   after it took over (no status write by the killed one after its death, trivially).
 
@@ -34,7 +34,6 @@ from typing import Any
 
 import pytest
 from sod_operator.api.constants import profile_label
-from sod_operator.api.v1alpha1.nodeattestation import RENEWALS_KEY, RenewalList
 from sod_operator.verifier import rbac
 from sod_testbed.handler_player import PlayerConfig
 from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
@@ -42,7 +41,7 @@ from sod_testbed.nodes import parse_nodes
 from sod_testbed.swtpm import golden_pcrs
 from sod_testbed.trust import TrustBed, TrustConfig
 
-from tests.e2e.harness import wait_for
+from tests.e2e.harness import newest_verified, wait_for
 from tests.reliability.bed import PrivateBed
 from tests.reliability.figures import record
 
@@ -106,22 +105,10 @@ def holder(api: KubeApi, namespace: str) -> str:
 
 
 def received(api: KubeApi, node: str) -> tuple[datetime | None, bool]:
-    """When the verifier last consumed this node's evidence, and whether it verified it: the
-    status's record (evidence that said something new) or, later, the node's renewal in the
-    fleet's renewals ConfigMap (evidence that said the same, answering a nonce issued then)."""
-    att = api.get_or_none(resource_path(NATT, "nodeattestations", name=node))
-    st = (att or {}).get("status") or {}  # None: the agent has not created it yet
-    record = st.get("evidence") or {}
-    when = datetime.fromisoformat(record["receivedTime"]) if record.get("receivedTime") else None
-    ok = any(v["profile"] == TPM and v["result"] == "Verified" for v in st.get("verdicts") or [])
-    cm = api.get_or_none(
-        resource_path("v1", "configmaps", rbac.DEFAULT_NAMESPACE, rbac.RENEWALS_CONFIGMAP)
-    )
-    raw = ((cm or {}).get("data") or {}).get(RENEWALS_KEY)
-    renewal = RenewalList.model_validate_json(raw).renewals.get(node) if raw else None
-    if renewal is not None and renewal.content_sha256 == record.get("contentSha256"):
-        when = max(when, renewal.evidence_time) if when else renewal.evidence_time
-    return when, ok
+    """When the nonce of the newest evidence the verifier verified for this node was issued
+    (written to the status or renewed for the fleet), and whether the node is verified now."""
+    when = newest_verified(api, node, TPM)
+    return when, when is not None
 
 
 class LabelWatch:

@@ -34,10 +34,8 @@ from sod_operator.api.v1alpha1.attestation_policy import MeasuredBootPolicy
 from sod_operator.api.v1alpha1.nodeattestation import (
     CHALLENGES_CONFIGMAP,
     CHALLENGES_KEY,
-    RENEWALS_KEY,
     ChallengeList,
     NodeAttestation,
-    RenewalList,
 )
 from sod_operator.api.v1alpha1.nodeattestation import AttestationReason as R
 from sod_operator.attestation import ekcert, eventlog, measuredboot
@@ -51,7 +49,7 @@ from sod_testbed.kubeapi import ApiError, JsonObj, KubeApi, resource_path
 from sod_testbed.nodes import PLAIN, NodeSpec
 from sod_testbed.trust import TrustBed, TrustConfig, token_kubeconfig
 
-from tests.e2e.harness import wait_for
+from tests.e2e.harness import newest_verified, wait_for
 from tests.reliability.figures import record, reliability
 from tests.unit.attestation.golden import GOLDEN_PCRS
 
@@ -173,24 +171,12 @@ def _natt(api: KubeApi, node: str) -> JsonObj:
     return api.get(resource_path(NATT, "nodeattestations", name=node))
 
 
-def _judged_since(bed: TrustBed, api: KubeApi, node: str, before: JsonObj) -> bool:
+def _judged_since(api: KubeApi, node: str, before: JsonObj) -> bool:
     """Evidence newer than the `before` status verified since: written to the status (it
     said something new), or renewed in the fleet's renewals ConfigMap (it said the same)."""
-    status = _natt(api, node).get("status") or {}
-    if (
-        status.get("evidence", {}).get("observedGeneration", 0)
-        > before["evidence"]["observedGeneration"]
-    ):
-        return _verdict({"status": status}, TPM) == ("Verified", R.VERIFIED)
-    path = resource_path("v1", "configmaps", bed.config.namespace, bed.config.renewals)
-    raw = ((api.get_or_none(path) or {}).get("data") or {}).get(RENEWALS_KEY)
-    renewal = RenewalList.model_validate_json(raw).renewals.get(node) if raw else None
     tpm = next(v for v in before["verdicts"] if v["profile"] == TPM)
-    return (
-        renewal is not None
-        and renewal.content_sha256 == before["evidence"]["contentSha256"]
-        and renewal.evidence_time > datetime.fromisoformat(tpm["evidenceTime"])
-    )
+    when = newest_verified(api, node, TPM)
+    return when is not None and when > datetime.fromisoformat(tpm["evidenceTime"])
 
 
 def _verdict(att: JsonObj, profile: str) -> tuple[str, str]:
@@ -519,7 +505,7 @@ def test_restarting_the_verifier_and_an_agent_loses_and_duplicates_nothing(
     bed.stop_agent(node)
     bed.start_agent(node)
     wait_for(
-        lambda: _judged_since(bed, kube_api, node, before),
+        lambda: _judged_since(kube_api, node, before),
         bool,
         "new evidence verified after both restarts (written, or renewed for the fleet)",
         WAIT,
