@@ -16,6 +16,7 @@ import copy
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -371,42 +372,10 @@ def test_a_quote_over_a_nonce_our_watch_has_not_delivered_yet_is_not_rejected(
     assert v.caches.challenges == PUBLISHED
 
 
-def test_a_round_saying_nothing_new_is_renewed_in_the_fleet_configmap_not_the_status(
-    tmp_path: Path,
-) -> None:
-    first, later = step("good"), step("good2")  # good2: a new quote, the same claims and PCRs
-    v, io = _verifier(tmp_path, first.now)
-    v.renewal_batch = RenewalBatch(BatchSettings(window=0.0))
-    v.synced = lambda: True  # type: ignore[method-assign]
-    v._on_profile("ADDED", _profile("tpm"))
-    v._on_node("ADDED", {"metadata": {"name": "node-1", "uid": "n-1", "labels": {}}})
-    v._on_attestation("ADDED", _obj("node-1", first))
-    v.reconcile("node-1")
-    [(_, written)] = io.statuses
-    [tpm] = [x for x in written["verdicts"] if x["profile"] == "tpm"]
-    evidence, expiry = (datetime.fromisoformat(tpm[k]) for k in ("evidenceTime", "expiryTime"))
-
-    quiet = _obj("node-1", later, rv=io.rv + 1)
-    quiet["status"] = copy.deepcopy(written)
-    v._on_attestation("MODIFIED", quiet)
-    v.clock = lambda: evidence + (expiry - evidence) / 2  # half the lifetime spent
-    v.reconcile("node-1")
-    assert len(io.statuses) == 1  # no status write
-    assert v.renewal_batch.due
-    v._publish_renewals()
-    [renewals] = io.renewals_written
-    renewal = renewals.renewals["node-1"]
-    assert renewal.evidence_time > evidence
-    assert renewal.content_sha256 == written["evidence"]["contentSha256"]
-    assert not v.renewal_batch.due
-
-    v.clock = lambda: evidence + (expiry - evidence) * 3 / 4  # the status fallback's moment
-    v.reconcile("node-1")
-    assert len(io.statuses) == 1  # the published renewal keeps it alive: still no status write
-    assert io.renewals_written == [renewals]
-
-
-def test_renewals_that_cannot_be_published_fall_back_to_a_status_write(tmp_path: Path) -> None:
+def _quiet_round(tmp_path: Path) -> tuple[Verifier, FakeIO, Obj, Callable[[float], datetime]]:
+    """A verifier that wrote node-1's first verified round, then received the next round
+    (a new quote, the same claims and PCRs): (verifier, apiserver, the written status, the
+    time when a share of the tpm verdict's lifetime is spent)."""
     first, later = step("good"), step("good2")
     v, io = _verifier(tmp_path, first.now)
     v.renewal_batch = RenewalBatch(BatchSettings(window=0.0))
@@ -421,15 +390,41 @@ def test_renewals_that_cannot_be_published_fall_back_to_a_status_write(tmp_path:
     quiet = _obj("node-1", later, rv=io.rv + 1)
     quiet["status"] = copy.deepcopy(written)
     v._on_attestation("MODIFIED", quiet)
+    return v, io, written, lambda share: evidence + (expiry - evidence) * share
+
+
+def test_a_round_saying_nothing_new_is_renewed_in_the_fleet_configmap_not_the_status(
+    tmp_path: Path,
+) -> None:
+    v, io, written, spent = _quiet_round(tmp_path)
+    v.clock = lambda: spent(0.5)  # half the lifetime spent
+    v.reconcile("node-1")
+    assert len(io.statuses) == 1  # no status write
+    assert v.renewal_batch.due
+    v._publish_renewals()
+    [renewals] = io.renewals_written
+    renewal = renewals.renewals["node-1"]
+    assert renewal.evidence_time > spent(0)
+    assert renewal.content_sha256 == written["evidence"]["contentSha256"]
+    assert not v.renewal_batch.due
+
+    v.clock = lambda: spent(0.75)  # the status fallback's moment
+    v.reconcile("node-1")
+    assert len(io.statuses) == 1  # the published renewal keeps it alive: still no status write
+    assert io.renewals_written == [renewals]
+
+
+def test_renewals_that_cannot_be_published_fall_back_to_a_status_write(tmp_path: Path) -> None:
+    v, io, _, spent = _quiet_round(tmp_path)
 
     def too_large(kind: str, content: object, resource_version: str) -> Obj:
         raise ApiError("PUT", kind, 422, {"reason": "Invalid", "message": "too long"})
 
     io.publish = too_large  # type: ignore[method-assign]
-    v.clock = lambda: evidence + (expiry - evidence) / 2
+    v.clock = lambda: spent(0.5)
     v.reconcile("node-1")
     v._publish_renewals()
     assert v.renewal_batch.due  # still waiting to be written
-    v.clock = lambda: evidence + (expiry - evidence) * 3 / 4
+    v.clock = lambda: spent(0.75)
     v.reconcile("node-1")
     assert len(io.statuses) == 2  # the status renewal took over
