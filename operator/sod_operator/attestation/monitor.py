@@ -389,11 +389,22 @@ def must_write(
         return True
     if new.evidence is not None and new.evidence.content_sha256 != old.evidence.content_sha256:
         return True
+    if _lifetimes(old) != _lifetimes(new):
+        return True  # a renewal moves an expiry by the written lifetime: it must be current
     later = {v.profile: v.expiry_time for v in new.verdicts}
     return any(
         _left_of_lifetime(v, old, published, now, later.get(v.profile)) <= 0.25
         for v in old.verdicts
     )
+
+
+def _lifetimes(status: NodeAttestationStatus) -> dict[str, timedelta]:
+    """Each verified verdict's lifetime (its profile's `freshnessSeconds` when judged)."""
+    return {
+        v.profile: v.expiry_time - v.evidence_time
+        for v in status.verdicts
+        if v.result == VerdictResult.VERIFIED and v.expiry_time and v.evidence_time
+    }
 
 
 def renewal_due(

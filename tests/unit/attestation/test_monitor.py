@@ -141,6 +141,24 @@ def test_a_renewal_applies_only_to_the_content_it_names(good: Step) -> None:
     )
 
 
+def test_a_changed_freshness_bound_is_written_so_renewals_use_the_new_lifetime(
+    good: Step,
+) -> None:
+    """A renewal moves a written expiry by the written lifetime: a profile whose
+    freshnessSeconds was shortened must not be renewed on the old one (fail open)."""
+    later, after_first, _ = _quiet_round(good)
+    pols = policies()
+    hw = pols["hyperwall"]
+    assert hw is not None
+    shorter = {**pols, "hyperwall": hw.model_copy(update={"freshness_seconds": 30})}
+    out = run(later.attestation(status=after_first), later.now, pols=shorter)
+    assert out.status_changed
+    [v] = [v for v in out.status.verdicts if v.profile == "hyperwall"]
+    assert v.expiry_time is not None
+    assert v.evidence_time is not None
+    assert v.expiry_time - v.evidence_time == timedelta(seconds=30)
+
+
 def test_rejected_evidence_gives_no_renewal(good: Step) -> None:
     first = run(good.attestation(), good.now)
     status = first.status.model_dump(mode="json", by_alias=True, exclude_none=True)
