@@ -368,12 +368,18 @@ def renewed(kube: FakeKube) -> Iterator[Controller]:
     loop.close()
 
 
+def _running_with_three_attested_nodes(c: Controller, kube: FakeKube) -> asyncio.Task[None]:
+    """The controller's loop started, one SecureVM deployed, hw-1..3's verdicts observed."""
+    task = asyncio.get_running_loop().create_task(c.run())
+    deploy(c, kube, 1)
+    for n in ("hw-1", "hw-2", "hw-3"):
+        c.observe(Kind.ATTESTATION, attestation(n))
+    return task
+
+
 def test_planning_waits_for_the_renewals_as_for_kopfs_listing(renewed: Controller, kube: FakeKube):
     async def go() -> None:
-        task = asyncio.get_running_loop().create_task(renewed.run())
-        deploy(renewed, kube, 1)
-        for n in ("hw-1", "hw-2", "hw-3"):
-            renewed.observe(Kind.ATTESTATION, attestation(n))
+        task = _running_with_three_attested_nodes(renewed, kube)
         renewed.set_ready()
         await settle(renewed)
         # Every status expiry has passed: planning now would find no node for the VM.
@@ -404,10 +410,7 @@ def test_a_node_s_expiries_are_its_verdicts_moved_by_its_renewal(renewed: Contro
 
 def test_a_withdrawn_renewal_voids_the_profile_and_relocates(renewed: Controller, kube: FakeKube):
     async def go() -> None:
-        task = asyncio.get_running_loop().create_task(renewed.run())
-        deploy(renewed, kube, 1)
-        for n in ("hw-1", "hw-2", "hw-3"):
-            renewed.observe(Kind.ATTESTATION, attestation(n))
+        task = _running_with_three_attested_nodes(renewed, kube)
         renewed.set_ready()
         renewed.observe_renewals(renewals("hw-1", "hw-2", "hw-3"))
         await settle(renewed)
