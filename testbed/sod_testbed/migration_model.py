@@ -21,7 +21,9 @@ BENCHMARKS.md shows the fit of this model to those migrations and its error):
   rewriting 256 MiB at 300 MiB/s resends 256 MiB per round, not 300 MiB per second of round.
   None (the default) leaves the re-dirtied memory unbounded, as before;
 * the stop-and-copy pause has a floor (`downtime_floor_seconds`): the device state and the
-  last pages queue behind what already sits in the TCP and link buffers.
+  last pages queue behind what already sits in the TCP and link buffers. QEMU counts those
+  queued bytes as sent before it stops the guest, so the floor is not added to the transfer:
+  the pause overlaps its end, and the whole migration still takes (data sent) / bandwidth.
 
 `calibrated_model()` reads the parameters fitted to this machine's measurements from the
 result file; the defaults stay calibrated on the paper.
@@ -112,10 +114,13 @@ def plan_precopy(
             iterations=iterations,
             converged=False,
         )
+    stop_and_copy = remaining / bandwidth
+    pause = max(model.downtime_floor_seconds, stop_and_copy)
     return PrecopyPlan(
         setup_seconds=model.setup_seconds,
-        transfer_seconds=elapsed,
-        downtime_seconds=model.downtime_floor_seconds + remaining / bandwidth,
+        # The part of the pause above the stop-and-copy drains what the rounds already queued.
+        transfer_seconds=max(elapsed - (pause - stop_and_copy), 0.0),
+        downtime_seconds=pause,
         data_bytes=sent + remaining,
         iterations=iterations,
         converged=True,

@@ -22,7 +22,7 @@ LINK = 125e6  # bytes/s
 
 def run(config: str, data: float, downtime_ms: float, rate: float | None = None) -> dict[str, Any]:
     eff, setup = 0.95, 0.05
-    total = (setup + data / (eff * LINK)) * 1000 + downtime_ms
+    total = (setup + data / (eff * LINK)) * 1000  # the pause's bytes are in `data`
     return {
         "config": config,
         "workload": "idle" if rate is None else "dirty",

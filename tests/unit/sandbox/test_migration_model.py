@@ -73,8 +73,22 @@ def test_a_bounded_working_set_caps_what_each_round_resends() -> None:
     assert plan.downtime_seconds == pytest.approx(wss / relaxed.effective_bytes_per_second)
 
 
-def test_resident_bytes_and_the_downtime_floor() -> None:
+def test_the_downtime_floor_overlaps_the_transfer_it_drains() -> None:
+    """An idle guest still pauses for the floor, but the pause drains bytes the last round
+    already counted as sent: the whole migration is still its data over the link."""
     model = MigrationModel(dirty_rate_bytes_per_second=0, downtime_floor_seconds=0.04)
     plan = plan_precopy(model, GIB, resident_bytes=84e6)
     assert plan.data_bytes == pytest.approx(84e6)
     assert plan.downtime_seconds == pytest.approx(0.04)
+    link_seconds = 84e6 / model.effective_bytes_per_second
+    assert plan.total_seconds == pytest.approx(model.setup_seconds + link_seconds)
+
+
+def test_a_stop_and_copy_longer_than_the_floor_is_the_pause() -> None:
+    wss = 256 * 2**20
+    model = MigrationModel(working_set_bytes=wss, downtime_floor_seconds=0.04)
+    plan = plan_precopy(dataclasses.replace(model, downtime_target_seconds=3.0), GIB, 300 * 2**20)
+    assert plan.converged
+    assert plan.downtime_seconds == pytest.approx(wss / model.effective_bytes_per_second)
+    link_seconds = plan.data_bytes / model.effective_bytes_per_second
+    assert plan.total_seconds == pytest.approx(model.setup_seconds + link_seconds)
