@@ -257,6 +257,7 @@ def _add_fit(result: Result, records: list[dict[str, Any]]) -> None:
             "timeout_s": cfg.timeout_s,
         }
         p = migration_fit.predict(conf, params, LINK_BITS)
+        held = _held_out(records, cfg.name, conf)
         m_total = statistics.median(_values(ok, "total_ms")) if ok else None
         m_down = statistics.median(_values(ok, "downtime_ms")) if ok else None
         m_data = statistics.median(_values(ok, "transferred_bytes")) if ok else None
@@ -266,6 +267,7 @@ def _add_fit(result: Result, records: list[dict[str, Any]]) -> None:
                 f"{'yes' if ok else 'no'} / {'yes' if p['converged'] else 'no'}",
                 f"{fmt(m_total and m_total / 1000)} / {fmt(p['total_ms'] / 1000)}",
                 _pct(migration_fit.rel_error(p["total_ms"], m_total) if ok else None),
+                _pct(migration_fit.rel_error(held, m_total) if ok else None),
                 f"{fmt(m_down)} / {fmt(p['downtime_ms'])}",
                 _pct(migration_fit.rel_error(p["downtime_ms"], m_down) if ok else None),
                 f"{fmt(m_data and m_data / 1e6)} / {fmt(p['data_bytes'] / 1e6)}",
@@ -275,8 +277,8 @@ def _add_fit(result: Result, records: list[dict[str, Any]]) -> None:
     result.add_table(
         "The pre-copy model (sod_testbed.migration_model) fitted to these runs: measured median / "
         "model, and the model's error",
-        ["config", "converged (measured / model)", "total time s", "error", "downtime ms",
-         "error", "data sent MB", "error"],
+        ["config", "converged (measured / model)", "total time s", "error",
+         "error, fitted without this config", "downtime ms", "error", "data sent MB", "error"],
         rows,
         note=(
             "Fitted: " + ", ".join(f"`{k}` = {fmt(v)}" for k, v in params.items()) + ". "
@@ -284,6 +286,17 @@ def _add_fit(result: Result, records: list[dict[str, Any]]) -> None:
             + migration_fit.__doc__.split("Fit, from", 1)[1].replace("\n", " ").strip()
         ),
     )  # fmt: skip
+
+
+def _held_out(records: list[dict[str, Any]], name: str, conf: dict[str, Any]) -> float | None:
+    """The model's total time (ms) for `name` fitted on the other configurations' runs only
+    (None when they cannot be fitted alone: the idle runs give the floor and resident memory)."""
+    try:
+        params = migration_fit.fit([r for r in records if r["config"] != name], LINK_BITS / 8)
+    except ValueError:
+        return None
+    plan = migration_fit.predict(conf, params, LINK_BITS)
+    return float(plan["total_ms"]) if plan["converged"] else None
 
 
 def _pct(x: float | None) -> str:

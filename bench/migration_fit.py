@@ -12,7 +12,8 @@ Fit, from the converged runs on the shaped link:
 Then every configuration is predicted from its guest's measured write rate and working set,
 and the table gives measured median, prediction and relative error. Only the total times enter
 the regression (and the idle runs' downtime and data): the dirtying guests' downtime and data
-sent are predicted, not fitted.
+sent are predicted, not fitted. The column "fitted without this config" refits on the other
+configurations' runs alone: the error for a workload the fit never saw.
 """
 
 from __future__ import annotations

@@ -73,6 +73,9 @@ def test_report_tables_and_figures(tmp_path: Path) -> None:
     assert titles[0].startswith("Measured here")
     assert titles[1].startswith("The paper's Table V")
     assert titles[2].startswith("The pre-copy model")
+    fit_rows = {row[0]: row for row in result.tables[2]["rows"]}
+    assert fit_rows["idle"][4] == "-"  # without the idle runs there is no floor to fit
+    assert fit_rows["dirty60"][4].endswith(" %")  # fitted on idle, dirty30: a prediction
     idle_row = result.tables[0]["rows"][0]
     assert idle_row[0] == "idle"
     assert idle_row[3] == "2/2"
