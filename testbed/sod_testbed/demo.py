@@ -63,7 +63,7 @@ from sod_testbed.handler_player import REAL_VM_ANNOTATION
 from sod_testbed.kubeapi import ApiError, KubeApi, resource_path
 from sod_testbed.nodes import PLAIN, NodeSpec, parse_nodes
 from sod_testbed.processes import tail_file
-from sod_testbed.qemu.backend import read_records
+from sod_testbed.qemu.backend import migration_record
 from sod_testbed.qemu.image import GuestImageError, build_guest
 from sod_testbed.qemu.vm import QEMU
 from sod_testbed.trust import VIOLATIONS_COUNTER, TrustBed, TrustConfig
@@ -209,9 +209,8 @@ def real_guest_problem() -> str | None:
 
 def real_migration_record(state_dir: Path, migration_uid: str) -> Json | None:
     """The player's record of a real migration (QEMU's figures, the guest check), or None."""
-    runs = read_records(state_dir / "handler-player" / "real-vms.jsonl")
-    found = [r for r in runs if r.get("migration_uid") == migration_uid]
-    return found[-1] if found else None
+    records = state_dir / "handler-player" / "real-vms.jsonl"
+    return migration_record(records, migration_uid, timeout=60)
 
 
 def describe_real_migration(record: Json) -> str:

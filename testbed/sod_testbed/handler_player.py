@@ -57,9 +57,11 @@ does not boot: Failed). Its migration is a real pre-copy between two QEMU proces
 address and port are written once the destination QEMU listens; (b) the source starts `migrate`
 once that is written, and `startTimestamp`/`mode` are written when QEMU reports it running
 (`PostCopy` if QEMU switched); (c) the hand-off (`endTimestamp` = QEMU's completion) is written
-only when QEMU reports completed AND the guest's console on the destination shows it alive and
-intact; anything else (QEMU failed, cancelled at `real_timeout_seconds` because pre-copy did
-not converge, or the guest did not come through) is a failed migration with QEMU's reason. The
+when QEMU reports completed, as virt-handler writes it when libvirt reports the domain running
+on the target; then the guest's console on the destination is checked (alive, intact), and a
+guest that fails that check is a dead domain: the VMI is Failed. Anything else (QEMU failed, or
+cancelled at `real_timeout_seconds` because pre-copy did not converge) is a failed migration
+with QEMU's reason. The
 hold annotation holds the source before `migrate`; the force-failure annotation cancels the
 real pre-copy at once; an abort is honoured until the source starts. Guests are the player's
 child processes: a restarted player has lost them, and their VMIs then migrate by the model.
@@ -550,6 +552,8 @@ class HandlerPlayer:
         state = status.get("migrationState") or {}
         if status.get("phase") == "Scheduled":
             self._start_vm(vmi)
+        elif status.get("phase") == "Running" and self._real_guest_died(vmi):
+            return
         elif status.get("phase") == "Running" and state.get("targetNode"):
             self._migrate(vmi, state)
 
@@ -607,6 +611,15 @@ class HandlerPlayer:
         if guest.error:
             self._fail_vmi(node, vmi, guest.error)
         return guest.ready and not guest.error
+
+    def _real_guest_died(self, vmi: JsonObj) -> bool:
+        """A running real guest that failed (its check after a hand-off): the VMI is Failed,
+        as virt-handler reports a domain that died."""
+        guest = self.backend.guests.get(_uid(vmi))
+        if guest is None or not guest.error:
+            return False
+        self._fail_vmi(str(vmi["status"].get("nodeName", "")), vmi, guest.error)
+        return True
 
     def _fail_vmi(self, node: str, vmi: JsonObj, reason: str) -> None:
         transitions = list((vmi.get("status") or {}).get("phaseTransitionTimestamps") or [])

@@ -12,9 +12,9 @@ And in the loop (the session's control plane, real virt-controller, the virt-han
 QEMU backend, sod-operator): a SecureVM whose VMI carries `sod.dev/real-vm: idle` runs a real
 guest; removing its node's profile label makes the operator relocate it, by a real pre-copy
 between two QEMU processes; the VMI's migrationState carries QEMU's moments and the guest is
-checked alive and intact on the target (the player's run record). A real migration that QEMU
-cancels (KubeVirt's force-failure annotation) is a Failed VMIM with QEMU's reason, and the
-guest goes on at the source.
+checked alive and intact on the target after the hand-off (the player's run record). A real
+migration that QEMU cancels (KubeVirt's force-failure annotation) is a Failed VMIM with QEMU's
+reason, and the guest goes on at the source.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pytest
 from sod_testbed.cluster import LocalCluster
 from sod_testbed.handler_player import REAL_VM_ANNOTATION
 from sod_testbed.kubeapi import KubeApi
-from sod_testbed.qemu.backend import read_records
+from sod_testbed.qemu.backend import migration_record, read_records
 from sod_testbed.qemu.image import GuestImage, GuestImageError, build_guest
 from sod_testbed.qemu.migrate import MigrationOptions, free_port, migrate
 from sod_testbed.qemu.vm import QEMU, GuestSpec, QemuGuest, Workload, short_run_dir
@@ -129,7 +129,9 @@ def test_the_operator_relocates_a_real_guest_by_a_real_migration(
     state = vmi["status"]["migrationState"]
     assert not state.get("failed"), state
     assert state["mode"] == "PreCopy"
-    (run,) = [r for r in read_records(records) if r["uid"] == uid and r["event"] == "migration"]
+    run = migration_record(records, state["migrationUid"], timeout=60)  # after the guest check
+    assert run is not None, "no record of the real migration"
+    assert [r["event"] for r in read_records(records) if r["uid"] == uid] == ["boot", "migration"]
     assert run["outcome"] == "ok", run
     assert run["status"] == "completed"
     assert run["guest_ok"] is True, run["guest_check"]
@@ -166,7 +168,8 @@ def test_a_real_migration_qemu_cancels_is_a_failed_migration(
     assert state["failed"] is True
     assert state["failureReason"].startswith("QEMU: pre-copy cancelled")
     assert vmi["status"]["nodeName"] == source
-    records = read_records(sandbox.state_dir / "handler-player" / "real-vms.jsonl")
-    (run,) = [r for r in records if r.get("migration_uid") == state["migrationUid"]]
+    records = sandbox.state_dir / "handler-player" / "real-vms.jsonl"
+    run = migration_record(records, state["migrationUid"], timeout=60)
+    assert run is not None, "no record of the cancelled migration"
     assert run["status"] == "cancelled"
     assert run["outcome"] == "failed"

@@ -9,11 +9,14 @@ The player reads a `MigrationView` snapshot on every pass and decides what to wr
 * `RealGuest.migrate(...)`: a destination QEMU (`-incoming defer`) for the target node, then
   `sod_testbed.qemu.migrate.migrate` over loopback TCP: the destination listens
   (`target_port` known, the player writes targetNodeAddress), the source waits for `release()`
-  (the player has written it) before `migrate`; every QMP status is stamped with the wall clock;
-  the outcome is ok only when QEMU reports completed AND the console check on the destination
-  passes (heartbeats go on, boot checksum unchanged). On success the destination becomes the
-  guest and the source QEMU is stopped; on failure the destination is stopped and the source
-  (which QEMU resumes after a failed or cancelled migration) stays the guest.
+  (the player has written it) before `migrate`; every QMP status is stamped with the wall clock.
+  When QEMU reports completed, the destination is the guest (the outcome is ok, and the player
+  writes the hand-off, as virt-handler does when libvirt reports the domain running on the
+  target); then the console check on the destination runs (heartbeats go on, boot checksum
+  unchanged) and the source QEMU is stopped. A guest that fails the check after the hand-off is
+  a dead domain: `error` is set and the player fails the VMI. On failure the destination is
+  stopped and the source (which QEMU resumes after a failed or cancelled migration) stays the
+  guest.
 
 All QEMUs run on this host; nodes are kwok fakes, so "on its node" is bookkeeping (the node
 name in the run record). The link is loopback with QEMU's own cap (1 Gbit/s by default):
@@ -53,7 +56,7 @@ class MigrationView:
     started_at: float | None = None  # QEMU's migration first seen running (setup/active)
     mode: str = "PreCopy"
     ended_at: float | None = None  # QEMU reported its final status
-    outcome: str | None = None  # None while running; "ok" | "failed"
+    outcome: str | None = None  # None while running; "ok" (completed: handed off) | "failed"
     reason: str = ""
 
 
@@ -175,6 +178,8 @@ class RealGuest:
 
         def on_phase(name: str, _info: JsonObj) -> None:
             self._on_phase(job, port, name)
+            if name == "completed":
+                self._handed_off(job, dst)
 
         try:
             result = migrate(src, dst, f"tcp:127.0.0.1:{port}", job.options, on_phase)
@@ -200,19 +205,25 @@ class RealGuest:
         if name in ("completed", "failed", "cancelled"):
             job.update(ended_at=now)
 
+    def _handed_off(self, job: RealMigration, dst: QemuGuest) -> None:
+        """QEMU completed: the guest runs on the destination from now on, checked or not."""
+        with self._lock:
+            self.guest, self.node = dst, job.target_node
+        job.update(outcome="ok")
+        self.notify()
+
     def _finish(self, job: RealMigration, src: QemuGuest, dst: QemuGuest, result: Any) -> None:
         job.result = result
         ended = job.view().ended_at or time.time()
-        if result.ok:
+        if job.view().outcome == "ok":
             src.stop()
-            self.guest, self.node = dst, job.target_node
-            job.update(outcome="ok", ended_at=ended)
+            if not result.ok:
+                why = result.guest.reason if result.guest is not None else result.error
+                self.error = f"the guest did not come through the migration: {why}"
         else:
             dst.stop()
             reason = result.error or result.status
-            if result.status == "completed" and result.guest is not None:
-                reason = f"the guest did not come through: {result.guest.reason}"
-            elif result.status == "cancelled":
+            if result.status == "cancelled":
                 reason = f"pre-copy cancelled after {job.options.timeout_seconds:g} s"
             job.update(outcome="failed", reason=f"QEMU: {reason}", ended_at=ended)
         view = job.view()
@@ -286,6 +297,17 @@ class Backend:
 
     def stop(self) -> None:
         self.reap(set())
+
+
+def migration_record(path: Path, migration_uid: str, timeout: float = 0.0) -> JsonObj | None:
+    """The record of one migration (QEMU's figures and the guest check), waiting up to
+    `timeout` s for it: it is written after the check, which follows the hand-off."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [r for r in read_records(path) if r.get("migration_uid") == migration_uid]
+        if found or time.monotonic() >= deadline:
+            return found[-1] if found else None
+        time.sleep(0.2)
 
 
 def read_records(path: Path) -> list[JsonObj]:

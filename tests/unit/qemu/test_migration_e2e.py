@@ -103,6 +103,7 @@ def test_the_report_gives_the_stage_table_the_paper_span_and_qemus_figures() -> 
         "total_ms": 900,
         "downtime_ms": 60,
         "transferred_bytes": 88e6,
+        "guest_ok": True,
         "guest_check": "ok",
     }
     result = Result(name="migration", title="t")
@@ -115,3 +116,15 @@ def test_the_report_gives_the_stage_table_the_paper_span_and_qemus_figures() -> 
     paper = next(f for f in result.figures if f.reference_value is not None)
     assert paper.reference_value == e2e.PAPER_TRIGGER_SECONDS
     assert paper.samples == [101.5 - 100.5] * 2
+
+
+def test_a_trial_whose_guest_failed_its_check_after_the_hand_off_is_not_running() -> None:
+    good = e2e.timeline(EVENTS, 100.0, NODE, VMI, "hyperwall")
+    good["qemu"] = {"guest_ok": True, "guest_check": "heartbeats 3..4 on the target"}
+    dead = e2e.timeline(EVENTS, 100.0, NODE, VMI, "hyperwall")
+    dead["qemu"] = {"guest_ok": False, "guest_check": "the boot checksum changed"}
+    result = Result(name="migration", title="t")
+    e2e.report_into(result, [good, dead])
+    stages, _every, runs = result.tables
+    assert stages["rows"][-1][1] == "1/2"
+    assert runs["rows"][1][5] == "the boot checksum changed"
