@@ -321,10 +321,10 @@ destination's RESUME events. Non-convergence is stopped with `migrate_cancel` at
 
 Then the end-to-end timeline (bench/migration_e2e.py): a sandbox with two hyperwall nodes, each
 with swtpm + node-agent, the verifier, sod-operator, KubeVirt's virt-api and virt-controller,
-and the virt-handler player running VM-B as a real 1 GiB idle QEMU guest; each trial breaks the
-runtime evidence of the VM's node and records when each stage was observed, up to the VM
-running on the other node after a real pre-copy (what is real and what is played: the note
-under its table).
+and the virt-handler player running VM-B as a real 1 GiB idle QEMU guest, each node a network
+namespace whose NIC is shaped as above; each trial breaks the runtime evidence of the VM's node
+and records when each stage was observed, up to the VM running on the other node after a real
+pre-copy (what is real and what is played: the note under its table).
 """
 
 CONDITIONS = """\

@@ -207,17 +207,18 @@ def _trial_row(i: int, t: Json) -> list[Any]:
 E2E_NOTE = """\
 Real: swtpm + node-agent + verifier per node (the break raises HyperWall's simulated
 memory-violation counter, which the node-agent reports in a fresh TPM quote; the verifier
-rejects it and removes the node's profile label), the apiserver, sod-operator (its own
-process), KubeVirt v1.9.0 virt-api and virt-controller (the target pod scheduled by the real
+rejects it and removes the node's profile label), the apiserver, sod-operator (its own process),
+KubeVirt v1.9.0 virt-api and virt-controller (the target pod scheduled by the real
 kube-scheduler onto a kwok node), and the migration: a real pre-copy of the VM's QEMU/TCG guest
-(1 GiB, idle) between two QEMU processes on loopback with QEMU's 1 Gbit/s cap. Played: the node side
-(virt-handler player writing what virt-handler would, from QEMU's state); kwok nodes (no
-kubelet, no launcher pods running). Not comparable to Table V's downtime (loopback; see the
-shaped-link rows above). Stages are when this benchmark's watches delivered them; evidence_changed
-is taken just before the break. vm_running is the hand-off KubeVirt is told of when QEMU reports
-the migration completed, as virt-handler writes it; the guest's console on the target is checked
-after it (heartbeats go on, boot checksum unchanged), and a trial counts only when that check
-passed ("guest on target" below)."""
+(1 GiB, idle) between two QEMU processes, each in its node's network namespace, over the source
+node's NIC shaped to 1 Gbit/s by tc tbf (the link of the rows above; the player's `--real-link
+netns`), to the target node's address. Played: the node side (virt-handler player writing what
+virt-handler would, from QEMU's state); kwok nodes (no kubelet, no launcher pods running).
+Stages are when this benchmark's watches delivered them; evidence_changed is taken just before
+the break. vm_running is the hand-off KubeVirt is told of when QEMU reports the migration
+completed, as virt-handler writes it; the guest's console on the target is checked after it
+(heartbeats go on, boot checksum unchanged), and a trial counts only when that check passed
+("guest on target" below)."""
 
 
 # ---- the bed and the trials (shell) -------------------------------------------------------------
@@ -277,7 +278,7 @@ def _with_cluster(cluster: Any, trust: Any, trials: int) -> list[Json]:
     from bench.testbed import Bed
 
     player = HandlerPlayer(
-        cluster.kubeconfig, cluster.state_dir, PlayerConfig(real_memory_mib=1024)
+        cluster.kubeconfig, cluster.state_dir, PlayerConfig(real_memory_mib=1024, real_link="netns")
     ).start()
     bed = Bed(cluster, player)
     try:

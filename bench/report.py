@@ -106,8 +106,8 @@ REALITY: dict[str, tuple[str, str]] = {
         "node-agents, the verifier, sod-operator, the control plane and KubeVirt's "
         "virt-controller and virt-api, with the VM a real QEMU guest migrated by the player",
         "the hardware: TCG emulation instead of KVM, one vCPU, a shaped veth link instead of "
-        "a datacenter network (end to end: loopback at QEMU's 1 Gbit/s cap, kwok nodes, the "
-        "player as KubeVirt's node side); the fitted model's figures are computed, not "
+        "a datacenter network (end to end: a network namespace per kwok node on a bridge, "
+        "the player as KubeVirt's node side); the fitted model's figures are computed, not "
         "measured",
     ),
 }

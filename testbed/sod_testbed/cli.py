@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -103,6 +104,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(idle | dirty:<MiB/s>:<MiB>) always is one. Needs qemu-system-x86 (make deps)",
     )
     up.add_argument(
+        "--real-link",
+        choices=("loopback", "netns"),
+        default="loopback",
+        help="the real guests' migration link: loopback at QEMU's 1 Gbit/s cap (default), or "
+        "one network namespace per node on a bridge, each NIC shaped to 1 Gbit/s by tc (root)",
+    )
+    up.add_argument(
         "--no-player",
         action="store_true",
         help="do not start the virt-handler player (VMIs then stay Scheduled)",
@@ -161,6 +169,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UsageError("--time-scale must be positive")
     if args.real_vms < 0:
         raise UsageError("--real-vms must be 0 or more")
+    if args.real_link == "netns" and os.geteuid() != 0:
+        raise UsageError("--real-link netns needs root (network namespaces and tc)")
     if args.real_vms and shutil.which(QEMU) is None:
         raise UsageError(f"--real-vms needs {QEMU}: run `make deps` (tools/install-system-deps.sh)")
     existing = _running(state_dir)
@@ -175,7 +185,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="[sandbox] %(message)s", stream=sys.stderr)
 
-    player_config = PlayerConfig(time_scale=args.time_scale, real_vms=args.real_vms)
+    player_config = PlayerConfig(
+        time_scale=args.time_scale, real_vms=args.real_vms, real_link=args.real_link
+    )
     services: list[ClusterService] = []
     node_services: list[NodeService] = []
     if not args.no_examples:

@@ -61,11 +61,12 @@ when QEMU reports completed, as virt-handler writes it when libvirt reports the 
 on the target; then the guest's console on the destination is checked (alive, intact), and a
 guest that fails that check is a dead domain: the VMI is Failed. Anything else (QEMU failed, or
 cancelled at `real_timeout_seconds` because pre-copy did not converge) is a failed migration
-with QEMU's reason. The
-hold annotation holds the source before `migrate`; the force-failure annotation cancels the
-real pre-copy at once; an abort is honoured until the source starts. Guests are the player's
-child processes: a restarted player has lost them, and their VMIs then migrate by the model.
-The link is loopback capped at 1 Gbit/s by QEMU (its downtime is not a 1 Gbit/s link's).
+with QEMU's reason. The hold annotation holds the source before `migrate`; the force-failure
+annotation cancels the real pre-copy at once; an abort is honoured until the source starts.
+Guests are the player's child processes: a restarted player has lost them, and their VMIs then
+migrate by the model. The link is loopback capped at 1 Gbit/s by QEMU (its downtime is not a
+1 Gbit/s link's), or with `--real-link netns` (root) one network namespace per node on a
+bridge, each node's NIC shaped to 1 Gbit/s by tc, the target's address that of its node.
 Each boot and migration is recorded with QEMU's figures in
 `<state dir>/handler-player/real-vms.jsonl`.
 
@@ -97,6 +98,7 @@ from sod_testbed.kubevirt import HANDLER_SA, NAMESPACE, request_token, write_tok
 from sod_testbed.migration_model import MigrationModel, PrecopyPlan, parse_quantity, plan_precopy
 from sod_testbed.qemu.backend import Backend, MigrationView, RealGuest
 from sod_testbed.qemu.migrate import MigrationOptions
+from sod_testbed.qemu.netns import LinkShape, NodeFabric
 from sod_testbed.qemu.vm import Workload
 
 log = logging.getLogger("sod.handler_player")
@@ -120,7 +122,9 @@ DEFAULT_MEMORY = "1Gi"
 class PlayerConfig:
     """Modelled migration durations are multiplied by `time_scale`. `real_vms`: how many VMIs
     (the first to start, not counting those annotated `sod.dev/real-vm`) get a real QEMU guest
-    (idle); `real_*`: the real guests' memory cap, pre-copy timeout and QEMU's bandwidth cap."""
+    (idle); `real_*`: the real guests' memory cap, pre-copy timeout and QEMU's bandwidth cap,
+    and their link: `loopback` (QEMU's cap) or `netns` (a namespace per node on a bridge, each
+    node's NIC shaped to the same rate by tc; QEMU's cap off: needs root)."""
 
     time_scale: float = 1.0
     resync_seconds: float = 2.0
@@ -129,6 +133,7 @@ class PlayerConfig:
     real_memory_mib: int = 512
     real_timeout_seconds: float = 60.0
     real_bandwidth_bytes: int = 125_000_000  # 1 Gbit/s, as the model's link
+    real_link: str = "loopback"
 
     def argv(self) -> list[str]:
         return [
@@ -139,13 +144,14 @@ class PlayerConfig:
             f"--real-vms={self.real_vms}",
             f"--real-memory-mib={self.real_memory_mib}",
             f"--real-timeout={self.real_timeout_seconds}",
+            f"--real-link={self.real_link}",
         ]
 
     def migration_options(self, forced_failure: bool) -> MigrationOptions:
         """A forced failure (KubeVirt's func-test annotation) cancels the real pre-copy at its
         first poll: QEMU itself reports it cancelled."""
         return MigrationOptions(
-            max_bandwidth_bytes=self.real_bandwidth_bytes,
+            max_bandwidth_bytes=None if self.real_link == "netns" else self.real_bandwidth_bytes,
             timeout_seconds=0.0 if forced_failure else self.real_timeout_seconds,
         )
 
@@ -365,7 +371,7 @@ def real_migration_step(
         ports = {str(view.target_port): 0}
         return RealStep(
             "target-ready",
-            {"targetNodeAddress": "127.0.0.1", "targetDirectMigrationNodePorts": ports},
+            {"targetNodeAddress": view.target_address, "targetDirectMigrationNodePorts": ports},
         )
     if not view.released:
         return RealStep("abort" if aborted else "wait" if held else "release")
@@ -428,10 +434,16 @@ class HandlerPlayer:
         self._since: dict[tuple[str, str], float] = {}  # (migration uid, step) -> monotonic
         self._thread = threading.Thread(target=self._loop, name="handler-player", daemon=True)
         self._next_due: float | None = None
-        self.backend = Backend(state_dir, self._wake.set)  # real guests, by VMI uid
+        self.backend = Backend(state_dir, self._wake.set, self._fabric())  # by VMI uid
         self._chosen: set[str] = set()  # VMI uids given a real guest by `real_vms`
 
     # ---- lifecycle ----
+
+    def _fabric(self) -> NodeFabric | None:
+        if self.config.real_link == "netns":
+            rate = self.config.real_bandwidth_bytes * 8
+            return NodeFabric(LinkShape(rate_bits=rate))
+        return None
 
     def start(self, wait_synced: float = 30.0) -> HandlerPlayer:
         for inf in (self.vmis, self.pods):
@@ -810,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-vms", type=int, default=d.real_vms)
     parser.add_argument("--real-memory-mib", type=int, default=d.real_memory_mib)
     parser.add_argument("--real-timeout", type=float, default=d.real_timeout_seconds)
+    parser.add_argument("--real-link", choices=("loopback", "netns"), default=d.real_link)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -827,6 +840,7 @@ def main(argv: list[str] | None = None) -> int:
         real_vms=args.real_vms,
         real_memory_mib=args.real_memory_mib,
         real_timeout_seconds=args.real_timeout,
+        real_link=args.real_link,
     )
     player = HandlerPlayer(args.kubeconfig, args.state_dir, config)
 

@@ -4,9 +4,10 @@ QEMU's 1 Gbit/s cap), driven by sod_testbed.qemu as the benchmark and the player
 Covers: the guest built from Debian packages (tools/build-guest.sh's builder, cached), booted to
 its READY line; the QMP sequence; the phases reported in order; QEMU's figures present; the
 guest alive and intact on the destination (heartbeats go on, integrity checksum unchanged); the
-source paused after the hand-off. Not covered here: network namespaces and dirtying workloads
-(make bench-migration runs those). Needs qemu-system-x86 (make deps installs it): its absence
-fails the test, it does not skip.
+source paused after the hand-off. The player's backend on node namespaces joined by a shaped
+bridge (`--real-link netns`). Not covered here: dirtying workloads (make bench-migration runs
+those). Needs qemu-system-x86 (make deps installs it): its absence fails the test, it does not
+skip.
 
 And in the loop (the session's control plane, real virt-controller, the virt-handler player's
 QEMU backend, sod-operator): a SecureVM whose VMI carries `sod.dev/real-vm: idle` runs a real
@@ -20,6 +21,7 @@ reason, and the guest goes on at the source.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,9 +29,10 @@ import pytest
 from sod_testbed.cluster import LocalCluster
 from sod_testbed.handler_player import REAL_VM_ANNOTATION
 from sod_testbed.kubeapi import KubeApi
-from sod_testbed.qemu.backend import migration_record, read_records
+from sod_testbed.qemu.backend import Backend, migration_record, read_records
 from sod_testbed.qemu.image import GuestImage, GuestImageError, build_guest
 from sod_testbed.qemu.migrate import MigrationOptions, free_port, migrate
+from sod_testbed.qemu.netns import NodeFabric
 from sod_testbed.qemu.vm import QEMU, GuestSpec, QemuGuest, Workload, short_run_dir
 
 from tests.e2e.harness import Kube, condition, vm_manifest, vmim_manifest, wait_for
@@ -92,6 +95,37 @@ def test_an_idle_guest_migrates_and_goes_on_intact(image: GuestImage, run_dir: P
     finally:
         src.stop()
         dst.stop()
+
+
+def test_a_guest_migrates_between_two_node_namespaces_over_their_shaped_link(
+    image: GuestImage, tmp_path: Path
+) -> None:
+    """The player's backend with a NodeFabric (`--real-link netns`): the guest boots in its
+    node's namespace, the destination listens at the target node's address, and the guest goes
+    on intact there; the namespaces are gone once the backend stops."""
+    fabric = NodeFabric()
+    backend = Backend(tmp_path, lambda: None, fabric)
+    try:
+        guest = backend.boot("ns/vm", "uid-n", "node-a", Workload(), 512)
+        wait_for(lambda: guest.ready or guest.error, bool, "the guest booted", 300)
+        assert guest.error is None, guest.error
+        options = MigrationOptions(max_bandwidth_bytes=None, timeout_seconds=120)
+        job = guest.migrate("mig-n", "node-b", options)
+        wait_for(lambda: job.view().target_port, bool, "the destination listening", 120)
+        target_ns, target_address = fabric.place("node-b")
+        assert job.view().target_address == target_address
+        job.release()
+        run = migration_record(backend.records, "mig-n", timeout=180)
+        assert run is not None, "no record of the migration"
+        assert run["outcome"] == "ok", run
+        assert run["guest_ok"] is True, run["guest_check"]
+        assert guest.node == "node-b"
+        assert guest.guest is not None
+        assert guest.guest.netns == target_ns
+    finally:
+        backend.stop()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert fabric.prefix not in listed
 
 
 def test_the_operator_relocates_a_real_guest_by_a_real_migration(

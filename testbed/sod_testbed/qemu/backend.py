@@ -18,11 +18,14 @@ The player reads a `MigrationView` snapshot on every pass and decides what to wr
   stopped and the source (which QEMU resumes after a failed or cancelled migration) stays the
   guest.
 
-All QEMUs run on this host; nodes are kwok fakes, so "on its node" is bookkeeping (the node
-name in the run record). The link is loopback with QEMU's own cap (1 Gbit/s by default):
-total time and data sent are those of a 1 Gbit/s link, the downtime is not (QEMU lifts its cap
-for the stop-and-copy; `make bench-migration`'s Table V uses a shaped veth for that). Each
-boot and migration is appended to `records` (a JSON-lines file) for benchmarks and tests.
+All QEMUs run on this host; nodes are kwok fakes. Without a fabric, "on its node" is
+bookkeeping (the node name in the run record) and the link is loopback with QEMU's own cap
+(1 Gbit/s by default): total time and data sent are those of a 1 Gbit/s link, the downtime is
+not (QEMU lifts its cap for the stop-and-copy). With a `NodeFabric` (netns.py; the player's
+`--real-link netns`) each node is a network namespace on a bridge, its NIC shaped as Table V's
+link, and each QEMU runs in its node's namespace: the migration crosses the source node's
+shaped egress, stop-and-copy included, to the target node's address. Each boot and migration
+is appended to `records` (a JSON-lines file) for benchmarks and tests.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import Any
 
 from sod_testbed.qemu.image import GuestImage, build_guest
 from sod_testbed.qemu.migrate import MigrationOptions, free_port, migrate
+from sod_testbed.qemu.netns import NodeFabric
 from sod_testbed.qemu.qmp import JsonObj
 from sod_testbed.qemu.vm import GuestSpec, QemuGuest, Workload, short_run_dir
 
@@ -58,6 +62,7 @@ class MigrationView:
     ended_at: float | None = None  # QEMU reported its final status
     outcome: str | None = None  # None while running; "ok" (completed: handed off) | "failed"
     reason: str = ""
+    target_address: str = "127.0.0.1"  # where the destination QEMU listens (its node's)
 
 
 class RealMigration:
@@ -109,8 +114,10 @@ class RealGuest:
         spec: Callable[[], GuestSpec],
         records: Path,
         notify: Callable[[], None],
+        fabric: NodeFabric | None = None,
     ):
         self.key = key
+        self.fabric = fabric
         self.uid = uid
         self.node = node
         self._make_spec = spec
@@ -135,7 +142,7 @@ class RealGuest:
         started = time.time()
         try:
             self.spec = self._make_spec()  # builds the image on first use (cached)
-            guest = self._new_qemu(incoming=False)
+            guest = self._new_qemu(self.node, incoming=False)
             self.guest = guest
             boot_s = guest.wait_ready(timeout=300)
             self.ready = True
@@ -146,12 +153,17 @@ class RealGuest:
             log.error("VMI %s: %s", self.key, self.error)
         self.notify()
 
-    def _new_qemu(self, incoming: bool) -> QemuGuest:
+    def _new_qemu(self, node: str, incoming: bool) -> QemuGuest:
         assert self.spec is not None
         with self._lock:
             self._serial += 1
             name = f"q{self._serial}"
-        return QemuGuest(self.spec, self.run_dir, name, incoming=incoming).start()
+        netns, _address = self.place(node)
+        return QemuGuest(self.spec, self.run_dir, name, netns=netns, incoming=incoming).start()
+
+    def place(self, node: str) -> tuple[str | None, str]:
+        """The network namespace (None: this host's) and the address of `node`."""
+        return self.fabric.place(node) if self.fabric else (None, "127.0.0.1")
 
     # ---- migrate ----
 
@@ -169,12 +181,14 @@ class RealGuest:
         try:
             if src is None or not self.ready:
                 raise RuntimeError("the source guest is not running")
-            dst = self._new_qemu(incoming=True)
+            dst = self._new_qemu(job.target_node, incoming=True)
+            address = self.place(job.target_node)[1]
         except Exception as err:
             job.update(outcome="failed", reason=f"target QEMU: {err}", ended_at=time.time())
             self.notify()
             return
-        port = free_port()
+        port = free_port()  # chosen on this host; as good in a node's namespace
+        job.update(target_address=address)
 
         def on_phase(name: str, _info: JsonObj) -> None:
             self._on_phase(job, port, name)
@@ -182,7 +196,7 @@ class RealGuest:
                 self._handed_off(job, dst)
 
         try:
-            result = migrate(src, dst, f"tcp:127.0.0.1:{port}", job.options, on_phase)
+            result = migrate(src, dst, f"tcp:{address}:{port}", job.options, on_phase)
         except _Aborted:
             dst.stop()
             job.update(outcome="failed", reason="Migration aborted", ended_at=time.time())
@@ -269,10 +283,13 @@ class _Aborted(Exception):
 class Backend:
     """The player's real guests by VMI uid; the image is built (or found cached) on first use."""
 
-    def __init__(self, state_dir: Path, notify: Callable[[], None]):
+    def __init__(
+        self, state_dir: Path, notify: Callable[[], None], fabric: NodeFabric | None = None
+    ):
         self.records = state_dir / "handler-player" / "real-vms.jsonl"
         self.records.parent.mkdir(parents=True, exist_ok=True)
         self.notify = notify
+        self.fabric = fabric
         self.guests: dict[str, RealGuest] = {}
         self._image: GuestImage | None = None
 
@@ -285,7 +302,8 @@ class Backend:
         def spec() -> GuestSpec:
             return GuestSpec(self.image(), workload, memory_mib=memory_mib)
 
-        guest = self.guests[uid] = RealGuest(key, uid, node, spec, self.records, self.notify)
+        guest = RealGuest(key, uid, node, spec, self.records, self.notify, self.fabric)
+        self.guests[uid] = guest
         return guest.boot()
 
     def reap(self, live: set[str]) -> None:
@@ -297,6 +315,8 @@ class Backend:
 
     def stop(self) -> None:
         self.reap(set())
+        if self.fabric is not None:
+            self.fabric.close()
 
 
 def migration_record(path: Path, migration_uid: str, timeout: float = 0.0) -> JsonObj | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
+import threading
 from dataclasses import dataclass
 
 _serial = itertools.count()
@@ -89,3 +90,65 @@ class NetnsPair:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+class NodeFabric:
+    """One network namespace per node, each joined to a bridge (in a hub namespace) by a veth
+    pair whose node end is shaped (`tc tbf`, as NetnsPair): the nodes' NICs on a switch. The
+    player's real guests run in their node's namespace, so a migration crosses the source
+    node's shaped egress, the stop-and-copy included. Namespaces are created on first use and
+    removed by close()."""
+
+    SUBNET = "10.78"
+
+    def __init__(self, shape: LinkShape | None = None, tag: str = "sodf"):
+        self.shape = shape or LinkShape()
+        self.prefix = f"{tag}{os.getpid()}-{next(_serial)}"
+        self.hub = f"{self.prefix}h"
+        self._nodes: dict[str, tuple[str, str]] = {}  # node -> (namespace, address)
+        self._lock = threading.Lock()
+
+    def place(self, node: str) -> tuple[str, str]:
+        """The namespace and address of `node`, created on first use."""
+        with self._lock:
+            if node not in self._nodes:
+                if not self._nodes:
+                    self._create_hub()
+                self._nodes[node] = self._add_node(len(self._nodes) + 1)
+            return self._nodes[node]
+
+    def _create_hub(self) -> None:
+        _ip("netns", "add", self.hub)
+        _ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
+        _ip("-n", self.hub, "link", "set", "br0", "up")
+
+    def _add_node(self, i: int) -> tuple[str, str]:
+        ns, address = f"{self.prefix}n{i}", f"{self.SUBNET}.{i // 250}.{i % 250 + 1}"
+        _ip("netns", "add", ns)
+        try:
+            self._wire(ns, address, i)
+        except OSError:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+            raise
+        return ns, address
+
+    def _wire(self, ns: str, address: str, i: int) -> None:
+        _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", f"p{i}",
+            "netns", self.hub)  # fmt: skip
+        _ip("-n", self.hub, "link", "set", f"p{i}", "master", "br0", "up")
+        _ip("-n", ns, "addr", "add", f"{address}/16", "dev", "eth0")
+        _ip("-n", ns, "link", "set", "eth0", "up")
+        proc = subprocess.run(
+            tbf_argv(ns, "eth0", self.shape), capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise OSError(f"tc tbf in {ns}: {proc.stderr.strip()}")
+
+    def close(self) -> None:
+        """Deleting the namespaces also deletes their veth pairs and the bridge."""
+        with self._lock:
+            names = [ns for ns, _ in self._nodes.values()] + ([self.hub] if self._nodes else [])
+            self._nodes.clear()
+        for ns in names:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)

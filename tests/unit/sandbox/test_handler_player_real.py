@@ -121,3 +121,10 @@ def test_an_abort_is_honoured_until_the_source_starts() -> None:
     sent = MigrationView(4444, True, T0, "PreCopy", T0 + 1, "ok")
     state["startTimestamp"] = "x"
     assert real_migration_step(state, sent, held=False, aborted=True).action == "succeeded"
+
+
+def test_the_target_address_is_where_the_destination_qemu_listens() -> None:
+    """On node namespaces (`--real-link netns`) that is the target node's address."""
+    view = MigrationView(target_port=4444, target_address="10.78.0.3")
+    step = real_migration_step({"targetNode": "n2"}, view, held=False, aborted=False)
+    assert step.fields["targetNodeAddress"] == "10.78.0.3"
