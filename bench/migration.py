@@ -300,7 +300,7 @@ def _held_out(records: list[dict[str, Any]], name: str, conf: dict[str, Any]) ->
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:+.0f} %"
+    return "-" if x is None else f"{round(100 * x):+d} %"  # never "-0 %"
 
 
 METHOD = """\
