@@ -7,7 +7,7 @@ The player reads a `MigrationView` snapshot on every pass and decides what to wr
 
 * `RealGuest.boot()`: a QEMU for the VMI on its node, READY when the guest's console says so;
 * `RealGuest.migrate(...)`: a destination QEMU (`-incoming defer`) for the target node, then
-  `sod_testbed.qemu.migrate.migrate` over loopback TCP: the destination listens
+  `sod_testbed.qemu.migrate.migrate` over TCP (loopback, or the node fabric below): it listens
   (`target_port` known, the player writes targetNodeAddress), the source waits for `release()`
   (the player has written it) before `migrate`; every QMP status is stamped with the wall clock.
   When QEMU reports completed, the destination is the guest (the outcome is ok, and the player
