@@ -44,6 +44,17 @@ def _ip(*args: str) -> None:
         raise OSError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
 
 
+def _shape(netns: str, dev: str, shape: LinkShape) -> None:
+    proc = subprocess.run(tbf_argv(netns, dev, shape), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise OSError(f"tc tbf in {netns}: {proc.stderr.strip()}")
+
+
+def _delete(netns: str) -> None:
+    """Deleting a namespace also deletes the veth ends (and a bridge) in it; best effort."""
+    subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+
+
 class NetnsPair:
     """Namespaces `a` and `b` (addresses `addr_a`, `addr_b` on the link), removed by close()."""
 
@@ -64,11 +75,7 @@ class NetnsPair:
             for ns, dev, addr in ((self.a, "mig-a", self.addr_a), (self.b, "mig-b", self.addr_b)):
                 _ip("-n", ns, "addr", "add", f"{addr}/30", "dev", dev)
                 _ip("-n", ns, "link", "set", dev, "up")
-                proc = subprocess.run(
-                    tbf_argv(ns, dev, self.shape), capture_output=True, text=True, check=False
-                )
-                if proc.returncode != 0:
-                    raise OSError(f"tc tbf in {ns}: {proc.stderr.strip()}")
+                _shape(ns, dev, self.shape)
         except OSError:
             self.close()
             raise
@@ -81,9 +88,8 @@ class NetnsPair:
         return self.b if netns == self.a else self.a
 
     def close(self) -> None:
-        """Deleting the namespaces also deletes the veth pair."""
         for ns in (self.a, self.b):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+            _delete(ns)
 
     def __enter__(self) -> NetnsPair:
         return self.create()
@@ -128,7 +134,7 @@ class NodeFabric:
         try:
             self._wire(ns, address, i)
         except OSError:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+            _delete(ns)
             raise
         return ns, address
 
@@ -139,16 +145,11 @@ class NodeFabric:
         _ip("-n", self.hub, "link", "set", f"p{i}", "master", "br0", "up")
         _ip("-n", ns, "addr", "add", f"{address}/16", "dev", "eth0")
         _ip("-n", ns, "link", "set", "eth0", "up")
-        proc = subprocess.run(
-            tbf_argv(ns, "eth0", self.shape), capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
-            raise OSError(f"tc tbf in {ns}: {proc.stderr.strip()}")
+        _shape(ns, "eth0", self.shape)
 
     def close(self) -> None:
-        """Deleting the namespaces also deletes their veth pairs and the bridge."""
         with self._lock:
             names = [ns for ns, _ in self._nodes.values()] + ([self.hub] if self._nodes else [])
             self._nodes.clear()
         for ns in names:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+            _delete(ns)
