@@ -142,7 +142,7 @@ class RealGuest:
         started = time.time()
         try:
             self.spec = self._make_spec()  # builds the image on first use (cached)
-            guest = self._new_qemu(self.node, incoming=False)
+            guest = self._new_qemu(self.place(self.node)[0], incoming=False)
             self.guest = guest
             boot_s = guest.wait_ready(timeout=300)
             self.ready = True
@@ -153,12 +153,11 @@ class RealGuest:
             log.error("VMI %s: %s", self.key, self.error)
         self.notify()
 
-    def _new_qemu(self, node: str, incoming: bool) -> QemuGuest:
+    def _new_qemu(self, netns: str | None, incoming: bool) -> QemuGuest:
         assert self.spec is not None
         with self._lock:
             self._serial += 1
             name = f"q{self._serial}"
-        netns, _address = self.place(node)
         return QemuGuest(self.spec, self.run_dir, name, netns=netns, incoming=incoming).start()
 
     def place(self, node: str) -> tuple[str | None, str]:
@@ -181,8 +180,8 @@ class RealGuest:
         try:
             if src is None or not self.ready:
                 raise RuntimeError("the source guest is not running")
-            dst = self._new_qemu(job.target_node, incoming=True)
-            address = self.place(job.target_node)[1]
+            netns, address = self.place(job.target_node)
+            dst = self._new_qemu(netns, incoming=True)
         except Exception as err:
             job.update(outcome="failed", reason=f"target QEMU: {err}", ended_at=time.time())
             self.notify()

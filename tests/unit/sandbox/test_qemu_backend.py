@@ -27,7 +27,7 @@ class FakeQemu:
 def _guest(tmp_path: Path, woken: threading.Event) -> RealGuest:
     guest = RealGuest("ns/vm", "uid-1", "n1", lambda: None, tmp_path / "r.jsonl", woken.set)  # type: ignore[arg-type, return-value]
     guest.guest, guest.ready = FakeQemu("src"), True  # type: ignore[assignment]
-    guest._new_qemu = lambda node, incoming: FakeQemu("dst")  # type: ignore[method-assign, assignment, return-value]
+    guest._new_qemu = lambda netns, incoming: FakeQemu("dst")  # type: ignore[method-assign, assignment, return-value]
     return guest
 
 
