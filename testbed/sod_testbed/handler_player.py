@@ -561,11 +561,11 @@ class HandlerPlayer:
         status = vmi.get("status") or {}
         if _final(vmi):
             return
+        if self._real_guest_died(vmi):
+            return
         state = status.get("migrationState") or {}
         if status.get("phase") == "Scheduled":
             self._start_vm(vmi)
-        elif status.get("phase") == "Running" and self._real_guest_died(vmi):
-            return
         elif status.get("phase") == "Running" and state.get("targetNode"):
             self._migrate(vmi, state)
 
@@ -599,8 +599,8 @@ class HandlerPlayer:
         log.info("VMI %s/%s: Running on %s", *key_of(vmi), node)
 
     def _real_guest_ready(self, vmi: JsonObj, node: str) -> bool:
-        """False while a real guest is still booting (or when it failed: the VMI is Failed,
-        as virt-handler reports a domain that never started). True for a model-backed VMI."""
+        """False while a real guest is still booting (one that failed is `_real_guest_died`).
+        True for a model-backed VMI."""
         uid = _uid(vmi)
         guest = self.backend.guests.get(uid)
         if guest is None:
@@ -620,13 +620,11 @@ class HandlerPlayer:
                 "VMI %s/%s: booting a real guest (%s) on %s", *key_of(vmi), workload.name, node
             )
             return False
-        if guest.error:
-            self._fail_vmi(node, vmi, guest.error)
-        return guest.ready and not guest.error
+        return guest.ready
 
     def _real_guest_died(self, vmi: JsonObj) -> bool:
-        """A running real guest that failed (its check after a hand-off): the VMI is Failed,
-        as virt-handler reports a domain that died."""
+        """A real guest that failed (it never booted, or failed its check after a hand-off):
+        the VMI is Failed, as virt-handler reports a domain that never started or died."""
         guest = self.backend.guests.get(_uid(vmi))
         if guest is None or not guest.error:
             return False
