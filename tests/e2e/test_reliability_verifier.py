@@ -104,13 +104,6 @@ def holder(api: KubeApi, namespace: str) -> str:
     return str((lease.get("spec") or {}).get("holderIdentity") or "")
 
 
-def received(api: KubeApi, node: str) -> tuple[datetime | None, bool]:
-    """When the nonce of the newest evidence the verifier verified for this node was issued
-    (written to the status or renewed for the fleet), and whether the node is verified now."""
-    when = newest_verified(api, node, TPM)
-    return when, when is not None
-
-
 class LabelWatch:
     """Every change of our trust label on the nodes, as the watch delivered it."""
 
@@ -154,7 +147,12 @@ def test_sigkill_of_the_leading_verifier_loses_no_verdict_and_revokes_nothing(
     api = private.cluster.api()
     ns = trust.config.namespace
     for node in NODES:
-        wait_for(lambda n=node: received(api, n), lambda r: r[1], f"{node} verified", 90)
+        wait_for(
+            lambda n=node: newest_verified(api, n, TPM),
+            lambda when: when is not None,
+            f"{node} verified",
+            90,
+        )
     watch = LabelWatch(KubeApi(private.cluster.kubeconfig, user_agent="reliability-watch"))
     watch.thread.start()
     rng = random.Random(SEED)
@@ -175,8 +173,8 @@ def test_sigkill_of_the_leading_verifier_loses_no_verdict_and_revokes_nothing(
             trust.start_verifier(names[leader])  # back as the standby
             for node in NODES:
                 wait_for(
-                    lambda n=node: received(api, n),
-                    lambda r, t=took_over: r[1] and r[0] is not None and r[0] >= t,
+                    lambda n=node: newest_verified(api, n, TPM),
+                    lambda when, t=took_over: when is not None and when >= t,
                     f"trial {k + 1}: {node} re-verified by {successor}",
                     FRESHNESS,
                 )
@@ -199,7 +197,7 @@ def test_sigkill_of_the_leading_verifier_loses_no_verdict_and_revokes_nothing(
     assert watch.removed == [], f"trust labels removed during fail-overs: {watch.removed}"
     assert revoked_events == [], revoked_events
     for node in NODES:
-        assert received(api, node)[1], f"{node} not verified at the end"
+        assert newest_verified(api, node, TPM) is not None, f"{node} not verified at the end"
     record(
         "8",
         "SIGKILL of the leading verifier (2 replicas, 4 nodes, agents answering every second)",
