@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sod_testbed.handler_player import (
     REAL_VM_ANNOTATION,
+    PlayerConfig,
     choose_backend,
     guest_memory_mib,
     parse_real_vm,
@@ -128,3 +129,13 @@ def test_the_target_address_is_where_the_destination_qemu_listens() -> None:
     view = MigrationView(target_port=4444, target_address="10.78.0.3")
     step = real_migration_step({"targetNode": "n2"}, view, held=False, aborted=False)
     assert step.fields["targetNodeAddress"] == "10.78.0.3"
+
+
+def test_the_shaped_link_reaches_the_player_process_and_lifts_qemus_cap() -> None:
+    """`sandbox up --real-link netns`: the player's command line names the link, and QEMU's own
+    cap is off (the nodes' shaped NICs limit the stop-and-copy too); loopback keeps the cap."""
+    netns = PlayerConfig(real_link="netns")
+    assert "--real-link=netns" in netns.argv()
+    assert netns.migration_options(forced_failure=False).max_bandwidth_bytes is None
+    loopback = PlayerConfig().migration_options(forced_failure=False)
+    assert loopback.max_bandwidth_bytes == PlayerConfig().real_bandwidth_bytes
