@@ -238,10 +238,16 @@ def test_stopping_a_vm_deletes_its_vmi_and_pod(kube: Kube) -> None:
     )
     wait_for(lambda: kube.vmi("stopme"), lambda v: v is None, "VMI stopme deleted")
     wait_for(lambda: kube.launcher_pods("stopme"), lambda pods: not pods, "launcher pod deleted")
+    # One run read printableStatus Stopped while `created` was still True (virt-controller's
+    # status had not settled; three re-runs passed): wait until both hold, the same end state.
     vm = wait_for(
         lambda: kube.vm("stopme"),
-        lambda v: v is not None and v["status"].get("printableStatus") == "Stopped",
-        "VM stopme Stopped",
+        lambda v: (
+            v is not None
+            and v["status"].get("printableStatus") == "Stopped"
+            and not v["status"].get("created")
+        ),
+        "VM stopme Stopped and no longer created",
     )
     assert vm is not None
     assert not vm["status"].get("created")
